@@ -1,0 +1,125 @@
+// GPT-2 (Hugging Face GPT2LMHeadModel): parameter names, Conv1D [in, out] layout, tied
+// lm_head, pre-LayerNorm blocks, learned positions. Every projection is an AdaptableLinear.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/normalization.h>
+
+#include "peft/models/model.h"
+#include "peft/nn/activations.h"
+
+namespace peft::models {
+
+struct GPT2Config {
+  int64_t vocab_size = 50257;
+  int64_t n_positions = 1024;
+  int64_t n_embd = 768;
+  int64_t n_layer = 12;
+  int64_t n_head = 12;
+  std::optional<int64_t> n_inner;  ///< default 4 * n_embd
+  std::string activation_function = "gelu_new";
+  double resid_pdrop = 0.1;
+  double embd_pdrop = 0.1;
+  double attn_pdrop = 0.1;
+  double layer_norm_epsilon = 1e-5;
+  double initializer_range = 0.02;
+  bool scale_attn_weights = true;
+  bool scale_attn_by_inverse_layer_idx = false;
+  bool tie_word_embeddings = true;
+  nlohmann::json original;  ///< the config.json it was read from (kept for round trips)
+
+  int64_t inner_dim() const { return n_inner.value_or(4 * n_embd); }
+  void validate() const;
+  /// Reads HF's config.json fields; unrelated HF keys are kept in `original` and ignored.
+  static GPT2Config from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
+class GPT2AttentionImpl : public torch::nn::Module {
+ public:
+  GPT2AttentionImpl(const GPT2Config& config, int64_t layer_idx);
+  /// `additive_mask`: [batch, 1, 1, seq] (0 or the dtype's min) or undefined.
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask);
+
+  nn::AdaptableLinear c_attn{nullptr};
+  nn::AdaptableLinear c_proj{nullptr};
+
+ private:
+  int64_t n_head_, head_dim_, layer_idx_;
+  bool scale_, scale_by_layer_;
+  double attn_pdrop_, resid_pdrop_;
+};
+TORCH_MODULE(GPT2Attention);
+
+class GPT2MLPImpl : public torch::nn::Module {
+ public:
+  explicit GPT2MLPImpl(const GPT2Config& config);
+  at::Tensor forward(const at::Tensor& x);
+
+  nn::AdaptableLinear c_fc{nullptr};
+  nn::AdaptableLinear c_proj{nullptr};
+
+ private:
+  nn::Activation act_;
+  double resid_pdrop_;
+};
+TORCH_MODULE(GPT2MLP);
+
+class GPT2BlockImpl : public torch::nn::Module {
+ public:
+  GPT2BlockImpl(const GPT2Config& config, int64_t layer_idx);
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask);
+
+  torch::nn::LayerNorm ln_1{nullptr};
+  GPT2Attention attn{nullptr};
+  torch::nn::LayerNorm ln_2{nullptr};
+  GPT2MLP mlp{nullptr};
+};
+TORCH_MODULE(GPT2Block);
+
+class GPT2ModelImpl : public torch::nn::Module {
+ public:
+  explicit GPT2ModelImpl(const GPT2Config& config);
+  /// Returns the final (ln_f) hidden state; fills `hidden_states` when non-null.
+  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                     std::vector<at::Tensor>* hidden_states);
+
+  torch::nn::Embedding wte{nullptr};
+  torch::nn::Embedding wpe{nullptr};
+  torch::nn::ModuleList h{nullptr};
+  torch::nn::LayerNorm ln_f{nullptr};
+
+ private:
+  GPT2Config config_;
+};
+TORCH_MODULE(GPT2Model);
+
+class GPT2LMHeadModel : public PretrainedModel {
+ public:
+  explicit GPT2LMHeadModel(const GPT2Config& config);
+
+  ModelOutput forward(const ModelInputs& inputs) override;
+  std::string model_type() const override { return "gpt2"; }
+  nlohmann::json config_json() const override { return config_.to_json(); }
+  void init_weights() override;
+  int64_t num_layers() const override { return config_.n_layer; }
+  std::string layers_pattern() const override { return "h"; }
+  std::map<std::string, std::string> tied_weights() const override;
+  std::string base_model_prefix() const override { return "transformer"; }
+  bool ignorable_checkpoint_key(const std::string& key) const override;
+
+  const GPT2Config& config() const { return config_; }
+
+  GPT2Model transformer{nullptr};
+  nn::AdaptableLinear lm_head{nullptr};  ///< only when tie_word_embeddings is false
+
+ private:
+  GPT2Config config_;
+};
+
+}  // namespace peft::models

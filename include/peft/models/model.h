@@ -1,0 +1,59 @@
+// The interface every backbone implements: HF-named parameters, typed extension points,
+// and one forward taking Hugging Face's argument names.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
+#include <torch/nn/module.h>
+
+#include "peft/nn/adaptable_linear.h"
+
+namespace peft::models {
+
+/// Forward arguments, by Hugging Face's names. Undefined tensors are absent.
+struct ModelInputs {
+  at::Tensor input_ids;       ///< int64 [batch, seq]
+  at::Tensor attention_mask;  ///< int64/bool/float [batch, seq], 1 = attend, 0 = padding
+  at::Tensor labels;          ///< int64 [batch, seq]; -100 = ignore. Causal LMs shift internally.
+  bool output_hidden_states = false;
+};
+
+struct ModelOutput {
+  at::Tensor logits;
+  at::Tensor loss;  ///< defined when labels were given
+  at::Tensor last_hidden_state;
+  /// With output_hidden_states: embeddings, then each block's output (HF's tuple convention).
+  std::vector<at::Tensor> hidden_states;
+};
+
+class PretrainedModel : public torch::nn::Module {
+ public:
+  virtual ModelOutput forward(const ModelInputs& inputs) = 0;
+  /// config.json's "model_type".
+  virtual std::string model_type() const = 0;
+  /// The config as Hugging Face writes it.
+  virtual nlohmann::json config_json() const = 0;
+  /// Randomly initializes every weight as Hugging Face's `_init_weights` does.
+  virtual void init_weights() = 0;
+  /// Number of transformer blocks.
+  virtual int64_t num_layers() const = 0;
+  /// The module-path segment before the layer index ("h" for GPT-2), for layers_to_transform.
+  virtual std::string layers_pattern() const = 0;
+  /// Checkpoint names that map onto another parameter (tied weights), e.g. lm_head.weight.
+  virtual std::map<std::string, std::string> tied_weights() const { return {}; }
+  /// The prefix a bare backbone checkpoint lacks (HF's base_model_prefix), e.g. "transformer".
+  virtual std::string base_model_prefix() const { return {}; }
+  /// Checkpoint tensors that are known to be safe to ignore (non-persistent buffers).
+  virtual bool ignorable_checkpoint_key(const std::string&) const { return false; }
+
+  /// Every AdaptableLinear with its full HF module name, in module order.
+  std::vector<std::pair<std::string, nn::AdaptableLinear>> adaptable_linears();
+};
+
+}  // namespace peft::models

@@ -1,0 +1,63 @@
+// AdaptableLinear: every projection of every backbone. Holds the frozen base weight under
+// Hugging Face's name and layout, plus named deltas that adapters attach to it.
+//
+//   y = adapt_output_k( ... base(adapt_input_k(x)) ... )   over the active, unmerged deltas
+//
+// GPT-2's Conv1D stores its weight as [in, out] (`fan_in_fan_out`), nn.Linear as [out, in].
+#pragma once
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <torch/nn/module.h>
+#include <torch/nn/pimpl.h>
+
+#include "peft/nn/linear_delta.h"
+
+namespace peft::nn {
+
+class AdaptableLinearImpl : public torch::nn::Module {
+ public:
+  AdaptableLinearImpl(int64_t in_features, int64_t out_features, bool with_bias, bool fan_in_fan_out);
+
+  at::Tensor forward(const at::Tensor& x);
+  /// The frozen projection alone, ignoring every delta.
+  at::Tensor base_forward(const at::Tensor& x) const;
+
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
+  bool fan_in_fan_out() const { return fan_in_fan_out_; }
+  /// The weight as [out, in], whatever the storage layout (a view: writes go to the weight).
+  at::Tensor weight_out_in() const;
+
+  void add_delta(const std::string& adapter, std::shared_ptr<LinearDelta> delta);
+  void remove_delta(const std::string& adapter);
+  /// nullptr when this layer has no delta for `adapter`.
+  std::shared_ptr<LinearDelta> delta(const std::string& adapter) const;
+  std::vector<std::string> adapters() const;
+  /// Deltas run in forward only when active and not merged.
+  void set_active(const std::vector<std::string>& adapters);
+
+  void merge(const std::string& adapter);
+  void unmerge(const std::string& adapter);
+  bool merged(const std::string& adapter) const { return merged_.count(adapter) != 0; }
+  bool any_merged() const { return !merged_.empty(); }
+
+  at::Tensor weight;
+  at::Tensor bias;  ///< undefined when the layer has no bias
+
+ private:
+  int64_t in_features_;
+  int64_t out_features_;
+  bool fan_in_fan_out_;
+  std::vector<std::pair<std::string, std::shared_ptr<LinearDelta>>> deltas_;
+  std::vector<std::string> active_;
+  std::set<std::string> merged_;
+};
+
+TORCH_MODULE(AdaptableLinear);
+
+}  // namespace peft::nn

@@ -1,0 +1,43 @@
+#include "peft/core/json_io.h"
+
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "peft/core/atomic_file.h"
+#include "peft/core/error.h"
+
+namespace peft::core {
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  PEFT_CHECK(in.good(), "json", "{}: cannot open the file", path);
+  std::stringstream buf;
+  buf << in.rdbuf();
+  try {
+    return nlohmann::json::parse(buf.str());
+  } catch (const nlohmann::json::exception& e) {
+    fail("json", fmt::format("{}: bad JSON: {}", path, e.what()));
+  }
+}
+
+void write_json_file(const std::string& path, const nlohmann::json& j) {
+  write_file_atomic(path, j.dump(2) + "\n");
+}
+
+void reject_unknown_keys(const nlohmann::json& j, std::initializer_list<const char*> known,
+                         const std::string& component, const std::string& what) {
+  PEFT_CHECK(j.is_object(), component, "{}: expected a JSON object, found {}", what, j.type_name());
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool ok = false;
+    for (const char* k : known) ok = ok || it.key() == k;
+    if (!ok) {
+      std::string list;
+      for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
+      fail(component, fmt::format("{}: unknown key '{}' (known keys: {})", what, it.key(), list));
+    }
+  }
+}
+
+}  // namespace peft::core

@@ -1,0 +1,241 @@
+#include "peft/models/gpt2.h"
+
+#include <cmath>
+#include <limits>
+
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/nn/attention_mask.h"
+
+namespace peft::models {
+namespace F = torch::nn::functional;
+
+// ---- config ------------------------------------------------------------------
+
+void GPT2Config::validate() const {
+  const char* c = "gpt2";
+  PEFT_CHECK(vocab_size > 0 && n_positions > 0 && n_layer > 0 && n_head > 0 && n_embd > 0, c,
+             "config.json: vocab_size, n_positions, n_layer, n_head, n_embd must be positive, found "
+             "{}, {}, {}, {}, {}",
+             vocab_size, n_positions, n_layer, n_head, n_embd);
+  PEFT_CHECK(n_embd % n_head == 0, c, "config.json: n_embd ({}) must be divisible by n_head ({})",
+             n_embd, n_head);
+  PEFT_CHECK(inner_dim() > 0, c, "config.json: n_inner must be positive, found {}", inner_dim());
+  for (double p : {resid_pdrop, embd_pdrop, attn_pdrop})
+    PEFT_CHECK(p >= 0.0 && p < 1.0, c, "config.json: dropout probabilities must be in [0, 1), found {}", p);
+  nn::activation(activation_function);  // throws for an unknown name
+}
+
+GPT2Config GPT2Config::from_json(const nlohmann::json& j) {
+  const std::string c = "gpt2", w = "config.json";
+  GPT2Config cfg;
+  using core::get_or;
+  cfg.vocab_size = get_or<int64_t>(j, "vocab_size", cfg.vocab_size, c, w);
+  cfg.n_positions = get_or<int64_t>(j, "n_positions", cfg.n_positions, c, w);
+  cfg.n_embd = get_or<int64_t>(j, "n_embd", cfg.n_embd, c, w);
+  cfg.n_layer = get_or<int64_t>(j, "n_layer", cfg.n_layer, c, w);
+  cfg.n_head = get_or<int64_t>(j, "n_head", cfg.n_head, c, w);
+  if (j.contains("n_inner") && !j["n_inner"].is_null()) cfg.n_inner = get_or<int64_t>(j, "n_inner", 0, c, w);
+  cfg.activation_function = get_or<std::string>(j, "activation_function", cfg.activation_function, c, w);
+  cfg.resid_pdrop = get_or<double>(j, "resid_pdrop", cfg.resid_pdrop, c, w);
+  cfg.embd_pdrop = get_or<double>(j, "embd_pdrop", cfg.embd_pdrop, c, w);
+  cfg.attn_pdrop = get_or<double>(j, "attn_pdrop", cfg.attn_pdrop, c, w);
+  cfg.layer_norm_epsilon = get_or<double>(j, "layer_norm_epsilon", cfg.layer_norm_epsilon, c, w);
+  cfg.initializer_range = get_or<double>(j, "initializer_range", cfg.initializer_range, c, w);
+  cfg.scale_attn_weights = get_or<bool>(j, "scale_attn_weights", cfg.scale_attn_weights, c, w);
+  cfg.scale_attn_by_inverse_layer_idx =
+      get_or<bool>(j, "scale_attn_by_inverse_layer_idx", cfg.scale_attn_by_inverse_layer_idx, c, w);
+  cfg.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", cfg.tie_word_embeddings, c, w);
+  PEFT_CHECK(!get_or<bool>(j, "add_cross_attention", false, c, w), c,
+             "config.json: add_cross_attention=true (encoder-decoder GPT-2) is not supported");
+  cfg.original = j;
+  cfg.validate();
+  return cfg;
+}
+
+nlohmann::json GPT2Config::to_json() const {
+  nlohmann::json j = original.is_object() ? original : nlohmann::json::object();
+  j["model_type"] = "gpt2";
+  j["vocab_size"] = vocab_size;
+  j["n_positions"] = n_positions;
+  j["n_embd"] = n_embd;
+  j["n_layer"] = n_layer;
+  j["n_head"] = n_head;
+  j["n_inner"] = n_inner ? nlohmann::json(*n_inner) : nlohmann::json(nullptr);
+  j["activation_function"] = activation_function;
+  j["resid_pdrop"] = resid_pdrop;
+  j["embd_pdrop"] = embd_pdrop;
+  j["attn_pdrop"] = attn_pdrop;
+  j["layer_norm_epsilon"] = layer_norm_epsilon;
+  j["initializer_range"] = initializer_range;
+  j["scale_attn_weights"] = scale_attn_weights;
+  j["scale_attn_by_inverse_layer_idx"] = scale_attn_by_inverse_layer_idx;
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  return j;
+}
+
+// ---- modules -----------------------------------------------------------------
+
+GPT2AttentionImpl::GPT2AttentionImpl(const GPT2Config& config, int64_t layer_idx)
+    : n_head_(config.n_head),
+      head_dim_(config.n_embd / config.n_head),
+      layer_idx_(layer_idx),
+      scale_(config.scale_attn_weights),
+      scale_by_layer_(config.scale_attn_by_inverse_layer_idx),
+      attn_pdrop_(config.attn_pdrop),
+      resid_pdrop_(config.resid_pdrop) {
+  c_attn = register_module("c_attn", nn::AdaptableLinear(config.n_embd, 3 * config.n_embd, true, true));
+  c_proj = register_module("c_proj", nn::AdaptableLinear(config.n_embd, config.n_embd, true, true));
+}
+
+at::Tensor GPT2AttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask) {
+  const int64_t B = hidden.size(0), T = hidden.size(1), D = hidden.size(2);
+  auto qkv = c_attn->forward(hidden).split(D, /*dim=*/2);
+  auto heads = [&](const at::Tensor& t) { return t.view({B, T, n_head_, head_dim_}).permute({0, 2, 1, 3}); };
+  at::Tensor q = heads(qkv[0]), k = heads(qkv[1]), v = heads(qkv[2]);
+
+  // The reference order of operations: scores, scale, causal fill with the dtype's min, add
+  // the padding mask, softmax. Keeping it makes padded rows agree with HF too.
+  at::Tensor scores = torch::matmul(q, k.transpose(-1, -2));
+  if (scale_) scores = scores / std::sqrt(static_cast<double>(head_dim_));
+  if (scale_by_layer_) scores = scores / static_cast<double>(layer_idx_ + 1);
+  const double min_value = nn::lowest_value(scores.scalar_type());
+  at::Tensor causal = torch::ones({T, T}, scores.options().dtype(torch::kBool)).tril();
+  scores = torch::where(causal, scores, torch::full({}, min_value, scores.options()));
+  if (additive_mask.defined()) scores = scores + additive_mask;
+  at::Tensor probs = torch::softmax(scores, -1).to(v.scalar_type());
+  probs = F::dropout(probs, F::DropoutFuncOptions().p(attn_pdrop_).training(is_training()));
+  at::Tensor out = torch::matmul(probs, v).permute({0, 2, 1, 3}).reshape({B, T, D});
+  out = c_proj->forward(out);
+  return F::dropout(out, F::DropoutFuncOptions().p(resid_pdrop_).training(is_training()));
+}
+
+GPT2MLPImpl::GPT2MLPImpl(const GPT2Config& config)
+    : act_(nn::activation(config.activation_function)), resid_pdrop_(config.resid_pdrop) {
+  c_fc = register_module("c_fc", nn::AdaptableLinear(config.n_embd, config.inner_dim(), true, true));
+  c_proj = register_module("c_proj", nn::AdaptableLinear(config.inner_dim(), config.n_embd, true, true));
+}
+
+at::Tensor GPT2MLPImpl::forward(const at::Tensor& x) {
+  at::Tensor h = c_proj->forward(act_(c_fc->forward(x)));
+  return F::dropout(h, F::DropoutFuncOptions().p(resid_pdrop_).training(is_training()));
+}
+
+GPT2BlockImpl::GPT2BlockImpl(const GPT2Config& config, int64_t layer_idx) {
+  auto ln = [&] {
+    return torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon));
+  };
+  ln_1 = register_module("ln_1", ln());
+  attn = register_module("attn", GPT2Attention(config, layer_idx));
+  ln_2 = register_module("ln_2", ln());
+  mlp = register_module("mlp", GPT2MLP(config));
+}
+
+at::Tensor GPT2BlockImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask) {
+  at::Tensor h = hidden + attn->forward(ln_1->forward(hidden), additive_mask);
+  return h + mlp->forward(ln_2->forward(h));
+}
+
+GPT2ModelImpl::GPT2ModelImpl(const GPT2Config& config) : config_(config) {
+  wte = register_module("wte", torch::nn::Embedding(config.vocab_size, config.n_embd));
+  wpe = register_module("wpe", torch::nn::Embedding(config.n_positions, config.n_embd));
+  h = register_module("h", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config.n_layer; ++i) h->push_back(GPT2Block(config, i));
+  ln_f = register_module(
+      "ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon)));
+}
+
+at::Tensor GPT2ModelImpl::forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                                  std::vector<at::Tensor>* hidden_states) {
+  PEFT_CHECK(input_ids.defined() && input_ids.dim() == 2, "gpt2",
+             "input_ids must be a [batch, seq] tensor, found {}", input_ids.defined() ? c10::str(input_ids.sizes()) : "none");
+  const int64_t T = input_ids.size(1);
+  PEFT_CHECK(T <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}", T,
+             config_.n_positions);
+  at::Tensor positions = torch::arange(T, input_ids.options().dtype(torch::kLong));
+  at::Tensor hidden = wte->forward(input_ids) + wpe->forward(positions);
+  hidden = F::dropout(hidden, F::DropoutFuncOptions().p(config_.embd_pdrop).training(is_training()));
+
+  at::Tensor additive;
+  if (attention_mask.defined()) {
+    PEFT_CHECK(attention_mask.sizes() == input_ids.sizes(), "gpt2",
+               "attention_mask has shape {}, expected {} like input_ids", c10::str(attention_mask.sizes()),
+               c10::str(input_ids.sizes()));
+    additive = nn::additive_padding_mask(attention_mask, hidden.scalar_type());
+  }
+  if (hidden_states) hidden_states->push_back(hidden);
+  for (size_t i = 0; i < h->size(); ++i) {
+    hidden = h->ptr<GPT2BlockImpl>(i)->forward(hidden, additive);
+    if (hidden_states && i + 1 < h->size()) hidden_states->push_back(hidden);
+  }
+  hidden = ln_f->forward(hidden);
+  if (hidden_states) hidden_states->push_back(hidden);
+  return hidden;
+}
+
+GPT2LMHeadModel::GPT2LMHeadModel(const GPT2Config& config) : config_(config) {
+  config_.validate();
+  transformer = register_module("transformer", GPT2Model(config_));
+  if (!config_.tie_word_embeddings)
+    lm_head = register_module("lm_head", nn::AdaptableLinear(config_.n_embd, config_.vocab_size, false, false));
+  init_weights();
+  for (auto& p : parameters()) p.set_requires_grad(false);
+}
+
+void GPT2LMHeadModel::init_weights() {
+  torch::NoGradGuard no_grad;
+  const double std = config_.initializer_range;
+  for (auto& item : named_parameters()) {
+    const std::string& name = item.key();
+    at::Tensor p = item.value();
+    auto ends_with = [&](const std::string& s) {
+      return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+    };
+    if (ends_with("ln_1.weight") || ends_with("ln_2.weight") || ends_with("ln_f.weight")) {
+      p.fill_(1.0);
+    } else if (ends_with(".bias")) {
+      p.zero_();
+    } else if (ends_with("c_proj.weight")) {
+      // GPT-2's scaled init of the residual projections (HF _init_weights).
+      p.normal_(0.0, std / std::sqrt(2.0 * static_cast<double>(config_.n_layer)));
+    } else {
+      p.normal_(0.0, std);
+    }
+  }
+}
+
+std::map<std::string, std::string> GPT2LMHeadModel::tied_weights() const {
+  if (!config_.tie_word_embeddings) return {};
+  return {{"lm_head.weight", "transformer.wte.weight"}};
+}
+
+bool GPT2LMHeadModel::ignorable_checkpoint_key(const std::string& key) const {
+  // Causal-mask buffers some older checkpoints carry (HF ignores them on load too).
+  auto ends_with = [&](const std::string& s) {
+    return key.size() >= s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0;
+  };
+  return ends_with(".attn.bias") || ends_with(".attn.masked_bias");
+}
+
+ModelOutput GPT2LMHeadModel::forward(const ModelInputs& inputs) {
+  ModelOutput out;
+  out.last_hidden_state = transformer->forward(inputs.input_ids, inputs.attention_mask,
+                                               inputs.output_hidden_states ? &out.hidden_states : nullptr);
+  out.logits = lm_head ? lm_head->forward(out.last_hidden_state)
+                       : F::linear(out.last_hidden_state, transformer->wte->weight);
+  if (inputs.labels.defined()) {
+    const int64_t V = out.logits.size(-1), T = out.logits.size(1);
+    at::Tensor shift_logits = out.logits.slice(1, 0, T - 1).reshape({-1, V});
+    at::Tensor shift_labels = inputs.labels.slice(1, 1, T).reshape({-1});
+    // Half-precision logits are upcast for a stable loss; float32/float64 stay as they are.
+    if (shift_logits.scalar_type() == at::kHalf || shift_logits.scalar_type() == at::kBFloat16)
+      shift_logits = shift_logits.to(at::kFloat);
+    out.loss = F::cross_entropy(shift_logits, shift_labels,
+                                F::CrossEntropyFuncOptions().ignore_index(-100));
+  }
+  return out;
+}
+
+}  // namespace peft::models

@@ -1,0 +1,14 @@
+#include "peft/models/model.h"
+
+namespace peft::models {
+
+std::vector<std::pair<std::string, nn::AdaptableLinear>> PretrainedModel::adaptable_linears() {
+  std::vector<std::pair<std::string, nn::AdaptableLinear>> out;
+  for (const auto& item : named_modules("", /*include_self=*/false)) {
+    if (auto lin = std::dynamic_pointer_cast<nn::AdaptableLinearImpl>(item.value()))
+      out.emplace_back(item.key(), nn::AdaptableLinear(lin));
+  }
+  return out;
+}
+
+}  // namespace peft::models

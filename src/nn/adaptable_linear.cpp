@@ -1,0 +1,95 @@
+#include "peft/nn/adaptable_linear.h"
+
+#include <algorithm>
+
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+
+namespace peft::nn {
+
+AdaptableLinearImpl::AdaptableLinearImpl(int64_t in_features, int64_t out_features, bool with_bias,
+                                         bool fan_in_fan_out)
+    : in_features_(in_features), out_features_(out_features), fan_in_fan_out_(fan_in_fan_out) {
+  PEFT_CHECK(in_features > 0 && out_features > 0, "nn",
+             "AdaptableLinear expects positive sizes, found in={} out={}", in_features, out_features);
+  weight = register_parameter(
+      "weight", fan_in_fan_out ? torch::empty({in_features, out_features}) : torch::empty({out_features, in_features}),
+      false);
+  if (with_bias) bias = register_parameter("bias", torch::zeros({out_features}), false);
+}
+
+at::Tensor AdaptableLinearImpl::weight_out_in() const { return fan_in_fan_out_ ? weight.t() : weight; }
+
+at::Tensor AdaptableLinearImpl::base_forward(const at::Tensor& x) const {
+  if (!fan_in_fan_out_) return torch::nn::functional::linear(x, weight, bias);
+  // Conv1D layout: x @ W (+ b) without materializing a transpose.
+  auto out = bias.defined() ? torch::addmm(bias, x.reshape({-1, in_features_}), weight)
+                            : torch::mm(x.reshape({-1, in_features_}), weight);
+  auto shape = x.sizes().vec();
+  shape.back() = out_features_;
+  return out.view(shape);
+}
+
+at::Tensor AdaptableLinearImpl::forward(const at::Tensor& x) {
+  if (active_.empty()) return base_forward(x);
+  std::vector<LinearDelta*> run;
+  for (const auto& [name, d] : deltas_)
+    if (!merged_.count(name) && std::find(active_.begin(), active_.end(), name) != active_.end())
+      run.push_back(d.get());
+  at::Tensor h = x;
+  for (auto* d : run) h = d->adapt_input(h);
+  at::Tensor y = base_forward(h);
+  for (auto* d : run) y = d->adapt_output(x, y);
+  return y;
+}
+
+void AdaptableLinearImpl::add_delta(const std::string& adapter, std::shared_ptr<LinearDelta> delta) {
+  PEFT_CHECK(!this->delta(adapter), "nn", "layer already has a delta for adapter '{}'", adapter);
+  register_module(adapter, delta);
+  deltas_.emplace_back(adapter, std::move(delta));
+}
+
+void AdaptableLinearImpl::remove_delta(const std::string& adapter) {
+  PEFT_CHECK(!merged(adapter), "nn", "adapter '{}' is merged into this layer; unmerge it first", adapter);
+  auto it = std::find_if(deltas_.begin(), deltas_.end(), [&](const auto& p) { return p.first == adapter; });
+  if (it == deltas_.end()) return;
+  unregister_module(adapter);
+  deltas_.erase(it);
+  active_.erase(std::remove(active_.begin(), active_.end(), adapter), active_.end());
+}
+
+std::shared_ptr<LinearDelta> AdaptableLinearImpl::delta(const std::string& adapter) const {
+  for (const auto& [name, d] : deltas_)
+    if (name == adapter) return d;
+  return nullptr;
+}
+
+std::vector<std::string> AdaptableLinearImpl::adapters() const {
+  std::vector<std::string> out;
+  for (const auto& p : deltas_) out.push_back(p.first);
+  return out;
+}
+
+void AdaptableLinearImpl::set_active(const std::vector<std::string>& adapters) { active_ = adapters; }
+
+void AdaptableLinearImpl::merge(const std::string& adapter) {
+  auto d = delta(adapter);
+  PEFT_CHECK(d != nullptr, "nn", "no delta for adapter '{}' on this layer", adapter);
+  PEFT_CHECK(!merged(adapter), "nn", "adapter '{}' is already merged", adapter);
+  PEFT_CHECK(d->mergeable(), "nn", "adapter '{}' ({}) cannot be merged", adapter, d->name());
+  torch::NoGradGuard no_grad;
+  at::Tensor w = weight_out_in();
+  d->merge_into(w, bias);
+  merged_.insert(adapter);
+}
+
+void AdaptableLinearImpl::unmerge(const std::string& adapter) {
+  PEFT_CHECK(merged(adapter), "nn", "adapter '{}' is not merged", adapter);
+  torch::NoGradGuard no_grad;
+  at::Tensor w = weight_out_in();
+  delta(adapter)->unmerge_from(w, bias);
+  merged_.erase(adapter);
+}
+
+}  // namespace peft::nn
