@@ -50,8 +50,10 @@ void AdaptableLinearImpl::add_delta(const std::string& adapter, std::shared_ptr<
   deltas_.emplace_back(adapter, std::move(delta));
 }
 
-void AdaptableLinearImpl::remove_delta(const std::string& adapter) {
-  PEFT_CHECK(!merged(adapter), "nn", "adapter '{}' is merged into this layer; unmerge it first", adapter);
+void AdaptableLinearImpl::remove_delta(const std::string& adapter, bool keep_merged_weights) {
+  PEFT_CHECK(keep_merged_weights || !merged(adapter), "nn",
+             "adapter '{}' is merged into this layer; unmerge it first", adapter);
+  merged_.erase(adapter);
   auto it = std::find_if(deltas_.begin(), deltas_.end(), [&](const auto& p) { return p.first == adapter; });
   if (it == deltas_.end()) return;
   unregister_module(adapter);

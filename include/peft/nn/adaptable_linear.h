@@ -34,7 +34,9 @@ class AdaptableLinearImpl : public torch::nn::Module {
   at::Tensor weight_out_in() const;
 
   void add_delta(const std::string& adapter, std::shared_ptr<LinearDelta> delta);
-  void remove_delta(const std::string& adapter);
+  /// Detaches a delta. A merged delta is refused unless `keep_merged_weights` (merge_and_unload),
+  /// which leaves its contribution in the base weight.
+  void remove_delta(const std::string& adapter, bool keep_merged_weights = false);
   /// nullptr when this layer has no delta for `adapter`.
   std::shared_ptr<LinearDelta> delta(const std::string& adapter) const;
   std::vector<std::string> adapters() const;

@@ -1,0 +1,41 @@
+// Delta checkpoints: adapter_config.json + adapter_model.safetensors, in Hugging Face PEFT's
+// layout and key naming, so deltas move both ways between this library and HF PEFT.
+//
+// Our own metadata rides in the safetensors "__metadata__" map (which HF ignores), leaving the
+// config exactly as HF writes it: "peft_cpp_version", "peft_cpp_method", "peft_cpp_base_fingerprint".
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "peft/methods/method.h"
+#include "peft/peft_model.h"
+
+namespace peft::checkpoint {
+
+inline constexpr const char* kConfigFile = "adapter_config.json";
+inline constexpr const char* kWeightsFile = "adapter_model.safetensors";
+
+/// Writes one adapter to `dir` (created if missing). A new directory appears complete or not at
+/// all (written beside it, then renamed); an existing one has each file replaced atomically.
+void save_adapter(PeftModel& model, const std::string& dir, const std::string& adapter = "default");
+
+/// HF's save_pretrained layout: "default" in `dir`, every other adapter in `dir/<name>/`.
+void save_pretrained(PeftModel& model, const std::string& dir);
+
+/// Reads and validates adapter_config.json.
+std::shared_ptr<methods::MethodConfig> read_adapter_config(const std::string& dir);
+
+struct LoadOptions {
+  /// false: inference (parameters frozen, as HF's default); true: continue training.
+  bool is_trainable = false;
+  /// Load even when the delta records a different base fingerprint (a warning is logged).
+  bool allow_base_mismatch = false;
+};
+
+/// Attaches the adapter stored in `dir` under `adapter`. Every tensor is checked: a missing,
+/// unexpected or mis-shaped tensor is an error naming it; nothing is attached on error.
+void load_adapter(PeftModel& model, const std::string& dir, const std::string& adapter = "default",
+                  const LoadOptions& options = {});
+
+}  // namespace peft::checkpoint

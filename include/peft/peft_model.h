@@ -1,0 +1,106 @@
+// PeftModel: a frozen backbone plus named adapters. Add / activate / disable / delete adapters,
+// report trainable parameters, merge / unmerge / merge_and_unload.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "peft/methods/method.h"
+#include "peft/models/model.h"
+#include "peft/nn/adaptable_linear.h"
+
+namespace peft {
+
+struct ParameterCounts {
+  int64_t trainable = 0;
+  int64_t total = 0;
+};
+
+class PeftModel {
+ public:
+  /// Takes the backbone and freezes every one of its parameters.
+  explicit PeftModel(std::shared_ptr<models::PretrainedModel> base);
+
+  models::ModelOutput forward(const models::ModelInputs& inputs);
+  models::PretrainedModel& base_model() { return *base_; }
+  std::shared_ptr<models::PretrainedModel> base_model_ptr() { return base_; }
+  void train(bool on = true) { base_->train(on); }
+  void eval() { base_->eval(); }
+
+  // ---- adapters ----
+  /// Attaches a freshly initialized adapter; the first one added becomes active.
+  void add_adapter(const std::string& name, const methods::MethodConfig& config);
+  void delete_adapter(const std::string& name);
+  void set_adapter(const std::string& name);
+  const std::string& active_adapter() const { return active_; }
+  std::vector<std::string> adapters() const;
+  bool has_adapter(const std::string& name) const { return adapters_.count(name) != 0; }
+  const methods::MethodConfig& adapter_config(const std::string& name) const;
+  /// Runs the bare base model until enable_adapters().
+  void disable_adapters();
+  void enable_adapters();
+  bool adapters_enabled() const { return enabled_; }
+  /// Whether the adapter's parameters take gradients when it is active (default: true).
+  void set_trainable(const std::string& name, bool trainable);
+
+  // ---- merging ----
+  /// Folds the active adapter into the base weights (its deltas stop running).
+  void merge_adapter();
+  void unmerge_adapter();
+  bool merged() const { return !merged_.empty(); }
+  /// Merges the active adapter for good, removes every adapter and returns the plain backbone.
+  std::shared_ptr<models::PretrainedModel> merge_and_unload();
+  /// Removes every adapter without merging and returns the plain backbone.
+  std::shared_ptr<models::PretrainedModel> unload();
+
+  // ---- parameters ----
+  /// The active adapter's trainable tensors (what an optimizer should get).
+  std::vector<at::Tensor> trainable_parameters();
+  /// An adapter's tensors under Hugging Face PEFT's checkpoint keys ("base_model.model.<path>.lora_A.weight").
+  std::map<std::string, at::Tensor> adapter_state_dict(const std::string& name);
+  ParameterCounts count_parameters();
+  /// "trainable params: 1,234 || all params: 5,678 || trainable%: 21.73..." (HF's format).
+  std::string trainable_parameters_report();
+  /// The fingerprint of the base weights as loaded (see core/fingerprint.h).
+  const std::string& base_fingerprint() const { return fingerprint_; }
+  const std::vector<std::string>& base_parameter_names() const { return base_names_; }
+
+  // ---- for method implementations ----
+  /// Every AdaptableLinear of the backbone, by full module name.
+  const std::vector<std::pair<std::string, nn::AdaptableLinear>>& linears() const { return linears_; }
+  void attach_linear_delta(const std::string& adapter, const std::string& module_name,
+                           std::shared_ptr<nn::LinearDelta> delta);
+  /// Gives `adapter` its own trainable copy of a base parameter (modules_to_save, trainable biases).
+  void add_trainable_base_tensor(const std::string& adapter, const std::string& param_name);
+  /// modules_to_save: every base parameter inside a named module; an unmatched name is an error.
+  void add_modules_to_save(const std::string& adapter, const std::vector<std::string>& modules);
+
+ private:
+  struct Adapter {
+    std::shared_ptr<methods::MethodConfig> config;
+    std::vector<std::pair<std::string, nn::AdaptableLinear>> layers;
+    std::map<std::string, at::Tensor> base_copies;  // param name -> this adapter's values
+    bool trainable = true;
+  };
+  Adapter& adapter(const std::string& name);
+  const Adapter& adapter(const std::string& name) const;
+  /// Makes the model compute with the active adapter (or none) and sets requires_grad accordingly.
+  void apply_state();
+  at::Tensor base_param(const std::string& name);
+
+  std::shared_ptr<models::PretrainedModel> base_;
+  std::vector<std::pair<std::string, nn::AdaptableLinear>> linears_;
+  std::vector<std::string> base_names_;
+  std::map<std::string, Adapter> adapters_;
+  std::vector<std::string> order_;  // adapters in insertion order
+  std::map<std::string, at::Tensor> originals_;  // base param name -> base values while a copy is installed
+  std::string active_;
+  bool enabled_ = true;
+  std::vector<std::string> merged_;
+  std::string fingerprint_;
+};
+
+}  // namespace peft

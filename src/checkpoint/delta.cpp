@@ -1,0 +1,115 @@
+#include "peft/checkpoint/delta.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <random>
+
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/core/log.h"
+#include "peft/core/safetensors.h"
+#include "peft/core/version.h"
+
+namespace peft::checkpoint {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kC = "checkpoint";
+
+void write_files(PeftModel& model, const std::string& dir, const std::string& adapter) {
+  nlohmann::json config = model.adapter_config(adapter).to_json();
+  safetensors::Metadata meta = {{"format", "pt"},
+                                {"peft_cpp_version", version()},
+                                {"peft_cpp_method", model.adapter_config(adapter).method()},
+                                {"peft_cpp_base_fingerprint", model.base_fingerprint()}};
+  // Weights first: a crash between the two renames leaves the old config beside new weights of
+  // the same adapter, never a config that promises tensors the directory lacks.
+  safetensors::save_file((fs::path(dir) / kWeightsFile).string(), model.adapter_state_dict(adapter), meta);
+  core::write_json_file((fs::path(dir) / kConfigFile).string(), config);
+}
+
+}  // namespace
+
+void save_adapter(PeftModel& model, const std::string& dir, const std::string& adapter) {
+  PEFT_CHECK(model.has_adapter(adapter), kC, "cannot save adapter '{}': the model has no such adapter", adapter);
+  if (fs::exists(dir)) {
+    PEFT_CHECK(fs::is_directory(dir), kC, "'{}' exists and is not a directory", dir);
+    write_files(model, dir, adapter);
+    return;
+  }
+  fs::path target = fs::path(dir).lexically_normal();
+  if (target.filename().empty()) target = target.parent_path();
+  fs::path parent = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  fs::create_directories(parent);
+  fs::path staging = parent / fmt::format(".{}.tmp-{}-{}", target.filename().string(), ::getpid(), std::random_device{}());
+  fs::create_directory(staging);
+  try {
+    write_files(model, staging.string(), adapter);
+    fs::rename(staging, target);
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(staging, ec);
+    throw;
+  }
+}
+
+void save_pretrained(PeftModel& model, const std::string& dir) {
+  for (const auto& name : model.adapters())
+    save_adapter(model, name == "default" ? dir : (fs::path(dir) / name).string(), name);
+}
+
+std::shared_ptr<methods::MethodConfig> read_adapter_config(const std::string& dir) {
+  const auto path = (fs::path(dir) / kConfigFile).string();
+  PEFT_CHECK(fs::exists(path), kC, "{}: missing {} (is '{}' an adapter directory?)", dir, kConfigFile, dir);
+  auto j = core::read_json_file(path);
+  try {
+    return methods::parse_config(j);
+  } catch (const Error& e) {
+    fail(kC, fmt::format("{}: {}", path, e.what()));
+  }
+}
+
+void load_adapter(PeftModel& model, const std::string& dir, const std::string& adapter, const LoadOptions& options) {
+  auto config = read_adapter_config(dir);
+  const auto weights_path = (fs::path(dir) / kWeightsFile).string();
+  PEFT_CHECK(fs::exists(weights_path), kC, "{}: missing {}", dir, kWeightsFile);
+  safetensors::File file(weights_path);
+
+  const auto& meta = file.metadata();
+  auto fp = meta.find("peft_cpp_base_fingerprint");
+  if (fp != meta.end() && fp->second != model.base_fingerprint()) {
+    const std::string msg = fmt::format(
+        "{}: this delta was trained on a different base model (base fingerprint {} recorded, {} loaded); "
+        "check the model directory",
+        dir, fp->second, model.base_fingerprint());
+    PEFT_CHECK(options.allow_base_mismatch, kC, "{} (allow_base_mismatch overrides)", msg);
+    log::warn("{}", msg);
+  }
+
+  config->common.inference_mode = !options.is_trainable;
+  model.add_adapter(adapter, *config);
+  try {
+    auto expected = model.adapter_state_dict(adapter);
+    for (const auto& t : file.tensors())
+      PEFT_CHECK(expected.count(t.name), kC, "{}: unexpected tensor '{}' (the config's {} adapter has no such tensor)",
+                 weights_path, t.name, config->method());
+    torch::NoGradGuard no_grad;
+    for (auto& [key, target] : expected) {
+      PEFT_CHECK(file.contains(key), kC, "{}: missing tensor '{}' (expected shape {})", weights_path, key,
+                 c10::str(target.sizes()));
+      at::Tensor value = file.load(key);
+      PEFT_CHECK(value.sizes() == target.sizes(), kC, "{}: tensor '{}' has shape {}, expected {}", weights_path, key,
+                 c10::str(value.sizes()), c10::str(target.sizes()));
+      target.copy_(value);
+    }
+  } catch (...) {
+    model.delete_adapter(adapter);
+    throw;
+  }
+  model.set_trainable(adapter, options.is_trainable);
+}
+
+}  // namespace peft::checkpoint

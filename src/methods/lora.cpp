@@ -1,0 +1,313 @@
+#include "peft/methods/lora.h"
+
+#include <cmath>
+#include <regex>
+
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/core/log.h"
+#include "peft/peft_model.h"
+
+namespace peft::methods {
+namespace F = torch::nn::functional;
+namespace {
+
+constexpr const char* kC = "lora";
+
+// Keys of newer HF PEFT releases that this implementation accepts only at their default value:
+// a file that needs the feature is refused by name rather than silently mis-loaded.
+const std::vector<std::pair<std::string, nlohmann::json>>& default_only_keys() {
+  static const std::vector<std::pair<std::string, nlohmann::json>> k = {
+      {"loftq_config", nlohmann::json::object()},
+      {"megatron_config", nullptr},
+      {"use_dora", false},
+      {"lora_bias", false},
+      {"layer_replication", nullptr},
+      {"eva_config", nullptr},
+      {"corda_config", nullptr},
+      {"lora_ga_config", nullptr},
+      {"velora_config", nullptr},
+      {"monteclora_config", nullptr},
+      {"trainable_token_indices", nullptr},
+      {"target_parameters", nullptr},
+      {"alora_invocation_tokens", nullptr},
+      {"use_qalora", false},
+      {"use_bdlora", nullptr},
+      {"arrow_config", nullptr},
+      {"runtime_config", nullptr},
+      {"ensure_weight_tying", false},
+  };
+  return k;
+}
+
+// Keys that carry no meaning for this implementation and are accepted with any value.
+const std::vector<std::string>& ignored_keys() {
+  static const std::vector<std::string> k = {"megatron_core", "qalora_group_size"};
+  return k;
+}
+
+const std::vector<std::string>& lora_keys() {
+  static const std::vector<std::string> k = {
+      "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "fan_in_fan_out", "bias",
+      "use_rslora", "init_lora_weights", "layers_to_transform", "layers_pattern", "modules_to_save",
+      "rank_pattern", "alpha_pattern"};
+  return k;
+}
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+std::vector<std::string> string_list(const nlohmann::json& j, const char* key, const std::string& where) {
+  std::vector<std::string> out;
+  if (!j.contains(key) || j[key].is_null()) return out;
+  const auto& v = j[key];
+  if (v.is_string()) return {v.get<std::string>()};
+  PEFT_CHECK(v.is_array(), kC, "{}: '{}' must be a list of strings, found {}", where, key, v.dump());
+  for (const auto& e : v) {
+    PEFT_CHECK(e.is_string(), kC, "{}: '{}' entries must be strings, found {}", where, key, e.dump());
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+TargetModules default_targets(const std::string& model_type) {
+  static const std::map<std::string, std::vector<std::string>> defaults = {
+      {"gpt2", {"c_attn"}}, {"llama", {"q_proj", "v_proj"}}, {"mistral", {"q_proj", "v_proj"}},
+      {"bert", {"query", "value"}}, {"roberta", {"query", "value"}}, {"vit", {"query", "value"}}};
+  auto it = defaults.find(model_type);
+  PEFT_CHECK(it != defaults.end(), kC,
+             "target_modules is not set and there is no default for model_type '{}'; list the modules to adapt",
+             model_type);
+  TargetModules t;
+  t.names = it->second;
+  return t;
+}
+
+bool excluded(const std::string& name, const TargetModules& exclude) {
+  if (exclude.empty()) return false;
+  return matches_target(name, exclude, LayerSelection{});
+}
+
+// Layer names summarized for error messages: the distinct last segments, then one example.
+std::string describe_linears(PeftModel& model) {
+  std::vector<std::string> leaves;
+  std::string example;
+  for (const auto& [name, lin] : model.linears()) {
+    auto leaf = name.substr(name.rfind('.') + 1);
+    auto parent = name.substr(0, name.rfind('.'));
+    auto key = parent.substr(parent.rfind('.') + 1) + "." + leaf;
+    if (!contains(leaves, key)) leaves.push_back(key);
+    if (example.empty()) example = name;
+  }
+  return fmt::format("{} (full names look like '{}')", fmt::join(leaves, ", "), example);
+}
+
+void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
+  auto& cfg = dynamic_cast<LoraConfig&>(base_cfg);
+  cfg.validate();
+  const TargetModules targets =
+      cfg.target_modules.empty() ? default_targets(model.base_model().model_type()) : cfg.target_modules;
+  const LayerSelection layers{cfg.layers_to_transform, cfg.layers_pattern};
+  int matched = 0;
+  for (auto& [name, lin] : model.linears()) {
+    if (inside_any(name, cfg.modules_to_save) || excluded(name, cfg.exclude_modules)) continue;
+    if (!matches_target(name, targets, layers)) continue;
+    if (lin->fan_in_fan_out() && !cfg.fan_in_fan_out) {
+      // As HF PEFT does: Conv1D layers imply fan_in_fan_out, and the saved config says so.
+      log::warn("lora: fan_in_fan_out=false but '{}' stores its weight as [in, out] (Conv1D); setting "
+                "fan_in_fan_out=true",
+                name);
+      cfg.fan_in_fan_out = true;
+    }
+    auto delta = std::make_shared<LoraDelta>(lin->in_features(), lin->out_features(), cfg.rank_for(name),
+                                             cfg.scaling_for(name), cfg.lora_dropout, cfg.init_lora_weights,
+                                             lin->weight.options());
+    model.attach_linear_delta(adapter, name, delta);
+    if (cfg.bias == "lora_only" && lin->bias.defined()) model.add_trainable_base_tensor(adapter, name + ".bias");
+    ++matched;
+  }
+  PEFT_CHECK(matched > 0, kC, "target_modules {} matched no layer of this {} model; adaptable layers: {}",
+             targets.to_json().dump(), model.base_model().model_type(), describe_linears(model));
+  if (cfg.bias == "all")
+    for (const auto& name : model.base_parameter_names())
+      if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) model.add_trainable_base_tensor(adapter, name);
+  model.add_modules_to_save(adapter, cfg.modules_to_save);
+}
+
+}  // namespace
+
+// ---- config ------------------------------------------------------------------
+
+void LoraConfig::validate() const {
+  PEFT_CHECK(r > 0, kC, "r must be a positive integer, found {}", r);
+  PEFT_CHECK(std::isfinite(lora_alpha) && lora_alpha != 0.0, kC, "lora_alpha must be finite and non-zero, found {}",
+             lora_alpha);
+  PEFT_CHECK(lora_dropout >= 0.0 && lora_dropout < 1.0, kC, "lora_dropout must be in [0, 1), found {}", lora_dropout);
+  PEFT_CHECK(bias == "none" || bias == "all" || bias == "lora_only", kC,
+             "bias must be \"none\", \"all\" or \"lora_only\", found \"{}\"", bias);
+  PEFT_CHECK(init_lora_weights == "true" || init_lora_weights == "false" || init_lora_weights == "gaussian", kC,
+             "init_lora_weights must be true, false or \"gaussian\", found {}", init_lora_weights);
+  PEFT_CHECK(layers_to_transform.empty() || !target_modules.regex, kC,
+             "layers_to_transform only applies when target_modules is a list, not a regex");
+  PEFT_CHECK(layers_pattern.empty() || !layers_to_transform.empty(), kC,
+             "layers_pattern is set but layers_to_transform is not");
+  for (const auto& [k, v] : rank_pattern) PEFT_CHECK(v > 0, kC, "rank_pattern['{}'] must be positive, found {}", k, v);
+  for (int64_t l : layers_to_transform) PEFT_CHECK(l >= 0, kC, "layers_to_transform entries must be >= 0, found {}", l);
+}
+
+std::shared_ptr<LoraConfig> LoraConfig::from_json(const nlohmann::json& j) {
+  const std::string where = "LoRA config";
+  PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    const std::string& k = it.key();
+    if (contains(lora_keys(), k) || contains(common_keys(), k) || contains(ignored_keys(), k)) continue;
+    auto d = std::find_if(default_only_keys().begin(), default_only_keys().end(), [&](const auto& p) { return p.first == k; });
+    if (d != default_only_keys().end()) {
+      PEFT_CHECK(it.value() == d->second || (it.value().is_null() && d->second.is_object()), kC,
+                 "{}: '{}' = {} is not supported (only {} is)", where, k, it.value().dump(), d->second.dump());
+      continue;
+    }
+    std::vector<std::string> known = lora_keys();
+    fail(kC, fmt::format("{}: unknown key '{}' (LoRA keys: {})", where, k, fmt::join(known, ", ")));
+  }
+  auto c = std::make_shared<LoraConfig>();
+  if (j.contains("peft_type"))
+    PEFT_CHECK(j["peft_type"] == "LORA", kC, "{}: peft_type must be \"LORA\", found {}", where, j["peft_type"].dump());
+  read_common(j, c->common, where);
+  using core::get_or;
+  c->r = get_or<int64_t>(j, "r", c->r, kC, where);
+  c->lora_alpha = get_or<double>(j, "lora_alpha", c->lora_alpha, kC, where);
+  c->lora_dropout = get_or<double>(j, "lora_dropout", c->lora_dropout, kC, where);
+  c->target_modules = TargetModules::from_json(j.value("target_modules", nlohmann::json()), where + " target_modules");
+  c->exclude_modules = TargetModules::from_json(j.value("exclude_modules", nlohmann::json()), where + " exclude_modules");
+  c->fan_in_fan_out = get_or<bool>(j, "fan_in_fan_out", c->fan_in_fan_out, kC, where);
+  c->bias = get_or<std::string>(j, "bias", c->bias, kC, where);
+  c->use_rslora = get_or<bool>(j, "use_rslora", c->use_rslora, kC, where);
+  if (j.contains("init_lora_weights")) {
+    const auto& v = j["init_lora_weights"];
+    c->init_lora_weights = v.is_boolean() ? (v.get<bool>() ? "true" : "false") : v.is_string() ? v.get<std::string>() : v.dump();
+  }
+  if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null()) {
+    const auto& v = j["layers_to_transform"];
+    PEFT_CHECK(v.is_number_integer() || v.is_array(), kC, "{}: layers_to_transform must be an int or a list, found {}",
+               where, v.dump());
+    if (v.is_number_integer()) c->layers_to_transform = {v.get<int64_t>()};
+    else
+      for (const auto& e : v) {
+        PEFT_CHECK(e.is_number_integer(), kC, "{}: layers_to_transform entries must be integers, found {}", where, e.dump());
+        c->layers_to_transform.push_back(e.get<int64_t>());
+      }
+  }
+  c->layers_pattern = string_list(j, "layers_pattern", where);
+  c->modules_to_save = string_list(j, "modules_to_save", where);
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    if (!j.contains(key) || j[key].is_null()) continue;
+    PEFT_CHECK(j[key].is_object(), kC, "{}: '{}' must be an object, found {}", where, key, j[key].dump());
+    for (auto it = j[key].begin(); it != j[key].end(); ++it) {
+      PEFT_CHECK(it.value().is_number(), kC, "{}: {}['{}'] must be a number", where, key, it.key());
+      if (std::string(key) == "rank_pattern") c->rank_pattern[it.key()] = it.value().get<int64_t>();
+      else c->alpha_pattern[it.key()] = it.value().get<double>();
+    }
+  }
+  c->validate();
+  return c;
+}
+
+nlohmann::json LoraConfig::to_json() const {
+  nlohmann::json j;
+  write_common(j, common, peft_type());
+  auto number = [](double v) {
+    return (std::floor(v) == v && std::abs(v) < 9e15) ? nlohmann::json(static_cast<int64_t>(v)) : nlohmann::json(v);
+  };
+  j["r"] = r;
+  j["lora_alpha"] = number(lora_alpha);
+  j["lora_dropout"] = lora_dropout;
+  j["target_modules"] = target_modules.to_json();
+  if (!exclude_modules.empty()) j["exclude_modules"] = exclude_modules.to_json();
+  j["fan_in_fan_out"] = fan_in_fan_out;
+  j["bias"] = bias;
+  if (use_rslora) j["use_rslora"] = true;  // written only when set: older HF PEFT rejects the key
+  j["init_lora_weights"] = init_lora_weights == "true" ? nlohmann::json(true)
+                           : init_lora_weights == "false" ? nlohmann::json(false)
+                                                          : nlohmann::json(init_lora_weights);
+  j["layers_to_transform"] = layers_to_transform.empty() ? nlohmann::json(nullptr) : nlohmann::json(layers_to_transform);
+  j["layers_pattern"] = layers_pattern.empty() ? nlohmann::json(nullptr)
+                        : layers_pattern.size() == 1 ? nlohmann::json(layers_pattern[0])
+                                                     : nlohmann::json(layers_pattern);
+  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
+  j["rank_pattern"] = nlohmann::json::object();
+  for (const auto& [k, v] : rank_pattern) j["rank_pattern"][k] = v;
+  j["alpha_pattern"] = nlohmann::json::object();
+  for (const auto& [k, v] : alpha_pattern) j["alpha_pattern"][k] = number(v);
+  j["loftq_config"] = nlohmann::json::object();
+  j["megatron_config"] = nullptr;
+  j["megatron_core"] = "megatron.core";
+  return j;
+}
+
+int64_t LoraConfig::rank_for(const std::string& module_name) const {
+  std::vector<std::string> keys;
+  for (const auto& kv : rank_pattern) keys.push_back(kv.first);
+  auto k = pattern_key(module_name, keys);
+  return k ? rank_pattern.at(*k) : r;
+}
+
+double LoraConfig::scaling_for(const std::string& module_name) const {
+  std::vector<std::string> keys;
+  for (const auto& kv : alpha_pattern) keys.push_back(kv.first);
+  auto k = pattern_key(module_name, keys);
+  const double alpha = k ? alpha_pattern.at(*k) : lora_alpha;
+  const double rank = static_cast<double>(rank_for(module_name));
+  return use_rslora ? alpha / std::sqrt(rank) : alpha / rank;
+}
+
+// ---- the delta -----------------------------------------------------------------
+
+LoraDelta::LoraDelta(int64_t in_features, int64_t out_features, int64_t r, double scaling, double dropout,
+                     const std::string& init, const at::TensorOptions& options)
+    : scaling_(scaling), dropout_(dropout) {
+  lora_A = register_module("lora_A", torch::nn::Linear(torch::nn::LinearOptions(in_features, r).bias(false)));
+  lora_B = register_module("lora_B", torch::nn::Linear(torch::nn::LinearOptions(r, out_features).bias(false)));
+  torch::NoGradGuard no_grad;
+  if (init == "gaussian") {
+    lora_A->weight.normal_(0.0, 1.0 / static_cast<double>(r));
+    lora_B->weight.zero_();
+  } else if (init == "true") {
+    // kaiming_uniform(a=sqrt(5)) == U(-1/sqrt(in), 1/sqrt(in)), as loralib and HF PEFT do.
+    torch::nn::init::kaiming_uniform_(lora_A->weight, std::sqrt(5.0));
+    lora_B->weight.zero_();
+  }  // "false": both keep nn.Linear's random init (non-zero delta; for tests and experiments)
+  to(options.device(), options.dtype().toScalarType());
+}
+
+at::Tensor LoraDelta::adapt_output(const at::Tensor& x, const at::Tensor& y) {
+  at::Tensor h = x.scalar_type() == lora_A->weight.scalar_type() ? x : x.to(lora_A->weight.scalar_type());
+  if (dropout_ > 0.0) h = F::dropout(h, F::DropoutFuncOptions().p(dropout_).training(is_training()));
+  // (x A^T) B^T: never forms the [out, in] product during training.
+  at::Tensor d = F::linear(F::linear(h, lora_A->weight), lora_B->weight) * scaling_;
+  return y + d.to(y.scalar_type());
+}
+
+at::Tensor LoraDelta::delta_weight() const { return torch::mm(lora_B->weight, lora_A->weight) * scaling_; }
+
+void LoraDelta::merge_into(at::Tensor& weight_out_in, at::Tensor&) {
+  weight_out_in.add_(delta_weight().to(weight_out_in.scalar_type()));
+}
+
+void LoraDelta::unmerge_from(at::Tensor& weight_out_in, at::Tensor&) {
+  weight_out_in.sub_(delta_weight().to(weight_out_in.scalar_type()));
+}
+
+Method lora_method() {
+  Method m;
+  m.name = "lora";
+  m.peft_type = "LORA";
+  m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return LoraConfig::from_json(j); };
+  m.attach = attach_lora;
+  return m;
+}
+
+}  // namespace peft::methods

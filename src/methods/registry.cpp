@@ -1,0 +1,11 @@
+// The built-in methods. A new method adds one line here.
+#include "peft/methods/lora.h"
+#include "peft/methods/method.h"
+
+namespace peft::methods {
+
+void register_builtin_methods() {
+  register_method(lora_method());
+}
+
+}  // namespace peft::methods

@@ -1,0 +1,275 @@
+#include "peft/peft_model.h"
+
+#include <algorithm>
+#include <regex>
+
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+#include "peft/core/fingerprint.h"
+
+namespace peft {
+namespace {
+
+constexpr const char* kC = "peft_model";
+const std::string kKeyPrefix = "base_model.model.";
+
+std::string with_commas(int64_t n) {
+  std::string digits = std::to_string(n < 0 ? -n : n), out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return n < 0 ? "-" + out : out;
+}
+
+void check_adapter_name(const std::string& name) {
+  static const std::regex valid("[A-Za-z0-9_\\-]+");
+  PEFT_CHECK(std::regex_match(name, valid), kC,
+             "adapter name '{}' must be non-empty and use only letters, digits, '_' and '-'", name);
+  PEFT_CHECK(name != "weight" && name != "bias", kC, "adapter name '{}' is reserved", name);
+}
+
+}  // namespace
+
+PeftModel::PeftModel(std::shared_ptr<models::PretrainedModel> base) : base_(std::move(base)) {
+  PEFT_CHECK(base_ != nullptr, kC, "expected a backbone, found nullptr");
+  std::map<std::string, at::Tensor> named;
+  for (auto& p : base_->named_parameters(true)) {
+    p.value().set_requires_grad(false);
+    base_names_.push_back(p.key());
+    named[p.key()] = p.value();
+  }
+  for (auto& item : base_->adaptable_linears()) {
+    PEFT_CHECK(item.second->adapters().empty(), kC, "layer '{}' already carries deltas; pass a bare backbone",
+               item.first);
+    linears_.push_back(item);
+  }
+  fingerprint_ = core::fingerprint(named);
+}
+
+models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs) { return base_->forward(inputs); }
+
+PeftModel::Adapter& PeftModel::adapter(const std::string& name) {
+  auto it = adapters_.find(name);
+  PEFT_CHECK(it != adapters_.end(), kC, "no adapter named '{}' (adapters: {})", name, fmt::join(order_, ", "));
+  return it->second;
+}
+
+const PeftModel::Adapter& PeftModel::adapter(const std::string& name) const {
+  return const_cast<PeftModel*>(this)->adapter(name);
+}
+
+at::Tensor PeftModel::base_param(const std::string& name) {
+  auto* p = base_->named_parameters(true).find(name);
+  PEFT_CHECK(p != nullptr, kC, "the base model has no parameter '{}'", name);
+  return *p;
+}
+
+std::vector<std::string> PeftModel::adapters() const { return order_; }
+
+const methods::MethodConfig& PeftModel::adapter_config(const std::string& name) const { return *adapter(name).config; }
+
+void PeftModel::add_adapter(const std::string& name, const methods::MethodConfig& config) {
+  check_adapter_name(name);
+  PEFT_CHECK(!has_adapter(name), kC, "adapter '{}' already exists; delete it first or pick another name", name);
+  PEFT_CHECK(merged_.empty(), kC, "adapter '{}' is merged; unmerge it before adding adapters", active_);
+  config.validate();
+  const auto& method = methods::find_method(config.method());
+  adapters_[name].config = config.clone();
+  order_.push_back(name);
+  try {
+    method.attach(*this, *adapters_[name].config, name);
+  } catch (...) {
+    for (auto& [path, lin] : adapters_[name].layers) lin->remove_delta(name);
+    adapters_.erase(name);
+    order_.pop_back();
+    throw;
+  }
+  if (active_.empty()) active_ = name;
+  apply_state();
+}
+
+void PeftModel::attach_linear_delta(const std::string& adapter_name, const std::string& module_name,
+                                    std::shared_ptr<nn::LinearDelta> delta) {
+  auto& a = adapter(adapter_name);
+  for (auto& [path, lin] : linears_) {
+    if (path != module_name) continue;
+    lin->add_delta(adapter_name, std::move(delta));
+    a.layers.emplace_back(path, lin);
+    return;
+  }
+  fail(kC, fmt::format("no adaptable layer named '{}'", module_name));
+}
+
+void PeftModel::add_trainable_base_tensor(const std::string& adapter_name, const std::string& param_name) {
+  auto& a = adapter(adapter_name);
+  if (a.base_copies.count(param_name)) return;
+  auto orig = originals_.find(param_name);
+  at::Tensor source = orig != originals_.end() ? orig->second : base_param(param_name);
+  a.base_copies[param_name] = source.detach().clone();
+}
+
+void PeftModel::add_modules_to_save(const std::string& adapter_name, const std::vector<std::string>& modules) {
+  for (const auto& m : modules) {
+    int found = 0;
+    for (const auto& p : base_names_) {
+      const auto module = p.substr(0, p.rfind('.'));
+      if (module == m || (module.size() > m.size() && module.compare(module.size() - m.size() - 1, m.size() + 1, "." + m) == 0)) {
+        add_trainable_base_tensor(adapter_name, p);
+        ++found;
+      }
+    }
+    auto tied = base_->tied_weights();
+    for (const auto& [alias, target] : tied)
+      PEFT_CHECK(alias.substr(0, alias.rfind('.')) != m, kC,
+                 "modules_to_save: '{}' shares its weight with '{}' (tied); name '{}' instead", m, target,
+                 target.substr(0, target.rfind('.')));
+    PEFT_CHECK(found > 0, kC, "modules_to_save: no module named '{}' in this {} model", m, base_->model_type());
+  }
+}
+
+void PeftModel::apply_state() {
+  torch::NoGradGuard no_grad;
+  auto params = base_->named_parameters(true);
+  for (auto& [name, data] : originals_) params[name].set_data(data);
+  originals_.clear();
+  for (const auto& name : base_names_) params[name].set_requires_grad(false);
+  const bool running = enabled_ && !active_.empty();
+  for (auto& [path, lin] : linears_) lin->set_active(running ? std::vector<std::string>{active_} : std::vector<std::string>{});
+  for (auto& [name, a] : adapters_) {
+    const bool train = running && name == active_ && a.trainable;
+    for (auto& [path, lin] : a.layers)
+      for (auto& p : lin->delta(name)->parameters()) p.set_requires_grad(train);
+    if (!(running && name == active_)) continue;
+    for (auto& [pname, copy] : a.base_copies) {
+      at::Tensor live = params[pname];
+      originals_[pname] = live.detach();
+      live.set_data(copy);
+      live.mutable_grad() = at::Tensor();
+      live.set_requires_grad(train);
+    }
+  }
+}
+
+void PeftModel::delete_adapter(const std::string& name) {
+  auto& a = adapter(name);
+  PEFT_CHECK(std::find(merged_.begin(), merged_.end(), name) == merged_.end(), kC,
+             "adapter '{}' is merged; unmerge it before deleting it", name);
+  for (auto& [path, lin] : a.layers) lin->remove_delta(name);
+  adapters_.erase(name);
+  order_.erase(std::remove(order_.begin(), order_.end(), name), order_.end());
+  if (active_ == name) active_ = order_.empty() ? "" : order_.front();
+  apply_state();
+}
+
+void PeftModel::set_adapter(const std::string& name) {
+  adapter(name);
+  PEFT_CHECK(merged_.empty(), kC, "adapter '{}' is merged; unmerge it before switching adapters", active_);
+  active_ = name;
+  apply_state();
+}
+
+void PeftModel::disable_adapters() {
+  PEFT_CHECK(merged_.empty(), kC, "adapter '{}' is merged into the weights; unmerge it to run the bare base", active_);
+  enabled_ = false;
+  apply_state();
+}
+
+void PeftModel::enable_adapters() {
+  enabled_ = true;
+  apply_state();
+}
+
+void PeftModel::set_trainable(const std::string& name, bool trainable) {
+  adapter(name).trainable = trainable;
+  apply_state();
+}
+
+void PeftModel::merge_adapter() {
+  PEFT_CHECK(!active_.empty(), kC, "no adapter to merge");
+  PEFT_CHECK(merged_.empty(), kC, "adapter '{}' is already merged", active_);
+  PEFT_CHECK(enabled_, kC, "adapters are disabled; enable them before merging");
+  auto& a = adapter(active_);
+  std::vector<nn::AdaptableLinear> done;
+  try {
+    for (auto& [path, lin] : a.layers) {
+      lin->merge(active_);
+      done.push_back(lin);
+    }
+  } catch (...) {
+    for (auto& lin : done) lin->unmerge(active_);
+    throw;
+  }
+  merged_ = {active_};
+}
+
+void PeftModel::unmerge_adapter() {
+  PEFT_CHECK(!merged_.empty(), kC, "no adapter is merged");
+  for (auto& [path, lin] : adapter(merged_.front()).layers) lin->unmerge(merged_.front());
+  merged_.clear();
+}
+
+std::shared_ptr<models::PretrainedModel> PeftModel::merge_and_unload() {
+  if (!active_.empty() && enabled_ && merged_.empty()) merge_adapter();
+  torch::NoGradGuard no_grad;
+  for (auto& [name, a] : adapters_)
+    for (auto& [path, lin] : a.layers) lin->remove_delta(name, /*keep_merged_weights=*/true);
+  originals_.clear();  // the active adapter's copies (modules_to_save) become the base's own
+  adapters_.clear();
+  order_.clear();
+  merged_.clear();
+  active_.clear();
+  for (auto& p : base_->parameters()) p.set_requires_grad(false);
+  return base_;
+}
+
+std::shared_ptr<models::PretrainedModel> PeftModel::unload() {
+  if (!merged_.empty()) unmerge_adapter();
+  for (auto& [name, a] : adapters_)
+    for (auto& [path, lin] : a.layers) lin->remove_delta(name);
+  adapters_.clear();
+  order_.clear();
+  active_.clear();
+  apply_state();
+  return base_;
+}
+
+std::vector<at::Tensor> PeftModel::trainable_parameters() {
+  std::vector<at::Tensor> out;
+  for (auto& p : base_->parameters(true))
+    if (p.requires_grad()) out.push_back(p);
+  return out;
+}
+
+std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::string& name) {
+  auto& a = adapter(name);
+  std::map<std::string, at::Tensor> out;
+  for (auto& [path, lin] : a.layers)
+    for (auto& [rel, t] : lin->delta(name)->delta_state()) out[kKeyPrefix + path + "." + rel] = t;
+  for (auto& [pname, copy] : a.base_copies) out[kKeyPrefix + pname] = copy;
+  return out;
+}
+
+ParameterCounts PeftModel::count_parameters() {
+  ParameterCounts c;
+  for (auto& p : base_->parameters(true)) {
+    c.total += p.numel();
+    if (p.requires_grad()) c.trainable += p.numel();
+  }
+  // Like HF's ModulesToSaveWrapper: the original module and every adapter's copy all count.
+  for (auto& [pname, t] : originals_) c.total += t.numel();
+  for (auto& [name, a] : adapters_)
+    if (!(enabled_ && name == active_))
+      for (auto& [pname, copy] : a.base_copies) c.total += copy.numel();
+  return c;
+}
+
+std::string PeftModel::trainable_parameters_report() {
+  auto c = count_parameters();
+  const double pct = c.total > 0 ? 100.0 * static_cast<double>(c.trainable) / static_cast<double>(c.total) : 0.0;
+  return fmt::format("trainable params: {} || all params: {} || trainable%: {}", with_commas(c.trainable),
+                     with_commas(c.total), pct);
+}
+
+}  // namespace peft

@@ -1,0 +1,208 @@
+// The conformance suite: every registered method must pass these. A method joins with one
+// line in kCases (a name and a config for a small GPT-2).
+#include <torch/torch.h>
+
+#include "peft/checkpoint/delta.h"
+#include "peft/core/json_io.h"
+#include "peft/methods/method.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+#include "test_util.h"
+
+namespace peft::test {
+namespace {
+
+struct MethodCase {
+  std::string name;
+  nlohmann::json config;
+};
+
+const std::vector<MethodCase> kCases = {
+    {"lora", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_proj", "c_fc"}}}},
+    {"lora_rslora_bias", {{"peft_type", "LORA"}, {"r", 2}, {"fan_in_fan_out", true}, {"lora_alpha", 4}, {"use_rslora", true}, {"bias", "lora_only"},
+                          {"target_modules", "transformer\\.h\\.1\\..*c_(attn|fc)"}, {"modules_to_save", {"ln_f"}}}},
+};
+
+std::shared_ptr<models::PretrainedModel> tiny_gpt2(torch::Dtype dtype = torch::kFloat) {
+  torch::manual_seed(7);
+  auto model = models::create_model({{"model_type", "gpt2"}, {"vocab_size", 61}, {"n_positions", 32}, {"n_embd", 32},
+                                     {"n_layer", 2}, {"n_head", 4}, {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0},
+                                     {"attn_pdrop", 0.0}});
+  // Non-trivial norms and biases, so every base tensor matters.
+  torch::NoGradGuard g;
+  for (auto& p : model->parameters()) p.add_(torch::randn_like(p) * 0.02);
+  model->to(dtype);
+  return model;
+}
+
+models::ModelInputs batch() {
+  torch::manual_seed(11);
+  models::ModelInputs in;
+  in.input_ids = torch::randint(0, 61, {2, 9}, torch::kLong);
+  in.attention_mask = torch::ones({2, 9}, torch::kLong);
+  in.attention_mask.index_put_({1, torch::indexing::Slice(6, 9)}, 0);
+  in.labels = in.input_ids.clone();
+  return in;
+}
+
+/// Makes every trainable tensor non-trivial (zero-initialized halves would hide bugs).
+void perturb(PeftModel& model, double scale = 0.05) {
+  torch::NoGradGuard g;
+  for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * scale);
+}
+
+std::map<std::string, at::Tensor> clone_base(models::PretrainedModel& m, const std::vector<std::string>& names) {
+  std::map<std::string, at::Tensor> out;
+  auto params = m.named_parameters();
+  for (const auto& n : names) out[n] = params[n].detach().clone();
+  return out;
+}
+
+class Conformance : public ::testing::TestWithParam<MethodCase> {
+ protected:
+  std::shared_ptr<methods::MethodConfig> config() { return methods::parse_config(GetParam().config); }
+};
+
+TEST_P(Conformance, IdentityAtInit) {
+  auto base = tiny_gpt2();
+  base->eval();
+  torch::NoGradGuard g;
+  auto ref = base->forward(batch()).logits.clone();
+  PeftModel model(base);
+  model.add_adapter("default", *config());
+  EXPECT_TRUE(bit_equal(model.forward(batch()).logits, ref));
+}
+
+TEST_P(Conformance, OnlyDeltasTrainAndBaseStaysBitIdentical) {
+  auto base = tiny_gpt2();
+  PeftModel model(base);
+  model.add_adapter("default", *config());
+  auto params = model.trainable_parameters();
+  ASSERT_FALSE(params.empty());
+  // Everything trainable is a delta or an adapter-owned copy; no base tensor takes gradients.
+  auto counts = model.count_parameters();
+  int64_t n = 0;
+  for (auto& p : params) n += p.numel();
+  EXPECT_EQ(counts.trainable, n);
+  auto state = model.adapter_state_dict("default");
+  int64_t saved = 0;
+  for (auto& [k, t] : state) saved += t.numel();
+  EXPECT_EQ(saved, n) << "the delta holds exactly the trainable tensors";
+
+  auto before = clone_base(*base, model.base_parameter_names());
+  model.train();
+  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
+  double first = 0, last = 0;
+  for (int step = 0; step < 5; ++step) {
+    opt.zero_grad();
+    auto loss = model.forward(batch()).loss;
+    loss.backward();
+    opt.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, first);
+  model.disable_adapters();
+  auto after = base->named_parameters();
+  for (auto& [name, t] : before) EXPECT_TRUE(bit_equal(after[name], t)) << name;
+}
+
+TEST_P(Conformance, MergedEqualsUnmerged) {
+  auto base = tiny_gpt2();
+  base->eval();
+  PeftModel model(base);
+  model.add_adapter("default", *config());
+  perturb(model);
+  torch::NoGradGuard g;
+  auto unmerged = model.forward(batch()).logits.clone();
+  auto w_before = clone_base(*base, model.base_parameter_names());
+  model.merge_adapter();
+  EXPECT_LT(max_abs_diff(model.forward(batch()).logits, unmerged), 1e-5);
+  model.unmerge_adapter();
+  EXPECT_LT(max_abs_diff(model.forward(batch()).logits, unmerged), 1e-5);
+  for (auto& [name, t] : w_before) EXPECT_LT(max_abs_diff(base->named_parameters()[name], t), 1e-6) << name;
+  auto merged = model.merge_and_unload();
+  EXPECT_LT(max_abs_diff(merged->forward(batch()).logits, unmerged), 1e-5);
+  for (const auto& [name, lin] : merged->adaptable_linears()) EXPECT_TRUE(lin->adapters().empty()) << name;
+}
+
+TEST_P(Conformance, SaveLoadIsBitExact) {
+  auto base = tiny_gpt2();
+  base->eval();
+  PeftModel model(base);
+  model.add_adapter("default", *config());
+  perturb(model);
+  TempDir dir;
+  const auto path = dir.file("delta");
+  checkpoint::save_adapter(model, path, "default");
+  torch::NoGradGuard g;
+  auto expected = model.forward(batch()).logits.clone();
+  auto saved = model.adapter_state_dict("default");
+
+  PeftModel fresh(tiny_gpt2());
+  fresh.eval();
+  checkpoint::load_adapter(fresh, path, "default");
+  auto loaded = fresh.adapter_state_dict("default");
+  ASSERT_EQ(loaded.size(), saved.size());
+  for (auto& [k, t] : saved) EXPECT_TRUE(bit_equal(loaded.at(k), t)) << k;
+  EXPECT_TRUE(bit_equal(fresh.forward(batch()).logits, expected));
+  EXPECT_TRUE(fresh.trainable_parameters().empty()) << "inference load freezes the adapter";
+  // Only the delta is on disk: far smaller than the base.
+  EXPECT_LT(std::filesystem::file_size(path + "/adapter_model.safetensors"), 200000u);
+}
+
+TEST_P(Conformance, ConfigJsonRoundTripAndUnknownKeys) {
+  auto c = config();
+  auto j = c->to_json();
+  auto again = methods::parse_config(j);
+  EXPECT_EQ(again->to_json(), j);
+  auto bad = j;
+  bad["definitely_not_a_key"] = 1;
+  try {
+    methods::parse_config(bad);
+    FAIL() << "unknown key accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("definitely_not_a_key"), std::string::npos) << e.what();
+  }
+}
+
+TEST_P(Conformance, GradientsMatchFiniteDifferencesInFloat64) {
+  auto base = tiny_gpt2(torch::kDouble);
+  base->eval();
+  PeftModel model(base);
+  model.add_adapter("default", *config());
+  perturb(model, 0.2);
+  auto params = model.trainable_parameters();
+  auto loss = model.forward(batch()).loss;
+  auto grads = torch::autograd::grad({loss}, params);
+  torch::NoGradGuard g;
+  torch::manual_seed(3);
+  for (size_t i = 0; i < params.size(); ++i) {
+    auto flat = params[i].view(-1);
+    for (int probe = 0; probe < 3; ++probe) {
+      int64_t idx = torch::randint(flat.numel(), {1}).item<int64_t>();
+      const double h = 1e-6, orig = flat[idx].item<double>();
+      flat[idx].fill_(orig + h);
+      double up = model.forward(batch()).loss.item<double>();
+      flat[idx].fill_(orig - h);
+      double down = model.forward(batch()).loss.item<double>();
+      flat[idx].fill_(orig);
+      double numeric = (up - down) / (2 * h);
+      double analytic = grads[i].view(-1)[idx].item<double>();
+      EXPECT_NEAR(analytic, numeric, 1e-6 + 1e-5 * std::abs(numeric)) << "param " << i << " index " << idx;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Methods, Conformance, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(ConformanceCoverage, EveryRegisteredMethodHasACase) {
+  for (const auto& name : methods::method_names()) {
+    bool covered = false;
+    for (const auto& c : kCases) covered = covered || methods::find_method(c.config["peft_type"]).name == name;
+    EXPECT_TRUE(covered) << "method '" << name << "' is not in the conformance suite";
+  }
+}
+
+}  // namespace
+}  // namespace peft::test

@@ -1,0 +1,198 @@
+// LoRA against Hugging Face PEFT 0.7.1: loading its files, outputs, merging, saving in its
+// format, and one AdamW training step.
+#include <torch/torch.h>
+
+#include "peft/checkpoint/delta.h"
+#include "peft/core/json_io.h"
+#include "peft/core/safetensors.h"
+#include "peft/methods/lora.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+#include "test_util.h"
+
+namespace peft::test {
+namespace {
+
+const std::string kBase = "hf/models/gpt2";
+const std::string kAdapter = "hf/adapters/gpt2_lora";
+const std::string kStep = "hf/training/gpt2_lora_step";
+
+models::ModelInputs inputs_from(const std::string& file, bool hidden = true) {
+  auto in = safetensors::load_file(fixture(file));
+  models::ModelInputs inputs;
+  inputs.input_ids = in.at("input_ids");
+  inputs.attention_mask = in.at("attention_mask");
+  if (in.count("labels")) inputs.labels = in.at("labels");
+  inputs.output_hidden_states = hidden;
+  return inputs;
+}
+
+double max_output_diff(const models::ModelOutput& out, const std::string& ref_file) {
+  auto ref = safetensors::load_file(fixture(ref_file));
+  double worst = max_abs_diff(out.logits, ref.at("logits"));
+  worst = std::max(worst, max_abs_diff(out.last_hidden_state, ref.at("last_hidden_state")));
+  for (size_t i = 0; i < out.hidden_states.size(); ++i)
+    worst = std::max(worst, max_abs_diff(out.hidden_states[i], ref.at("hidden_states." + std::to_string(i))));
+  return worst;
+}
+
+std::unique_ptr<PeftModel> hf_lora(bool trainable = false) {
+  auto model = std::make_unique<PeftModel>(models::load_pretrained(fixture(kBase)));
+  checkpoint::LoadOptions opts;
+  opts.is_trainable = trainable;
+  checkpoint::load_adapter(*model, fixture(kAdapter + "/adapter"), "default", opts);
+  model->eval();
+  return model;
+}
+
+TEST(LoraHF, OutputsMatchPeft) {
+  auto model = hf_lora();
+  torch::NoGradGuard g;
+  auto inputs = inputs_from(kBase + "/inputs.safetensors");
+  double diff = max_output_diff(model->forward(inputs), kAdapter + "/outputs.safetensors");
+  RecordProperty("max_abs_diff", std::to_string(diff));
+  EXPECT_LT(diff, 1e-5);
+  // The fixture is meant to detect an effect of ~0.036 on the logits: make sure we see it.
+  model->disable_adapters();
+  EXPECT_GT(max_output_diff(model->forward(inputs), kAdapter + "/outputs.safetensors"), 1e-2);
+}
+
+TEST(LoraHF, MergedMatchesPeftMergeAndUnload) {
+  auto model = hf_lora();
+  torch::NoGradGuard g;
+  auto inputs = inputs_from(kBase + "/inputs.safetensors");
+  auto layer = safetensors::load_file(fixture(kAdapter + "/merged_layer.safetensors"));
+  auto params = model->base_model().named_parameters();
+  const std::string w = "transformer.h.0.attn.c_attn.weight";
+  EXPECT_TRUE(bit_equal(params[w], layer.at("base." + w)));
+  model->merge_adapter();
+  EXPECT_LT(max_abs_diff(params[w], layer.at("merged." + w)), 1e-7);
+  EXPECT_TRUE(bit_equal(params["transformer.h.0.attn.c_attn.bias"], layer.at("merged.transformer.h.0.attn.c_attn.bias")));
+  EXPECT_LT(max_output_diff(model->forward(inputs), kAdapter + "/merged_outputs.safetensors"), 1e-5);
+  model->unmerge_adapter();
+  EXPECT_LT(max_abs_diff(params[w], layer.at("base." + w)), 1e-6);
+  EXPECT_LT(max_output_diff(model->forward(inputs), kAdapter + "/outputs.safetensors"), 1e-5);
+  auto merged = model->merge_and_unload();
+  EXPECT_LT(max_output_diff(merged->forward(inputs), kAdapter + "/merged_outputs.safetensors"), 1e-5);
+}
+
+TEST(LoraHF, SavedDeltaHasPeftKeysShapesAndConfig) {
+  auto model = hf_lora();
+  TempDir dir;
+  checkpoint::save_adapter(*model, dir.file("out"));
+  safetensors::File ours(dir.file("out/adapter_model.safetensors"));
+  safetensors::File theirs(fixture(kAdapter + "/adapter/adapter_model.safetensors"));
+  ASSERT_EQ(ours.tensors().size(), theirs.tensors().size());
+  for (const auto& t : theirs.tensors()) {
+    ASSERT_TRUE(ours.contains(t.name)) << t.name;
+    EXPECT_EQ(ours.info(t.name).shape, t.shape);
+    EXPECT_TRUE(bit_equal(ours.load(t.name), theirs.load(t.name))) << t.name;
+  }
+  EXPECT_EQ(ours.metadata().at("format"), "pt");
+  EXPECT_EQ(ours.metadata().at("peft_cpp_base_fingerprint"), model->base_fingerprint());
+
+  auto a = core::read_json_file(dir.file("out/adapter_config.json"));
+  auto b = core::read_json_file(fixture(kAdapter + "/adapter/adapter_config.json"));
+  std::vector<std::string> ka, kb;
+  for (auto it = a.begin(); it != a.end(); ++it) ka.push_back(it.key());
+  for (auto it = b.begin(); it != b.end(); ++it) kb.push_back(it.key());
+  EXPECT_EQ(ka, kb);
+  for (auto it = b.begin(); it != b.end(); ++it) EXPECT_EQ(a[it.key()], it.value()) << it.key();
+}
+
+TEST(LoraHF, OneAdamWStepMatchesPeft) {
+  auto model = hf_lora(/*trainable=*/true);
+  auto batch = inputs_from(kStep + "/batch.safetensors", false);
+  auto grads_ref = safetensors::load_file(fixture(kStep + "/grads.safetensors"));
+  auto after_ref = safetensors::load_file(fixture(kStep + "/lora_after_adamw.safetensors"));
+  auto before_ref = safetensors::load_file(fixture(kStep + "/lora_before.safetensors"));
+  auto adam_ref = safetensors::load_file(fixture(kStep + "/adamw_state.safetensors"));
+  auto loss_after_ref = safetensors::load_file(fixture(kStep + "/loss_after_step.safetensors"));
+
+  auto state = model->adapter_state_dict("default");
+  ASSERT_EQ(state.size(), before_ref.size());
+  for (auto& [k, t] : before_ref) EXPECT_TRUE(bit_equal(state.at(k), t)) << k;
+
+  std::vector<at::Tensor> params;
+  for (auto& [k, t] : state) params.push_back(t);
+  EXPECT_EQ(params.size(), model->trainable_parameters().size());
+  torch::optim::AdamW opt(params, torch::optim::AdamWOptions(1e-3).weight_decay(0.0));
+  opt.zero_grad();
+  auto loss = model->forward(batch).loss;
+  EXPECT_NEAR(loss.item<double>(), grads_ref.at("loss").item<double>(), 1e-5);
+  loss.backward();
+  for (auto& [k, t] : state) {
+    const auto& ref = grads_ref.at(k);
+    const double tol = std::max(1e-7, 1e-4 * ref.abs().max().item<double>());
+    EXPECT_LT(max_abs_diff(t.grad(), ref), tol) << k;
+  }
+  opt.step();
+  for (auto& [k, t] : state) {
+    EXPECT_LT(max_abs_diff(t, after_ref.at(k)), 1e-5) << k;
+    auto& s = static_cast<torch::optim::AdamWParamState&>(
+        *opt.state().at(c10::guts::to_string(t.unsafeGetTensorImpl())));
+    EXPECT_LT(max_abs_diff(s.exp_avg(), adam_ref.at("exp_avg." + k)), 1e-7) << k;
+    EXPECT_LT(max_abs_diff(s.exp_avg_sq(), adam_ref.at("exp_avg_sq." + k)), 1e-9) << k;
+  }
+  torch::NoGradGuard g;
+  EXPECT_NEAR(model->forward(batch).loss.item<double>(), loss_after_ref.at("loss").item<double>(), 1e-5);
+}
+
+TEST(LoraHF, WrongBaseIsRefusedWithTheReason) {
+  auto model = hf_lora();
+  TempDir dir;
+  checkpoint::save_adapter(*model, dir.file("delta"));
+  auto other = models::load_pretrained(fixture(kBase));
+  {
+    torch::NoGradGuard g;
+    other->named_parameters()["transformer.wte.weight"].mul_(1.5);
+  }
+  PeftModel wrong(other);
+  try {
+    checkpoint::load_adapter(wrong, dir.file("delta"));
+    FAIL() << "a delta for another base was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("different base model"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(wrong.has_adapter("default")) << "nothing is attached after a refused load";
+  checkpoint::LoadOptions force;
+  force.allow_base_mismatch = true;
+  EXPECT_NO_THROW(checkpoint::load_adapter(wrong, dir.file("delta"), "default", force));
+}
+
+TEST(LoraHF, CorruptDeltasAreRejectedByName) {
+  TempDir dir;
+  std::filesystem::copy(fixture(kAdapter + "/adapter"), dir.file("a"));
+  auto tensors = safetensors::load_file(dir.file("a/adapter_model.safetensors"));
+  const std::string victim = "base_model.model.transformer.h.1.attn.c_attn.lora_B.weight";
+  auto check = [&](const std::string& needle) {
+    PeftModel model(models::load_pretrained(fixture(kBase)));
+    try {
+      checkpoint::load_adapter(model, dir.file("a"));
+      FAIL() << "accepted; expected an error mentioning " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+    EXPECT_FALSE(model.has_adapter("default"));
+  };
+  auto missing = tensors;
+  missing.erase(victim);
+  safetensors::save_file(dir.file("a/adapter_model.safetensors"), missing);
+  check(victim);
+  auto shaped = tensors;
+  shaped[victim] = torch::zeros({192, 5});
+  safetensors::save_file(dir.file("a/adapter_model.safetensors"), shaped);
+  check(victim);
+  auto extra = tensors;
+  extra["base_model.model.transformer.h.0.mlp.c_fc.lora_A.weight"] = torch::zeros({4, 64});
+  safetensors::save_file(dir.file("a/adapter_model.safetensors"), extra);
+  check("mlp.c_fc.lora_A.weight");
+  safetensors::save_file(dir.file("a/adapter_model.safetensors"), tensors);
+  auto cfg = core::read_json_file(dir.file("a/adapter_config.json"));
+  cfg["use_dora"] = true;
+  core::write_json_file(dir.file("a/adapter_config.json"), cfg);
+  check("use_dora");
+}
+
+}  // namespace
+}  // namespace peft::test
