@@ -15,6 +15,7 @@ namespace {
 struct MethodCase {
   std::string name;
   nlohmann::json config;
+  friend void PrintTo(const MethodCase& c, std::ostream* os) { *os << c.name; }
 };
 
 const std::vector<MethodCase> kCases = {

@@ -1,0 +1,101 @@
+// peft-forward: runs a model (optionally with a delta, optionally merged) on inputs stored by
+// Hugging Face's argument names and writes outputs by HF's names, for parity checks against
+// any other implementation.
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include "peft/checkpoint/delta.h"
+#include "peft/core/error.h"
+#include "peft/core/safetensors.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+#include "apps/runtime.h"
+
+namespace {
+
+c10::ScalarType to_dtype(const std::string& s) {
+  if (s == "bfloat16") return torch::kBFloat16;
+  if (s == "float16") return torch::kHalf;
+  if (s == "float64") return torch::kDouble;
+  return torch::kFloat;
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"Run a model (and optionally a PEFT delta) on saved inputs; write logits and hidden states.",
+               "peft-forward"};
+  std::string model_dir, adapter_dir, inputs_path, out_path, compare_path, dtype, device = "cpu";
+  bool merge = false;
+  int threads = 0;
+  app.add_option("--model", model_dir, "Hugging Face model directory (config.json + model.safetensors)")->required();
+  app.add_option("--adapter", adapter_dir, "delta directory (adapter_config.json + adapter_model.safetensors)");
+  app.add_flag("--merge", merge, "merge the delta into the base weights before running");
+  app.add_option("--inputs", inputs_path, "safetensors file with input_ids [, attention_mask]")->required();
+  app.add_option("--out", out_path, "output safetensors: logits, hidden_states.<i>, last_hidden_state")->required();
+  app.add_option("--dtype", dtype, "compute dtype: float32 | bfloat16 | float16 | float64 (default: the file's)");
+  app.add_option("--device", device, "cpu or cuda[:N]");
+  app.add_option("--threads", threads, "CPU threads (default: all cores)");
+  app.add_option("--compare", compare_path,
+                 "reference outputs: print the max abs difference of every tensor they share with ours");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  peft::apps::configure_threads(threads);
+  PEFT_CHECK(!merge || !adapter_dir.empty(), "cli", "--merge needs --adapter");
+
+  peft::models::LoadOptions load;
+  dtype = peft::apps::normalized_dtype(dtype);
+  if (!dtype.empty()) load.dtype = to_dtype(dtype);
+  load.device = c10::Device(device);
+  auto base = peft::models::load_pretrained(model_dir, load);
+  peft::PeftModel model(base);
+  if (!adapter_dir.empty()) {
+    peft::checkpoint::load_adapter(model, adapter_dir);
+    if (merge) model.merge_adapter();
+  }
+  model.eval();
+
+  peft::safetensors::File in(inputs_path);
+  peft::models::ModelInputs inputs;
+  for (const auto& t : in.tensors()) {
+    if (t.name == "input_ids") inputs.input_ids = in.load(t.name).to(torch::kLong).to(load.device);
+    else if (t.name == "attention_mask") inputs.attention_mask = in.load(t.name).to(load.device);
+    else
+      peft::fail("cli", fmt::format("{}: input '{}' is not used by a {} model (expected input_ids, attention_mask)",
+                                    inputs_path, t.name, base->model_type()));
+  }
+  PEFT_CHECK(inputs.input_ids.defined(), "cli", "{}: missing 'input_ids'", inputs_path);
+  inputs.output_hidden_states = true;
+
+  torch::NoGradGuard no_grad;
+  auto out = model.forward(inputs);
+  peft::safetensors::TensorMap result;
+  auto f32 = [](const at::Tensor& t) { return t.to(torch::kCPU, torch::kFloat).contiguous(); };
+  result["logits"] = f32(out.logits);
+  result["last_hidden_state"] = f32(out.last_hidden_state);
+  for (size_t i = 0; i < out.hidden_states.size(); ++i) result["hidden_states." + std::to_string(i)] = f32(out.hidden_states[i]);
+  peft::safetensors::save_file(out_path, result);
+  if (!compare_path.empty()) {
+    peft::safetensors::File ref(compare_path);
+    double worst = 0.0;
+    for (const auto& [name, ours] : result) {
+      if (!ref.contains(name)) continue;
+      auto theirs = ref.load(name).to(torch::kFloat);
+      PEFT_CHECK(theirs.sizes() == ours.sizes(), "cli", "{}: '{}' has shape {}, ours {}", compare_path, name,
+                 c10::str(theirs.sizes()), c10::str(ours.sizes()));
+      const double d = (ours.to(torch::kDouble) - theirs.to(torch::kDouble)).abs().max().item<double>();
+      worst = std::max(worst, d);
+      fmt::print("{{\"tensor\": \"{}\", \"max_abs_diff\": {:.3e}}}\n", name, d);
+    }
+    fmt::print("{{\"tensor\": \"*\", \"max_abs_diff\": {:.3e}}}\n", worst);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  peft::apps::select_blas_core(argv);
+  return peft::apps::run_main("peft-forward", [&] { return run(argc, argv); });
+}

@@ -1,0 +1,54 @@
+#include "apps/runtime.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+
+namespace peft::apps {
+
+int configure_threads(int threads) {
+  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  torch::set_num_threads(threads);
+  return threads;
+}
+
+void select_blas_core(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line, flags;
+  while (std::getline(cpuinfo, line))
+    if (line.rfind("flags", 0) == 0) {
+      flags = " " + line + " ";
+      break;
+    }
+  const char* core = flags.find(" avx512f ") != std::string::npos ? "SKYLAKEX"
+                     : flags.find(" avx2 ") != std::string::npos  ? "HASWELL"
+                                                                  : nullptr;
+  if (core == nullptr) return;
+  ::setenv("OPENBLAS_CORETYPE", core, 1);
+  fmt::print(stderr, "[peft info] OPENBLAS_CORETYPE={} (set for this CPU; export OPENBLAS_CORETYPE to override)\n", core);
+  ::execv("/proc/self/exe", argv);
+  // exec failed: carry on with the default kernels.
+}
+
+int run_main(const std::string& tool, const std::function<int()>& body) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "{}: error: {}\n", tool, e.what());
+    return 1;
+  }
+}
+
+std::string normalized_dtype(const std::string& name) {
+  if (name.empty() || name == "float32" || name == "bfloat16" || name == "float16" || name == "float64") return name;
+  fail("cli", fmt::format("--dtype: expected float32, bfloat16, float16 or float64, found '{}'", name));
+}
+
+}  // namespace peft::apps

@@ -1,0 +1,25 @@
+// Process set-up shared by the command-line tools.
+#pragma once
+
+#include <functional>
+#include <string>
+
+namespace peft::apps {
+
+/// Sets LibTorch's thread count: `threads` > 0, else the machine's core count (LibTorch's own
+/// default is 1 on some machines). Returns the count chosen.
+int configure_threads(int threads);
+
+/// OpenBLAS 0.3.21 misdetects recent AVX-512 CPUs and falls back to a slow SSE3 kernel; the core
+/// type can only be chosen before the library loads. When OPENBLAS_CORETYPE is unset and the CPU
+/// has AVX-512 (AVX2), re-executes the process with SKYLAKEX (HASWELL) set. Returns only when no
+/// re-exec happened; logs the choice.
+void select_blas_core(char** argv);
+
+/// Runs `body`, turning any exception into one clear line on stderr and exit code 1.
+int run_main(const std::string& tool, const std::function<int()>& body);
+
+/// Parses "float32" | "bfloat16" | "float16" | "float64" (empty = keep the file's dtype).
+std::string normalized_dtype(const std::string& name);
+
+}  // namespace peft::apps
