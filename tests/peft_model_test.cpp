@@ -1,0 +1,198 @@
+// PeftModel and LoraConfig behaviour: target selection, errors, adapter management, reports.
+#include <torch/torch.h>
+
+#include "peft/checkpoint/delta.h"
+#include "peft/methods/lora.h"
+#include "peft/methods/target_modules.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+#include "test_util.h"
+
+namespace peft::test {
+namespace {
+
+using methods::LoraConfig;
+
+std::unique_ptr<PeftModel> gpt2() {
+  auto m = std::make_unique<PeftModel>(models::load_pretrained(fixture("hf/models/gpt2")));
+  m->eval();
+  return m;
+}
+
+models::ModelInputs ids() {
+  models::ModelInputs in;
+  in.input_ids = torch::arange(3, 19, torch::kLong).view({2, 8});
+  return in;
+}
+
+std::vector<std::string> adapted(PeftModel& m, const std::string& adapter) {
+  std::vector<std::string> out;
+  for (auto& [name, lin] : m.linears())
+    if (lin->delta(adapter)) out.push_back(name);
+  return out;
+}
+
+LoraConfig lora(std::vector<std::string> targets) {
+  LoraConfig c;
+  c.r = 2;
+  c.target_modules.names = std::move(targets);
+  c.init_lora_weights = "false";  // non-zero deltas, so switching adapters changes outputs
+  return c;
+}
+
+TEST(TargetModules, FollowHFRules) {
+  methods::TargetModules list;
+  list.names = {"c_proj", "h.1.attn.c_attn"};
+  methods::LayerSelection all;
+  EXPECT_TRUE(methods::matches_target("transformer.h.0.mlp.c_proj", list, all));
+  EXPECT_TRUE(methods::matches_target("transformer.h.1.attn.c_attn", list, all));
+  EXPECT_FALSE(methods::matches_target("transformer.h.0.attn.c_attn", list, all));
+  EXPECT_FALSE(methods::matches_target("transformer.h.0.mlp.xc_proj", list, all)) << "suffix means a whole segment";
+  methods::TargetModules regex;
+  regex.regex = ".*h\\.0\\..*c_attn";
+  EXPECT_TRUE(methods::matches_target("transformer.h.0.attn.c_attn", regex, all));
+  EXPECT_FALSE(methods::matches_target("transformer.h.10.attn.c_attn", regex, all)) << "regex must match in full";
+  methods::LayerSelection layer1{{1}, {}};
+  EXPECT_FALSE(methods::matches_target("transformer.h.0.mlp.c_proj", list, layer1));
+  EXPECT_TRUE(methods::matches_target("transformer.h.1.mlp.c_proj", list, layer1));
+  methods::LayerSelection pattern{{0}, {"h"}};
+  EXPECT_TRUE(methods::matches_target("transformer.h.0.mlp.c_proj", list, pattern));
+  EXPECT_EQ(methods::pattern_key("transformer.h.0.attn.c_attn", {"mlp", "attn.c_attn"}), std::string("attn.c_attn"));
+}
+
+TEST(LoraConfig, RankAndAlphaPatternsAndLayers) {
+  auto m = gpt2();
+  auto c = lora({"c_attn", "c_fc"});
+  c.rank_pattern = {{"c_fc", 6}};
+  c.alpha_pattern = {{"c_fc", 3.0}};
+  c.layers_to_transform = {1};
+  m->add_adapter("default", c);
+  EXPECT_EQ(adapted(*m, "default"), (std::vector<std::string>{"transformer.h.1.attn.c_attn", "transformer.h.1.mlp.c_fc"}));
+  auto fc = std::dynamic_pointer_cast<methods::LoraDelta>(m->linears()[6].second->delta("default"));
+  ASSERT_EQ(m->linears()[6].first, "transformer.h.1.mlp.c_fc");
+  EXPECT_EQ(fc->lora_A->weight.size(0), 6);
+  EXPECT_DOUBLE_EQ(fc->scaling(), 3.0 / 6.0);
+}
+
+TEST(LoraConfig, ValidationNamesTheField) {
+  auto bad = [](auto mutate, const std::string& needle) {
+    auto c = lora({"c_attn"});
+    mutate(c);
+    try {
+      c.validate();
+      ADD_FAILURE() << "accepted: " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  bad([](LoraConfig& c) { c.r = 0; }, "r must be");
+  bad([](LoraConfig& c) { c.lora_dropout = 1.5; }, "lora_dropout");
+  bad([](LoraConfig& c) { c.bias = "some"; }, "bias");
+  bad([](LoraConfig& c) { c.init_lora_weights = "pissa"; }, "init_lora_weights");
+  EXPECT_THROW(methods::parse_config({{"peft_type", "LORA"}, {"r", "eight"}}), Error);
+  EXPECT_THROW(methods::parse_config({{"peft_type", "LORA"}, {"target_modules", "("}}), Error);
+  EXPECT_THROW(methods::parse_config({{"peft_type", "NOPE"}}), Error);
+}
+
+TEST(PeftModel, NoMatchListsTheAvailableLayers) {
+  auto m = gpt2();
+  try {
+    m->add_adapter("default", lora({"q_proj"}));
+    FAIL();
+  } catch (const Error& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("q_proj"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("attn.c_attn"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("mlp.c_fc"), std::string::npos) << msg;
+  }
+  EXPECT_FALSE(m->has_adapter("default")) << "a failed attach leaves nothing behind";
+  for (auto& [name, lin] : m->linears()) EXPECT_TRUE(lin->adapters().empty()) << name;
+}
+
+TEST(PeftModel, AddSwitchDisableDelete) {
+  auto m = gpt2();
+  torch::NoGradGuard g;
+  auto base = m->forward(ids()).logits.clone();
+  m->add_adapter("a", lora({"c_attn"}));
+  m->add_adapter("b", lora({"c_fc"}));
+  EXPECT_EQ(m->active_adapter(), "a") << "adding does not switch";
+  auto out_a = m->forward(ids()).logits.clone();
+  m->set_adapter("b");
+  auto out_b = m->forward(ids()).logits.clone();
+  EXPECT_GT(max_abs_diff(out_a, base), 1e-4);
+  EXPECT_GT(max_abs_diff(out_b, out_a), 1e-4);
+  m->disable_adapters();
+  EXPECT_TRUE(bit_equal(m->forward(ids()).logits, base));
+  m->enable_adapters();
+  EXPECT_TRUE(bit_equal(m->forward(ids()).logits, out_b));
+  m->delete_adapter("b");
+  EXPECT_EQ(m->active_adapter(), "a");
+  EXPECT_TRUE(bit_equal(m->forward(ids()).logits, out_a));
+  EXPECT_THROW(m->set_adapter("b"), Error);
+  EXPECT_THROW(m->add_adapter("a", lora({"c_attn"})), Error);
+  EXPECT_THROW(m->add_adapter("bad.name", lora({"c_attn"})), Error);
+  m->merge_adapter();
+  EXPECT_THROW(m->set_adapter("a"), Error) << "switching while merged is refused";
+  EXPECT_THROW(m->delete_adapter("a"), Error);
+  m->unmerge_adapter();
+  auto plain = m->unload();
+  EXPECT_LT(max_abs_diff(plain->forward(ids()).logits, base), 1e-6);
+}
+
+TEST(PeftModel, TrainableReportInHFFormat) {
+  auto m = gpt2();
+  m->add_adapter("default", lora({"c_attn"}));
+  // 2 layers x r=2 x (64 + 192); the percentage printed as Python prints 100 * 1024 / 173312
+  EXPECT_EQ(m->count_parameters().trainable, 2 * 2 * (64 + 192));
+  EXPECT_EQ(m->trainable_parameters_report(),
+            "trainable params: 1,024 || all params: 173,312 || trainable%: 0.5908419497784343");
+}
+
+TEST(PeftModel, ModulesToSaveAreOwnedPerAdapterAndRestored) {
+  auto m = gpt2();
+  auto c = lora({"c_attn"});
+  c.modules_to_save = {"ln_f"};
+  m->add_adapter("default", c);
+  auto params = m->base_model().named_parameters();
+  auto original = params["transformer.ln_f.weight"].detach().clone();
+  {
+    torch::NoGradGuard g;
+    for (auto& p : m->trainable_parameters()) p.add_(0.5);
+  }
+  EXPECT_FALSE(bit_equal(params["transformer.ln_f.weight"], original));
+  auto state = m->adapter_state_dict("default");
+  EXPECT_TRUE(state.count("base_model.model.transformer.ln_f.weight"));
+  EXPECT_TRUE(state.count("base_model.model.transformer.ln_f.bias"));
+  m->disable_adapters();
+  EXPECT_TRUE(bit_equal(params["transformer.ln_f.weight"], original)) << "the base's own values return";
+  m->enable_adapters();
+  TempDir dir;
+  checkpoint::save_adapter(*m, dir.file("d"));
+  auto fresh = gpt2();
+  checkpoint::load_adapter(*fresh, dir.file("d"));
+  torch::NoGradGuard g;
+  EXPECT_TRUE(bit_equal(fresh->forward(ids()).logits, m->forward(ids()).logits));
+  auto tied = lora({"c_attn"});
+  tied.modules_to_save = {"lm_head"};
+  EXPECT_THROW(fresh->add_adapter("t", tied), Error);
+}
+
+TEST(PeftModel, SavePretrainedUsesHFLayoutAndOverwritesAtomically) {
+  auto m = gpt2();
+  m->add_adapter("default", lora({"c_attn"}));
+  m->add_adapter("other", lora({"c_fc"}));
+  TempDir dir;
+  checkpoint::save_pretrained(*m, dir.file("out"));
+  EXPECT_TRUE(std::filesystem::exists(dir.file("out/adapter_model.safetensors")));
+  EXPECT_TRUE(std::filesystem::exists(dir.file("out/other/adapter_config.json")));
+  checkpoint::save_adapter(*m, dir.file("out"), "default");  // overwrite in place
+  int stray = 0;
+  for (auto& e : std::filesystem::recursive_directory_iterator(dir.path()))
+    stray += e.path().filename().string().find(".tmp-") != std::string::npos;
+  EXPECT_EQ(stray, 0);
+  EXPECT_THROW(checkpoint::save_adapter(*m, dir.file("x"), "missing"), Error);
+  EXPECT_FALSE(std::filesystem::exists(dir.file("x")));
+}
+
+}  // namespace
+}  // namespace peft::test
