@@ -7,6 +7,7 @@
 
 #include "peft/core/error.h"
 #include "peft/core/fingerprint.h"
+#include "peft/core/strings.h"
 
 namespace peft {
 namespace {
@@ -115,7 +116,7 @@ void PeftModel::add_modules_to_save(const std::string& adapter_name, const std::
     int found = 0;
     for (const auto& p : base_names_) {
       const auto module = p.substr(0, p.rfind('.'));
-      if (module == m || (module.size() > m.size() && module.compare(module.size() - m.size() - 1, m.size() + 1, "." + m) == 0)) {
+      if (core::is_or_ends_with_segment(module, m)) {
         add_trainable_base_tensor(adapter_name, p);
         ++found;
       }

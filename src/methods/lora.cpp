@@ -1,13 +1,13 @@
 #include "peft/methods/lora.h"
 
 #include <cmath>
-#include <regex>
 
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
+#include "peft/core/strings.h"
 #include "peft/peft_model.h"
 
 namespace peft::methods {
@@ -133,7 +133,7 @@ void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& ad
              targets.to_json().dump(), model.base_model().model_type(), describe_linears(model));
   if (cfg.bias == "all")
     for (const auto& name : model.base_parameter_names())
-      if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) model.add_trainable_base_tensor(adapter, name);
+      if (core::ends_with(name, ".bias")) model.add_trainable_base_tensor(adapter, name);
   model.add_modules_to_save(adapter, cfg.modules_to_save);
 }
 

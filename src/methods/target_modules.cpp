@@ -6,13 +6,10 @@
 #include <nlohmann/json.hpp>
 
 #include "peft/core/error.h"
+#include "peft/core/strings.h"
 
 namespace peft::methods {
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 std::regex compile(const std::string& pattern, const std::string& what) {
   try {
@@ -65,7 +62,7 @@ nlohmann::json TargetModules::to_json() const {
 bool matches_target(const std::string& name, const TargetModules& targets, const LayerSelection& layers) {
   if (targets.regex) return std::regex_match(name, compile(*targets.regex, "target_modules"));
   bool found = std::any_of(targets.names.begin(), targets.names.end(),
-                           [&](const std::string& t) { return name == t || ends_with(name, "." + t); });
+                           [&](const std::string& t) { return core::is_or_ends_with_segment(name, t); });
   if (!found || layers.layers_to_transform.empty()) return found;
   auto idx = layer_index(name, layers.layers_pattern);
   return idx && std::find(layers.layers_to_transform.begin(), layers.layers_to_transform.end(), *idx) !=
@@ -74,7 +71,7 @@ bool matches_target(const std::string& name, const TargetModules& targets, const
 
 bool inside_any(const std::string& name, const std::vector<std::string>& names) {
   for (const auto& n : names) {
-    if (name == n || ends_with(name, "." + n)) return true;
+    if (core::is_or_ends_with_segment(name, n)) return true;
     // name lies below a module called n: "<...>n.<rest>" where n is a whole segment
     for (size_t pos = name.find(n + "."); pos != std::string::npos; pos = name.find(n + ".", pos + 1))
       if (pos == 0 || name[pos - 1] == '.') return true;

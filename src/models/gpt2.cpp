@@ -7,6 +7,7 @@
 
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
+#include "peft/core/strings.h"
 #include "peft/nn/attention_mask.h"
 
 namespace peft::models {
@@ -190,14 +191,12 @@ void GPT2LMHeadModel::init_weights() {
   for (auto& item : named_parameters()) {
     const std::string& name = item.key();
     at::Tensor p = item.value();
-    auto ends_with = [&](const std::string& s) {
-      return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
-    };
-    if (ends_with("ln_1.weight") || ends_with("ln_2.weight") || ends_with("ln_f.weight")) {
+    using core::ends_with;
+    if (ends_with(name, "ln_1.weight") || ends_with(name, "ln_2.weight") || ends_with(name, "ln_f.weight")) {
       p.fill_(1.0);
-    } else if (ends_with(".bias")) {
+    } else if (ends_with(name, ".bias")) {
       p.zero_();
-    } else if (ends_with("c_proj.weight")) {
+    } else if (ends_with(name, "c_proj.weight")) {
       // GPT-2's scaled init of the residual projections (HF _init_weights).
       p.normal_(0.0, std / std::sqrt(2.0 * static_cast<double>(config_.n_layer)));
     } else {
@@ -213,10 +212,7 @@ std::map<std::string, std::string> GPT2LMHeadModel::tied_weights() const {
 
 bool GPT2LMHeadModel::ignorable_checkpoint_key(const std::string& key) const {
   // Causal-mask buffers some older checkpoints carry (HF ignores them on load too).
-  auto ends_with = [&](const std::string& s) {
-    return key.size() >= s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0;
-  };
-  return ends_with(".attn.bias") || ends_with(".attn.masked_bias");
+  return core::ends_with(key, ".attn.bias") || core::ends_with(key, ".attn.masked_bias");
 }
 
 ModelOutput GPT2LMHeadModel::forward(const ModelInputs& inputs) {
