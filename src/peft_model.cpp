@@ -35,18 +35,17 @@ void check_adapter_name(const std::string& name) {
 
 PeftModel::PeftModel(std::shared_ptr<models::PretrainedModel> base) : base_(std::move(base)) {
   PEFT_CHECK(base_ != nullptr, kC, "expected a backbone, found nullptr");
-  std::map<std::string, at::Tensor> named;
   for (auto& p : base_->named_parameters(true)) {
     p.value().set_requires_grad(false);
     base_names_.push_back(p.key());
-    named[p.key()] = p.value();
+    base_params_[p.key()] = p.value();
   }
   for (auto& item : base_->adaptable_linears()) {
     PEFT_CHECK(item.second->adapters().empty(), kC, "layer '{}' already carries deltas; pass a bare backbone",
                item.first);
     linears_.push_back(item);
   }
-  fingerprint_ = core::fingerprint(named);
+  fingerprint_ = core::fingerprint(base_params_);
 }
 
 models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs) { return base_->forward(inputs); }
@@ -62,9 +61,9 @@ const PeftModel::Adapter& PeftModel::adapter(const std::string& name) const {
 }
 
 at::Tensor PeftModel::base_param(const std::string& name) {
-  auto* p = base_->named_parameters(true).find(name);
-  PEFT_CHECK(p != nullptr, kC, "the base model has no parameter '{}'", name);
-  return *p;
+  auto it = base_params_.find(name);
+  PEFT_CHECK(it != base_params_.end(), kC, "the base model has no parameter '{}'", name);
+  return it->second;
 }
 
 std::vector<std::string> PeftModel::adapters() const { return order_; }
@@ -132,10 +131,9 @@ void PeftModel::add_modules_to_save(const std::string& adapter_name, const std::
 
 void PeftModel::apply_state() {
   torch::NoGradGuard no_grad;
-  auto params = base_->named_parameters(true);
-  for (auto& [name, data] : originals_) params[name].set_data(data);
+  for (auto& [name, data] : originals_) base_params_.at(name).set_data(data);
   originals_.clear();
-  for (const auto& name : base_names_) params[name].set_requires_grad(false);
+  for (auto& [name, p] : base_params_) p.set_requires_grad(false);
   const bool running = enabled_ && !active_.empty();
   for (auto& [path, lin] : linears_) lin->set_active(running ? std::vector<std::string>{active_} : std::vector<std::string>{});
   for (auto& [name, a] : adapters_) {
@@ -144,7 +142,7 @@ void PeftModel::apply_state() {
       for (auto& p : lin->delta(name)->parameters()) p.set_requires_grad(train);
     if (!(running && name == active_)) continue;
     for (auto& [pname, copy] : a.base_copies) {
-      at::Tensor live = params[pname];
+      at::Tensor live = base_params_.at(pname);
       originals_[pname] = live.detach();
       live.set_data(copy);
       live.mutable_grad() = at::Tensor();

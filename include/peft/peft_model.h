@@ -94,6 +94,7 @@ class PeftModel {
   std::shared_ptr<models::PretrainedModel> base_;
   std::vector<std::pair<std::string, nn::AdaptableLinear>> linears_;
   std::vector<std::string> base_names_;
+  std::map<std::string, at::Tensor> base_params_;  // name -> the live parameter, collected once
   std::map<std::string, Adapter> adapters_;
   std::vector<std::string> order_;  // adapters in insertion order
   std::map<std::string, at::Tensor> originals_;  // base param name -> base values while a copy is installed
