@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "init_weights.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
 #include "peft/core/strings.h"
@@ -51,6 +52,7 @@ GPT2Config GPT2Config::from_json(const nlohmann::json& j) {
   cfg.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", cfg.tie_word_embeddings, c, w);
   PEFT_CHECK(!get_or<bool>(j, "add_cross_attention", false, c, w), c,
              "config.json: add_cross_attention=true (encoder-decoder GPT-2) is not supported");
+  cfg.head = HeadConfig::from_json(j, c);
   cfg.original = j;
   cfg.validate();
   return cfg;
@@ -74,6 +76,7 @@ nlohmann::json GPT2Config::to_json() const {
   j["scale_attn_weights"] = scale_attn_weights;
   j["scale_attn_by_inverse_layer_idx"] = scale_attn_by_inverse_layer_idx;
   j["tie_word_embeddings"] = tie_word_embeddings;
+  head.to_json(j);
   return j;
 }
 
@@ -148,61 +151,86 @@ GPT2ModelImpl::GPT2ModelImpl(const GPT2Config& config) : config_(config) {
       "ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon)));
 }
 
-at::Tensor GPT2ModelImpl::forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
-                                  std::vector<at::Tensor>* hidden_states) {
-  PEFT_CHECK(input_ids.defined() && input_ids.dim() == 2, "gpt2",
-             "input_ids must be a [batch, seq] tensor, found {}", input_ids.defined() ? c10::str(input_ids.sizes()) : "none");
-  const int64_t T = input_ids.size(1);
-  PEFT_CHECK(T <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}", T,
-             config_.n_positions);
-  at::Tensor positions = torch::arange(T, input_ids.options().dtype(torch::kLong));
+ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
+  const at::Tensor& input_ids = inputs.input_ids;
+  PEFT_CHECK(input_ids.defined() && input_ids.dim() == 2, "gpt2", "input_ids must be a [batch, seq] tensor, found {}",
+             input_ids.defined() ? c10::str(input_ids.sizes()) : "none");
+  PEFT_CHECK(!inputs.pixel_values.defined(), "gpt2", "pixel_values given to a text model");
+  const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  PEFT_CHECK(T <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}", T, config_.n_positions);
+  at::Tensor positions = inputs.position_ids;
+  if (!positions.defined()) positions = torch::arange(T, input_ids.options().dtype(torch::kLong)).unsqueeze(0).expand({B, T});
+  PEFT_CHECK(positions.sizes() == input_ids.sizes(), "gpt2", "position_ids has shape {}, expected {} like input_ids",
+             c10::str(positions.sizes()), c10::str(input_ids.sizes()));
   at::Tensor hidden = wte->forward(input_ids) + wpe->forward(positions);
+  // GPT-2 embeds segment ids with the token embedding (HF does the same).
+  if (inputs.token_type_ids.defined()) hidden = hidden + wte->forward(inputs.token_type_ids.to(torch::kLong));
   hidden = F::dropout(hidden, F::DropoutFuncOptions().p(config_.embd_pdrop).training(is_training()));
 
   at::Tensor additive;
-  if (attention_mask.defined()) {
-    PEFT_CHECK(attention_mask.sizes() == input_ids.sizes(), "gpt2",
-               "attention_mask has shape {}, expected {} like input_ids", c10::str(attention_mask.sizes()),
+  if (inputs.attention_mask.defined()) {
+    PEFT_CHECK(inputs.attention_mask.sizes() == input_ids.sizes(), "gpt2",
+               "attention_mask has shape {}, expected {} like input_ids", c10::str(inputs.attention_mask.sizes()),
                c10::str(input_ids.sizes()));
-    additive = nn::additive_padding_mask(attention_mask, hidden.scalar_type());
+    additive = nn::additive_padding_mask(inputs.attention_mask, hidden.scalar_type());
   }
-  if (hidden_states) hidden_states->push_back(hidden);
+  ModelOutput out;
+  if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   for (size_t i = 0; i < h->size(); ++i) {
     hidden = h->ptr<GPT2BlockImpl>(i)->forward(hidden, additive);
-    if (hidden_states && i + 1 < h->size()) hidden_states->push_back(hidden);
+    if (inputs.output_hidden_states && i + 1 < h->size()) out.hidden_states.push_back(hidden);
   }
-  hidden = ln_f->forward(hidden);
-  if (hidden_states) hidden_states->push_back(hidden);
-  return hidden;
+  out.last_hidden_state = ln_f->forward(hidden);
+  if (inputs.output_hidden_states) out.hidden_states.push_back(out.last_hidden_state);
+  return out;
 }
 
-GPT2LMHeadModel::GPT2LMHeadModel(const GPT2Config& config) : config_(config) {
+// ---- task models -------------------------------------------------------------
+
+nlohmann::json GPT2FamilyModel::config_json() const {
+  auto j = config_.to_json();
+  j["architectures"] = nlohmann::json::array({architecture()});
+  return j;
+}
+
+void GPT2FamilyModel::init_weights() {
+  torch::NoGradGuard no_grad;
+  const double std = config_.initializer_range;
+  init_standard(*this, std);
+  // GPT-2's scaled init of the residual projections (HF _init_weights).
+  for (auto& item : named_parameters())
+    if (core::ends_with(item.key(), "c_proj.weight"))
+      item.value().normal_(0.0, std / std::sqrt(2.0 * static_cast<double>(config_.n_layer)));
+}
+
+bool GPT2FamilyModel::ignorable_checkpoint_key(const std::string& key) const {
+  // Causal-mask buffers some older checkpoints carry (HF ignores them on load too).
+  return core::ends_with(key, ".attn.bias") || core::ends_with(key, ".attn.masked_bias");
+}
+
+GPT2ForFeatureExtraction::GPT2ForFeatureExtraction(const GPT2Config& config) : GPT2FamilyModel(config) {
+  config_.validate();
+  backbone_ = GPT2Model(config_);
+  register_module("wte", backbone_->wte);
+  register_module("wpe", backbone_->wpe);
+  register_module("h", backbone_->h);
+  register_module("ln_f", backbone_->ln_f);
+  init_weights();
+  freeze_all(*this);
+}
+
+ModelOutput GPT2ForFeatureExtraction::forward(const ModelInputs& inputs) {
+  PEFT_CHECK(!inputs.labels.defined(), "gpt2", "labels given to GPT2Model, which has no head; load a task model");
+  return backbone_->forward(inputs);
+}
+
+GPT2LMHeadModel::GPT2LMHeadModel(const GPT2Config& config) : GPT2FamilyModel(config) {
   config_.validate();
   transformer = register_module("transformer", GPT2Model(config_));
   if (!config_.tie_word_embeddings)
     lm_head = register_module("lm_head", nn::AdaptableLinear(config_.n_embd, config_.vocab_size, false, false));
   init_weights();
-  for (auto& p : parameters()) p.set_requires_grad(false);
-}
-
-void GPT2LMHeadModel::init_weights() {
-  torch::NoGradGuard no_grad;
-  const double std = config_.initializer_range;
-  for (auto& item : named_parameters()) {
-    const std::string& name = item.key();
-    at::Tensor p = item.value();
-    using core::ends_with;
-    if (ends_with(name, "ln_1.weight") || ends_with(name, "ln_2.weight") || ends_with(name, "ln_f.weight")) {
-      p.fill_(1.0);
-    } else if (ends_with(name, ".bias")) {
-      p.zero_();
-    } else if (ends_with(name, "c_proj.weight")) {
-      // GPT-2's scaled init of the residual projections (HF _init_weights).
-      p.normal_(0.0, std / std::sqrt(2.0 * static_cast<double>(config_.n_layer)));
-    } else {
-      p.normal_(0.0, std);
-    }
-  }
+  freeze_all(*this);
 }
 
 std::map<std::string, std::string> GPT2LMHeadModel::tied_weights() const {
@@ -210,27 +238,27 @@ std::map<std::string, std::string> GPT2LMHeadModel::tied_weights() const {
   return {{"lm_head.weight", "transformer.wte.weight"}};
 }
 
-bool GPT2LMHeadModel::ignorable_checkpoint_key(const std::string& key) const {
-  // Causal-mask buffers some older checkpoints carry (HF ignores them on load too).
-  return core::ends_with(key, ".attn.bias") || core::ends_with(key, ".attn.masked_bias");
-}
-
 ModelOutput GPT2LMHeadModel::forward(const ModelInputs& inputs) {
-  ModelOutput out;
-  out.last_hidden_state = transformer->forward(inputs.input_ids, inputs.attention_mask,
-                                               inputs.output_hidden_states ? &out.hidden_states : nullptr);
+  ModelOutput out = transformer->forward(inputs);
   out.logits = lm_head ? lm_head->forward(out.last_hidden_state)
                        : F::linear(out.last_hidden_state, transformer->wte->weight);
-  if (inputs.labels.defined()) {
-    const int64_t V = out.logits.size(-1), T = out.logits.size(1);
-    at::Tensor shift_logits = out.logits.slice(1, 0, T - 1).reshape({-1, V});
-    at::Tensor shift_labels = inputs.labels.slice(1, 1, T).reshape({-1});
-    // Half-precision logits are upcast for a stable loss; float32/float64 stay as they are.
-    if (shift_logits.scalar_type() == at::kHalf || shift_logits.scalar_type() == at::kBFloat16)
-      shift_logits = shift_logits.to(at::kFloat);
-    out.loss = F::cross_entropy(shift_logits, shift_labels,
-                                F::CrossEntropyFuncOptions().ignore_index(-100));
-  }
+  if (inputs.labels.defined()) out.loss = causal_lm_loss(out.logits, inputs.labels);
+  return out;
+}
+
+GPT2ForSequenceClassification::GPT2ForSequenceClassification(const GPT2Config& config) : GPT2FamilyModel(config) {
+  config_.validate();
+  transformer = register_module("transformer", GPT2Model(config_));
+  score = register_module("score", nn::AdaptableLinear(config_.n_embd, config_.head.num_labels, false, false));
+  init_weights();
+  freeze_all(*this);
+}
+
+ModelOutput GPT2ForSequenceClassification::forward(const ModelInputs& inputs) {
+  ModelOutput out = transformer->forward(inputs);
+  at::Tensor last = last_token_index(inputs.input_ids, inputs.attention_mask, config_.head.pad_token_id, "gpt2");
+  out.logits = gather_rows(score->forward(out.last_hidden_state), last);
+  if (inputs.labels.defined()) out.loss = classification_loss(out.logits, inputs.labels, config_.head);
   return out;
 }
 

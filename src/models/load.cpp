@@ -11,7 +11,10 @@
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
 #include "peft/core/safetensors.h"
+#include "peft/models/bert.h"
 #include "peft/models/gpt2.h"
+#include "peft/models/llama.h"
+#include "peft/models/vit.h"
 
 namespace peft::models {
 namespace fs = std::filesystem;
@@ -19,9 +22,15 @@ namespace {
 
 constexpr const char* kComponent = "models";
 
-std::map<std::string, ModelFactory>& factories() {
-  static std::map<std::string, ModelFactory> f;
-  return f;
+struct Architecture {
+  std::string name;
+  std::string task;
+  ModelFactory factory;
+};
+
+std::map<std::string, std::vector<Architecture>>& registry() {
+  static std::map<std::string, std::vector<Architecture>> r;
+  return r;
 }
 
 std::mutex& registry_mutex() {
@@ -29,13 +38,59 @@ std::mutex& registry_mutex() {
   return m;
 }
 
+template <class Model, class Config>
+ModelFactory make() {
+  return [](const nlohmann::json& c) { return std::make_shared<Model>(Config::from_json(c)); };
+}
+
+void add(const std::string& type, const std::string& arch, const std::string& task, ModelFactory f) {
+  auto& list = registry()[type];
+  for (auto& a : list)
+    if (a.name == arch) {
+      a = {arch, task, std::move(f)};
+      return;
+    }
+  list.push_back({arch, task, std::move(f)});
+}
+
 void register_builtins() {
   static std::once_flag once;
   std::call_once(once, [] {
-    factories()["gpt2"] = [](const nlohmann::json& c) {
-      return std::make_shared<GPT2LMHeadModel>(GPT2Config::from_json(c));
-    };
+    add("gpt2", "GPT2LMHeadModel", "causal_lm", make<GPT2LMHeadModel, GPT2Config>());
+    add("gpt2", "GPT2ForSequenceClassification", "sequence_classification",
+        make<GPT2ForSequenceClassification, GPT2Config>());
+    add("gpt2", "GPT2Model", "feature_extraction", make<GPT2ForFeatureExtraction, GPT2Config>());
+    for (const std::string type : {"bert", "roberta"}) {
+      const std::string prefix = type == "bert" ? "Bert" : "Roberta";
+      add(type, prefix + "Model", "feature_extraction", make<BertForFeatureExtraction, BertConfig>());
+      add(type, prefix + "ForSequenceClassification", "sequence_classification",
+          make<BertForSequenceClassification, BertConfig>());
+    }
+    add("llama", "LlamaForCausalLM", "causal_lm", make<LlamaForCausalLM, LlamaConfig>());
+    add("llama", "LlamaForSequenceClassification", "sequence_classification",
+        make<LlamaForSequenceClassification, LlamaConfig>());
+    add("llama", "LlamaModel", "feature_extraction", make<LlamaForFeatureExtraction, LlamaConfig>());
+    add("vit", "ViTForImageClassification", "image_classification", make<ViTForImageClassification, ViTConfig>());
+    add("vit", "ViTModel", "feature_extraction", make<ViTForFeatureExtraction, ViTConfig>());
   });
+}
+
+std::string describe(const std::vector<Architecture>& list) {
+  std::vector<std::string> out;
+  for (const auto& a : list) out.push_back(fmt::format("{} ({})", a.name, a.task));
+  return fmt::format("{}", fmt::join(out, ", "));
+}
+
+/// The architecture config.json names, or "" when it names none.
+std::string named_architecture(const nlohmann::json& config) {
+  if (!config.contains("architectures") || !config["architectures"].is_array() || config["architectures"].empty() ||
+      !config["architectures"][0].is_string())
+    return {};
+  return config["architectures"][0].get<std::string>();
+}
+
+bool under(const std::string& name, const std::string& module) {
+  return name.size() > module.size() && name.compare(0, module.size(), module) == 0 && name[module.size()] == '.';
 }
 
 /// Checkpoint tensor name -> the safetensors file holding it.
@@ -68,83 +123,168 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
 
 }  // namespace
 
-void register_model_type(const std::string& model_type, ModelFactory factory) {
+void register_architecture(const std::string& model_type, const std::string& architecture, const std::string& task,
+                           ModelFactory factory) {
   register_builtins();
+  PEFT_CHECK(!model_type.empty() && !architecture.empty() && factory, kComponent,
+             "register_architecture: model_type, architecture and factory must be given");
   std::lock_guard<std::mutex> lock(registry_mutex());
-  factories()[model_type] = std::move(factory);
+  add(model_type, architecture, task, std::move(factory));
+}
+
+void register_model_type(const std::string& model_type, ModelFactory factory) {
+  register_architecture(model_type, model_type, "custom", std::move(factory));
 }
 
 std::vector<std::string> registered_model_types() {
   register_builtins();
   std::lock_guard<std::mutex> lock(registry_mutex());
   std::vector<std::string> out;
-  for (const auto& kv : factories()) out.push_back(kv.first);
+  for (const auto& kv : registry()) out.push_back(kv.first);
   return out;
 }
 
-std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config) {
+std::vector<std::string> registered_architectures(const std::string& model_type) {
+  register_builtins();
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  std::vector<std::string> out;
+  auto it = registry().find(model_type);
+  if (it != registry().end())
+    for (const auto& a : it->second) out.push_back(fmt::format("{} ({})", a.name, a.task));
+  return out;
+}
+
+std::string canonical_task(const std::string& task) {
+  static const std::map<std::string, std::string> aliases = {
+      {"causal_lm", "causal_lm"},
+      {"CAUSAL_LM", "causal_lm"},
+      {"sequence_classification", "sequence_classification"},
+      {"SEQ_CLS", "sequence_classification"},
+      {"image_classification", "image_classification"},
+      {"feature_extraction", "feature_extraction"},
+      {"FEATURE_EXTRACTION", "feature_extraction"},
+      {"custom", "custom"}};
+  auto it = aliases.find(task);
+  PEFT_CHECK(it != aliases.end(), kComponent,
+             "unknown task '{}' (expected causal_lm, sequence_classification, image_classification or "
+             "feature_extraction; or HF PEFT's CAUSAL_LM, SEQ_CLS, FEATURE_EXTRACTION)",
+             task);
+  return it->second;
+}
+
+std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config, const std::string& task,
+                                              std::optional<int64_t> num_labels) {
   register_builtins();
   PEFT_CHECK(config.is_object() && config.contains("model_type") && config["model_type"].is_string(),
              kComponent, "config.json: expected a string 'model_type'");
   const auto type = config["model_type"].get<std::string>();
-  ModelFactory factory;
+  std::vector<Architecture> list;
   {
     std::lock_guard<std::mutex> lock(registry_mutex());
-    auto it = factories().find(type);
-    if (it != factories().end()) factory = it->second;
+    auto it = registry().find(type);
+    if (it != registry().end()) list = it->second;
   }
-  if (!factory) {
-    auto known = registered_model_types();
+  if (list.empty()) {
+    std::vector<std::string> known;
+    for (const auto& kv : registry()) known.push_back(kv.first);
     fail(kComponent, fmt::format("config.json: unsupported model_type '{}' (supported: {})", type,
                                  fmt::join(known, ", ")));
   }
-  return factory(config);
+  const Architecture* chosen = &list.front();
+  if (!task.empty()) {
+    const std::string wanted = canonical_task(task);
+    chosen = nullptr;
+    for (const auto& a : list)
+      if (a.task == wanted) chosen = &a;
+    PEFT_CHECK(chosen, kComponent, "model_type '{}' has no {} head (available: {})", type, wanted, describe(list));
+  } else if (const auto named = named_architecture(config); !named.empty()) {
+    const Architecture* match = nullptr;
+    for (const auto& a : list)
+      if (a.name == named) match = &a;
+    if (match) chosen = match;
+    else
+      log::info("config.json names architecture '{}', which is not supported; building {} (available: {})", named,
+                chosen->name, describe(list));
+  }
+  nlohmann::json cfg = config;
+  if (num_labels) {
+    PEFT_CHECK(*num_labels >= 1, kComponent, "num_labels must be at least 1, found {}", *num_labels);
+    cfg["num_labels"] = *num_labels;
+    if (cfg.contains("id2label") && cfg["id2label"].is_object() &&
+        static_cast<int64_t>(cfg["id2label"].size()) != *num_labels) {
+      cfg.erase("id2label");
+      cfg.erase("label2id");
+    }
+  }
+  return chosen->factory(cfg);
 }
 
 std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir, const LoadOptions& options) {
   const fs::path cfg = fs::path(dir) / "config.json";
   PEFT_CHECK(fs::is_directory(dir), kComponent, "'{}' is not a model directory", dir);
   PEFT_CHECK(fs::exists(cfg), kComponent, "{}: missing config.json", dir);
-  auto model = create_model(core::read_json_file(cfg.string()));
+  auto model = create_model(core::read_json_file(cfg.string()), options.task, options.num_labels);
   load_weights(*model, dir, options);
   return model;
 }
 
 void load_weights(PretrainedModel& model, const std::string& dir, const LoadOptions& options) {
   auto files = weight_files(dir);
-  auto params = model.named_parameters(true);
-  auto buffers = model.named_buffers(true);
   std::map<std::string, at::Tensor> expected;
-  for (const auto& p : params) expected[p.key()] = p.value();
-  for (const auto& b : buffers) expected[b.key()] = b.value();
+  for (const auto& p : model.named_parameters(true)) expected[p.key()] = p.value();
+  for (const auto& b : model.named_buffers(true)) expected[b.key()] = b.value();
   const auto tied = model.tied_weights();
   const std::string prefix = model.base_model_prefix();
+  std::string checkpoint_arch;
+  if (const fs::path cfg = fs::path(dir) / "config.json"; fs::exists(cfg))
+    checkpoint_arch = named_architecture(core::read_json_file(cfg.string()));
+  const bool other_head = !checkpoint_arch.empty() && checkpoint_arch != model.architecture();
 
-  // Resolve checkpoint names onto ours: exact, or a bare backbone checkpoint missing the prefix.
+  // Resolve checkpoint names onto ours: exact; a bare backbone checkpoint lacking our prefix; a
+  // task checkpoint carrying a prefix our bare backbone lacks.
   std::map<std::string, std::string> source_of;  // our name -> checkpoint name
-  std::vector<std::string> extra;
+  std::vector<std::string> extra, dropped;
   for (const auto& [key, file] : files) {
     if (expected.count(key)) {
       source_of[key] = key;
     } else if (!prefix.empty() && expected.count(prefix + "." + key)) {
       source_of[prefix + "." + key] = key;
-    } else if (!tied.count(key) && !model.ignorable_checkpoint_key(key)) {
+    } else if (!prefix.empty() && under(key, prefix) && expected.count(key.substr(prefix.size() + 1))) {
+      source_of[key.substr(prefix.size() + 1)] = key;
+    } else if (tied.count(key) || model.ignorable_checkpoint_key(key)) {
+      continue;
+    } else if (other_head && !(prefix.empty() || under(key, prefix))) {
+      dropped.push_back(key);  // the head of the checkpoint's own architecture
+    } else {
       extra.push_back(key);
     }
   }
+  auto some = [](const std::vector<std::string>& v) {
+    return fmt::format("{}{}", fmt::join(v.begin(), v.begin() + std::min<size_t>(v.size(), 8), ", "),
+                       v.size() > 8 ? ", ..." : "");
+  };
   if (!extra.empty()) {
-    std::string msg = fmt::format("{}: {} unexpected tensor(s) in the checkpoint: {}", dir, extra.size(),
-                                  fmt::join(extra.begin(), extra.begin() + std::min<size_t>(extra.size(), 8), ", "));
+    std::string msg = fmt::format("{}: {} unexpected tensor(s) in the checkpoint: {}", dir, extra.size(), some(extra));
     PEFT_CHECK(options.allow_extra_tensors, kComponent, "{} (allow extra tensors to ignore them)", msg);
     log::warn("{} (ignored)", msg);
   }
+  if (!dropped.empty())
+    log::info("{}: dropped the {} head ({}) to build {}", dir, checkpoint_arch, some(dropped), model.architecture());
 
   std::map<std::string, std::unique_ptr<safetensors::File>> open;
+  std::vector<std::string> fresh;
+  std::optional<c10::ScalarType> loaded_dtype = options.dtype;
   torch::NoGradGuard no_grad;
   for (auto& [name, target] : expected) {
     auto src = source_of.find(name);
-    PEFT_CHECK(src != source_of.end(), kComponent, "{}: missing tensor '{}' (expected shape {})", dir, name,
-               c10::str(target.sizes()));
+    if (src == source_of.end()) {
+      bool in_head = false;
+      for (const auto& h : model.head_modules()) in_head = in_head || under(name, h);
+      PEFT_CHECK(in_head, kComponent, "{}: missing tensor '{}' (expected shape {})", dir, name,
+                 c10::str(target.sizes()));
+      fresh.push_back(name);
+      continue;
+    }
     const std::string& file = files.at(src->second);
     auto& f = open[file];
     if (!f) {
@@ -155,11 +295,20 @@ void load_weights(PretrainedModel& model, const std::string& dir, const LoadOpti
                dir, src->second, file);
     at::Tensor value = f->load(src->second);
     PEFT_CHECK(value.sizes() == target.sizes(), kComponent,
-               "{}: tensor '{}' has shape {} in {}, expected {}", dir, name, c10::str(value.sizes()), file,
+               "{}: tensor '{}' has shape {} in {}, expected {}", dir, src->second, c10::str(value.sizes()), file,
                c10::str(target.sizes()));
     if (value.is_floating_point() && options.dtype) value = value.to(*options.dtype);
+    if (value.is_floating_point() && !loaded_dtype) loaded_dtype = value.scalar_type();
     target.set_data(value.to(options.device));
   }
+  // A new head follows the checkpoint's dtype and the requested device.
+  for (const auto& name : fresh) {
+    at::Tensor& t = expected.at(name);
+    t.set_data(t.to(options.device, t.is_floating_point() && loaded_dtype ? *loaded_dtype : t.scalar_type()));
+  }
+  if (!fresh.empty())
+    log::warn("{}: {} is newly initialized (not in the checkpoint): {}; train it (e.g. modules_to_save) before use",
+              dir, model.architecture(), some(fresh));
 }
 
 }  // namespace peft::models

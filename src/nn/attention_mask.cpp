@@ -23,4 +23,22 @@ at::Tensor additive_padding_mask(const at::Tensor& attention_mask, c10::ScalarTy
   return (1.0 - m) * lowest_value(dtype);
 }
 
+at::Tensor causal_additive_mask(const at::Tensor& attention_mask, int64_t batch, int64_t query_len,
+                                int64_t key_len, c10::ScalarType dtype, c10::Device device) {
+  const int64_t past = key_len - query_len;
+  PEFT_CHECK(past >= 0, "nn", "causal mask: {} queries cannot attend to only {} keys", query_len, key_len);
+  auto idx = torch::TensorOptions().dtype(torch::kLong).device(device);
+  at::Tensor q = torch::arange(query_len, idx).unsqueeze(1) + past;
+  at::Tensor k = torch::arange(key_len, idx).unsqueeze(0);
+  at::Tensor blocked = (k > q).view({1, 1, query_len, key_len});
+  if (attention_mask.defined()) {
+    PEFT_CHECK(attention_mask.dim() == 2 && attention_mask.size(0) == batch && attention_mask.size(1) == key_len,
+               "nn", "attention_mask has shape {}, expected [{}, {}]", c10::str(attention_mask.sizes()), batch,
+               key_len);
+    blocked = blocked | (attention_mask.to(device) == 0).view({batch, 1, 1, key_len});
+  }
+  auto opts = torch::TensorOptions().dtype(dtype).device(device);
+  return torch::where(blocked, torch::full({}, lowest_value(dtype), opts), torch::zeros({}, opts));
+}
+
 }  // namespace peft::nn

@@ -10,6 +10,7 @@
 #include <torch/nn/modules/embedding.h>
 #include <torch/nn/modules/normalization.h>
 
+#include "peft/models/heads.h"
 #include "peft/models/model.h"
 #include "peft/nn/activations.h"
 
@@ -31,6 +32,7 @@ struct GPT2Config {
   bool scale_attn_weights = true;
   bool scale_attn_by_inverse_layer_idx = false;
   bool tie_word_embeddings = true;
+  HeadConfig head;  ///< sequence classification: num_labels, pad_token_id (GPT-2 has none by default)
   nlohmann::json original;  ///< the config.json it was read from (kept for round trips)
 
   int64_t inner_dim() const { return n_inner.value_or(4 * n_embd); }
@@ -85,9 +87,8 @@ TORCH_MODULE(GPT2Block);
 class GPT2ModelImpl : public torch::nn::Module {
  public:
   explicit GPT2ModelImpl(const GPT2Config& config);
-  /// Returns the final (ln_f) hidden state; fills `hidden_states` when non-null.
-  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& attention_mask,
-                     std::vector<at::Tensor>* hidden_states);
+  /// Fills last_hidden_state (after ln_f) and, when asked, hidden_states.
+  ModelOutput forward(const ModelInputs& inputs);
 
   torch::nn::Embedding wte{nullptr};
   torch::nn::Embedding wpe{nullptr};
@@ -99,27 +100,56 @@ class GPT2ModelImpl : public torch::nn::Module {
 };
 TORCH_MODULE(GPT2Model);
 
-class GPT2LMHeadModel : public PretrainedModel {
+/// Shared by the GPT-2 task models.
+class GPT2FamilyModel : public PretrainedModel {
  public:
-  explicit GPT2LMHeadModel(const GPT2Config& config);
-
-  ModelOutput forward(const ModelInputs& inputs) override;
+  explicit GPT2FamilyModel(const GPT2Config& config) : config_(config) {}
   std::string model_type() const override { return "gpt2"; }
-  nlohmann::json config_json() const override { return config_.to_json(); }
+  nlohmann::json config_json() const override;
   void init_weights() override;
   int64_t num_layers() const override { return config_.n_layer; }
   std::string layers_pattern() const override { return "h"; }
-  std::map<std::string, std::string> tied_weights() const override;
   std::string base_model_prefix() const override { return "transformer"; }
   bool ignorable_checkpoint_key(const std::string& key) const override;
-
   const GPT2Config& config() const { return config_; }
+
+ protected:
+  GPT2Config config_;
+};
+
+/// GPT2Model: the bare decoder stack, parameters without prefix.
+class GPT2ForFeatureExtraction : public GPT2FamilyModel {
+ public:
+  explicit GPT2ForFeatureExtraction(const GPT2Config& config);
+  ModelOutput forward(const ModelInputs& inputs) override;
+  std::string architecture() const override { return "GPT2Model"; }
+
+ private:
+  GPT2Model backbone_{nullptr};
+};
+
+class GPT2LMHeadModel : public GPT2FamilyModel {
+ public:
+  explicit GPT2LMHeadModel(const GPT2Config& config);
+  ModelOutput forward(const ModelInputs& inputs) override;
+  std::string architecture() const override { return "GPT2LMHeadModel"; }
+  std::vector<std::string> head_modules() const override { return {"lm_head"}; }
+  std::map<std::string, std::string> tied_weights() const override;
 
   GPT2Model transformer{nullptr};
   nn::AdaptableLinear lm_head{nullptr};  ///< only when tie_word_embeddings is false
+};
 
- private:
-  GPT2Config config_;
+/// Classifies on the last non-pad token (HF: the token before the first pad_token_id).
+class GPT2ForSequenceClassification : public GPT2FamilyModel {
+ public:
+  explicit GPT2ForSequenceClassification(const GPT2Config& config);
+  ModelOutput forward(const ModelInputs& inputs) override;
+  std::string architecture() const override { return "GPT2ForSequenceClassification"; }
+  std::vector<std::string> head_modules() const override { return {"score"}; }
+
+  GPT2Model transformer{nullptr};
+  nn::AdaptableLinear score{nullptr};
 };
 
 }  // namespace peft::models

@@ -22,16 +22,32 @@ struct LoadOptions {
   c10::Device device = c10::Device(c10::kCPU);
   /// Unexpected checkpoint tensors are an error unless this is set (then they are reported).
   bool allow_extra_tensors = false;
+  /// Which head to build: causal_lm, sequence_classification, image_classification or
+  /// feature_extraction (HF PEFT's CAUSAL_LM / SEQ_CLS / FEATURE_EXTRACTION also accepted).
+  /// Empty: config.json's "architectures", else the family's default. A head the checkpoint
+  /// lacks is newly initialized (and reported); another architecture's head is dropped (reported).
+  std::string task;
+  /// Overrides config.json's label count for a classification head.
+  std::optional<int64_t> num_labels;
 };
 
 using ModelFactory = std::function<std::shared_ptr<PretrainedModel>(const nlohmann::json& config)>;
 
-/// Registers a backbone for a config.json model_type (built-ins are registered on first use).
+/// Registers a Hugging Face architecture (e.g. "BertForSequenceClassification") of a config.json
+/// model_type, serving `task`. The first architecture registered for a type is its default.
+void register_architecture(const std::string& model_type, const std::string& architecture, const std::string& task,
+                           ModelFactory factory);
+/// Registers a backbone for a model_type under the task "custom" (built-ins are registered on first use).
 void register_model_type(const std::string& model_type, ModelFactory factory);
 std::vector<std::string> registered_model_types();
+/// "architecture (task)" entries registered for a model_type, default first.
+std::vector<std::string> registered_architectures(const std::string& model_type);
+/// The canonical task name for a task or HF PEFT task_type; unknown names are an error listing both.
+std::string canonical_task(const std::string& task);
 
-/// A randomly initialized model from a config (HF's config.json content).
-std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config);
+/// A randomly initialized model from a config (HF's config.json content), for `task` (see LoadOptions).
+std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config, const std::string& task = "",
+                                              std::optional<int64_t> num_labels = std::nullopt);
 /// config.json + weights from `dir`; every base parameter frozen.
 std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir, const LoadOptions& options = {});
 /// Loads the weights of `dir` into an existing model (names and shapes checked).

@@ -18,16 +18,22 @@ namespace peft::models {
 
 /// Forward arguments, by Hugging Face's names. Undefined tensors are absent.
 struct ModelInputs {
-  at::Tensor input_ids;       ///< int64 [batch, seq]
+  at::Tensor input_ids;       ///< int64 [batch, seq] (text models)
   at::Tensor attention_mask;  ///< int64/bool/float [batch, seq], 1 = attend, 0 = padding
-  at::Tensor labels;          ///< int64 [batch, seq]; -100 = ignore. Causal LMs shift internally.
+  at::Tensor token_type_ids;  ///< int64 [batch, seq] (BERT segments); zeros when absent
+  at::Tensor position_ids;    ///< int64 [batch, seq]; the model's default numbering when absent
+  at::Tensor pixel_values;    ///< float [batch, channels, height, width] (vision models)
+  /// Causal LM: int64 [batch, seq], -100 = ignore, shifted internally. Classification: int64
+  /// [batch] class indices, or float [batch] (regression) / [batch, num_labels] (multi-label).
+  at::Tensor labels;
   bool output_hidden_states = false;
 };
 
 struct ModelOutput {
-  at::Tensor logits;
-  at::Tensor loss;  ///< defined when labels were given
+  at::Tensor logits;  ///< undefined for a bare backbone (feature extraction)
+  at::Tensor loss;    ///< defined when labels were given
   at::Tensor last_hidden_state;
+  at::Tensor pooler_output;  ///< BERT/RoBERTa/ViT backbones with a pooler
   /// With output_hidden_states: embeddings, then each block's output (HF's tuple convention).
   std::vector<at::Tensor> hidden_states;
 };
@@ -37,6 +43,11 @@ class PretrainedModel : public torch::nn::Module {
   virtual ModelOutput forward(const ModelInputs& inputs) = 0;
   /// config.json's "model_type".
   virtual std::string model_type() const = 0;
+  /// The Hugging Face class this model mirrors (config.json "architectures"), e.g. "GPT2LMHeadModel".
+  virtual std::string architecture() const = 0;
+  /// Top-level modules that form the task head ("lm_head", "classifier", "score"). A head missing
+  /// from a checkpoint is newly initialized (and must be trained, e.g. via modules_to_save).
+  virtual std::vector<std::string> head_modules() const { return {}; }
   /// The config as Hugging Face writes it.
   virtual nlohmann::json config_json() const = 0;
   /// Randomly initializes every weight as Hugging Face's `_init_weights` does.

@@ -1,0 +1,30 @@
+// Eager scaled-dot-product attention in the reference order of operations, shared by every
+// backbone (so prefix keys/values and other attention inputs have one place to go).
+#pragma once
+
+#include <cstdint>
+
+#include <ATen/core/Tensor.h>
+
+namespace peft::nn {
+
+struct AttentionOptions {
+  double score_divisor = 1.0;  ///< divides q·kᵀ (sqrt(head_dim) for every family here)
+  double dropout = 0.0;      ///< on the attention probabilities, only while training
+  bool training = false;
+  bool softmax_in_float32 = false;  ///< LLaMA: softmax in float32, then back to the input dtype
+};
+
+/// [batch, seq, heads * head_dim] -> [batch, heads, seq, head_dim]
+at::Tensor split_heads(const at::Tensor& x, int64_t heads, int64_t head_dim);
+/// [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim]
+at::Tensor merge_heads(const at::Tensor& x);
+/// Grouped-query attention: each of the kv heads serves `n_rep` query heads.
+at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep);
+
+/// softmax(q kᵀ / score_divisor + additive_mask) v for q [b, h, tq, d], k/v [b, h, tk, d];
+/// `additive_mask` broadcasts to [b, h, tq, tk] (0 = attend, lowest_value = masked) or is undefined.
+at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& additive_mask, const AttentionOptions& options);
+
+}  // namespace peft::nn

@@ -1,0 +1,32 @@
+#include "peft/nn/attention.h"
+
+#include <torch/torch.h>
+
+namespace peft::nn {
+
+at::Tensor split_heads(const at::Tensor& x, int64_t heads, int64_t head_dim) {
+  return x.view({x.size(0), x.size(1), heads, head_dim}).transpose(1, 2);
+}
+
+at::Tensor merge_heads(const at::Tensor& x) {
+  return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
+}
+
+at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
+  if (n_rep == 1) return x;
+  const int64_t b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3);
+  return x.unsqueeze(2).expand({b, h, n_rep, t, d}).reshape({b, h * n_rep, t, d});
+}
+
+at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const at::Tensor& additive_mask, const AttentionOptions& options) {
+  // Scores are divided after the product, as every Hugging Face eager implementation does.
+  at::Tensor scores = torch::matmul(q, k.transpose(-1, -2)) / options.score_divisor;
+  if (additive_mask.defined()) scores = scores + additive_mask;
+  at::Tensor probs = options.softmax_in_float32 ? torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type())
+                                                : torch::softmax(scores, -1);
+  if (options.dropout > 0.0 && options.training) probs = torch::dropout(probs, options.dropout, true);
+  return torch::matmul(probs, v);
+}
+
+}  // namespace peft::nn

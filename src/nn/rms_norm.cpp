@@ -1,0 +1,19 @@
+#include "peft/nn/rms_norm.h"
+
+#include <torch/torch.h>
+
+namespace peft::nn {
+
+RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
+  weight = register_parameter("weight", torch::ones({dim}));
+}
+
+at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
+  // Normalize in float32 whatever the storage dtype, then scale in the input dtype (HF order).
+  at::Tensor h = x.to(torch::kFloat);
+  at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
+  h = h * torch::rsqrt(variance + eps_);
+  return weight * h.to(x.scalar_type());
+}
+
+}  // namespace peft::nn
