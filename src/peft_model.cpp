@@ -86,8 +86,27 @@ void PeftModel::add_adapter(const std::string& name, const methods::MethodConfig
     order_.pop_back();
     throw;
   }
+  try {
+    add_modules_to_save(name, implicit_modules_to_save(config));
+  } catch (...) {
+    delete_adapter(name);
+    throw;
+  }
   if (active_.empty()) active_ = name;
   apply_state();
+}
+
+std::vector<std::string> PeftModel::implicit_modules_to_save(const methods::MethodConfig& config) const {
+  const auto& task = config.common.task_type;
+  if (task != "SEQ_CLS" && task != "TOKEN_CLS") return {};
+  std::vector<std::string> out;
+  for (const std::string head : {"classifier", "score"})
+    for (const auto& p : base_names_)
+      if (p.rfind(head + ".", 0) == 0) {
+        out.push_back(head);
+        break;
+      }
+  return out;
 }
 
 void PeftModel::attach_linear_delta(const std::string& adapter_name, const std::string& module_name,
@@ -114,8 +133,11 @@ void PeftModel::add_modules_to_save(const std::string& adapter_name, const std::
   for (const auto& m : modules) {
     int found = 0;
     for (const auto& p : base_names_) {
-      const auto module = p.substr(0, p.rfind('.'));
-      if (core::is_or_ends_with_segment(module, m)) {
+      // HF matches module names by suffix; a parameter belongs to every module above it.
+      bool inside = false;
+      for (size_t dot = p.find('.'); dot != std::string::npos && !inside; dot = p.find('.', dot + 1))
+        inside = core::is_or_ends_with_segment(p.substr(0, dot), m);
+      if (inside) {
         add_trainable_base_tensor(adapter_name, p);
         ++found;
       }

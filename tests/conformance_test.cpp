@@ -1,5 +1,5 @@
-// The conformance suite: every registered method must pass these. A method joins with one
-// line in kCases (a name and a config for a small GPT-2).
+// The conformance suite: every registered method must pass these, on every backbone family. A
+// method joins with one line in kCases (a name, a config, and the families it applies to).
 #include <torch/torch.h>
 
 #include "peft/checkpoint/delta.h"
@@ -8,6 +8,7 @@
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
+#include "tiny_models.h"
 
 namespace peft::test {
 namespace {
@@ -15,35 +16,33 @@ namespace {
 struct MethodCase {
   std::string name;
   nlohmann::json config;
-  friend void PrintTo(const MethodCase& c, std::ostream* os) { *os << c.name; }
+  std::vector<std::string> families;  ///< empty: every family
 };
 
 const std::vector<MethodCase> kCases = {
-    {"lora", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_proj", "c_fc"}}}},
+    {"lora", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}}, {}},
+    {"lora_all_linear", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_proj", "c_fc"}}}, {"gpt2"}},
     {"lora_rslora_bias", {{"peft_type", "LORA"}, {"r", 2}, {"fan_in_fan_out", true}, {"lora_alpha", 4}, {"use_rslora", true}, {"bias", "lora_only"},
-                          {"target_modules", "transformer\\.h\\.1\\..*c_(attn|fc)"}, {"modules_to_save", {"ln_f"}}}},
+                          {"target_modules", "transformer\\.h\\.1\\..*c_(attn|fc)"}, {"modules_to_save", {"ln_f"}}}, {"gpt2"}},
 };
 
-std::shared_ptr<models::PretrainedModel> tiny_gpt2(torch::Dtype dtype = torch::kFloat) {
-  torch::manual_seed(7);
-  auto model = models::create_model({{"model_type", "gpt2"}, {"vocab_size", 61}, {"n_positions", 32}, {"n_embd", 32},
-                                     {"n_layer", 2}, {"n_head", 4}, {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0},
-                                     {"attn_pdrop", 0.0}});
-  // Non-trivial norms and biases, so every base tensor matters.
-  torch::NoGradGuard g;
-  for (auto& p : model->parameters()) p.add_(torch::randn_like(p) * 0.02);
-  model->to(dtype);
-  return model;
-}
+/// One method case on one family; classification families train their head (SEQ_CLS).
+struct Combo {
+  MethodCase method;
+  std::string family;
+  friend void PrintTo(const Combo& c, std::ostream* os) { *os << c.method.name << "_" << c.family; }
+};
 
-models::ModelInputs batch() {
-  torch::manual_seed(11);
-  models::ModelInputs in;
-  in.input_ids = torch::randint(0, 61, {2, 9}, torch::kLong);
-  in.attention_mask = torch::ones({2, 9}, torch::kLong);
-  in.attention_mask.index_put_({1, torch::indexing::Slice(6, 9)}, 0);
-  in.labels = in.input_ids.clone();
-  return in;
+std::vector<Combo> combos() {
+  std::vector<Combo> out;
+  for (const auto& c : kCases)
+    for (const auto& f : tiny_families())
+      if (c.families.empty() || std::find(c.families.begin(), c.families.end(), f) != c.families.end()) {
+        Combo combo{c, f};
+        combo.method.config["task_type"] = is_classifier(f) ? "SEQ_CLS" : "CAUSAL_LM";
+        out.push_back(combo);
+      }
+  return out;
 }
 
 /// Makes every trainable tensor non-trivial (zero-initialized halves would hide bugs).
@@ -59,13 +58,17 @@ std::map<std::string, at::Tensor> clone_base(models::PretrainedModel& m, const s
   return out;
 }
 
-class Conformance : public ::testing::TestWithParam<MethodCase> {
+class Conformance : public ::testing::TestWithParam<Combo> {
  protected:
-  std::shared_ptr<methods::MethodConfig> config() { return methods::parse_config(GetParam().config); }
+  std::shared_ptr<methods::MethodConfig> config() { return methods::parse_config(GetParam().method.config); }
+  std::shared_ptr<models::PretrainedModel> tiny_base(c10::ScalarType dtype = c10::kFloat) {
+    return tiny_model(GetParam().family, dtype);
+  }
+  models::ModelInputs batch() { return tiny_batch(GetParam().family); }
 };
 
 TEST_P(Conformance, IdentityAtInit) {
-  auto base = tiny_gpt2();
+  auto base = tiny_base();
   base->eval();
   torch::NoGradGuard g;
   auto ref = base->forward(batch()).logits.clone();
@@ -75,7 +78,7 @@ TEST_P(Conformance, IdentityAtInit) {
 }
 
 TEST_P(Conformance, OnlyDeltasTrainAndBaseStaysBitIdentical) {
-  auto base = tiny_gpt2();
+  auto base = tiny_base();
   PeftModel model(base);
   model.add_adapter("default", *config());
   auto params = model.trainable_parameters();
@@ -108,7 +111,7 @@ TEST_P(Conformance, OnlyDeltasTrainAndBaseStaysBitIdentical) {
 }
 
 TEST_P(Conformance, MergedEqualsUnmerged) {
-  auto base = tiny_gpt2();
+  auto base = tiny_base();
   base->eval();
   PeftModel model(base);
   model.add_adapter("default", *config());
@@ -127,7 +130,7 @@ TEST_P(Conformance, MergedEqualsUnmerged) {
 }
 
 TEST_P(Conformance, SaveLoadIsBitExact) {
-  auto base = tiny_gpt2();
+  auto base = tiny_base();
   base->eval();
   PeftModel model(base);
   model.add_adapter("default", *config());
@@ -139,7 +142,7 @@ TEST_P(Conformance, SaveLoadIsBitExact) {
   auto expected = model.forward(batch()).logits.clone();
   auto saved = model.adapter_state_dict("default");
 
-  PeftModel fresh(tiny_gpt2());
+  PeftModel fresh(tiny_base());
   fresh.eval();
   checkpoint::load_adapter(fresh, path, "default");
   auto loaded = fresh.adapter_state_dict("default");
@@ -167,7 +170,7 @@ TEST_P(Conformance, ConfigJsonRoundTripAndUnknownKeys) {
 }
 
 TEST_P(Conformance, GradientsMatchFiniteDifferencesInFloat64) {
-  auto base = tiny_gpt2(torch::kDouble);
+  auto base = tiny_base(torch::kDouble);
   base->eval();
   PeftModel model(base);
   model.add_adapter("default", *config());
@@ -194,8 +197,8 @@ TEST_P(Conformance, GradientsMatchFiniteDifferencesInFloat64) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Methods, Conformance, ::testing::ValuesIn(kCases),
-                         [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Methods, Conformance, ::testing::ValuesIn(combos()),
+                         [](const auto& info) { return info.param.method.name + "_" + info.param.family; });
 
 TEST(ConformanceCoverage, EveryRegisteredMethodHasACase) {
   for (const auto& name : methods::method_names()) {

@@ -17,24 +17,7 @@ const std::string kBase = "hf/models/gpt2";
 const std::string kAdapter = "hf/adapters/gpt2_lora";
 const std::string kStep = "hf/training/gpt2_lora_step";
 
-models::ModelInputs inputs_from(const std::string& file, bool hidden = true) {
-  auto in = safetensors::load_file(fixture(file));
-  models::ModelInputs inputs;
-  inputs.input_ids = in.at("input_ids");
-  inputs.attention_mask = in.at("attention_mask");
-  if (in.count("labels")) inputs.labels = in.at("labels");
-  inputs.output_hidden_states = hidden;
-  return inputs;
-}
-
-double max_output_diff(const models::ModelOutput& out, const std::string& ref_file) {
-  auto ref = safetensors::load_file(fixture(ref_file));
-  double worst = max_abs_diff(out.logits, ref.at("logits"));
-  worst = std::max(worst, max_abs_diff(out.last_hidden_state, ref.at("last_hidden_state")));
-  for (size_t i = 0; i < out.hidden_states.size(); ++i)
-    worst = std::max(worst, max_abs_diff(out.hidden_states[i], ref.at("hidden_states." + std::to_string(i))));
-  return worst;
-}
+models::ModelInputs inputs_from(const std::string& file, bool hidden = true) { return fixture_inputs(file, hidden); }
 
 std::unique_ptr<PeftModel> hf_lora(bool trainable = false) {
   auto model = std::make_unique<PeftModel>(models::load_pretrained(fixture(kBase)));
@@ -50,7 +33,7 @@ TEST(LoraHF, OutputsMatchPeft) {
   torch::NoGradGuard g;
   auto inputs = inputs_from(kBase + "/inputs.safetensors");
   double diff = max_output_diff(model->forward(inputs), kAdapter + "/outputs.safetensors");
-  RecordProperty("max_abs_diff", std::to_string(diff));
+  RecordProperty("max_abs_diff", fmt::format("{:.3e}", diff));
   EXPECT_LT(diff, 1e-5);
   // The fixture is meant to detect an effect of ~0.036 on the logits: make sure we see it.
   model->disable_adapters();

@@ -3,7 +3,46 @@
 #include <cstdlib>
 #include <vector>
 
+#include <torch/torch.h>
+
+#include "peft/core/safetensors.h"
+
 namespace peft::test {
+
+models::ModelInputs fixture_inputs(const std::string& rel, bool hidden_states) {
+  models::ModelInputs in;
+  for (auto& [name, t] : safetensors::load_file(fixture(rel))) {
+    if (name == "input_ids") in.input_ids = t;
+    else if (name == "attention_mask") in.attention_mask = t;
+    else if (name == "token_type_ids") in.token_type_ids = t;
+    else if (name == "pixel_values") in.pixel_values = t;
+    else if (name == "labels") in.labels = t;
+    else ADD_FAILURE() << rel << ": unknown input " << name;
+  }
+  in.output_hidden_states = hidden_states;
+  return in;
+}
+
+double max_output_diff(const models::ModelOutput& out, const std::string& ref_rel) {
+  auto ref = safetensors::load_file(fixture(ref_rel));
+  double worst = 0.0;
+  auto check = [&](const std::string& name, const at::Tensor& ours) {
+    if (!ours.defined()) return;
+    auto it = ref.find(name);
+    if (it == ref.end()) {
+      if (name != "pooler_output") ADD_FAILURE() << ref_rel << " has no " << name;
+      return;
+    }
+    worst = std::max(worst, max_abs_diff(ours, it->second));
+  };
+  check("logits", out.logits);
+  check("last_hidden_state", out.last_hidden_state);
+  check("pooler_output", out.pooler_output);
+  for (size_t i = 0; i < out.hidden_states.size(); ++i)
+    check("hidden_states." + std::to_string(i), out.hidden_states[i]);
+  if (ref.count("pooler_output") && !out.pooler_output.defined()) ADD_FAILURE() << "no pooler_output to compare";
+  return worst;
+}
 
 TempDir::TempDir() {
   std::string tmpl = (std::filesystem::temp_directory_path() / "peft-test-XXXXXX").string();

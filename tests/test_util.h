@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "peft/core/error.h"
+#include "peft/models/model.h"
 
 namespace peft::test {
 
@@ -26,6 +27,14 @@ inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
 inline bool bit_equal(const at::Tensor& a, const at::Tensor& b) {
   return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() && at::equal(a, b);
 }
+
+/// Model inputs stored by HF's argument names (input_ids, attention_mask, token_type_ids,
+/// pixel_values, labels) in a fixture safetensors file.
+models::ModelInputs fixture_inputs(const std::string& rel, bool hidden_states = true);
+
+/// The largest |ours - theirs| over logits, last_hidden_state, pooler_output and every
+/// hidden_states.<i> that the reference file holds (each one we produce must be there).
+double max_output_diff(const models::ModelOutput& out, const std::string& ref_rel);
 
 /// A fresh, empty directory under the system temp dir, removed at destruction.
 class TempDir {

@@ -77,6 +77,9 @@ class PeftModel {
   void add_trainable_base_tensor(const std::string& adapter, const std::string& param_name);
   /// modules_to_save: every base parameter inside a named module; an unmatched name is an error.
   void add_modules_to_save(const std::string& adapter, const std::vector<std::string>& modules);
+  /// The head modules a task_type trains and saves implicitly, as HF PEFT does: SEQ_CLS and
+  /// TOKEN_CLS add "classifier" and "score" (those this model has). Methods leave them alone.
+  std::vector<std::string> implicit_modules_to_save(const methods::MethodConfig& config) const;
 
  private:
   struct Adapter {

@@ -112,8 +112,10 @@ void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& ad
       cfg.target_modules.empty() ? default_targets(model.base_model().model_type()) : cfg.target_modules;
   const LayerSelection layers{cfg.layers_to_transform, cfg.layers_pattern};
   int matched = 0;
+  const auto heads = model.implicit_modules_to_save(cfg);
   for (auto& [name, lin] : model.linears()) {
-    if (inside_any(name, cfg.modules_to_save) || excluded(name, cfg.exclude_modules)) continue;
+    if (inside_any(name, cfg.modules_to_save) || inside_any(name, heads) || excluded(name, cfg.exclude_modules))
+      continue;
     if (!matches_target(name, targets, layers)) continue;
     if (lin->fan_in_fan_out() && !cfg.fan_in_fan_out) {
       // As HF PEFT does: Conv1D layers imply fan_in_fan_out, and the saved config says so.

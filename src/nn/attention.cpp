@@ -23,8 +23,9 @@ at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   // Scores are divided after the product, as every Hugging Face eager implementation does.
   at::Tensor scores = torch::matmul(q, k.transpose(-1, -2)) / options.score_divisor;
   if (additive_mask.defined()) scores = scores + additive_mask;
-  at::Tensor probs = options.softmax_in_float32 ? torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type())
-                                                : torch::softmax(scores, -1);
+  // Upcast half precisions only: float64 stays float64 (gradient checks rely on it).
+  const bool upcast = options.softmax_in_float32 && c10::elementSize(scores.scalar_type()) < 4;
+  at::Tensor probs = upcast ? torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type()) : torch::softmax(scores, -1);
   if (options.dropout > 0.0 && options.training) probs = torch::dropout(probs, options.dropout, true);
   return torch::matmul(probs, v);
 }

@@ -9,8 +9,8 @@ RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
 }
 
 at::Tensor RMSNormImpl::forward(const at::Tensor& x) {
-  // Normalize in float32 whatever the storage dtype, then scale in the input dtype (HF order).
-  at::Tensor h = x.to(torch::kFloat);
+  // Normalize in at least float32, then scale in the input dtype (HF order).
+  at::Tensor h = c10::elementSize(x.scalar_type()) < 4 ? x.to(torch::kFloat) : x;
   at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * torch::rsqrt(variance + eps_);
   return weight * h.to(x.scalar_type());

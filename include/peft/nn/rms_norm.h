@@ -1,4 +1,4 @@
-// RMSNorm (LLaMA): x / sqrt(mean(x²) + eps) · weight, computed in float32 like the reference.
+// RMSNorm (LLaMA): x / sqrt(mean(x²) + eps) · weight, computed in (at least) float32 like the reference.
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,101 @@
+// HF PEFT LoRA adapters on the encoder and LLaMA families (fixtures/hf/adapters/{bert,llama}_lora):
+// outputs unmerged and merged, the merged weight, and saving back in PEFT's exact layout.
+#include <torch/torch.h>
+
+#include "peft/checkpoint/delta.h"
+#include "peft/core/json_io.h"
+#include "peft/core/safetensors.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+#include "test_util.h"
+
+namespace peft::test {
+namespace {
+
+struct LoraFixture {
+  std::string adapter;  // under hf/adapters
+  std::string base;     // under hf/models
+  std::string merged_module;
+  friend void PrintTo(const LoraFixture& f, std::ostream* os) { *os << f.adapter; }
+};
+
+class LoraFamilies : public ::testing::TestWithParam<LoraFixture> {
+ protected:
+  std::string adapter_dir() const { return "hf/adapters/" + GetParam().adapter; }
+  models::ModelInputs inputs() const { return fixture_inputs("hf/models/" + GetParam().base + "/inputs.safetensors"); }
+  std::unique_ptr<PeftModel> load() const {
+    auto model = std::make_unique<PeftModel>(models::load_pretrained(fixture("hf/models/" + GetParam().base)));
+    checkpoint::load_adapter(*model, fixture(adapter_dir() + "/adapter"));
+    model->eval();
+    return model;
+  }
+};
+
+TEST_P(LoraFamilies, OutputsMatchPeft) {
+  auto model = load();
+  torch::NoGradGuard g;
+  const double diff = max_output_diff(model->forward(inputs()), adapter_dir() + "/outputs.safetensors");
+  RecordProperty("max_abs_diff", fmt::format("{:.3e}", diff));
+  EXPECT_LT(diff, 1e-5);
+  model->disable_adapters();  // the fixture's effect is far larger than the tolerance
+  EXPECT_GT(max_output_diff(model->forward(inputs()), adapter_dir() + "/outputs.safetensors"), 1e-3);
+}
+
+TEST_P(LoraFamilies, MergedLayerAndOutputsMatchPeft) {
+  auto model = load();
+  torch::NoGradGuard g;
+  auto layer = safetensors::load_file(fixture(adapter_dir() + "/merged_layer.safetensors"));
+  auto params = model->base_model().named_parameters();
+  const std::string w = GetParam().merged_module + ".weight";
+  EXPECT_TRUE(bit_equal(params[w], layer.at("base." + w)));
+  model->merge_adapter();
+  EXPECT_LT(max_abs_diff(params[w], layer.at("merged." + w)), 1e-7);
+  const std::string b = GetParam().merged_module + ".bias";
+  if (layer.count("merged." + b)) EXPECT_TRUE(bit_equal(params[b], layer.at("merged." + b)));
+  const double diff = max_output_diff(model->forward(inputs()), adapter_dir() + "/merged_outputs.safetensors");
+  RecordProperty("merged_max_abs_diff", fmt::format("{:.3e}", diff));
+  EXPECT_LT(diff, 1e-5);
+  model->unmerge_adapter();
+  EXPECT_LT(max_output_diff(model->forward(inputs()), adapter_dir() + "/outputs.safetensors"), 1e-5);
+  auto plain = model->merge_and_unload();
+  EXPECT_LT(max_output_diff(plain->forward(inputs()), adapter_dir() + "/merged_outputs.safetensors"), 1e-5);
+}
+
+TEST_P(LoraFamilies, SavesPeftsExactFiles) {
+  auto model = load();
+  TempDir dir;
+  checkpoint::save_adapter(*model, dir.file("out"));
+  safetensors::File ours(dir.file("out/adapter_model.safetensors"));
+  safetensors::File theirs(fixture(adapter_dir() + "/adapter/adapter_model.safetensors"));
+  ASSERT_EQ(ours.tensors().size(), theirs.tensors().size());
+  for (const auto& t : theirs.tensors()) {
+    ASSERT_TRUE(ours.contains(t.name)) << t.name;
+    EXPECT_TRUE(bit_equal(ours.load(t.name), theirs.load(t.name))) << t.name;
+  }
+  auto a = core::read_json_file(dir.file("out/adapter_config.json"));
+  auto b = core::read_json_file(fixture(adapter_dir() + "/adapter/adapter_config.json"));
+  for (auto it = b.begin(); it != b.end(); ++it)
+    if (it.key() != "target_modules") EXPECT_EQ(a[it.key()], it.value()) << it.key();
+}
+
+INSTANTIATE_TEST_SUITE_P(HF, LoraFamilies,
+                         ::testing::Values(LoraFixture{"bert_lora", "bert", "bert.encoder.layer.0.attention.self.query"},
+                                           LoraFixture{"llama_lora", "llama", "model.layers.0.self_attn.v_proj"}),
+                         [](const auto& info) { return info.param.adapter; });
+
+TEST(LoraFamilies, SeqClsTrainsAndSavesTheHeadAsPeftDoes) {
+  // task_type SEQ_CLS with modules_to_save null: the classifier is still trained and saved.
+  auto model = std::make_unique<PeftModel>(models::load_pretrained(fixture("hf/models/bert")));
+  auto cfg = methods::parse_config(core::read_json_file(fixture("hf/adapters/bert_lora/adapter/adapter_config.json")));
+  model->add_adapter("default", *cfg);
+  auto state = model->adapter_state_dict("default");
+  EXPECT_TRUE(state.count("base_model.model.classifier.weight"));
+  EXPECT_TRUE(state.count("base_model.model.classifier.bias"));
+  int64_t n = 0;
+  for (auto& p : model->trainable_parameters()) n += p.numel();
+  // 2 layers x (query + value) x r(64 + 64) + classifier 2x64 + 2.
+  EXPECT_EQ(n, 2 * 2 * 4 * (64 + 64) + 2 * 64 + 2);
+}
+
+}  // namespace
+}  // namespace peft::test

@@ -1,0 +1,68 @@
+#include "tiny_models.h"
+
+#include <torch/torch.h>
+
+#include "peft/models/load.h"
+
+namespace peft::test {
+
+const std::vector<std::string>& tiny_families() {
+  static const std::vector<std::string> f = {"gpt2", "bert", "roberta", "llama", "vit"};
+  return f;
+}
+
+bool is_classifier(const std::string& family) { return family == "bert" || family == "roberta" || family == "vit"; }
+
+nlohmann::json tiny_config(const std::string& family) {
+  if (family == "gpt2")
+    return {{"model_type", "gpt2"}, {"vocab_size", 61}, {"n_positions", 32}, {"n_embd", 32}, {"n_layer", 2},
+            {"n_head", 4},          {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0}, {"attn_pdrop", 0.0}};
+  if (family == "bert" || family == "roberta") {
+    nlohmann::json j = {{"model_type", family}, {"vocab_size", 61}, {"hidden_size", 24}, {"num_hidden_layers", 2},
+                        {"num_attention_heads", 3}, {"intermediate_size", 40}, {"max_position_embeddings", 34},
+                        {"hidden_dropout_prob", 0.0}, {"attention_probs_dropout_prob", 0.0}, {"num_labels", 3},
+                        {"architectures", {family == "bert" ? "BertForSequenceClassification"
+                                                           : "RobertaForSequenceClassification"}}};
+    j["pad_token_id"] = family == "bert" ? 0 : 1;
+    j["type_vocab_size"] = family == "bert" ? 2 : 1;
+    return j;
+  }
+  if (family == "llama")
+    return {{"model_type", "llama"}, {"vocab_size", 61}, {"hidden_size", 24}, {"num_hidden_layers", 2},
+            {"num_attention_heads", 6}, {"num_key_value_heads", 2}, {"intermediate_size", 40},
+            {"max_position_embeddings", 64}, {"rope_theta", 500.0}, {"rms_norm_eps", 1e-5}};
+  if (family == "vit")
+    return {{"model_type", "vit"}, {"hidden_size", 24}, {"num_hidden_layers", 2}, {"num_attention_heads", 3},
+            {"intermediate_size", 40}, {"image_size", 12}, {"patch_size", 4}, {"num_channels", 2}, {"num_labels", 5},
+            {"architectures", {"ViTForImageClassification"}}};
+  throw std::invalid_argument("unknown tiny family " + family);
+}
+
+std::shared_ptr<models::PretrainedModel> tiny_model(const std::string& family, c10::ScalarType dtype, uint64_t seed) {
+  torch::manual_seed(seed);
+  auto model = models::create_model(tiny_config(family));
+  torch::NoGradGuard g;
+  for (auto& p : model->parameters()) p.add_(torch::randn_like(p) * 0.02);
+  model->to(dtype);
+  return model;
+}
+
+models::ModelInputs tiny_batch(const std::string& family) {
+  torch::manual_seed(11);
+  models::ModelInputs in;
+  if (family == "vit") {
+    in.pixel_values = torch::randn({2, 2, 12, 12});
+    in.labels = torch::tensor({1, 4}, torch::kLong);
+    return in;
+  }
+  const int64_t pad = family == "roberta" ? 1 : 0;
+  in.input_ids = torch::randint(2, 61, {2, 9}, torch::kLong);
+  in.attention_mask = torch::ones({2, 9}, torch::kLong);
+  in.attention_mask.index_put_({1, torch::indexing::Slice(6, 9)}, 0);
+  in.input_ids.index_put_({1, torch::indexing::Slice(6, 9)}, pad);
+  if (family == "bert") in.token_type_ids = (torch::arange(9) >= 4).to(torch::kLong).unsqueeze(0).repeat({2, 1});
+  in.labels = is_classifier(family) ? torch::tensor({2, 0}, torch::kLong) : in.input_ids.clone();
+  return in;
+}
+
+}  // namespace peft::test

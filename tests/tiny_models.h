@@ -1,0 +1,27 @@
+// Small random models of every family (deliberately odd geometries) and matching batches, for
+// tests that must hold on every backbone.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <c10/core/ScalarType.h>
+#include <nlohmann/json.hpp>
+
+#include "peft/models/model.h"
+
+namespace peft::test {
+
+/// gpt2 (causal LM), bert and roberta (sequence classification), llama (causal LM, GQA), vit
+/// (image classification).
+const std::vector<std::string>& tiny_families();
+bool is_classifier(const std::string& family);
+nlohmann::json tiny_config(const std::string& family);
+/// Random weights with every norm and bias perturbed, so each tensor matters.
+std::shared_ptr<models::PretrainedModel> tiny_model(const std::string& family, c10::ScalarType dtype = c10::kFloat,
+                                                    uint64_t seed = 7);
+/// Two rows (the second one padded for text models) with labels for the family's head.
+models::ModelInputs tiny_batch(const std::string& family);
+
+}  // namespace peft::test
