@@ -15,15 +15,6 @@ namespace {
 constexpr const char* kC = "peft_model";
 const std::string kKeyPrefix = "base_model.model.";
 
-std::string with_commas(int64_t n) {
-  std::string digits = std::to_string(n < 0 ? -n : n), out;
-  for (size_t i = 0; i < digits.size(); ++i) {
-    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
-    out += digits[i];
-  }
-  return n < 0 ? "-" + out : out;
-}
-
 void check_adapter_name(const std::string& name) {
   static const std::regex valid("[A-Za-z0-9_\\-]+");
   PEFT_CHECK(std::regex_match(name, valid), kC,
@@ -289,8 +280,8 @@ ParameterCounts PeftModel::count_parameters() {
 std::string PeftModel::trainable_parameters_report() {
   auto c = count_parameters();
   const double pct = c.total > 0 ? 100.0 * static_cast<double>(c.trainable) / static_cast<double>(c.total) : 0.0;
-  return fmt::format("trainable params: {} || all params: {} || trainable%: {}", with_commas(c.trainable),
-                     with_commas(c.total), pct);
+  return fmt::format("trainable params: {} || all params: {} || trainable%: {}", core::with_thousands(c.trainable),
+                     core::with_thousands(c.total), pct);
 }
 
 }  // namespace peft

@@ -23,14 +23,26 @@ c10::ScalarType to_dtype(const std::string& s) {
 int run(int argc, char** argv) {
   CLI::App app{"Run a model (and optionally a PEFT delta) on saved inputs; write logits and hidden states.",
                "peft-forward"};
-  std::string model_dir, adapter_dir, inputs_path, out_path, compare_path, dtype, device = "cpu";
-  bool merge = false;
+  std::string model_dir, adapter_dir, inputs_path, out_path, compare_path, dtype, device = "cpu", task;
+  bool merge = false, allow_extra = false;
   int threads = 0;
+  int64_t num_labels = 0;
   app.add_option("--model", model_dir, "Hugging Face model directory (config.json + model.safetensors)")->required();
   app.add_option("--adapter", adapter_dir, "delta directory (adapter_config.json + adapter_model.safetensors)");
   app.add_flag("--merge", merge, "merge the delta into the base weights before running");
-  app.add_option("--inputs", inputs_path, "safetensors file with input_ids [, attention_mask]")->required();
-  app.add_option("--out", out_path, "output safetensors: logits, hidden_states.<i>, last_hidden_state")->required();
+  app.add_option("--inputs", inputs_path,
+                 "safetensors file with inputs by HF's names: input_ids, attention_mask, token_type_ids, "
+                 "position_ids (text) or pixel_values (vision)")
+      ->required();
+  app.add_option("--out", out_path,
+                 "output safetensors: logits, last_hidden_state, pooler_output (where the model has one), "
+                 "hidden_states.<i>")
+      ->required();
+  app.add_option("--task", task,
+                 "head to build: causal_lm | sequence_classification | image_classification | feature_extraction "
+                 "(default: config.json's architectures)");
+  app.add_option("--num-labels", num_labels, "label count of a classification head (default: config.json's)");
+  app.add_flag("--allow-extra-tensors", allow_extra, "ignore (and report) checkpoint tensors the model does not use");
   app.add_option("--dtype", dtype, "compute dtype: float32 | bfloat16 | float16 | float64 (default: the file's)");
   app.add_option("--device", device, "cpu or cuda[:N]");
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
@@ -48,6 +60,9 @@ int run(int argc, char** argv) {
   dtype = peft::apps::normalized_dtype(dtype);
   if (!dtype.empty()) load.dtype = to_dtype(dtype);
   load.device = c10::Device(device);
+  load.task = task;
+  load.allow_extra_tensors = allow_extra;
+  if (num_labels > 0) load.num_labels = num_labels;
   auto base = peft::models::load_pretrained(model_dir, load);
   peft::PeftModel model(base);
   if (!adapter_dir.empty()) {
@@ -59,21 +74,28 @@ int run(int argc, char** argv) {
   peft::safetensors::File in(inputs_path);
   peft::models::ModelInputs inputs;
   for (const auto& t : in.tensors()) {
-    if (t.name == "input_ids") inputs.input_ids = in.load(t.name).to(torch::kLong).to(load.device);
-    else if (t.name == "attention_mask") inputs.attention_mask = in.load(t.name).to(load.device);
+    at::Tensor v = in.load(t.name).to(load.device);
+    if (t.name == "input_ids") inputs.input_ids = v.to(torch::kLong);
+    else if (t.name == "attention_mask") inputs.attention_mask = v;
+    else if (t.name == "token_type_ids") inputs.token_type_ids = v.to(torch::kLong);
+    else if (t.name == "position_ids") inputs.position_ids = v.to(torch::kLong);
+    else if (t.name == "pixel_values") inputs.pixel_values = v;
     else
-      peft::fail("cli", fmt::format("{}: input '{}' is not used by a {} model (expected input_ids, attention_mask)",
-                                    inputs_path, t.name, base->model_type()));
+      peft::fail("cli", fmt::format("{}: input '{}' is not a model input (expected input_ids, attention_mask, "
+                                    "token_type_ids, position_ids or pixel_values)",
+                                    inputs_path, t.name));
   }
-  PEFT_CHECK(inputs.input_ids.defined(), "cli", "{}: missing 'input_ids'", inputs_path);
+  PEFT_CHECK(inputs.input_ids.defined() || inputs.pixel_values.defined(), "cli",
+             "{}: missing 'input_ids' (text models) or 'pixel_values' (vision models)", inputs_path);
   inputs.output_hidden_states = true;
 
   torch::NoGradGuard no_grad;
   auto out = model.forward(inputs);
   peft::safetensors::TensorMap result;
   auto f32 = [](const at::Tensor& t) { return t.to(torch::kCPU, torch::kFloat).contiguous(); };
-  result["logits"] = f32(out.logits);
+  if (out.logits.defined()) result["logits"] = f32(out.logits);
   result["last_hidden_state"] = f32(out.last_hidden_state);
+  if (out.pooler_output.defined()) result["pooler_output"] = f32(out.pooler_output);
   for (size_t i = 0; i < out.hidden_states.size(); ++i) result["hidden_states." + std::to_string(i)] = f32(out.hidden_states[i]);
   peft::safetensors::save_file(out_path, result);
   if (!compare_path.empty()) {

@@ -1,6 +1,8 @@
-// Small string helpers for module and parameter names.
+// Small string helpers for module and parameter names and reports.
 #pragma once
 
+#include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace peft::core {
@@ -13,6 +15,17 @@ inline bool ends_with(std::string_view s, std::string_view suffix) {
 inline bool is_or_ends_with_segment(std::string_view name, std::string_view segment) {
   return name == segment ||
          (name.size() > segment.size() && ends_with(name, segment) && name[name.size() - segment.size() - 1] == '.');
+}
+
+/// 1234567 -> "1,234,567"
+inline std::string with_thousands(int64_t n) {
+  const std::string digits = std::to_string(n < 0 ? -n : n);
+  std::string out;
+  for (size_t i = 0; i < digits.size(); ++i) {
+    if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+    out += digits[i];
+  }
+  return n < 0 ? "-" + out : out;
 }
 
 }  // namespace peft::core

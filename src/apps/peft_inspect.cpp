@@ -1,0 +1,74 @@
+// peft-inspect: prints a model's module tree folded over repeated layers, with parameter counts
+// and what is trainable; optionally with an adapter loaded or a method config attached.
+#include <filesystem>
+
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include "apps/runtime.h"
+#include "peft/checkpoint/delta.h"
+#include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/inspect.h"
+#include "peft/methods/method.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+
+namespace {
+
+int run(int argc, char** argv) {
+  CLI::App app{"Print a model's module tree (repeated layers folded), parameter counts and trainable tensors.",
+               "peft-inspect"};
+  std::string model_dir, adapter_dir, config_path, task;
+  int64_t num_labels = 0;
+  int depth = -1;
+  bool no_fold = false, no_shapes = false, no_weights = false;
+  app.add_option("model", model_dir, "Hugging Face model directory (config.json [+ model.safetensors])")->required();
+  app.add_option("--task", task,
+                 "head: causal_lm | sequence_classification | image_classification | feature_extraction "
+                 "(default: config.json's architectures)");
+  app.add_option("--num-labels", num_labels, "label count of a classification head");
+  app.add_option("--adapter", adapter_dir, "also load this delta directory (trainable, to show what trains)");
+  app.add_option("--config", config_path, "also attach a fresh adapter from this method config (JSON)");
+  app.add_option("--depth", depth, "print this many levels below the root (default: all)");
+  app.add_flag("--no-fold", no_fold, "print every layer instead of folding identical ones");
+  app.add_flag("--no-shapes", no_shapes, "omit each module's tensor list");
+  app.add_flag("--no-weights", no_weights, "build from config.json alone (random weights; no model.safetensors needed)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  PEFT_CHECK(adapter_dir.empty() || config_path.empty(), "cli", "give --adapter or --config, not both");
+  peft::models::LoadOptions load;
+  load.task = task;
+  if (num_labels > 0) load.num_labels = num_labels;
+  std::shared_ptr<peft::models::PretrainedModel> base;
+  if (no_weights) {
+    const auto cfg = (std::filesystem::path(model_dir) / "config.json").string();
+    PEFT_CHECK(std::filesystem::exists(cfg), "cli", "{}: missing config.json", model_dir);
+    base = peft::models::create_model(peft::core::read_json_file(cfg), load.task, load.num_labels);
+  } else {
+    base = peft::models::load_pretrained(model_dir, load);
+  }
+  peft::PeftModel model(base);
+  if (!adapter_dir.empty()) {
+    peft::checkpoint::LoadOptions opts;
+    opts.is_trainable = true;
+    peft::checkpoint::load_adapter(model, adapter_dir, "default", opts);
+  } else if (!config_path.empty()) {
+    model.add_adapter("default", *peft::methods::parse_config(peft::core::read_json_file(config_path)));
+  }
+
+  peft::TreeOptions options;
+  options.fold_repeats = !no_fold;
+  options.max_depth = depth;
+  options.show_shapes = !no_shapes;
+  fmt::print("{}", peft::module_tree(*base, base->architecture(), options));
+  fmt::print("* = trainable\n{}\n", model.trainable_parameters_report());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return peft::apps::run_main("peft-inspect", [&] { return run(argc, argv); }); }
