@@ -36,7 +36,9 @@ PeftModel::PeftModel(std::shared_ptr<models::PretrainedModel> base) : base_(std:
                item.first);
     linears_.push_back(item);
   }
-  fingerprint_ = core::fingerprint(base_params_);
+  auto identity = base_params_;
+  for (const auto& name : base_->newly_initialized()) identity.erase(name);
+  fingerprint_ = core::fingerprint(identity);
 }
 
 models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs) { return base_->forward(inputs); }

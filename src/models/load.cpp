@@ -306,6 +306,7 @@ void load_weights(PretrainedModel& model, const std::string& dir, const LoadOpti
     at::Tensor& t = expected.at(name);
     t.set_data(t.to(options.device, t.is_floating_point() && loaded_dtype ? *loaded_dtype : t.scalar_type()));
   }
+  model.set_newly_initialized({fresh.begin(), fresh.end()});
   if (!fresh.empty())
     log::warn("{}: {} is newly initialized (not in the checkpoint): {}; train it (e.g. modules_to_save) before use",
               dir, model.architecture(), some(fresh));

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -63,8 +64,16 @@ class PretrainedModel : public torch::nn::Module {
   /// Checkpoint tensors that are known to be safe to ignore (non-persistent buffers).
   virtual bool ignorable_checkpoint_key(const std::string&) const { return false; }
 
+  /// Parameters the loader initialized because the checkpoint lacked them (a new task head).
+  /// They are not part of the base's identity (fingerprint): a delta carries them.
+  const std::set<std::string>& newly_initialized() const { return newly_initialized_; }
+  void set_newly_initialized(std::set<std::string> names) { newly_initialized_ = std::move(names); }
+
   /// Every AdaptableLinear with its full HF module name, in module order.
   std::vector<std::pair<std::string, nn::AdaptableLinear>> adaptable_linears();
+
+ private:
+  std::set<std::string> newly_initialized_;
 };
 
 }  // namespace peft::models
