@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <random>
 #include <vector>
 
 #include "peft/core/error.h"
@@ -56,6 +57,28 @@ void write_file_atomic(const std::string& path, const std::function<void(int fd)
 
 void write_file_atomic(const std::string& path, std::string_view bytes) {
   write_file_atomic(path, [&](int fd) { write_all(fd, bytes.data(), bytes.size(), path); });
+}
+
+void write_directory_atomic(const std::string& path, const std::function<void(const std::string& dir)>& fill) {
+  namespace fs = std::filesystem;
+  const fs::path target = fs::absolute(path);
+  fs::create_directories(target.parent_path());
+  const auto tag = fmt::format("{}-{}", ::getpid(), std::random_device{}());
+  const fs::path staging = target.parent_path() / fmt::format(".{}.tmp-{}", target.filename().string(), tag);
+  const fs::path old = target.parent_path() / fmt::format(".{}.old-{}", target.filename().string(), tag);
+  std::error_code ec;
+  try {
+    fs::create_directory(staging);
+    fill(staging.string());
+    if (fs::exists(target)) fs::rename(target, old);
+    fs::rename(staging, target);
+  } catch (const std::exception& e) {
+    fs::remove_all(staging, ec);
+    if (!fs::exists(target) && fs::exists(old)) fs::rename(old, target, ec);
+    if (dynamic_cast<const Error*>(&e)) throw;
+    fail("io", fmt::format("{}: could not write the directory ({})", path, e.what()));
+  }
+  fs::remove_all(old, ec);
 }
 
 }  // namespace peft::core

@@ -16,6 +16,10 @@ void write_file_atomic(const std::string& path, const std::function<void(int fd)
 /// Convenience: atomically writes `bytes` to `path`.
 void write_file_atomic(const std::string& path, std::string_view bytes);
 
+/// Builds a directory with `fill(staging_dir)` in a sibling staging folder, then swaps it in
+/// for `path` (an existing `path` is replaced only once the new one is complete).
+void write_directory_atomic(const std::string& path, const std::function<void(const std::string& dir)>& fill);
+
 /// Writes all of `data` to `fd`, retrying short writes; throws naming `path` on error.
 void write_all(int fd, const void* data, std::size_t size, const std::string& path);
 

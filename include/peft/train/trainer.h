@@ -1,0 +1,105 @@
+// The training loop: AdamW with a warm-up schedule, gradient accumulation and clipping,
+// periodic evaluation (accuracy / macro-F1 / perplexity), best-checkpoint keeping, early
+// stopping, JSONL logs, a progress line, exact resume, SIGINT handling and non-finite-loss
+// protection. It trains whatever a Trainable exposes: a PeftModel's delta or a whole model.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
+
+#include "peft/data/dataset.h"
+#include "peft/models/model.h"
+
+namespace peft {
+class PeftModel;
+}
+
+namespace peft::train {
+
+struct TrainerConfig {
+  int64_t max_steps = 1000;
+  int64_t batch_size = 16;
+  int64_t grad_accum = 1;          ///< micro-batches per optimizer step
+  double lr = 1e-3;
+  double weight_decay = 0.01;      ///< never on 1-D tensors (biases, norms)
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
+  std::string schedule = "linear"; ///< constant | linear | cosine
+  int64_t warmup_steps = 0;
+  double max_grad_norm = 1.0;      ///< 0 disables clipping
+  int64_t eval_every = 0;          ///< 0: only at the end
+  int64_t eval_batches = 0;        ///< 0: the whole eval set
+  int64_t log_every = 10;
+  int64_t save_every = 0;          ///< training-state checkpoints (0: only at the end / on SIGINT)
+  std::string metric = "";         ///< accuracy | macro_f1 | loss (default: accuracy for classifiers, else loss)
+  int64_t early_stopping_patience = 0;  ///< evaluations without improvement before stopping (0: never)
+  int64_t max_nonfinite = 10;      ///< non-finite losses tolerated (each step is skipped) before aborting
+  uint64_t seed = 42;
+  std::string output_dir;          ///< logs, state/, best/ and final/ go here ("" = nothing written)
+  bool progress = true;            ///< a progress line on stderr when it is a terminal
+  c10::Device device = c10::Device(c10::kCPU);
+};
+
+/// What the trainer optimizes and how it is saved.
+struct Trainable {
+  std::function<models::ModelOutput(const models::ModelInputs&)> forward;
+  /// The trainable tensors by stable name (the optimizer state is keyed by these names).
+  std::function<std::vector<std::pair<std::string, at::Tensor>>()> parameters;
+  /// Writes the deliverable to a directory (the delta, or the whole model).
+  std::function<void(const std::string& dir)> save;
+  std::function<void(bool training)> set_training;
+};
+
+/// The active adapter of a PeftModel (its delta is what gets saved).
+Trainable trainable_delta(PeftModel& model);
+/// Every parameter of a model (full fine-tuning or pretraining); saved as a Hugging Face model directory.
+Trainable trainable_model(std::shared_ptr<models::PretrainedModel> model);
+
+struct EvalResult {
+  double loss = 0;
+  double accuracy = -1;    ///< classifiers only
+  double macro_f1 = -1;    ///< classifiers only
+  double perplexity = -1;  ///< causal LMs only
+  int64_t examples = 0;
+  std::string to_json() const;
+};
+
+/// Moves every defined input tensor to `device`.
+models::ModelInputs to_device(models::ModelInputs inputs, c10::Device device);
+
+/// Mean loss and task metrics over a dataset (classifier if its labels() are non-empty).
+EvalResult evaluate(const std::function<models::ModelOutput(const models::ModelInputs&)>& forward,
+                    const data::Dataset& dataset, int64_t batch_size, int64_t max_batches, c10::Device device);
+
+struct TrainResult {
+  int64_t steps = 0;
+  bool interrupted = false;     ///< SIGINT: state saved, stopped early
+  bool early_stopped = false;
+  int64_t nonfinite_steps = 0;
+  std::vector<double> losses;   ///< the loss of every optimizer step run in this call
+  std::optional<EvalResult> last_eval, best_eval;
+};
+
+class Trainer {
+ public:
+  Trainer(Trainable target, TrainerConfig config, std::shared_ptr<const data::Dataset> train,
+          std::shared_ptr<const data::Dataset> eval = nullptr);
+  ~Trainer();
+  /// Continues from a state directory written by save_state (output_dir/state by default).
+  void resume(const std::string& state_dir);
+  TrainResult train();
+  void save_state(const std::string& dir) const;
+  int64_t step() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace peft::train

@@ -1,0 +1,149 @@
+#include "peft/data/text_classification.h"
+
+#include <fstream>
+#include <map>
+#include <set>
+
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+#include "peft/core/log.h"
+
+namespace peft::data {
+namespace {
+constexpr const char* kC = "data";
+
+/// (text, label) of one line, or an error message naming what is wrong.
+struct Parsed {
+  std::string text, label, error;
+};
+
+Parsed parse_line(const std::string& line, const TextClassificationOptions& o) {
+  Parsed p;
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::parse_error& e) {
+    p.error = fmt::format("invalid JSON ({})", e.what());
+    return p;
+  }
+  if (!j.is_object()) {
+    p.error = "expected a JSON object";
+  } else if (!j.contains(o.text_field) || !j[o.text_field].is_string()) {
+    p.error = fmt::format("missing string field '{}'", o.text_field);
+  } else if (!j.contains(o.label_field) || !(j[o.label_field].is_string() || j[o.label_field].is_number_integer())) {
+    p.error = fmt::format("missing field '{}' (a string or an integer)", o.label_field);
+  } else {
+    p.text = j[o.text_field].get<std::string>();
+    p.label = j[o.label_field].is_string() ? j[o.label_field].get<std::string>() : j[o.label_field].dump();
+  }
+  return p;
+}
+
+}  // namespace
+
+TextClassificationDataset::TextClassificationDataset(const std::string& path,
+                                                     std::shared_ptr<const tokenizers::Tokenizer> tokenizer,
+                                                     TextClassificationOptions options)
+    : path_(path), tokenizer_(std::move(tokenizer)), options_(std::move(options)) {
+  PEFT_CHECK(options_.max_length >= 2, kC, "max_length must be at least 2, found {}", options_.max_length);
+  std::ifstream in(path, std::ios::binary);
+  PEFT_CHECK(in.good(), kC, "{}: cannot open the data file", path);
+  const bool fixed_labels = !options_.labels.empty();
+  std::map<std::string, int64_t> index;
+  for (size_t i = 0; i < options_.labels.size(); ++i) index[options_.labels[i]] = static_cast<int64_t>(i);
+  std::vector<std::string> raw_labels;
+  std::string line;
+  uint64_t offset = 0;
+  for (int64_t number = 1; std::getline(in, line); ++number) {
+    const uint64_t here = offset;
+    offset += line.size() + 1;
+    if (line.empty() || line == "\r") continue;
+    Parsed p = parse_line(line, options_);
+    if (p.error.empty() && fixed_labels && !index.count(p.label)) {
+      std::string known;
+      for (const auto& l : options_.labels) known += (known.empty() ? "" : ", ") + l;
+      p.error = fmt::format("label '{}' is not one of the training labels ({})", p.label, known);
+    }
+    if (!p.error.empty()) {
+      PEFT_CHECK(options_.skip_bad_records, kC, "{}:{}: {} (skip_bad_records skips and counts such records)", path,
+                 number, p.error);
+      if (++skipped_ <= 5) log::warn("{}:{}: {} (skipped)", path, number, p.error);
+      continue;
+    }
+    offsets_.push_back(here);
+    raw_labels.push_back(p.label);
+  }
+  PEFT_CHECK(!offsets_.empty(), kC, "{}: no usable records", path);
+  if (!fixed_labels) {
+    std::set<std::string> found(raw_labels.begin(), raw_labels.end());
+    options_.labels.assign(found.begin(), found.end());
+    for (size_t i = 0; i < options_.labels.size(); ++i) index[options_.labels[i]] = static_cast<int64_t>(i);
+  }
+  for (const auto& l : raw_labels) label_ids_.push_back(index.at(l));
+  seen_truncated_.assign(offsets_.size(), false);
+  if (skipped_ > 0) log::warn("{}: skipped {} malformed record(s)", path, skipped_);
+}
+
+std::string TextClassificationDataset::text(int64_t index) const {
+  PEFT_CHECK(index >= 0 && index < size(), kC, "record {} is outside [0, {})", index, size());
+  std::string line;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!file_.is_open()) file_.open(path_, std::ios::binary);
+    file_.clear();
+    file_.seekg(static_cast<std::streamoff>(offsets_[static_cast<size_t>(index)]));
+    std::getline(file_, line);
+    PEFT_CHECK(!file_.fail(), kC, "{}: could not read record {} (was the file changed?)", path_, index);
+  }
+  return parse_line(line, options_).text;
+}
+
+models::ModelInputs TextClassificationDataset::batch(const std::vector<int64_t>& indices) const {
+  std::vector<std::vector<int64_t>> rows;
+  int64_t longest = 1;
+  for (int64_t i : indices) {
+    auto ids = tokenizer_->encode(text(i));
+    if (static_cast<int64_t>(ids.size()) > options_.max_length) {
+      ids.resize(static_cast<size_t>(options_.max_length));
+      std::lock_guard<std::mutex> lock(mutex_);
+      seen_truncated_[static_cast<size_t>(i)] = true;
+    }
+    if (ids.empty()) ids.push_back(options_.pad_id);
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(ids.size()));
+    rows.push_back(std::move(ids));
+  }
+  const auto B = static_cast<int64_t>(rows.size());
+  auto input_ids = torch::full({B, longest}, options_.pad_id, torch::kLong);
+  auto mask = torch::zeros({B, longest}, torch::kLong);
+  auto labels = torch::empty({B}, torch::kLong);
+  for (int64_t b = 0; b < B; ++b) {
+    const auto n = static_cast<int64_t>(rows[b].size());
+    input_ids[b].slice(0, 0, n).copy_(torch::tensor(rows[b], torch::kLong));
+    mask[b].slice(0, 0, n).fill_(1);
+    labels[b] = label(indices[static_cast<size_t>(b)]);
+  }
+  models::ModelInputs in;
+  in.input_ids = input_ids;
+  in.attention_mask = mask;
+  in.labels = labels;
+  return in;
+}
+
+int64_t TextClassificationDataset::truncated() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return std::count(seen_truncated_.begin(), seen_truncated_.end(), true);
+}
+
+std::string TextClassificationDataset::describe() const {
+  std::vector<int64_t> counts(options_.labels.size(), 0);
+  for (auto l : label_ids_) ++counts[static_cast<size_t>(l)];
+  std::string per_label;
+  for (size_t i = 0; i < counts.size(); ++i)
+    per_label += fmt::format("{}{} {}", i ? ", " : "", counts[i], options_.labels[i]);
+  return fmt::format("{}: {} records ({}); {} skipped; {} truncated to {} tokens so far", path_, size(), per_label,
+                     skipped_, truncated(), options_.max_length);
+}
+
+}  // namespace peft::data

@@ -1,0 +1,283 @@
+#include "peft/train/trainer.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include "peft/core/atomic_file.h"
+#include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/core/log.h"
+#include "peft/core/safetensors.h"
+#include "peft/train/adamw.h"
+
+namespace peft::train {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kC = "train";
+std::atomic<bool> g_interrupted{false};
+extern "C" void on_sigint(int) { g_interrupted = true; }
+
+/// Installs the SIGINT flag for the duration of a training call.
+class SigintScope {
+ public:
+  SigintScope() {
+    g_interrupted = false;
+    previous_ = std::signal(SIGINT, on_sigint);
+  }
+  ~SigintScope() { std::signal(SIGINT, previous_); }
+
+ private:
+  void (*previous_)(int);
+};
+
+std::string duration(double seconds) {
+  const auto s = static_cast<int64_t>(seconds);
+  return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
+}
+
+at::Tensor cpu_rng_state() {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  return gen.get_state();
+}
+
+void set_cpu_rng_state(const at::Tensor& state) {
+  auto gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+}
+
+}  // namespace
+
+struct Trainer::Impl {
+  Trainable target;
+  TrainerConfig config;
+  std::shared_ptr<const data::Dataset> train, eval;
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  std::unique_ptr<AdamW> opt;
+  std::unique_ptr<data::Sampler> sampler;
+  int64_t step = 0;
+  std::optional<double> best;  // best value of the selection metric (higher is better)
+  int64_t bad_evals = 0;
+  int64_t nonfinite = 0;
+  std::string metric;
+
+  double score(const EvalResult& r) const {
+    if (metric == "accuracy") return r.accuracy;
+    if (metric == "macro_f1") return r.macro_f1;
+    return -r.loss;
+  }
+
+  void log_line(const std::string& json) const {
+    if (config.output_dir.empty()) return;
+    std::ofstream out(config.output_dir + "/log.jsonl", std::ios::app);
+    out << json << "\n";
+  }
+};
+
+Trainer::Trainer(Trainable target, TrainerConfig config, std::shared_ptr<const data::Dataset> train,
+                 std::shared_ptr<const data::Dataset> eval)
+    : impl_(std::make_unique<Impl>()) {
+  auto& m = *impl_;
+  m.target = std::move(target);
+  m.config = std::move(config);
+  m.train = std::move(train);
+  m.eval = std::move(eval);
+  const auto& c = m.config;
+  PEFT_CHECK(m.train, kC, "no training data");
+  PEFT_CHECK(c.max_steps > 0 && c.batch_size > 0 && c.grad_accum > 0, kC,
+             "max_steps, batch_size and grad_accum must be positive (found {}, {}, {})", c.max_steps, c.batch_size,
+             c.grad_accum);
+  PEFT_CHECK(c.lr > 0 && std::isfinite(c.lr), kC, "lr must be positive, found {}", c.lr);
+  PEFT_CHECK(c.warmup_steps >= 0 && c.warmup_steps <= c.max_steps, kC, "warmup_steps must be in [0, max_steps], found {}",
+             c.warmup_steps);
+  schedule_factor(c.schedule, 0, c.warmup_steps, c.max_steps);  // validates the name
+  const bool classifier = !m.train->labels().empty();
+  m.metric = c.metric.empty() ? (classifier ? "accuracy" : "loss") : c.metric;
+  PEFT_CHECK(m.metric == "loss" || (classifier && (m.metric == "accuracy" || m.metric == "macro_f1")), kC,
+             "metric '{}' does not apply here (use loss{})", m.metric, classifier ? ", accuracy or macro_f1" : "");
+  torch::manual_seed(c.seed);
+  m.params = m.target.parameters();
+  AdamWOptions o;
+  o.lr = c.lr;
+  o.beta1 = c.beta1;
+  o.beta2 = c.beta2;
+  o.eps = c.eps;
+  o.weight_decay = c.weight_decay;
+  m.opt = std::make_unique<AdamW>(m.params, o);
+  m.sampler = std::make_unique<data::Sampler>(m.train->size(), c.seed, /*shuffle=*/true);
+  if (!c.output_dir.empty()) fs::create_directories(c.output_dir);
+}
+
+Trainer::~Trainer() = default;
+
+int64_t Trainer::step() const { return impl_->step; }
+
+void Trainer::save_state(const std::string& dir) const {
+  const auto& m = *impl_;
+  core::write_directory_atomic(dir, [&](const std::string& staging) {
+    safetensors::TensorMap params;
+    for (const auto& [name, p] : m.params) params[name] = p.detach().cpu().contiguous();
+    safetensors::save_file(staging + "/params.safetensors", params);
+    safetensors::TensorMap opt;
+    for (auto& [k, t] : m.opt->state_dict()) opt[k] = t.detach().cpu().contiguous();
+    safetensors::save_file(staging + "/optimizer.safetensors", opt);
+    safetensors::save_file(staging + "/rng.safetensors", {{"cpu", cpu_rng_state()}});
+    nlohmann::json j = {{"step", m.step},
+                        {"epoch", m.sampler->state().epoch},
+                        {"cursor", m.sampler->state().cursor},
+                        {"bad_evals", m.bad_evals},
+                        {"nonfinite", m.nonfinite},
+                        {"metric", m.metric},
+                        {"seed", m.config.seed},
+                        {"batch_size", m.config.batch_size},
+                        {"grad_accum", m.config.grad_accum}};
+    j["best"] = m.best ? nlohmann::json(*m.best) : nlohmann::json(nullptr);
+    core::write_json_file(staging + "/trainer_state.json", j);
+  });
+}
+
+void Trainer::resume(const std::string& dir) {
+  auto& m = *impl_;
+  const std::string where = dir + "/trainer_state.json";
+  PEFT_CHECK(fs::exists(where), kC, "{}: not a training state (missing trainer_state.json)", dir);
+  auto j = core::read_json_file(where);
+  for (const char* k : {"seed", "batch_size", "grad_accum"})
+    PEFT_CHECK(j.at(k) == nlohmann::json(k == std::string("seed") ? nlohmann::json(m.config.seed)
+                                         : k == std::string("batch_size") ? nlohmann::json(m.config.batch_size)
+                                                                          : nlohmann::json(m.config.grad_accum)),
+               kC, "{}: saved with {} = {}, this run has a different value; resume with the same setting", where, k,
+               j.at(k).dump());
+  auto params = safetensors::load_file(dir + "/params.safetensors");
+  torch::NoGradGuard no_grad;
+  for (auto& [name, p] : m.params) {
+    auto it = params.find(name);
+    PEFT_CHECK(it != params.end(), kC, "{}/params.safetensors: missing '{}' (a different method or model?)", dir, name);
+    PEFT_CHECK(it->second.sizes() == p.sizes(), kC, "{}/params.safetensors: '{}' has shape {}, expected {}", dir, name,
+               c10::str(it->second.sizes()), c10::str(p.sizes()));
+    p.copy_(it->second);
+  }
+  m.opt->load_state_dict(safetensors::load_file(dir + "/optimizer.safetensors"));
+  set_cpu_rng_state(safetensors::load_file(dir + "/rng.safetensors").at("cpu"));
+  m.step = j.at("step").get<int64_t>();
+  m.sampler->restore({j.at("epoch").get<int64_t>(), j.at("cursor").get<int64_t>()});
+  m.bad_evals = j.at("bad_evals").get<int64_t>();
+  m.nonfinite = j.at("nonfinite").get<int64_t>();
+  if (!j.at("best").is_null()) m.best = j.at("best").get<double>();
+  log::info("resumed from {} at step {}", dir, m.step);
+}
+
+TrainResult Trainer::train() {
+  auto& m = *impl_;
+  const auto& c = m.config;
+  TrainResult result;
+  SigintScope sigint;
+  const bool tty = c.progress && ::isatty(STDERR_FILENO);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int64_t first_step = m.step;
+  int64_t tokens = 0;
+  auto run_eval = [&]() -> std::optional<EvalResult> {
+    if (!m.eval) return std::nullopt;
+    m.target.set_training(false);
+    auto r = evaluate(m.target.forward, *m.eval, c.batch_size, c.eval_batches, c.device);
+    m.target.set_training(true);
+    m.log_line(fmt::format("{{\"step\": {}, \"eval\": {}}}", m.step, r.to_json()));
+    result.last_eval = r;
+    const double s = m.score(r);
+    if (!m.best || s > *m.best) {
+      m.best = s;
+      m.bad_evals = 0;
+      result.best_eval = r;
+      if (!c.output_dir.empty()) m.target.save(c.output_dir + "/best");
+    } else {
+      ++m.bad_evals;
+    }
+    return r;
+  };
+
+  m.target.set_training(true);
+  while (m.step < c.max_steps) {
+    if (g_interrupted) {
+      if (!c.output_dir.empty()) save_state(c.output_dir + "/state");
+      log::warn("interrupted at step {}: training state saved to {}/state", m.step, c.output_dir);
+      result.interrupted = true;
+      break;
+    }
+    const double lr = c.lr * schedule_factor(c.schedule, m.step, c.warmup_steps, c.max_steps);
+    m.opt->zero_grad();
+    double loss_sum = 0;
+    bool finite = true;
+    for (int64_t micro = 0; micro < c.grad_accum; ++micro) {
+      auto batch = to_device(m.train->batch(m.sampler->next(c.batch_size)), c.device);
+      tokens += batch.attention_mask.defined() ? batch.attention_mask.sum().item<int64_t>()
+                                               : (batch.input_ids.defined() ? batch.input_ids.numel() : batch.pixel_values.size(0));
+      auto out = m.target.forward(batch);
+      PEFT_CHECK(out.loss.defined(), kC, "the model returned no loss (does the batch carry labels?)");
+      const double value = out.loss.item<double>();
+      if (!std::isfinite(value)) {
+        finite = false;
+        break;
+      }
+      (out.loss / static_cast<double>(c.grad_accum)).backward();
+      loss_sum += value / static_cast<double>(c.grad_accum);
+    }
+    ++m.step;
+    if (!finite) {
+      ++m.nonfinite;
+      ++result.nonfinite_steps;
+      m.opt->zero_grad();
+      m.log_line(fmt::format("{{\"step\": {}, \"nonfinite_loss\": true}}", m.step));
+      log::warn("step {}: non-finite loss, update skipped ({} of at most {})", m.step, m.nonfinite, c.max_nonfinite);
+      PEFT_CHECK(m.nonfinite <= c.max_nonfinite, kC,
+                 "aborting: {} non-finite losses (max_nonfinite = {}); lower the learning rate or check the data",
+                 m.nonfinite, c.max_nonfinite);
+      continue;
+    }
+    const double norm = clip_grad_norm(m.params, c.max_grad_norm);
+    m.opt->step(lr);
+    result.losses.push_back(loss_sum);
+
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double rate = static_cast<double>(tokens) / std::max(elapsed, 1e-9);
+    const double eta = elapsed / static_cast<double>(m.step - first_step) * static_cast<double>(c.max_steps - m.step);
+    if (c.log_every > 0 && (m.step % c.log_every == 0 || m.step == c.max_steps))
+      m.log_line(fmt::format("{{\"step\": {}, \"loss\": {:.6f}, \"lr\": {:.6e}, \"grad_norm\": {:.4f}, "
+                             "\"tokens_per_s\": {:.1f}, \"elapsed_s\": {:.2f}}}",
+                             m.step, loss_sum, lr, norm, rate, elapsed));
+    if (tty)
+      fmt::print(stderr, "\r step {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {}   ", m.step, c.max_steps,
+                 loss_sum, lr, rate, duration(eta));
+    if (c.eval_every > 0 && m.step % c.eval_every == 0 && m.step < c.max_steps) {
+      run_eval();
+      if (c.early_stopping_patience > 0 && m.bad_evals >= c.early_stopping_patience) {
+        result.early_stopped = true;
+        log::info("early stopping at step {}: {} evaluations without improvement", m.step, m.bad_evals);
+        break;
+      }
+    }
+    if (c.save_every > 0 && m.step % c.save_every == 0 && !c.output_dir.empty()) save_state(c.output_dir + "/state");
+  }
+  if (tty) fmt::print(stderr, "\n");
+  if (!result.interrupted) {
+    if (m.step >= c.max_steps || result.early_stopped) run_eval();
+    if (!c.output_dir.empty()) {
+      save_state(c.output_dir + "/state");
+      m.target.save(c.output_dir + "/final");
+    }
+  }
+  m.target.set_training(false);
+  result.steps = m.step;
+  return result;
+}
+
+}  // namespace peft::train
