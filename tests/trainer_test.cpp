@@ -1,0 +1,209 @@
+// The optimizer against torch and HF PEFT, schedules, and the trainer's guarantees: exact
+// resume after SIGINT, reproducible runs, non-finite losses skipped then fatal, early
+// stopping with the best delta kept.
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include <torch/torch.h>
+
+#include "peft/checkpoint/delta.h"
+#include "peft/core/safetensors.h"
+#include "peft/methods/method.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+#include "peft/train/adamw.h"
+#include "peft/train/trainer.h"
+#include "test_util.h"
+#include "tiny_models.h"
+
+namespace peft::test {
+namespace {
+
+TEST(AdamW, MatchesTorchWithDecayOnlyOnMatrices) {
+  torch::manual_seed(0);
+  auto w = torch::randn({4, 3}).requires_grad_(true), b = torch::randn({3}).requires_grad_(true);
+  auto w2 = w.detach().clone().requires_grad_(true), b2 = b.detach().clone().requires_grad_(true);
+  train::AdamWOptions o;
+  o.weight_decay = 0.1;
+  train::AdamW ours({{"w", w}, {"b", b}}, o);
+  torch::optim::AdamW decay({w2}, torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
+  torch::optim::AdamW none({b2}, torch::optim::AdamWOptions(1e-2).weight_decay(0.0));
+  for (int step = 0; step < 4; ++step) {
+    auto x = torch::randn({5, 4});
+    ours.zero_grad();
+    decay.zero_grad();
+    none.zero_grad();
+    (torch::tanh(x.matmul(w) + b)).pow(2).sum().backward();
+    (torch::tanh(x.matmul(w2) + b2)).pow(2).sum().backward();
+    ours.step(1e-2);
+    decay.step();
+    none.step();
+  }
+  EXPECT_LT(max_abs_diff(w, w2), 1e-6);
+  EXPECT_LT(max_abs_diff(b, b2), 1e-6);
+  EXPECT_EQ(ours.steps(), 4);
+}
+
+TEST(AdamW, OneStepMatchesPeftTrainingGolden) {
+  PeftModel model(models::load_pretrained(fixture("hf/models/gpt2")));
+  checkpoint::LoadOptions lo;
+  lo.is_trainable = true;
+  checkpoint::load_adapter(model, fixture("hf/adapters/gpt2_lora/adapter"), "default", lo);
+  model.eval();
+  auto target = train::trainable_delta(model);
+  train::AdamWOptions o;
+  o.weight_decay = 0.0;
+  train::AdamW opt(target.parameters(), o);
+  auto batch = fixture_inputs("hf/training/gpt2_lora_step/batch.safetensors", false);
+  model.forward(batch).loss.backward();
+  opt.step(1e-3);
+  auto after = safetensors::load_file(fixture("hf/training/gpt2_lora_step/lora_after_adamw.safetensors"));
+  auto state = model.adapter_state_dict("default");
+  for (auto& [k, t] : after) EXPECT_LT(max_abs_diff(state.at(k), t), 1e-5) << k;
+}
+
+TEST(Schedule, WarmupThenLinearOrCosine) {
+  EXPECT_DOUBLE_EQ(train::schedule_factor("linear", 0, 4, 104), 0.25);
+  EXPECT_DOUBLE_EQ(train::schedule_factor("linear", 3, 4, 104), 1.0);
+  EXPECT_DOUBLE_EQ(train::schedule_factor("linear", 54, 4, 104), 0.5);
+  EXPECT_NEAR(train::schedule_factor("cosine", 54, 4, 104), 0.5, 1e-12);
+  EXPECT_DOUBLE_EQ(train::schedule_factor("constant", 90, 4, 104), 1.0);
+  EXPECT_THROW(train::schedule_factor("step", 1, 0, 10), Error);
+}
+
+/// Deterministic random blocks for the tiny GPT-2 (vocabulary 61).
+class RandomBlocks : public data::Dataset {
+ public:
+  explicit RandomBlocks(int64_t n) : n_(n) {}
+  int64_t size() const override { return n_; }
+  models::ModelInputs batch(const std::vector<int64_t>& idx) const override {
+    std::vector<at::Tensor> rows;
+    for (auto i : idx) {
+      auto g = at::make_generator<at::CPUGeneratorImpl>(1000 + i);
+      rows.push_back(torch::randint(0, 61, {12}, g, torch::kLong));
+    }
+    models::ModelInputs in;
+    in.input_ids = torch::stack(rows);
+    in.labels = in.input_ids;
+    return in;
+  }
+  std::string describe() const override { return "random blocks"; }
+
+ private:
+  int64_t n_;
+};
+
+struct LoraRun {
+  std::shared_ptr<PeftModel> model;
+  train::Trainable target;
+};
+
+LoraRun lora_run() {
+  auto model = std::make_shared<PeftModel>(tiny_model("gpt2"));
+  model->add_adapter("default", *methods::parse_config({{"peft_type", "LORA"}, {"r", 4}, {"lora_dropout", 0.2}}));
+  return {model, train::trainable_delta(*model)};
+}
+
+train::TrainerConfig small_config(const std::string& out = "") {
+  train::TrainerConfig c;
+  c.max_steps = 12;
+  c.batch_size = 4;
+  c.grad_accum = 2;
+  c.lr = 5e-3;
+  c.warmup_steps = 2;
+  c.schedule = "cosine";
+  c.output_dir = out;
+  c.progress = false;
+  return c;
+}
+
+TEST(Trainer, ResumeAfterSigintContinuesExactlyAsAnUninterruptedRun) {
+  auto data = std::make_shared<RandomBlocks>(10);
+  auto a = lora_run();
+  auto straight = train::Trainer(a.target, small_config(), data).train();
+  ASSERT_EQ(straight.losses.size(), 12u);
+  EXPECT_LT(straight.losses.back(), straight.losses.front());
+
+  TempDir dir;
+  auto b = lora_run();
+  int calls = 0;
+  auto interrupting = b.target;
+  interrupting.forward = [&](const models::ModelInputs& in) {
+    if (++calls == 2 * 7) std::raise(SIGINT);  // during step 7
+    return b.target.forward(in);
+  };
+  auto first = train::Trainer(interrupting, small_config(dir.path()), data).train();
+  EXPECT_TRUE(first.interrupted);
+  ASSERT_EQ(first.losses.size(), 7u);
+  ASSERT_TRUE(std::filesystem::exists(dir.file("state/trainer_state.json")));
+
+  auto c = lora_run();  // a fresh process would start like this
+  train::Trainer resumed(c.target, small_config(dir.path()), data);
+  resumed.resume(dir.file("state"));
+  EXPECT_EQ(resumed.step(), 7);
+  auto second = resumed.train();
+  ASSERT_EQ(second.losses.size(), 5u);
+  std::vector<double> joined = first.losses;
+  joined.insert(joined.end(), second.losses.begin(), second.losses.end());
+  EXPECT_EQ(joined, straight.losses) << "bit-identical loss curve";
+  auto pa = a.model->adapter_state_dict("default"), pc = c.model->adapter_state_dict("default");
+  for (auto& [k, t] : pa) EXPECT_TRUE(bit_equal(t, pc.at(k))) << k;
+  EXPECT_TRUE(std::filesystem::exists(dir.file("final/adapter_model.safetensors")));
+  std::ifstream log(dir.file("log.jsonl"));
+  int lines = 0;
+  for (std::string l; std::getline(log, l);) ++lines;
+  EXPECT_GE(lines, 2);
+}
+
+TEST(Trainer, NonFiniteLossesAreSkippedThenFatal) {
+  auto data = std::make_shared<RandomBlocks>(10);
+  /// The 5th and 7th forward passes (steps 3 and 4 with grad_accum 2) return NaN.
+  auto poisoned = [](LoraRun& r, int& calls) {
+    auto t = r.target;
+    t.forward = [&r, &calls](const models::ModelInputs& in) {
+      auto out = r.target.forward(in);
+      ++calls;
+      if (calls == 5 || calls == 7) out.loss = out.loss * std::numeric_limits<double>::quiet_NaN();
+      return out;
+    };
+    return t;
+  };
+  auto r = lora_run();
+  int calls = 0;
+  auto config = small_config();
+  auto result = train::Trainer(poisoned(r, calls), config, data).train();
+  EXPECT_EQ(result.nonfinite_steps, 2);
+  EXPECT_EQ(result.losses.size(), 10u);
+  for (double l : result.losses) EXPECT_TRUE(std::isfinite(l));
+
+  auto again = lora_run();
+  int calls2 = 0;
+  config.max_nonfinite = 1;
+  try {
+    train::Trainer(poisoned(again, calls2), config, data).train();
+    FAIL() << "expected an abort";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Trainer, EarlyStoppingKeepsTheBestDelta) {
+  auto data = std::make_shared<RandomBlocks>(10);
+  auto r = lora_run();
+  TempDir dir;
+  auto config = small_config(dir.path());
+  config.lr = 1e-12;  // nothing improves
+  config.max_steps = 40;
+  config.eval_every = 2;
+  config.early_stopping_patience = 3;
+  auto result = train::Trainer(r.target, config, data, data).train();
+  EXPECT_TRUE(result.early_stopped);
+  EXPECT_EQ(result.steps, 8);
+  ASSERT_TRUE(result.best_eval.has_value());
+  EXPECT_GT(result.best_eval->perplexity, 1.0);
+  EXPECT_TRUE(std::filesystem::exists(dir.file("best/adapter_config.json")));
+}
+
+}  // namespace
+}  // namespace peft::test
