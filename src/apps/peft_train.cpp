@@ -1,0 +1,81 @@
+// peft-train: one JSON config per run (model, method, data, trainer), --set overrides.
+// Trains a delta with any registered method, or the whole model ("method": "full"), including
+// pretraining from a fresh config ("init": "config"). Resumable with --resume.
+#include <filesystem>
+
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include "apps/run_config.h"
+#include "apps/runtime.h"
+#include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/core/log.h"
+#include "peft/methods/method.h"
+#include "peft/peft_model.h"
+
+namespace {
+
+int run(int argc, char** argv) {
+  CLI::App app{"Train a PEFT delta (or a whole model) from one JSON config.", "peft-train"};
+  std::string config_path;
+  std::vector<std::string> sets;
+  bool resume = false;
+  int threads = 0;
+  app.add_option("--config", config_path, "run config (JSON; see configs/)")->required();
+  app.add_option("--set", sets, "override a config value: key.path=value (value as JSON, else a string); repeatable");
+  app.add_flag("--resume", resume, "continue from <output_dir>/state");
+  app.add_option("--threads", threads, "CPU threads (default: all cores)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  const auto config = peft::apps::load_run_config(config_path, sets);
+  peft::apps::configure_threads(config.value("threads", threads));
+  auto parts = peft::apps::build_run(config, config_path, /*need_train=*/true);
+  fmt::print("train: {}\n", parts.train->describe());
+  if (parts.eval) fmt::print("eval:  {}\n", parts.eval->describe());
+
+  const nlohmann::json method = config.value("method", nlohmann::json("full"));
+  std::unique_ptr<peft::PeftModel> peft_model;
+  peft::train::Trainable target;
+  if (method.is_string()) {
+    PEFT_CHECK(method == "full", "config", "{}: method must be \"full\" or a method config object, found {}",
+               config_path, method.dump());
+    target = peft::train::trainable_model(parts.model);
+    int64_t n = 0;
+    for (const auto& p : parts.model->parameters()) n += p.numel();
+    fmt::print("full training: {} parameters\n", n);
+  } else {
+    peft_model = std::make_unique<peft::PeftModel>(parts.model);
+    peft_model->add_adapter("default", *peft::methods::parse_config(method));
+    target = peft::train::trainable_delta(*peft_model);
+    fmt::print("{}\n", peft_model->trainable_parameters_report());
+  }
+  if (!parts.trainer.output_dir.empty()) {
+    std::filesystem::create_directories(parts.trainer.output_dir);
+    peft::core::write_json_file(parts.trainer.output_dir + "/run_config.json", config);
+  }
+  peft::train::Trainer trainer(target, parts.trainer, parts.train, parts.eval);
+  if (resume) {
+    PEFT_CHECK(!parts.trainer.output_dir.empty(), "config", "--resume needs output_dir");
+    trainer.resume(parts.trainer.output_dir + "/state");
+  }
+  auto result = trainer.train();
+  if (result.last_eval) fmt::print("eval after step {}: {}\n", result.steps, result.last_eval->to_json());
+  if (result.interrupted) {
+    fmt::print("interrupted; continue with: peft-train --config {} --resume\n", config_path);
+    return 130;
+  }
+  if (!parts.trainer.output_dir.empty())
+    fmt::print("saved: {}/final ({})\n", parts.trainer.output_dir, method.is_string() ? "model" : "delta");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  peft::apps::select_blas_core(argv);
+  return peft::apps::run_main("peft-train", [&] { return run(argc, argv); });
+}
