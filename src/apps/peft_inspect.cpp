@@ -12,9 +12,33 @@
 #include "peft/inspect.h"
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
+#include "peft/core/safetensors.h"
+#include "peft/core/strings.h"
 #include "peft/peft_model.h"
 
 namespace {
+
+/// A delta directory: its config, and each tensor with shape, dtype and size.
+int inspect_delta(const std::string& dir) {
+  const auto config = peft::core::read_json_file(dir + "/adapter_config.json");
+  const auto path = dir + "/adapter_model.safetensors";
+  PEFT_CHECK(std::filesystem::exists(path), "cli", "{}: missing adapter_model.safetensors", dir);
+  peft::safetensors::File file(path);
+  fmt::print("delta {} ({} {})\n", dir, config.value("peft_type", "?"), config.value("task_type", nlohmann::json()).dump());
+  int64_t total = 0;
+  for (const auto& t : file.tensors()) {
+    int64_t n = 1;
+    for (auto d : t.shape) n *= d;
+    total += n;
+    fmt::print("  {}  {} {}  {}\n", t.name, peft::safetensors::dtype_name(t.dtype), fmt::format("[{}]", fmt::join(t.shape, ", ")),
+               peft::core::with_thousands(n));
+  }
+  fmt::print("{} tensors, {} parameters, {} bytes on disk\n", file.tensors().size(), peft::core::with_thousands(total),
+             peft::core::with_thousands(static_cast<int64_t>(std::filesystem::file_size(path))));
+  for (const auto& [k, v] : file.metadata()) fmt::print("metadata {} = {}\n", k, v);
+  fmt::print("config {}\n", config.dump(2));
+  return 0;
+}
 
 int run(int argc, char** argv) {
   CLI::App app{"Print a model's module tree (repeated layers folded), parameter counts and trainable tensors.",
@@ -23,7 +47,7 @@ int run(int argc, char** argv) {
   int64_t num_labels = 0;
   int depth = -1;
   bool no_fold = false, no_shapes = false, no_weights = false;
-  app.add_option("model", model_dir, "Hugging Face model directory (config.json [+ model.safetensors])")->required();
+  app.add_option("dir", model_dir, "Hugging Face model directory, or a delta directory (adapter_config.json)")->required();
   app.add_option("--task", task,
                  "head: causal_lm | sequence_classification | image_classification | feature_extraction "
                  "(default: config.json's architectures)");
@@ -40,6 +64,9 @@ int run(int argc, char** argv) {
     return app.exit(e);
   }
   PEFT_CHECK(adapter_dir.empty() || config_path.empty(), "cli", "give --adapter or --config, not both");
+  if (!std::filesystem::exists(std::filesystem::path(model_dir) / "config.json") &&
+      std::filesystem::exists(std::filesystem::path(model_dir) / "adapter_config.json"))
+    return inspect_delta(model_dir);
   peft::models::LoadOptions load;
   load.task = task;
   if (num_labels > 0) load.num_labels = num_labels;

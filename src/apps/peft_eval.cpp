@@ -1,0 +1,52 @@
+// peft-eval: evaluates a model (optionally with a delta) on the eval data of a run config:
+// loss, and accuracy / macro-F1 for classifiers or perplexity for language models, as JSON.
+#include <CLI/CLI.hpp>
+#include <torch/torch.h>
+
+#include "apps/run_config.h"
+#include "apps/runtime.h"
+#include "peft/checkpoint/delta.h"
+#include "peft/core/atomic_file.h"
+#include "peft/core/error.h"
+#include "peft/peft_model.h"
+
+namespace {
+
+int run(int argc, char** argv) {
+  CLI::App app{"Evaluate a model (and optionally a delta) on a run config's eval data; prints JSON.", "peft-eval"};
+  std::string config_path, adapter_dir, out_path;
+  std::vector<std::string> sets;
+  int threads = 0;
+  int64_t batch = 32;
+  app.add_option("--config", config_path, "run config (the one used for training)")->required();
+  app.add_option("--set", sets, "override a config value: key.path=value; repeatable");
+  app.add_option("--adapter", adapter_dir, "delta directory (e.g. <output_dir>/final)");
+  app.add_option("--batch", batch, "examples per batch")->capture_default_str();
+  app.add_option("--out", out_path, "also write the JSON here");
+  app.add_option("--threads", threads, "CPU threads (default: all cores)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  const auto config = peft::apps::load_run_config(config_path, sets);
+  peft::apps::configure_threads(config.value("threads", threads));
+  auto parts = peft::apps::build_run(config, config_path, /*need_train=*/false);
+  PEFT_CHECK(parts.eval, "config", "{}: data.eval (or data.eval_images) is required for evaluation", config_path);
+  peft::PeftModel model(parts.model);
+  if (!adapter_dir.empty()) peft::checkpoint::load_adapter(model, adapter_dir);
+  model.eval();
+  auto r = peft::train::evaluate([&](const peft::models::ModelInputs& in) { return model.forward(in); }, *parts.eval,
+                                 batch, 0, parts.trainer.device);
+  const auto json = r.to_json();
+  fmt::print("{}\n", json);
+  if (!out_path.empty()) peft::core::write_file_atomic(out_path, json + "\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  peft::apps::select_blas_core(argv);
+  return peft::apps::run_main("peft-eval", [&] { return run(argc, argv); });
+}
