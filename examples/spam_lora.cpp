@@ -76,7 +76,8 @@ int run(int argc, char** argv) {
   auto train = std::make_shared<peft::data::TextClassificationDataset>(train_path, tokenizer, dopt);
   dopt.labels = train->labels();
   auto test = std::make_shared<peft::data::TextClassificationDataset>(test_path, tokenizer, dopt);
-  fmt::print("data   train {}\n       test  {}\n", train->describe(), test->describe());
+  fmt::print("data   train {} records, test {} records, labels {} (from {})\n", train->size(), test->size(),
+             fmt::join(train->labels(), "/"), train_path);
 
   auto base = load_base(model_dir, tc.seed);
   peft::PeftModel model(base);
@@ -94,6 +95,8 @@ int run(int argc, char** argv) {
   peft::train::Trainer trainer(peft::train::trainable_delta(model), tc, train, test);
   auto result = trainer.train();
   const auto& after = *result.last_eval;
+  fmt::print("data   {} of {} training mails were longer than {} tokens and cut\n", train->truncated(), train->size(),
+             max_length);
   fmt::print("tuned  after {} steps: accuracy {:.3f}  macro-F1 {:.3f}  (loss {:.4f} -> {:.4f} on the test mails)\n",
              result.steps, after.accuracy, after.macro_f1, before.loss, after.loss);
 

@@ -205,5 +205,19 @@ TEST(Trainer, EarlyStoppingKeepsTheBestDelta) {
   EXPECT_TRUE(std::filesystem::exists(dir.file("best/adapter_config.json")));
 }
 
+TEST(Trainer, FullTrainingSavesAModelThatReloadsExactly) {
+  auto data = std::make_shared<RandomBlocks>(10);
+  auto model = tiny_model("gpt2");
+  TempDir dir;
+  auto config = small_config(dir.path());
+  config.max_steps = 3;
+  auto result = train::Trainer(train::trainable_model(model), config, data).train();
+  EXPECT_EQ(result.losses.size(), 3u);
+  auto reloaded = models::load_pretrained(dir.file("final"));
+  auto a = model->named_parameters(), b = reloaded->named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (auto& item : a) EXPECT_TRUE(bit_equal(item.value().detach(), b[item.key()])) << item.key();
+}
+
 }  // namespace
 }  // namespace peft::test

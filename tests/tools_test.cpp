@@ -1,0 +1,86 @@
+// The training tools as real processes on the shipped tiny model: peft-train (with --set and
+// --resume), peft-eval, peft-generate, peft-merge, peft-inspect on a delta.
+#include <cstdlib>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "peft/core/json_io.h"
+#include "test_util.h"
+
+#if defined(PEFT_TRAIN_BIN) && defined(PEFT_SOURCE_DIR)
+
+namespace peft::test {
+namespace {
+
+std::string source(const std::string& rel) { return std::string(PEFT_SOURCE_DIR) + "/" + rel; }
+
+int run(const std::string& cmd, const std::string& log) { return std::system((cmd + " > " + log + " 2>&1").c_str()); }
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+TEST(Tools, TrainEvalMergeGenerateInspect) {
+  TempDir dir;
+  const std::string model = source("examples/models/tiny-gpt2-en");
+  nlohmann::json cfg = {
+      {"model", model},
+      {"task", "sequence_classification"},
+      {"method", {{"peft_type", "LORA"}, {"task_type", "SEQ_CLS"}, {"r", 4}, {"fan_in_fan_out", true}}},
+      {"data",
+       {{"kind", "jsonl_classification"}, {"train", source("examples/data/spam/train.jsonl")},
+        {"eval", source("examples/data/spam/test.jsonl")}, {"max_length", 32}}},
+      {"trainer", {{"max_steps", 6}, {"batch_size", 4}, {"lr", 0.01}, {"eval_batches", 2}, {"log_every", 1}}},
+      {"output_dir", dir.file("run")}};
+  core::write_json_file(dir.file("run.json"), cfg);
+  const std::string train = PEFT_TRAIN_BIN;
+  ASSERT_EQ(run(train + " --threads 1 --config " + dir.file("run.json") + " --set trainer.max_steps=3", dir.file("a.log")), 0)
+      << slurp(dir.file("a.log"));
+  EXPECT_NE(slurp(dir.file("a.log")).find("trainable params:"), std::string::npos);
+  // Continue to step 6 from the saved state.
+  ASSERT_EQ(run(train + " --threads 1 --config " + dir.file("run.json") + " --resume", dir.file("b.log")), 0)
+      << slurp(dir.file("b.log"));
+  auto log = slurp(dir.file("run/log.jsonl"));
+  EXPECT_NE(log.find("\"step\": 6"), std::string::npos) << log;
+  EXPECT_NE(log.find("\"accuracy\""), std::string::npos) << log;
+  // A bad override is named.
+  EXPECT_NE(run(train + " --config " + dir.file("run.json") + " --set trainer.nope=1", dir.file("c.log")), 0);
+  EXPECT_NE(slurp(dir.file("c.log")).find("nope"), std::string::npos);
+
+  ASSERT_EQ(run(std::string(PEFT_EVAL_BIN) + " --threads 1 --config " + dir.file("run.json") + " --set data.max_length=16 --adapter " +
+                    dir.file("run/final") + " --out " + dir.file("eval.json"),
+                dir.file("e.log")),
+            0)
+      << slurp(dir.file("e.log"));
+  auto scores = nlohmann::json::parse(slurp(dir.file("eval.json")));
+  EXPECT_EQ(scores["examples"], 400);
+  EXPECT_GE(scores["accuracy"].get<double>(), 0.0);
+
+  ASSERT_EQ(run(std::string(PEFT_MERGE_BIN) + " --model " + model + " --adapter " + dir.file("run/final") +
+                    " --task sequence_classification --num-labels 2 --out " + dir.file("merged"),
+                dir.file("m.log")),
+            0)
+      << slurp(dir.file("m.log"));
+  EXPECT_TRUE(std::filesystem::exists(dir.file("merged/tokenizer.json")));
+  auto merged_cfg = core::read_json_file(dir.file("merged/config.json"));
+  EXPECT_EQ(merged_cfg["architectures"][0], "GPT2ForSequenceClassification");
+
+  ASSERT_EQ(run(std::string(PEFT_GENERATE_BIN) + " --threads 1 --model " + model +
+                    " --prompt 'The whale' --max-new-tokens 8",
+                dir.file("g.log")),
+            0)
+      << slurp(dir.file("g.log"));
+  EXPECT_NE(slurp(dir.file("g.log")).find("The whale"), std::string::npos);
+
+  ASSERT_EQ(run(std::string(PEFT_INSPECT_BIN) + " " + dir.file("run/final"), dir.file("i.log")), 0);
+  auto inspect = slurp(dir.file("i.log"));
+  EXPECT_NE(inspect.find("lora_A.weight"), std::string::npos) << inspect;
+  EXPECT_NE(inspect.find("base_model.model.score.weight"), std::string::npos) << inspect;
+}
+
+}  // namespace
+}  // namespace peft::test
+
+#endif
