@@ -71,7 +71,10 @@ int run(int argc, char** argv) {
     ids.push_back(next);
     generated.push_back(next);
   }
-  fmt::print("{}{}\n", prompt, tok->decode(generated));
+  // Decode the whole sequence: decoders that strip a leading space must see where text starts.
+  const std::string before = tok->decode(std::vector<int64_t>(ids.begin(), ids.end() - generated.size()));
+  const std::string all = tok->decode(ids);
+  fmt::print("{}{}\n", prompt, all.compare(0, before.size(), before) == 0 ? all.substr(before.size()) : tok->decode(generated));
   return 0;
 }
 
