@@ -21,6 +21,7 @@ struct MethodCase {
 
 const std::vector<MethodCase> kCases = {
     {"lora", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}}, {}},
+    {"ia3", {{"peft_type", "IA3"}}, {}},
     {"lora_all_linear", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_proj", "c_fc"}}}, {"gpt2"}},
     {"lora_rslora_bias", {{"peft_type", "LORA"}, {"r", 2}, {"fan_in_fan_out", true}, {"lora_alpha", 4}, {"use_rslora", true}, {"bias", "lora_only"},
                           {"target_modules", "transformer\\.h\\.1\\..*c_(attn|fc)"}, {"modules_to_save", {"ln_f"}}}, {"gpt2"}},

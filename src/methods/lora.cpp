@@ -9,6 +9,7 @@
 #include "peft/core/log.h"
 #include "peft/core/strings.h"
 #include "peft/peft_model.h"
+#include "method_helpers.h"
 
 namespace peft::methods {
 namespace F = torch::nn::functional;
@@ -56,23 +57,6 @@ const std::vector<std::string>& lora_keys() {
   return k;
 }
 
-bool contains(const std::vector<std::string>& v, const std::string& s) {
-  return std::find(v.begin(), v.end(), s) != v.end();
-}
-
-std::vector<std::string> string_list(const nlohmann::json& j, const char* key, const std::string& where) {
-  std::vector<std::string> out;
-  if (!j.contains(key) || j[key].is_null()) return out;
-  const auto& v = j[key];
-  if (v.is_string()) return {v.get<std::string>()};
-  PEFT_CHECK(v.is_array(), kC, "{}: '{}' must be a list of strings, found {}", where, key, v.dump());
-  for (const auto& e : v) {
-    PEFT_CHECK(e.is_string(), kC, "{}: '{}' entries must be strings, found {}", where, key, e.dump());
-    out.push_back(e.get<std::string>());
-  }
-  return out;
-}
-
 TargetModules default_targets(const std::string& model_type) {
   static const std::map<std::string, std::vector<std::string>> defaults = {
       {"gpt2", {"c_attn"}}, {"llama", {"q_proj", "v_proj"}}, {"mistral", {"q_proj", "v_proj"}},
@@ -84,25 +68,6 @@ TargetModules default_targets(const std::string& model_type) {
   TargetModules t;
   t.names = it->second;
   return t;
-}
-
-bool excluded(const std::string& name, const TargetModules& exclude) {
-  if (exclude.empty()) return false;
-  return matches_target(name, exclude, LayerSelection{});
-}
-
-// Layer names summarized for error messages: the distinct last segments, then one example.
-std::string describe_linears(PeftModel& model) {
-  std::vector<std::string> leaves;
-  std::string example;
-  for (const auto& [name, lin] : model.linears()) {
-    auto leaf = name.substr(name.rfind('.') + 1);
-    auto parent = name.substr(0, name.rfind('.'));
-    auto key = parent.substr(parent.rfind('.') + 1) + "." + leaf;
-    if (!contains(leaves, key)) leaves.push_back(key);
-    if (example.empty()) example = name;
-  }
-  return fmt::format("{} (full names look like '{}')", fmt::join(leaves, ", "), example);
 }
 
 void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {

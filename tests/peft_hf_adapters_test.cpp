@@ -1,5 +1,5 @@
-// HF PEFT LoRA adapters on the encoder and LLaMA families (fixtures/hf/adapters/{bert,llama}_lora):
-// outputs unmerged and merged, the merged weight, and saving back in PEFT's exact layout.
+// HF PEFT adapter files on every family (fixtures/hf/adapters: LoRA on BERT and LLaMA, IA³ on
+// GPT-2 and LLaMA): outputs unmerged and merged, the merged weight, saving back in PEFT's layout.
 #include <torch/torch.h>
 
 #include "peft/checkpoint/delta.h"
@@ -12,14 +12,14 @@
 namespace peft::test {
 namespace {
 
-struct LoraFixture {
+struct AdapterFixture {
   std::string adapter;  // under hf/adapters
   std::string base;     // under hf/models
   std::string merged_module;
-  friend void PrintTo(const LoraFixture& f, std::ostream* os) { *os << f.adapter; }
+  friend void PrintTo(const AdapterFixture& f, std::ostream* os) { *os << f.adapter; }
 };
 
-class LoraFamilies : public ::testing::TestWithParam<LoraFixture> {
+class HFAdapters : public ::testing::TestWithParam<AdapterFixture> {
  protected:
   std::string adapter_dir() const { return "hf/adapters/" + GetParam().adapter; }
   models::ModelInputs inputs() const { return fixture_inputs("hf/models/" + GetParam().base + "/inputs.safetensors"); }
@@ -31,7 +31,7 @@ class LoraFamilies : public ::testing::TestWithParam<LoraFixture> {
   }
 };
 
-TEST_P(LoraFamilies, OutputsMatchPeft) {
+TEST_P(HFAdapters, OutputsMatchPeft) {
   auto model = load();
   torch::NoGradGuard g;
   const double diff = max_output_diff(model->forward(inputs()), adapter_dir() + "/outputs.safetensors");
@@ -41,7 +41,7 @@ TEST_P(LoraFamilies, OutputsMatchPeft) {
   EXPECT_GT(max_output_diff(model->forward(inputs()), adapter_dir() + "/outputs.safetensors"), 1e-3);
 }
 
-TEST_P(LoraFamilies, MergedLayerAndOutputsMatchPeft) {
+TEST_P(HFAdapters, MergedLayerAndOutputsMatchPeft) {
   auto model = load();
   torch::NoGradGuard g;
   auto layer = safetensors::load_file(fixture(adapter_dir() + "/merged_layer.safetensors"));
@@ -61,7 +61,7 @@ TEST_P(LoraFamilies, MergedLayerAndOutputsMatchPeft) {
   EXPECT_LT(max_output_diff(plain->forward(inputs()), adapter_dir() + "/merged_outputs.safetensors"), 1e-5);
 }
 
-TEST_P(LoraFamilies, SavesPeftsExactFiles) {
+TEST_P(HFAdapters, SavesPeftsExactFiles) {
   auto model = load();
   TempDir dir;
   checkpoint::save_adapter(*model, dir.file("out"));
@@ -74,16 +74,27 @@ TEST_P(LoraFamilies, SavesPeftsExactFiles) {
   }
   auto a = core::read_json_file(dir.file("out/adapter_config.json"));
   auto b = core::read_json_file(fixture(adapter_dir() + "/adapter/adapter_config.json"));
-  for (auto it = b.begin(); it != b.end(); ++it)
-    if (it.key() != "target_modules") EXPECT_EQ(a[it.key()], it.value()) << it.key();
+  for (auto it = b.begin(); it != b.end(); ++it) {
+    ASSERT_TRUE(a.contains(it.key())) << it.key();
+    if (it.key() == "target_modules" || it.key() == "feedforward_modules") {  // sets in HF PEFT
+      auto x = a[it.key()].get<std::vector<std::string>>(), y = it.value().get<std::vector<std::string>>();
+      std::sort(x.begin(), x.end());
+      std::sort(y.begin(), y.end());
+      EXPECT_EQ(x, y) << it.key();
+    } else {
+      EXPECT_EQ(a[it.key()], it.value()) << it.key();
+    }
+  }
 }
 
-INSTANTIATE_TEST_SUITE_P(HF, LoraFamilies,
-                         ::testing::Values(LoraFixture{"bert_lora", "bert", "bert.encoder.layer.0.attention.self.query"},
-                                           LoraFixture{"llama_lora", "llama", "model.layers.0.self_attn.v_proj"}),
+INSTANTIATE_TEST_SUITE_P(HF, HFAdapters,
+                         ::testing::Values(AdapterFixture{"bert_lora", "bert", "bert.encoder.layer.0.attention.self.query"},
+                                           AdapterFixture{"llama_lora", "llama", "model.layers.0.self_attn.v_proj"},
+                                           AdapterFixture{"gpt2_ia3", "gpt2", "transformer.h.0.mlp.c_proj"},
+                                           AdapterFixture{"llama_ia3", "llama", "model.layers.0.mlp.down_proj"}),
                          [](const auto& info) { return info.param.adapter; });
 
-TEST(LoraFamilies, SeqClsTrainsAndSavesTheHeadAsPeftDoes) {
+TEST(HFAdapters, SeqClsTrainsAndSavesTheHeadAsPeftDoes) {
   // task_type SEQ_CLS with modules_to_save null: the classifier is still trained and saved.
   auto model = std::make_unique<PeftModel>(models::load_pretrained(fixture("hf/models/bert")));
   auto cfg = methods::parse_config(core::read_json_file(fixture("hf/adapters/bert_lora/adapter/adapter_config.json")));

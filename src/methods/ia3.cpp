@@ -1,0 +1,160 @@
+#include "peft/methods/ia3.h"
+
+#include <map>
+
+#include <torch/torch.h>
+
+#include "method_helpers.h"
+#include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/core/log.h"
+#include "peft/peft_model.h"
+
+namespace peft::methods {
+namespace {
+
+constexpr const char* kC = "ia3";
+
+const std::vector<std::string>& ia3_keys() {
+  static const std::vector<std::string> k = {"target_modules", "feedforward_modules", "fan_in_fan_out",
+                                             "modules_to_save", "init_ia3_weights"};
+  return k;
+}
+
+/// HF PEFT's per-architecture defaults: (targets, feed-forward subset).
+std::pair<std::vector<std::string>, std::vector<std::string>> defaults_for(const std::string& model_type) {
+  static const std::map<std::string, std::pair<std::vector<std::string>, std::vector<std::string>>> d = {
+      {"gpt2", {{"c_attn", "mlp.c_proj"}, {"mlp.c_proj"}}},
+      {"llama", {{"k_proj", "v_proj", "down_proj"}, {"down_proj"}}},
+      {"mistral", {{"k_proj", "v_proj", "down_proj"}, {"down_proj"}}},
+      {"bert", {{"key", "value", "output.dense"}, {"output.dense"}}},
+      {"roberta", {{"key", "value", "output.dense"}, {"output.dense"}}},
+      {"vit", {{"key", "value", "output.dense"}, {"output.dense"}}}};
+  auto it = d.find(model_type);
+  PEFT_CHECK(it != d.end(), kC,
+             "target_modules is not set and there is no default for model_type '{}'; list the modules to adapt",
+             model_type);
+  return it->second;
+}
+
+void attach_ia3(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
+  auto& cfg = dynamic_cast<IA3Config&>(base_cfg);
+  cfg.validate();
+  TargetModules targets = cfg.target_modules, feedforward = cfg.feedforward_modules;
+  if (targets.empty()) {
+    auto [t, f] = defaults_for(model.base_model().model_type());
+    targets.names = t;
+    if (feedforward.empty()) feedforward.names = f;
+  }
+  const auto heads = model.implicit_modules_to_save(cfg);
+  int matched = 0;
+  for (auto& [name, lin] : model.linears()) {
+    if (inside_any(name, cfg.modules_to_save) || inside_any(name, heads)) continue;
+    if (!matches_target(name, targets, LayerSelection{})) continue;
+    const bool ff = !feedforward.empty() && matches_target(name, feedforward, LayerSelection{});
+    if (lin->fan_in_fan_out() && !cfg.fan_in_fan_out) {
+      log::warn("ia3: fan_in_fan_out=false but '{}' stores its weight as [in, out] (Conv1D); setting "
+                "fan_in_fan_out=true",
+                name);
+      cfg.fan_in_fan_out = true;
+    }
+    model.attach_linear_delta(adapter, name,
+                              std::make_shared<IA3Delta>(lin->in_features(), lin->out_features(), ff,
+                                                         cfg.init_ia3_weights, lin->weight.options()));
+    ++matched;
+  }
+  PEFT_CHECK(matched > 0, kC, "target_modules {} matched no layer of this {} model; adaptable layers: {}",
+             targets.to_json().dump(), model.base_model().model_type(), describe_linears(model));
+  model.add_modules_to_save(adapter, cfg.modules_to_save);
+}
+
+}  // namespace
+
+// ---- config ------------------------------------------------------------------
+
+void IA3Config::validate() const {
+  // HF PEFT's rule: with both as lists, every feed-forward module must also be a target.
+  if (!target_modules.regex && !feedforward_modules.regex && !target_modules.empty())
+    for (const auto& f : feedforward_modules.names)
+      PEFT_CHECK(contains(target_modules.names, f), kC,
+                 "feedforward_modules entry '{}' is not in target_modules ({}); it must be a subset", f,
+                 target_modules.to_json().dump());
+  PEFT_CHECK(!(target_modules.empty() && !feedforward_modules.empty()), kC,
+             "feedforward_modules is set but target_modules is not");
+}
+
+std::shared_ptr<IA3Config> IA3Config::from_json(const nlohmann::json& j) {
+  const std::string where = "IA3 config";
+  PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
+  for (auto it = j.begin(); it != j.end(); ++it)
+    PEFT_CHECK(contains(ia3_keys(), it.key()) || contains(common_keys(), it.key()), kC,
+               "{}: unknown key '{}' (IA3 keys: {})", where, it.key(), fmt::join(ia3_keys(), ", "));
+  if (j.contains("peft_type"))
+    PEFT_CHECK(j["peft_type"] == "IA3", kC, "{}: peft_type must be \"IA3\", found {}", where, j["peft_type"].dump());
+  auto c = std::make_shared<IA3Config>();
+  read_common(j, c->common, where);
+  c->target_modules = TargetModules::from_json(j.value("target_modules", nlohmann::json()), where + " target_modules");
+  c->feedforward_modules =
+      TargetModules::from_json(j.value("feedforward_modules", nlohmann::json()), where + " feedforward_modules");
+  c->fan_in_fan_out = core::get_or<bool>(j, "fan_in_fan_out", false, kC, where);
+  c->modules_to_save = string_list(j, "modules_to_save", where);
+  c->init_ia3_weights = core::get_or<bool>(j, "init_ia3_weights", true, kC, where);
+  c->validate();
+  return c;
+}
+
+nlohmann::json IA3Config::to_json() const {
+  nlohmann::json j;
+  write_common(j, common, peft_type());
+  j["target_modules"] = target_modules.to_json();
+  j["feedforward_modules"] = feedforward_modules.to_json();
+  j["fan_in_fan_out"] = fan_in_fan_out;
+  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
+  j["init_ia3_weights"] = init_ia3_weights;
+  return j;
+}
+
+// ---- the delta -----------------------------------------------------------------
+
+IA3Delta::IA3Delta(int64_t in_features, int64_t out_features, bool feedforward, bool init_ones,
+                   const at::TensorOptions& options)
+    : feedforward_(feedforward) {
+  auto shape = feedforward ? std::vector<int64_t>{1, in_features} : std::vector<int64_t>{out_features, 1};
+  at::Tensor l = torch::ones(shape);
+  if (!init_ones) l = l + torch::randn(shape) * 0.1;
+  ia3_l = register_parameter("ia3_l", l.to(options.device(), options.dtype().toScalarType()));
+}
+
+at::Tensor IA3Delta::adapt_input(const at::Tensor& x) {
+  if (!feedforward_) return x;
+  return (x.to(ia3_l.scalar_type()) * ia3_l.flatten()).to(x.scalar_type());
+}
+
+at::Tensor IA3Delta::adapt_output(const at::Tensor&, const at::Tensor& y) {
+  if (feedforward_) return y;
+  return (y.to(ia3_l.scalar_type()) * ia3_l.flatten()).to(y.scalar_type());
+}
+
+void IA3Delta::merge_into(at::Tensor& weight_out_in, at::Tensor& bias) {
+  const at::Tensor l = ia3_l.detach().to(weight_out_in.scalar_type());
+  weight_out_in.mul_(l);  // [1, in] scales columns, [out, 1] rows
+  if (!feedforward_ && bias.defined()) bias.mul_(l.flatten());
+}
+
+void IA3Delta::unmerge_from(at::Tensor& weight_out_in, at::Tensor& bias) {
+  const at::Tensor l = ia3_l.detach().to(weight_out_in.scalar_type());
+  PEFT_CHECK(!(l == 0).any().item<bool>(), kC, "cannot unmerge: an (IA)³ vector has a zero entry");
+  weight_out_in.div_(l);
+  if (!feedforward_ && bias.defined()) bias.div_(l.flatten());
+}
+
+Method ia3_method() {
+  Method m;
+  m.name = "ia3";
+  m.peft_type = "IA3";
+  m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return IA3Config::from_json(j); };
+  m.attach = attach_ia3;
+  return m;
+}
+
+}  // namespace peft::methods

@@ -1,0 +1,46 @@
+#include "method_helpers.h"
+
+#include <algorithm>
+
+#include "peft/core/error.h"
+#include "peft/peft_model.h"
+
+namespace peft::methods {
+
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
+
+std::vector<std::string> string_list(const nlohmann::json& j, const char* key, const std::string& where) {
+  std::vector<std::string> out;
+  if (!j.contains(key) || j[key].is_null()) return out;
+  const auto& v = j[key];
+  if (v.is_string()) return {v.get<std::string>()};
+  PEFT_CHECK(v.is_array(), "methods", "{}: '{}' must be a list of strings, found {}", where, key, v.dump());
+  for (const auto& e : v) {
+    PEFT_CHECK(e.is_string(), "methods", "{}: '{}' entries must be strings, found {}", where, key, e.dump());
+    out.push_back(e.get<std::string>());
+  }
+  return out;
+}
+
+bool excluded(const std::string& name, const TargetModules& exclude) {
+  if (exclude.empty()) return false;
+  return matches_target(name, exclude, LayerSelection{});
+}
+
+// Layer names summarized for error messages: the distinct last segments, then one example.
+std::string describe_linears(PeftModel& model) {
+  std::vector<std::string> leaves;
+  std::string example;
+  for (const auto& [name, lin] : model.linears()) {
+    auto leaf = name.substr(name.rfind('.') + 1);
+    auto parent = name.substr(0, name.rfind('.'));
+    auto key = parent.substr(parent.rfind('.') + 1) + "." + leaf;
+    if (!contains(leaves, key)) leaves.push_back(key);
+    if (example.empty()) example = name;
+  }
+  return fmt::format("{} (full names look like '{}')", fmt::join(leaves, ", "), example);
+}
+
+}  // namespace peft::methods

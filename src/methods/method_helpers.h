@@ -1,0 +1,26 @@
+// Helpers shared by method implementations: config lists, exclusion, and the summary of a
+// model's adaptable layers that "matched nothing" errors print.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "peft/methods/target_modules.h"
+
+namespace peft {
+class PeftModel;
+}
+
+namespace peft::methods {
+
+bool contains(const std::vector<std::string>& v, const std::string& s);
+/// A string or list-of-strings field (null or absent: empty); other types name the key.
+std::vector<std::string> string_list(const nlohmann::json& j, const char* key, const std::string& where);
+/// Whether `name` matches exclude_modules (HF's rules, no layer selection).
+bool excluded(const std::string& name, const TargetModules& exclude);
+/// "c_attn, attn.c_proj, ... (full names look like 'transformer.h.0.attn.c_attn')"
+std::string describe_linears(PeftModel& model);
+
+}  // namespace peft::methods
