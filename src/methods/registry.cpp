@@ -1,4 +1,5 @@
 // The built-in methods. A new method adds one line here.
+#include "peft/methods/bitfit.h"
 #include "peft/methods/ia3.h"
 #include "peft/methods/lora.h"
 #include "peft/methods/method.h"
@@ -8,6 +9,7 @@ namespace peft::methods {
 void register_builtin_methods() {
   register_method(lora_method());
   register_method(ia3_method());
+  register_method(bitfit_method());
 }
 
 }  // namespace peft::methods
