@@ -68,6 +68,8 @@ struct Entry {
 std::vector<Entry> entries(const torch::nn::Module& m, const TreeOptions& options) {
   std::vector<Entry> out;
   for (const auto& c : m.named_children()) {
+    // Empty extension points (a block's adapter slots before any adapter) are not shown.
+    if (c.value()->children().empty() && c.value()->parameters().empty() && c.value()->buffers().empty()) continue;
     if (!is_list(*c.value())) {
       out.push_back({c.key(), c.value()});
       continue;

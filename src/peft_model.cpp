@@ -36,6 +36,7 @@ PeftModel::PeftModel(std::shared_ptr<models::PretrainedModel> base) : base_(std:
                item.first);
     linears_.push_back(item);
   }
+  blocks_ = base_->block_adapters();
   auto identity = base_params_;
   for (const auto& name : base_->newly_initialized()) identity.erase(name);
   fingerprint_ = core::fingerprint(identity);
@@ -75,6 +76,7 @@ void PeftModel::add_adapter(const std::string& name, const methods::MethodConfig
     method.attach(*this, *adapters_[name].config, name);
   } catch (...) {
     for (auto& [path, lin] : adapters_[name].layers) lin->remove_delta(name);
+    for (auto& [path, block] : adapters_[name].blocks) block->remove(name);
     adapters_.erase(name);
     order_.pop_back();
     throw;
@@ -114,6 +116,19 @@ void PeftModel::attach_linear_delta(const std::string& adapter_name, const std::
   fail(kC, fmt::format("no adaptable layer named '{}'", module_name));
 }
 
+void PeftModel::attach_block_adapter(const std::string& adapter_name, const std::string& block_name,
+                                     const std::string& slot, std::shared_ptr<nn::SublayerAdapter> module) {
+  auto& a = adapter(adapter_name);
+  for (auto& [path, block] : blocks_) {
+    if (path != block_name) continue;
+    block->add(adapter_name, slot, std::move(module));
+    const bool known = std::any_of(a.blocks.begin(), a.blocks.end(), [&block_name](const auto& b) { return b.first == block_name; });
+    if (!known) a.blocks.emplace_back(path, block);
+    return;
+  }
+  fail(kC, fmt::format("no block named '{}'", block_name));
+}
+
 void PeftModel::add_trainable_base_tensor(const std::string& adapter_name, const std::string& param_name) {
   auto& a = adapter(adapter_name);
   if (a.base_copies.count(param_name)) return;
@@ -151,10 +166,13 @@ void PeftModel::apply_state() {
   for (auto& [name, p] : base_params_) p.set_requires_grad(false);
   const bool running = enabled_ && !active_.empty();
   for (auto& [path, lin] : linears_) lin->set_active(running ? std::vector<std::string>{active_} : std::vector<std::string>{});
+  for (auto& [path, block] : blocks_) block->set_active(running ? std::vector<std::string>{active_} : std::vector<std::string>{});
   for (auto& [name, a] : adapters_) {
     const bool train = running && name == active_ && a.trainable;
     for (auto& [path, lin] : a.layers)
       for (auto& p : lin->delta(name)->parameters()) p.set_requires_grad(train);
+    for (auto& [path, block] : a.blocks)
+      for (auto& [key, t] : block->state(name)) t.set_requires_grad(train && t.is_floating_point());
     if (!(running && name == active_)) continue;
     for (auto& [pname, copy] : a.base_copies) {
       at::Tensor live = base_params_.at(pname);
@@ -171,6 +189,7 @@ void PeftModel::delete_adapter(const std::string& name) {
   PEFT_CHECK(std::find(merged_.begin(), merged_.end(), name) == merged_.end(), kC,
              "adapter '{}' is merged; unmerge it before deleting it", name);
   for (auto& [path, lin] : a.layers) lin->remove_delta(name);
+  for (auto& [path, block] : a.blocks) block->remove(name);
   adapters_.erase(name);
   order_.erase(std::remove(order_.begin(), order_.end(), name), order_.end());
   if (active_ == name) active_ = order_.empty() ? "" : order_.front();
@@ -205,6 +224,10 @@ void PeftModel::merge_adapter() {
   PEFT_CHECK(merged_.empty(), kC, "adapter '{}' is already merged", active_);
   PEFT_CHECK(enabled_, kC, "adapters are disabled; enable them before merging");
   auto& a = adapter(active_);
+  PEFT_CHECK(a.blocks.empty(), kC,
+             "adapter '{}' ({}) cannot be merged: its block adapters apply a nonlinearity between two projections, "
+             "so no weight can absorb them; run it unmerged",
+             active_, a.config->method());
   std::vector<nn::AdaptableLinear> done;
   try {
     for (auto& [path, lin] : a.layers) {
@@ -227,8 +250,10 @@ void PeftModel::unmerge_adapter() {
 std::shared_ptr<models::PretrainedModel> PeftModel::merge_and_unload() {
   if (!active_.empty() && enabled_ && merged_.empty()) merge_adapter();
   torch::NoGradGuard no_grad;
-  for (auto& [name, a] : adapters_)
+  for (auto& [name, a] : adapters_) {
     for (auto& [path, lin] : a.layers) lin->remove_delta(name, /*keep_merged_weights=*/true);
+    for (auto& [path, block] : a.blocks) block->remove(name);
+  }
   originals_.clear();  // the active adapter's copies (modules_to_save) become the base's own
   adapters_.clear();
   order_.clear();
@@ -240,8 +265,10 @@ std::shared_ptr<models::PretrainedModel> PeftModel::merge_and_unload() {
 
 std::shared_ptr<models::PretrainedModel> PeftModel::unload() {
   if (!merged_.empty()) unmerge_adapter();
-  for (auto& [name, a] : adapters_)
+  for (auto& [name, a] : adapters_) {
     for (auto& [path, lin] : a.layers) lin->remove_delta(name);
+    for (auto& [path, block] : a.blocks) block->remove(name);
+  }
   adapters_.clear();
   order_.clear();
   active_.clear();
@@ -262,6 +289,8 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
   for (auto& [path, lin] : a.layers)
     for (auto& [rel, t] : lin->delta(name)->delta_state()) out[kKeyPrefix + path + "." + rel] = t;
   for (auto& [pname, copy] : a.base_copies) out[kKeyPrefix + pname] = copy;
+  for (auto& [path, block] : a.blocks)
+    for (auto& [rel, t] : block->state(name)) out[kKeyPrefix + path + ".adapters." + rel] = t;
   return out;
 }
 

@@ -11,12 +11,6 @@
 namespace peft::test {
 namespace {
 
-int64_t trainable(PeftModel& m) {
-  int64_t n = 0;
-  for (auto& p : m.trainable_parameters()) n += p.numel();
-  return n;
-}
-
 TEST(BitFit, TrainsEveryBiasOrTheNamedOnes) {
   auto base = models::load_pretrained(fixture("hf/models/bert"));
   int64_t biases = 0;
@@ -24,12 +18,12 @@ TEST(BitFit, TrainsEveryBiasOrTheNamedOnes) {
     if (core::ends_with(item.key(), ".bias")) biases += item.value().numel();
   PeftModel all(base);
   all.add_adapter("default", *methods::parse_config({{"peft_type", "BITFIT"}}));
-  EXPECT_EQ(trainable(all), biases);
+  EXPECT_EQ(element_count(all.trainable_parameters()), biases);
   EXPECT_TRUE(all.adapter_state_dict("default").count("base_model.model.bert.encoder.layer.1.attention.self.query.bias"));
 
   PeftModel some(models::load_pretrained(fixture("hf/models/bert")));
   some.add_adapter("default", *methods::parse_config({{"peft_type", "BITFIT"}, {"bias_modules", {"query", "intermediate.dense"}}}));
-  EXPECT_EQ(trainable(some), 2 * (64 + 128));  // per layer: query [64], intermediate [128]
+  EXPECT_EQ(element_count(some.trainable_parameters()), 2 * (64 + 128));  // per layer: query [64], intermediate [128]
 }
 
 TEST(BitFit, AddsZeroBiasesWhereTheModelHasNone) {
@@ -42,7 +36,7 @@ TEST(BitFit, AddsZeroBiasesWhereTheModelHasNone) {
   }
   llama.add_adapter("added", *methods::parse_config({{"peft_type", "BITFIT"}, {"add_missing_biases", true}}));
   // q 64 + k 32 + v 32 + o 64 + gate 176 + up 176 + down 64 per layer, lm_head 1000.
-  EXPECT_EQ(trainable(llama), 2 * (64 + 32 + 32 + 64 + 176 + 176 + 64) + 1000);
+  EXPECT_EQ(element_count(llama.trainable_parameters()), 2 * (64 + 32 + 32 + 64 + 176 + 176 + 64) + 1000);
   EXPECT_TRUE(llama.adapter_state_dict("added").count("base_model.model.model.layers.0.mlp.down_proj.bias"));
 }
 

@@ -17,13 +17,17 @@ struct MethodCase {
   std::string name;
   nlohmann::json config;
   std::vector<std::string> families;  ///< empty: every family
+  bool mergeable = true;              ///< false: merging must be refused with a clear reason
 };
 
 const std::vector<MethodCase> kCases = {
     {"lora", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}}, {}},
     {"ia3", {{"peft_type", "IA3"}}, {}},
     {"bitfit", {{"peft_type", "BITFIT"}}, {"gpt2", "bert", "roberta", "vit"}},
-    {"bitfit_added", {{"peft_type", "BITFIT"}, {"add_missing_biases", true}, {"bias_modules", {"q_proj", "down_proj"}}}, {"llama"}},
+    {"bitfit_added", {{"peft_type", "BITFIT"}, {"add_missing_biases", true}, {"bias_modules", {"q_proj", "down_proj"}}}, {"llama"}, false},
+    {"adapter_pfeiffer", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "pfeiffer"}, {"reduction_factor", 4}}, {}, false},
+    {"adapter_houlsby", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "houlsby"}, {"bottleneck_size", 5}}, {}, false},
+    {"adapter_parallel", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "parallel"}, {"reduction_factor", 8}, {"layers_to_transform", {1}}}, {}, false},
     {"lora_all_linear", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_proj", "c_fc"}}}, {"gpt2"}},
     {"lora_rslora_bias", {{"peft_type", "LORA"}, {"r", 2}, {"fan_in_fan_out", true}, {"lora_alpha", 4}, {"use_rslora", true}, {"bias", "lora_only"},
                           {"target_modules", "transformer\\.h\\.1\\..*c_(attn|fc)"}, {"modules_to_save", {"ln_f"}}}, {"gpt2"}},
@@ -122,11 +126,11 @@ TEST_P(Conformance, MergedEqualsUnmerged) {
   torch::NoGradGuard g;
   auto unmerged = model.forward(batch()).logits.clone();
   auto w_before = clone_base(*base, model.base_parameter_names());
-  if (GetParam().method.name == "bitfit_added") {
-    // A bias added to a bias-less layer has nowhere to merge: the refusal must say so.
+  if (!GetParam().method.mergeable) {
+    // Nothing can absorb this delta (an added bias on a bias-less layer, a nonlinearity): the refusal says so.
     try {
       model.merge_adapter();
-      FAIL() << "merging an added bias should be refused";
+      FAIL() << "merging should be refused";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("cannot be merged"), std::string::npos) << e.what();
     }

@@ -28,6 +28,13 @@ inline bool bit_equal(const at::Tensor& a, const at::Tensor& b) {
   return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() && at::equal(a, b);
 }
 
+/// Elements in the given tensors (e.g. a PeftModel's trainable_parameters()).
+inline int64_t element_count(const std::vector<at::Tensor>& tensors) {
+  int64_t n = 0;
+  for (const auto& t : tensors) n += t.numel();
+  return n;
+}
+
 /// Model inputs stored by HF's argument names (input_ids, attention_mask, token_type_ids,
 /// pixel_values, labels) in a fixture safetensors file.
 models::ModelInputs fixture_inputs(const std::string& rel, bool hidden_states = true);

@@ -73,6 +73,11 @@ class PeftModel {
   const std::vector<std::pair<std::string, nn::AdaptableLinear>>& linears() const { return linears_; }
   void attach_linear_delta(const std::string& adapter, const std::string& module_name,
                            std::shared_ptr<nn::LinearDelta> delta);
+  /// Every block's adapter slots (block-slot extension point), by block module name.
+  const std::vector<std::pair<std::string, nn::BlockAdapters>>& blocks() const { return blocks_; }
+  /// Puts a sublayer adapter into slot "attention" or "ffn" of one block.
+  void attach_block_adapter(const std::string& adapter, const std::string& block_name, const std::string& slot,
+                            std::shared_ptr<nn::SublayerAdapter> module);
   /// Gives `adapter` its own trainable copy of a base parameter (modules_to_save, trainable biases).
   void add_trainable_base_tensor(const std::string& adapter, const std::string& param_name);
   /// modules_to_save: every base parameter inside a named module; an unmatched name is an error.
@@ -85,6 +90,7 @@ class PeftModel {
   struct Adapter {
     std::shared_ptr<methods::MethodConfig> config;
     std::vector<std::pair<std::string, nn::AdaptableLinear>> layers;
+    std::vector<std::pair<std::string, nn::BlockAdapters>> blocks;  // blocks holding this adapter's slot modules
     std::map<std::string, at::Tensor> base_copies;  // param name -> this adapter's values
     bool trainable = true;
   };
@@ -96,6 +102,7 @@ class PeftModel {
 
   std::shared_ptr<models::PretrainedModel> base_;
   std::vector<std::pair<std::string, nn::AdaptableLinear>> linears_;
+  std::vector<std::pair<std::string, nn::BlockAdapters>> blocks_;
   std::vector<std::string> base_names_;
   std::map<std::string, at::Tensor> base_params_;  // name -> the live parameter, collected once
   std::map<std::string, Adapter> adapters_;

@@ -1,5 +1,6 @@
 // The built-in methods. A new method adds one line here.
 #include "peft/methods/bitfit.h"
+#include "peft/methods/bottleneck_adapter.h"
 #include "peft/methods/ia3.h"
 #include "peft/methods/lora.h"
 #include "peft/methods/method.h"
@@ -10,6 +11,7 @@ void register_builtin_methods() {
   register_method(lora_method());
   register_method(ia3_method());
   register_method(bitfit_method());
+  register_method(bottleneck_adapter_method());
 }
 
 }  // namespace peft::methods

@@ -152,8 +152,12 @@ BertResidualOutputImpl::BertResidualOutputImpl(int64_t in, int64_t out, double e
   LayerNorm = register_module("LayerNorm", layer_norm(out, eps));
 }
 
-at::Tensor BertResidualOutputImpl::forward(const at::Tensor& x, const at::Tensor& residual) {
-  return LayerNorm->forward(torch::dropout(dense->forward(x), dropout_, is_training()) + residual);
+at::Tensor BertResidualOutputImpl::project(const at::Tensor& x) {
+  return torch::dropout(dense->forward(x), dropout_, is_training());
+}
+
+at::Tensor BertResidualOutputImpl::finish(const at::Tensor& h, const at::Tensor& residual) {
+  return LayerNorm->forward(h + residual);
 }
 
 BertAttentionImpl::BertAttentionImpl(const BertConfig& config) {
@@ -178,11 +182,15 @@ BertLayerImpl::BertLayerImpl(const BertConfig& config) {
                                  BertIntermediate(config.hidden_size, config.intermediate_size, config.hidden_act));
   output = register_module("output", BertResidualOutput(config.intermediate_size, config.hidden_size,
                                                         config.layer_norm_eps, config.hidden_dropout_prob));
+  adapters = register_module("adapters", nn::BlockAdapters());
 }
 
 at::Tensor BertLayerImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask) {
-  at::Tensor attended = attention->forward(hidden, additive_mask);
-  return output->forward(intermediate->forward(attended), attended);
+  // Post-LN: adapters act on each sublayer's projected output, before its residual LayerNorm.
+  at::Tensor a = attention->output->project(attention->self->forward(hidden, additive_mask));
+  at::Tensor attended = attention->output->finish(adapters->apply("attention", hidden, a), hidden);
+  at::Tensor f = output->project(intermediate->forward(attended));
+  return output->finish(adapters->apply("ffn", attended, f), attended);
 }
 
 BertEncoderImpl::BertEncoderImpl(const BertConfig& config) {

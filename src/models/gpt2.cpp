@@ -135,11 +135,14 @@ GPT2BlockImpl::GPT2BlockImpl(const GPT2Config& config, int64_t layer_idx) {
   attn = register_module("attn", GPT2Attention(config, layer_idx));
   ln_2 = register_module("ln_2", ln());
   mlp = register_module("mlp", GPT2MLP(config));
+  adapters = register_module("adapters", nn::BlockAdapters());
 }
 
 at::Tensor GPT2BlockImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask) {
-  at::Tensor h = hidden + attn->forward(ln_1->forward(hidden), additive_mask);
-  return h + mlp->forward(ln_2->forward(h));
+  at::Tensor a = ln_1->forward(hidden);
+  at::Tensor h = hidden + adapters->apply("attention", a, attn->forward(a, additive_mask));
+  at::Tensor f = ln_2->forward(h);
+  return h + adapters->apply("ffn", f, mlp->forward(f));
 }
 
 GPT2ModelImpl::GPT2ModelImpl(const GPT2Config& config) : config_(config) {

@@ -145,12 +145,15 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& config) {
   input_layernorm = register_module("input_layernorm", nn::RMSNorm(config.hidden_size, config.rms_norm_eps));
   post_attention_layernorm =
       register_module("post_attention_layernorm", nn::RMSNorm(config.hidden_size, config.rms_norm_eps));
+  adapters = register_module("adapters", nn::BlockAdapters());
 }
 
 at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
                                           const at::Tensor& cos, const at::Tensor& sin) {
-  at::Tensor h = hidden + self_attn->forward(input_layernorm->forward(hidden), additive_mask, cos, sin);
-  return h + mlp->forward(post_attention_layernorm->forward(h));
+  at::Tensor a = input_layernorm->forward(hidden);
+  at::Tensor h = hidden + adapters->apply("attention", a, self_attn->forward(a, additive_mask, cos, sin));
+  at::Tensor f = post_attention_layernorm->forward(h);
+  return h + adapters->apply("ffn", f, mlp->forward(f));
 }
 
 LlamaModelImpl::LlamaModelImpl(const LlamaConfig& config)

@@ -137,11 +137,14 @@ ViTLayerImpl::ViTLayerImpl(const ViTConfig& config) {
   output = register_module("output", ViTDense(config.intermediate_size, config.hidden_size, config.hidden_dropout_prob));
   layernorm_before = register_module("layernorm_before", layer_norm(config.hidden_size, config.layer_norm_eps));
   layernorm_after = register_module("layernorm_after", layer_norm(config.hidden_size, config.layer_norm_eps));
+  adapters = register_module("adapters", nn::BlockAdapters());
 }
 
 at::Tensor ViTLayerImpl::forward(const at::Tensor& hidden) {
-  at::Tensor h = attention->forward(layernorm_before->forward(hidden)) + hidden;
-  return output->forward(intermediate->forward(layernorm_after->forward(h))) + h;
+  at::Tensor a = layernorm_before->forward(hidden);
+  at::Tensor h = adapters->apply("attention", a, attention->forward(a)) + hidden;
+  at::Tensor f = layernorm_after->forward(h);
+  return adapters->apply("ffn", f, output->forward(intermediate->forward(f))) + h;
 }
 
 ViTEncoderImpl::ViTEncoderImpl(const ViTConfig& config) {

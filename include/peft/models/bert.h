@@ -63,7 +63,11 @@ TORCH_MODULE(BertEmbeddings);
 class BertResidualOutputImpl : public torch::nn::Module {
  public:
   BertResidualOutputImpl(int64_t in, int64_t out, double eps, double dropout);
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& residual);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& residual) { return finish(project(x), residual); }
+  /// dropout(dense(x)): the sublayer output, where block adapters act.
+  at::Tensor project(const at::Tensor& x);
+  /// LayerNorm(h + residual)
+  at::Tensor finish(const at::Tensor& h, const at::Tensor& residual);
 
   nn::AdaptableLinear dense{nullptr};
   torch::nn::LayerNorm LayerNorm{nullptr};
@@ -103,6 +107,7 @@ class BertLayerImpl : public torch::nn::Module {
   BertAttention attention{nullptr};
   BertIntermediate intermediate{nullptr};
   BertResidualOutput output{nullptr};
+  nn::BlockAdapters adapters{nullptr};
 };
 TORCH_MODULE(BertLayer);
 
@@ -144,6 +149,7 @@ class BertFamilyModel : public PretrainedModel {
   std::string model_type() const override { return config_.model_type(); }
   nlohmann::json config_json() const override;
   int64_t num_layers() const override { return config_.num_hidden_layers; }
+  int64_t hidden_size() const override { return config_.hidden_size; }
   std::string layers_pattern() const override { return "layer"; }
   std::string base_model_prefix() const override { return config_.model_type(); }
   bool ignorable_checkpoint_key(const std::string& key) const override;

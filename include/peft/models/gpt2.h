@@ -81,6 +81,7 @@ class GPT2BlockImpl : public torch::nn::Module {
   GPT2Attention attn{nullptr};
   torch::nn::LayerNorm ln_2{nullptr};
   GPT2MLP mlp{nullptr};
+  nn::BlockAdapters adapters{nullptr};
 };
 TORCH_MODULE(GPT2Block);
 
@@ -108,6 +109,7 @@ class GPT2FamilyModel : public PretrainedModel {
   nlohmann::json config_json() const override;
   void init_weights() override;
   int64_t num_layers() const override { return config_.n_layer; }
+  int64_t hidden_size() const override { return config_.n_embd; }
   std::string layers_pattern() const override { return "h"; }
   std::string base_model_prefix() const override { return "transformer"; }
   bool ignorable_checkpoint_key(const std::string& key) const override;

@@ -86,6 +86,7 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
   LlamaMLP mlp{nullptr};
   nn::RMSNorm input_layernorm{nullptr};
   nn::RMSNorm post_attention_layernorm{nullptr};
+  nn::BlockAdapters adapters{nullptr};
 };
 TORCH_MODULE(LlamaDecoderLayer);
 
@@ -112,6 +113,7 @@ class LlamaFamilyModel : public PretrainedModel {
   std::string model_type() const override { return "llama"; }
   nlohmann::json config_json() const override;
   int64_t num_layers() const override { return config_.num_hidden_layers; }
+  int64_t hidden_size() const override { return config_.hidden_size; }
   std::string layers_pattern() const override { return "layers"; }
   std::string base_model_prefix() const override { return "model"; }
   bool ignorable_checkpoint_key(const std::string& key) const override;

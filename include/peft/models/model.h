@@ -14,6 +14,7 @@
 #include <torch/nn/module.h>
 
 #include "peft/nn/adaptable_linear.h"
+#include "peft/nn/block_adapters.h"
 
 namespace peft::models {
 
@@ -55,6 +56,8 @@ class PretrainedModel : public torch::nn::Module {
   virtual void init_weights() = 0;
   /// Number of transformer blocks.
   virtual int64_t num_layers() const = 0;
+  /// Width of the residual stream (what block adapters read and write).
+  virtual int64_t hidden_size() const = 0;
   /// The module-path segment before the layer index ("h" for GPT-2), for layers_to_transform.
   virtual std::string layers_pattern() const = 0;
   /// Checkpoint names that map onto another parameter (tied weights), e.g. lm_head.weight.
@@ -71,6 +74,8 @@ class PretrainedModel : public torch::nn::Module {
 
   /// Every AdaptableLinear with its full HF module name, in module order.
   std::vector<std::pair<std::string, nn::AdaptableLinear>> adaptable_linears();
+  /// Every block's adapter slots, by the block's module name ("transformer.h.0").
+  std::vector<std::pair<std::string, nn::BlockAdapters>> block_adapters();
 
  private:
   std::set<std::string> newly_initialized_;

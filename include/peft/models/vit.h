@@ -108,6 +108,7 @@ class ViTLayerImpl : public torch::nn::Module {
   ViTDense output{nullptr};
   torch::nn::LayerNorm layernorm_before{nullptr};
   torch::nn::LayerNorm layernorm_after{nullptr};
+  nn::BlockAdapters adapters{nullptr};
 };
 TORCH_MODULE(ViTLayer);
 
@@ -145,6 +146,7 @@ class ViTFamilyModel : public PretrainedModel {
   std::string model_type() const override { return "vit"; }
   nlohmann::json config_json() const override;
   int64_t num_layers() const override { return config_.num_hidden_layers; }
+  int64_t hidden_size() const override { return config_.hidden_size; }
   std::string layers_pattern() const override { return "layer"; }
   std::string base_model_prefix() const override { return "vit"; }
   void init_weights() override;

@@ -1,0 +1,182 @@
+#include "peft/methods/bottleneck_adapter.h"
+
+#include <cmath>
+
+#include <torch/torch.h>
+
+#include "method_helpers.h"
+#include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/nn/rms_norm.h"
+#include "peft/peft_model.h"
+
+namespace peft::methods {
+namespace {
+
+constexpr const char* kC = "adapter";
+
+/// Truncated normal by resampling out-of-range draws (Houlsby's init: std 1e-2 cut at ±2e-2).
+void truncated_normal_(at::Tensor t, double std, double bound) {
+  t.normal_(0.0, std);
+  for (int i = 0; i < 100; ++i) {
+    at::Tensor out = t.abs() > bound;
+    if (!out.any().item<bool>()) return;
+    t.masked_scatter_(out, torch::empty_like(t).normal_(0.0, std).masked_select(out));
+  }
+  t.clamp_(-bound, bound);
+}
+
+bool contains_int(const std::vector<int64_t>& v, int64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
+
+/// The index of the block a module path names ("transformer.h.3" -> 3), or -1.
+int64_t block_index(const std::string& path) {
+  const auto dot = path.rfind('.');
+  const std::string last = path.substr(dot == std::string::npos ? 0 : dot + 1);
+  if (last.empty() || !std::all_of(last.begin(), last.end(), ::isdigit)) return -1;
+  return std::stoll(last);
+}
+
+void attach_bottleneck(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
+  auto& cfg = dynamic_cast<BottleneckAdapterConfig&>(base_cfg);
+  cfg.validate();
+  const int64_t hidden = model.base_model().hidden_size();
+  const int64_t m = cfg.bottleneck(hidden);
+  auto options = model.base_model().parameters().front().options();
+  int attached = 0;
+  for (const auto& [path, block] : model.blocks()) {
+    const int64_t index = block_index(path);
+    if (!cfg.layers_to_transform.empty() && !contains_int(cfg.layers_to_transform, index)) continue;
+    for (const auto& slot : cfg.slots())
+      model.attach_block_adapter(adapter, path, slot,
+                                 std::make_shared<BottleneckImpl>(hidden, m, cfg.activation(), cfg.scale(),
+                                                                  cfg.parallel(), cfg.init_weights, options));
+    ++attached;
+  }
+  PEFT_CHECK(attached > 0, kC, "layers_to_transform {} selects none of the {} blocks of this {} model",
+             nlohmann::json(cfg.layers_to_transform).dump(), model.blocks().size(), model.base_model().model_type());
+  if (cfg.preset == "houlsby" || cfg.train_layer_norms)
+    for (const auto& item : model.base_model().named_modules("", false))
+      if (std::dynamic_pointer_cast<torch::nn::LayerNormImpl>(item.value()) ||
+          std::dynamic_pointer_cast<nn::RMSNormImpl>(item.value()))
+        for (const auto& p : item.value()->named_parameters(false))
+          model.add_trainable_base_tensor(adapter, item.key() + "." + p.key());
+  model.add_modules_to_save(adapter, cfg.modules_to_save);
+}
+
+}  // namespace
+
+// ---- config ------------------------------------------------------------------
+
+std::vector<std::string> BottleneckAdapterConfig::slots() const {
+  if (preset == "pfeiffer") return {"ffn"};
+  return {"attention", "ffn"};
+}
+
+std::string BottleneckAdapterConfig::activation() const {
+  if (!non_linearity.empty()) return non_linearity;
+  return preset == "houlsby" ? "swish" : "relu";
+}
+
+double BottleneckAdapterConfig::scale() const { return scaling > 0.0 ? scaling : (parallel() ? 4.0 : 1.0); }
+
+int64_t BottleneckAdapterConfig::bottleneck(int64_t hidden) const {
+  const int64_t m = bottleneck_size > 0 ? bottleneck_size : hidden / reduction_factor;
+  PEFT_CHECK(m >= 1, kC, "bottleneck size is {} for hidden size {} (reduction_factor {}); lower reduction_factor or set "
+             "bottleneck_size", m, hidden, reduction_factor);
+  return m;
+}
+
+void BottleneckAdapterConfig::validate() const {
+  PEFT_CHECK(preset == "houlsby" || preset == "pfeiffer" || preset == "parallel", kC,
+             "preset must be \"houlsby\", \"pfeiffer\" or \"parallel\", found \"{}\"", preset);
+  PEFT_CHECK(reduction_factor >= 1, kC, "reduction_factor must be >= 1, found {}", reduction_factor);
+  PEFT_CHECK(bottleneck_size >= 0, kC, "bottleneck_size must be >= 0 (0: use reduction_factor), found {}",
+             bottleneck_size);
+  PEFT_CHECK(init_weights == "zero_up" || init_weights == "houlsby", kC,
+             "init_weights must be \"zero_up\" or \"houlsby\", found \"{}\"", init_weights);
+  PEFT_CHECK(scaling >= 0.0 && std::isfinite(scaling), kC, "scaling must be >= 0 (0: the preset's), found {}", scaling);
+  nn::activation(activation());
+  for (int64_t l : layers_to_transform) PEFT_CHECK(l >= 0, kC, "layers_to_transform entries must be >= 0, found {}", l);
+}
+
+std::shared_ptr<BottleneckAdapterConfig> BottleneckAdapterConfig::from_json(const nlohmann::json& j) {
+  const std::string where = "adapter config";
+  static const std::vector<std::string> keys = {"preset", "reduction_factor", "bottleneck_size", "non_linearity",
+                                                "init_weights", "scaling", "train_layer_norms",
+                                                "layers_to_transform", "modules_to_save"};
+  PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
+  for (auto it = j.begin(); it != j.end(); ++it)
+    PEFT_CHECK(contains(keys, it.key()) || contains(common_keys(), it.key()), kC, "{}: unknown key '{}' (keys: {})",
+               where, it.key(), fmt::join(keys, ", "));
+  if (j.contains("peft_type"))
+    PEFT_CHECK(j["peft_type"] == "BOTTLENECK_ADAPTER", kC, "{}: peft_type must be \"BOTTLENECK_ADAPTER\", found {}",
+               where, j["peft_type"].dump());
+  auto c = std::make_shared<BottleneckAdapterConfig>();
+  read_common(j, c->common, where);
+  using core::get_or;
+  c->preset = get_or<std::string>(j, "preset", c->preset, kC, where);
+  c->reduction_factor = get_or<int64_t>(j, "reduction_factor", c->reduction_factor, kC, where);
+  c->bottleneck_size = get_or<int64_t>(j, "bottleneck_size", 0, kC, where);
+  c->non_linearity = get_or<std::string>(j, "non_linearity", "", kC, where);
+  c->init_weights = get_or<std::string>(j, "init_weights", c->init_weights, kC, where);
+  c->scaling = get_or<double>(j, "scaling", 0.0, kC, where);
+  c->train_layer_norms = get_or<bool>(j, "train_layer_norms", false, kC, where);
+  c->layers_to_transform = get_or<std::vector<int64_t>>(j, "layers_to_transform", {}, kC, where);
+  c->modules_to_save = string_list(j, "modules_to_save", where);
+  c->validate();
+  return c;
+}
+
+nlohmann::json BottleneckAdapterConfig::to_json() const {
+  nlohmann::json j;
+  write_common(j, common, peft_type());
+  j["preset"] = preset;
+  j["reduction_factor"] = reduction_factor;
+  j["bottleneck_size"] = bottleneck_size;
+  j["non_linearity"] = activation();
+  j["init_weights"] = init_weights;
+  j["scaling"] = scale();
+  j["train_layer_norms"] = train_layer_norms;
+  j["layers_to_transform"] = layers_to_transform;
+  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
+  return j;
+}
+
+// ---- the module ----------------------------------------------------------------
+
+BottleneckImpl::BottleneckImpl(int64_t hidden, int64_t bottleneck, const std::string& activation, double scaling,
+                               bool parallel, const std::string& init, const at::TensorOptions& options)
+    : act_(nn::activation(activation)), scaling_(scaling), parallel_(parallel) {
+  down = register_module("down", torch::nn::Linear(hidden, bottleneck));
+  up = register_module("up", torch::nn::Linear(bottleneck, hidden));
+  torch::NoGradGuard no_grad;
+  if (init == "houlsby") {
+    for (auto* lin : {&down, &up}) {
+      truncated_normal_((*lin)->weight, 1e-2, 2e-2);
+      (*lin)->bias.zero_();
+    }
+  } else {  // zero_up: down keeps nn.Linear's init, up is zero: the adapter starts as the identity
+    up->weight.zero_();
+    up->bias.zero_();
+  }
+  to(options.device(), options.dtype().toScalarType());
+}
+
+at::Tensor BottleneckImpl::forward(const at::Tensor& input, const at::Tensor& output) {
+  const at::Tensor& source = parallel_ ? input : output;
+  at::Tensor h = source.scalar_type() == down->weight.scalar_type() ? source : source.to(down->weight.scalar_type());
+  at::Tensor delta = up->forward(act_(down->forward(h)));
+  if (scaling_ != 1.0) delta = delta * scaling_;
+  return output + delta.to(output.scalar_type());
+}
+
+Method bottleneck_adapter_method() {
+  Method m;
+  m.name = "adapter";
+  m.peft_type = "BOTTLENECK_ADAPTER";
+  m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return BottleneckAdapterConfig::from_json(j); };
+  m.attach = attach_bottleneck;
+  return m;
+}
+
+}  // namespace peft::methods
