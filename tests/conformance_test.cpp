@@ -27,6 +27,8 @@ const std::vector<MethodCase> kCases = {
     {"bitfit_added", {{"peft_type", "BITFIT"}, {"add_missing_biases", true}, {"bias_modules", {"q_proj", "down_proj"}}}, {"llama"}, false},
     {"adapter_pfeiffer", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "pfeiffer"}, {"reduction_factor", 4}}, {}, false},
     {"adapter_houlsby", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "houlsby"}, {"bottleneck_size", 5}}, {}, false},
+    {"compacter", {{"peft_type", "COMPACTER"}, {"bottleneck_size", 4}, {"phm_dim", 2}}, {}, false},
+    {"compacter_pp_full", {{"peft_type", "COMPACTER"}, {"variant", "compacter++"}, {"bottleneck_size", 6}, {"phm_dim", 2}, {"factorized_phm", false}}, {}, false},
     {"adapter_parallel", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "parallel"}, {"reduction_factor", 8}, {"layers_to_transform", {1}}}, {}, false},
     {"lora_all_linear", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_proj", "c_fc"}}}, {"gpt2"}},
     {"lora_rslora_bias", {{"peft_type", "LORA"}, {"r", 2}, {"fan_in_fan_out", true}, {"lora_alpha", 4}, {"use_rslora", true}, {"bias", "lora_only"},

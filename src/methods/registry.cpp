@@ -1,6 +1,7 @@
 // The built-in methods. A new method adds one line here.
 #include "peft/methods/bitfit.h"
 #include "peft/methods/bottleneck_adapter.h"
+#include "peft/methods/compacter.h"
 #include "peft/methods/ia3.h"
 #include "peft/methods/lora.h"
 #include "peft/methods/method.h"
@@ -12,6 +13,7 @@ void register_builtin_methods() {
   register_method(ia3_method());
   register_method(bitfit_method());
   register_method(bottleneck_adapter_method());
+  register_method(compacter_method());
 }
 
 }  // namespace peft::methods
