@@ -4,6 +4,7 @@
 #include "peft/methods/compacter.h"
 #include "peft/methods/ia3.h"
 #include "peft/methods/lora.h"
+#include "peft/methods/sparse_adapter.h"
 #include "peft/methods/method.h"
 
 namespace peft::methods {
@@ -14,6 +15,7 @@ void register_builtin_methods() {
   register_method(bitfit_method());
   register_method(bottleneck_adapter_method());
   register_method(compacter_method());
+  register_method(sparse_adapter_method());
 }
 
 }  // namespace peft::methods

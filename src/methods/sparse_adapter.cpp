@@ -1,0 +1,197 @@
+#include "peft/methods/sparse_adapter.h"
+
+#include <cmath>
+
+#include <torch/torch.h>
+
+#include "method_helpers.h"
+#include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/methods/bottleneck_adapter.h"
+#include "peft/peft_model.h"
+
+namespace peft::methods {
+namespace {
+
+constexpr const char* kC = "sparse_adapter";
+
+at::Tensor pack_bits(const at::Tensor& keep) {
+  at::Tensor flat = keep.flatten().to(torch::kUInt8);
+  const int64_t n = flat.numel(), padded = (n + 7) / 8 * 8;
+  flat = torch::cat({flat, torch::zeros({padded - n}, torch::kUInt8)}).view({-1, 8});
+  at::Tensor weights = torch::tensor({1, 2, 4, 8, 16, 32, 64, 128}, torch::kUInt8);
+  return (flat * weights).sum(1).to(torch::kUInt8);
+}
+
+at::Tensor unpack_bits(const at::Tensor& bits, at::IntArrayRef shape) {
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  at::Tensor weights = torch::tensor({1, 2, 4, 8, 16, 32, 64, 128}, bits.options());
+  return bits.unsqueeze(-1).bitwise_and(weights).ne(0).flatten().slice(0, 0, n).view(shape);
+}
+
+struct Masked {
+  std::string name;
+  torch::nn::Linear linear;
+};
+
+/// The adapter's pruned matrices: every down/up projection of its block adapters.
+std::vector<Masked> matrices(PeftModel& model, const std::string& adapter) {
+  std::vector<Masked> out;
+  for (const auto& [path, block] : model.blocks())
+    for (const auto& item : block->named_modules("", false)) {
+      if (item.key().rfind(adapter + ".", 0) != 0) continue;
+      if (auto lin = std::dynamic_pointer_cast<torch::nn::LinearImpl>(item.value()))
+        out.push_back({path + "." + item.key(), torch::nn::Linear(lin)});
+    }
+  return out;
+}
+
+/// Keeps the highest-scoring (1 - pruned_fraction) entries; installs masks, zeroes the rest.
+void apply_masks(std::vector<Masked>& mats, const std::vector<at::Tensor>& scores, const SparseAdapterConfig& cfg) {
+  auto threshold_of = [&](const at::Tensor& s) {
+    const int64_t k = static_cast<int64_t>(std::llround(cfg.pruned_fraction * static_cast<double>(s.numel())));
+    if (k <= 0) return -std::numeric_limits<double>::infinity();
+    return std::get<0>(s.flatten().to(torch::kDouble).kthvalue(k)).item<double>();
+  };
+  double global = 0;
+  if (cfg.scope == "global") {
+    std::vector<at::Tensor> flat;
+    for (const auto& s : scores) flat.push_back(s.flatten());
+    global = threshold_of(torch::cat(flat));
+  }
+  torch::NoGradGuard no_grad;
+  for (size_t i = 0; i < mats.size(); ++i) {
+    const double t = cfg.scope == "global" ? global : threshold_of(scores[i]);
+    at::Tensor keep = scores[i].to(torch::kDouble) > t;
+    auto& lin = mats[i].linear;
+    lin->weight.mul_(keep.to(lin->weight.scalar_type()));
+    auto bits = pack_bits(keep).to(lin->weight.device());
+    auto buffers = lin->named_buffers(false);
+    if (auto* existing = buffers.find("mask_bits")) existing->copy_(bits);
+    else lin->register_buffer("mask_bits", bits);
+  }
+}
+
+void install_gradient_masks(std::vector<Masked>& mats) {
+  for (auto& m : mats) {
+    auto* lin = m.linear.get();
+    m.linear->weight.register_hook([lin](const at::Tensor& grad) {
+      at::Tensor bits = lin->named_buffers(false)["mask_bits"];
+      return grad * unpack_bits(bits, grad.sizes()).to(grad.scalar_type());
+    });
+  }
+}
+
+std::vector<at::Tensor> weight_scores(const std::vector<Masked>& mats, const std::string& score, uint64_t seed) {
+  std::vector<at::Tensor> out;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  for (const auto& m : mats) {
+    const at::Tensor& w = m.linear->weight;
+    if (score == "rand") out.push_back(torch::randn(w.sizes(), gen, torch::TensorOptions()));
+    else out.push_back(w.detach().abs().cpu());
+  }
+  return out;
+}
+
+void attach_sparse(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
+  auto& cfg = dynamic_cast<SparseAdapterConfig&>(base_cfg);
+  cfg.validate();
+  auto inner = BottleneckAdapterConfig::from_json(cfg.adapter);
+  inner->common = cfg.common;
+  find_method("adapter").attach(model, *inner, adapter);
+  auto mats = matrices(model, adapter);
+  PEFT_CHECK(!mats.empty(), kC, "the adapter has no matrices to prune");
+  // snip needs data: start dense-by-score from magnitudes; prune_sparse_adapter() replaces the masks.
+  apply_masks(mats, weight_scores(mats, cfg.score == "snip" ? "mag" : cfg.score, cfg.seed), cfg);
+  install_gradient_masks(mats);
+}
+
+}  // namespace
+
+void prune_sparse_adapter(PeftModel& model, const std::string& adapter, const models::ModelInputs& batch) {
+  const auto& cfg = dynamic_cast<const SparseAdapterConfig&>(model.adapter_config(adapter));
+  auto mats = matrices(model, adapter);
+  PEFT_CHECK(!mats.empty(), kC, "adapter '{}' has no sparse matrices", adapter);
+  std::vector<at::Tensor> scores;
+  if (cfg.score == "snip") {
+    // |θ ⊙ ∂L/∂θ| with every entry present (the mask lifted while scoring).
+    std::vector<at::Tensor> weights;
+    for (auto& m : mats) weights.push_back(m.linear->weight);
+    auto loss = model.forward(batch).loss;
+    PEFT_CHECK(loss.defined(), kC, "snip needs a batch with labels");
+    auto grads = torch::autograd::grad({loss}, weights, {}, false, false, /*allow_unused=*/true);
+    for (size_t i = 0; i < mats.size(); ++i)
+      scores.push_back((weights[i].detach() * (grads[i].defined() ? grads[i] : torch::zeros_like(weights[i]))).abs().cpu());
+  } else {
+    scores = weight_scores(mats, cfg.score, cfg.seed);
+  }
+  apply_masks(mats, scores, cfg);
+}
+
+double sparse_adapter_density(PeftModel& model, const std::string& adapter) {
+  int64_t pruned = 0, total = 0;
+  for (auto& m : matrices(model, adapter)) {
+    at::Tensor keep = unpack_bits(m.linear->named_buffers(false)["mask_bits"], m.linear->weight.sizes());
+    pruned += (~keep).sum().item<int64_t>();
+    total += keep.numel();
+  }
+  return total ? static_cast<double>(pruned) / static_cast<double>(total) : 0.0;
+}
+
+// ---- config ------------------------------------------------------------------
+
+void SparseAdapterConfig::validate() const {
+  PEFT_CHECK(pruned_fraction >= 0.0 && pruned_fraction < 1.0, kC,
+             "pruned_fraction is the share of adapter weights removed and must be in [0, 1), found {}", pruned_fraction);
+  PEFT_CHECK(score == "rand" || score == "mag" || score == "snip", kC, "score must be rand, mag or snip, found '{}'",
+             score);
+  PEFT_CHECK(scope == "global" || scope == "local", kC, "scope must be global or local, found '{}'", scope);
+  PEFT_CHECK(adapter.is_object(), kC, "'adapter' must be a bottleneck adapter config object, found {}", adapter.dump());
+  BottleneckAdapterConfig::from_json(adapter);  // validates the inner config
+}
+
+std::shared_ptr<SparseAdapterConfig> SparseAdapterConfig::from_json(const nlohmann::json& j) {
+  const std::string where = "SparseAdapter config";
+  static const std::vector<std::string> keys = {"adapter", "pruned_fraction", "score", "scope", "seed"};
+  PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
+  for (auto it = j.begin(); it != j.end(); ++it)
+    PEFT_CHECK(contains(keys, it.key()) || contains(common_keys(), it.key()), kC, "{}: unknown key '{}' (keys: {})",
+               where, it.key(), fmt::join(keys, ", "));
+  if (j.contains("peft_type"))
+    PEFT_CHECK(j["peft_type"] == "SPARSE_ADAPTER", kC, "{}: peft_type must be \"SPARSE_ADAPTER\", found {}", where,
+               j["peft_type"].dump());
+  auto c = std::make_shared<SparseAdapterConfig>();
+  read_common(j, c->common, where);
+  if (j.contains("adapter") && !j["adapter"].is_null()) c->adapter = j["adapter"];
+  c->pruned_fraction = core::get_or<double>(j, "pruned_fraction", c->pruned_fraction, kC, where);
+  c->score = core::get_or<std::string>(j, "score", c->score, kC, where);
+  c->scope = core::get_or<std::string>(j, "scope", c->scope, kC, where);
+  c->seed = core::get_or<uint64_t>(j, "seed", 0, kC, where);
+  c->validate();
+  return c;
+}
+
+nlohmann::json SparseAdapterConfig::to_json() const {
+  nlohmann::json j;
+  write_common(j, common, peft_type());
+  auto inner = BottleneckAdapterConfig::from_json(adapter)->to_json();
+  for (const auto& k : common_keys()) inner.erase(k);
+  j["adapter"] = inner;
+  j["pruned_fraction"] = pruned_fraction;
+  j["score"] = score;
+  j["scope"] = scope;
+  j["seed"] = seed;
+  return j;
+}
+
+Method sparse_adapter_method() {
+  Method m;
+  m.name = "sparse_adapter";
+  m.peft_type = "SPARSE_ADAPTER";
+  m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return SparseAdapterConfig::from_json(j); };
+  m.attach = attach_sparse;
+  return m;
+}
+
+}  // namespace peft::methods
