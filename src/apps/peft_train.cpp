@@ -12,6 +12,7 @@
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
 #include "peft/methods/method.h"
+#include "peft/methods/sparse_adapter.h"
 #include "peft/peft_model.h"
 
 namespace {
@@ -50,6 +51,13 @@ int run(int argc, char** argv) {
   } else {
     peft_model = std::make_unique<peft::PeftModel>(parts.model);
     peft_model->add_adapter("default", *peft::methods::parse_config(method));
+    if (method.value("peft_type", "") == "SPARSE_ADAPTER" && method.value("score", "") == "snip" && !resume) {
+      // SNIP scores need data: one training batch, as the method's authors do.
+      std::vector<int64_t> first;
+      for (int64_t i = 0; i < std::min(parts.train->size(), parts.trainer.batch_size); ++i) first.push_back(i);
+      peft::methods::prune_sparse_adapter(*peft_model, "default",
+                                          peft::train::to_device(parts.train->batch(first), parts.trainer.device));
+    }
     target = peft::train::trainable_delta(*peft_model);
     fmt::print("{}\n", peft_model->trainable_parameters_report());
   }
