@@ -31,6 +31,7 @@ const std::vector<MethodCase> kCases = {
     {"compacter_pp_full", {{"peft_type", "COMPACTER"}, {"variant", "compacter++"}, {"bottleneck_size", 6}, {"phm_dim", 2}, {"factorized_phm", false}}, {}, false},
     {"sparse_adapter", {{"peft_type", "SPARSE_ADAPTER"}, {"pruned_fraction", 0.0},
                         {"adapter", {{"preset", "houlsby"}, {"reduction_factor", 4}, {"init_weights", "zero_up"}}}}, {}, false},
+    {"adamix", {{"peft_type", "ADAMIX"}, {"num_experts", 3}, {"bottleneck_size", 4}, {"sharing_up", false}}, {}, false},
     {"adapter_parallel", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "parallel"}, {"reduction_factor", 8}, {"layers_to_transform", {1}}}, {}, false},
     {"lora_all_linear", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_proj", "c_fc"}}}, {"gpt2"}},
     {"lora_rslora_bias", {{"peft_type", "LORA"}, {"r", 2}, {"fan_in_fan_out", true}, {"lora_alpha", 4}, {"use_rslora", true}, {"bias", "lora_only"},

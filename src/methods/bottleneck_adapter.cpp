@@ -7,7 +7,6 @@
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
-#include "peft/nn/rms_norm.h"
 #include "peft/peft_model.h"
 
 namespace peft::methods {
@@ -26,40 +25,18 @@ void truncated_normal_(at::Tensor t, double std, double bound) {
   t.clamp_(-bound, bound);
 }
 
-bool contains_int(const std::vector<int64_t>& v, int64_t x) { return std::find(v.begin(), v.end(), x) != v.end(); }
-
-/// The index of the block a module path names ("transformer.h.3" -> 3), or -1.
-int64_t block_index(const std::string& path) {
-  const auto dot = path.rfind('.');
-  const std::string last = path.substr(dot == std::string::npos ? 0 : dot + 1);
-  if (last.empty() || !std::all_of(last.begin(), last.end(), ::isdigit)) return -1;
-  return std::stoll(last);
-}
-
 void attach_bottleneck(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
   auto& cfg = dynamic_cast<BottleneckAdapterConfig&>(base_cfg);
   cfg.validate();
   const int64_t hidden = model.base_model().hidden_size();
   const int64_t m = cfg.bottleneck(hidden);
   auto options = model.base_model().parameters().front().options();
-  int attached = 0;
-  for (const auto& [path, block] : model.blocks()) {
-    const int64_t index = block_index(path);
-    if (!cfg.layers_to_transform.empty() && !contains_int(cfg.layers_to_transform, index)) continue;
+  for (const auto& path : selected_blocks(model, cfg.layers_to_transform, kC))
     for (const auto& slot : cfg.slots())
       model.attach_block_adapter(adapter, path, slot,
                                  std::make_shared<BottleneckImpl>(hidden, m, cfg.activation(), cfg.scale(),
                                                                   cfg.parallel(), cfg.init_weights, options));
-    ++attached;
-  }
-  PEFT_CHECK(attached > 0, kC, "layers_to_transform {} selects none of the {} blocks of this {} model",
-             nlohmann::json(cfg.layers_to_transform).dump(), model.blocks().size(), model.base_model().model_type());
-  if (cfg.preset == "houlsby" || cfg.train_layer_norms)
-    for (const auto& item : model.base_model().named_modules("", false))
-      if (std::dynamic_pointer_cast<torch::nn::LayerNormImpl>(item.value()) ||
-          std::dynamic_pointer_cast<nn::RMSNormImpl>(item.value()))
-        for (const auto& p : item.value()->named_parameters(false))
-          model.add_trainable_base_tensor(adapter, item.key() + "." + p.key());
+  if (cfg.preset == "houlsby" || cfg.train_layer_norms) train_layer_norms(model, adapter);
   model.add_modules_to_save(adapter, cfg.modules_to_save);
 }
 

@@ -7,18 +7,12 @@
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
-#include "peft/nn/rms_norm.h"
 #include "peft/peft_model.h"
 
 namespace peft::methods {
 namespace {
 
 constexpr const char* kC = "compacter";
-
-int64_t block_index(const std::string& path) {
-  const std::string last = path.substr(path.rfind('.') + 1);
-  return !last.empty() && std::all_of(last.begin(), last.end(), ::isdigit) ? std::stoll(last) : -1;
-}
 
 void glorot_uniform_(at::Tensor t, int64_t fan_in, int64_t fan_out) {
   const double bound = std::sqrt(6.0 / static_cast<double>(fan_in + fan_out));
@@ -34,25 +28,13 @@ void attach_compacter(PeftModel& model, MethodConfig& base_cfg, const std::strin
              "phm_dim {} must divide the hidden size ({}) and the bottleneck size ({})", cfg.phm_dim, hidden, m);
   auto options = model.base_model().parameters().front().options();
   PhmRule rule(cfg.phm_dim, cfg.init_weights == "compacter", options);
-  bool owner = true;
-  for (const auto& [path, block] : model.blocks()) {
-    if (!cfg.layers_to_transform.empty() &&
-        std::find(cfg.layers_to_transform.begin(), cfg.layers_to_transform.end(), block_index(path)) ==
-            cfg.layers_to_transform.end())
-      continue;
+  bool owner = true;  // the first PHM layer registers the shared rule
+  for (const auto& path : selected_blocks(model, cfg.layers_to_transform, kC))
     for (const auto& slot : cfg.slots()) {
       model.attach_block_adapter(adapter, path, slot, std::make_shared<PhmAdapterImpl>(hidden, m, rule, owner, cfg, options));
       owner = false;
     }
-  }
-  PEFT_CHECK(!owner, kC, "layers_to_transform {} selects none of the {} blocks", nlohmann::json(cfg.layers_to_transform).dump(),
-             model.blocks().size());
-  if (cfg.train_layer_norms)
-    for (const auto& item : model.base_model().named_modules("", false))
-      if (std::dynamic_pointer_cast<torch::nn::LayerNormImpl>(item.value()) ||
-          std::dynamic_pointer_cast<nn::RMSNormImpl>(item.value()))
-        for (const auto& p : item.value()->named_parameters(false))
-          model.add_trainable_base_tensor(adapter, item.key() + "." + p.key());
+  if (cfg.train_layer_norms) train_layer_norms(model, adapter);
   model.add_modules_to_save(adapter, cfg.modules_to_save);
 }
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "peft/core/error.h"
+#include "peft/nn/rms_norm.h"
 #include "peft/peft_model.h"
 
 namespace peft::methods {
@@ -41,6 +42,27 @@ std::string describe_linears(PeftModel& model) {
     if (example.empty()) example = name;
   }
   return fmt::format("{} (full names look like '{}')", fmt::join(leaves, ", "), example);
+}
+
+std::vector<std::string> selected_blocks(PeftModel& model, const std::vector<int64_t>& layers,
+                                         const std::string& component) {
+  std::vector<std::string> out;
+  for (const auto& [path, block] : model.blocks()) {
+    const std::string last = path.substr(path.rfind('.') + 1);
+    const int64_t index = !last.empty() && std::all_of(last.begin(), last.end(), ::isdigit) ? std::stoll(last) : -1;
+    if (layers.empty() || std::find(layers.begin(), layers.end(), index) != layers.end()) out.push_back(path);
+  }
+  PEFT_CHECK(!out.empty(), component, "layers_to_transform {} selects none of the {} blocks of this {} model",
+             nlohmann::json(layers).dump(), model.blocks().size(), model.base_model().model_type());
+  return out;
+}
+
+void train_layer_norms(PeftModel& model, const std::string& adapter) {
+  for (const auto& item : model.base_model().named_modules("", false))
+    if (std::dynamic_pointer_cast<torch::nn::LayerNormImpl>(item.value()) ||
+        std::dynamic_pointer_cast<nn::RMSNormImpl>(item.value()))
+      for (const auto& p : item.value()->named_parameters(false))
+        model.add_trainable_base_tensor(adapter, item.key() + "." + p.key());
 }
 
 }  // namespace peft::methods

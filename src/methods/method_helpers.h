@@ -22,5 +22,10 @@ std::vector<std::string> string_list(const nlohmann::json& j, const char* key, c
 bool excluded(const std::string& name, const TargetModules& exclude);
 /// "c_attn, attn.c_proj, ... (full names look like 'transformer.h.0.attn.c_attn')"
 std::string describe_linears(PeftModel& model);
+/// The blocks (by module name) whose index is in `layers` (empty: every block); none is an error.
+std::vector<std::string> selected_blocks(PeftModel& model, const std::vector<int64_t>& layers,
+                                         const std::string& component);
+/// Gives `adapter` trainable copies of every LayerNorm / RMSNorm parameter (Houlsby, Compacter).
+void train_layer_norms(PeftModel& model, const std::string& adapter);
 
 }  // namespace peft::methods

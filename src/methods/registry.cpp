@@ -1,4 +1,5 @@
 // The built-in methods. A new method adds one line here.
+#include "peft/methods/adamix.h"
 #include "peft/methods/bitfit.h"
 #include "peft/methods/bottleneck_adapter.h"
 #include "peft/methods/compacter.h"
@@ -16,6 +17,7 @@ void register_builtin_methods() {
   register_method(bottleneck_adapter_method());
   register_method(compacter_method());
   register_method(sparse_adapter_method());
+  register_method(adamix_method());
 }
 
 }  // namespace peft::methods
