@@ -49,6 +49,23 @@ TEST(SparseAdapter, PrunesTheConfiguredShareAndKeepsItZero) {
     }
 }
 
+TEST(SparseAdapter, GraspUsesABatch) {
+  PeftModel model(models::load_pretrained(fixture("hf/models/bert")));
+  model.add_adapter("default", *methods::parse_config(sparse(0.3, "grasp", "local")));
+  auto batch = fixture_inputs("hf/models/bert/inputs.safetensors", false);
+  batch.labels = torch::tensor({0, 1}, torch::kLong);
+  auto before = model.adapter_state_dict("default");
+  std::map<std::string, at::Tensor> masks_before;
+  for (auto& [k, t] : before)
+    if (k.find("mask_bits") != std::string::npos) masks_before[k] = t.clone();
+  methods::prune_sparse_adapter(model, "default", batch);
+  EXPECT_NEAR(methods::sparse_adapter_density(model, "default"), 0.3, 0.01);
+  bool changed = false;
+  for (auto& [k, t] : model.adapter_state_dict("default"))
+    if (masks_before.count(k)) changed = changed || !torch::equal(masks_before[k], t);
+  EXPECT_TRUE(changed) << "the adapter was dense until GraSP scored it";
+}
+
 TEST(SparseAdapter, SnipUsesABatchAndMasksSurviveSaveLoad) {
   PeftModel model(models::load_pretrained(fixture("hf/models/bert")));
   model.add_adapter("default", *methods::parse_config(sparse(0.4, "snip", "global")));

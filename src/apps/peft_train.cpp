@@ -51,8 +51,9 @@ int run(int argc, char** argv) {
   } else {
     peft_model = std::make_unique<peft::PeftModel>(parts.model);
     peft_model->add_adapter("default", *peft::methods::parse_config(method));
-    if (method.value("peft_type", "") == "SPARSE_ADAPTER" && method.value("score", "") == "snip" && !resume) {
-      // SNIP scores need data: one training batch, as the method's authors do.
+    if (method.value("peft_type", "") == "SPARSE_ADAPTER" && (method.value("score", "") == "snip" || method.value("score", "") == "grasp") &&
+        !resume) {
+      // SNIP / GraSP scores need data: one training batch, as the method's authors do.
       std::vector<int64_t> first;
       for (int64_t i = 0; i < std::min(parts.train->size(), parts.trainer.batch_size); ++i) first.push_back(i);
       peft::methods::prune_sparse_adapter(*peft_model, "default",

@@ -47,26 +47,35 @@ std::vector<Masked> matrices(PeftModel& model, const std::string& adapter) {
   return out;
 }
 
-/// Keeps the highest-scoring (1 - pruned_fraction) entries; installs masks, zeroes the rest.
+/// Keeps the highest-scoring (1 - pruned_fraction) entries — exactly that many, ties broken by
+/// position — installs the masks and zeroes the rest.
 void apply_masks(std::vector<Masked>& mats, const std::vector<at::Tensor>& scores, const SparseAdapterConfig& cfg) {
-  auto threshold_of = [&](const at::Tensor& s) {
-    const int64_t k = static_cast<int64_t>(std::llround(cfg.pruned_fraction * static_cast<double>(s.numel())));
-    if (k <= 0) return -std::numeric_limits<double>::infinity();
-    return std::get<0>(s.flatten().to(torch::kDouble).kthvalue(k)).item<double>();
+  auto keep_of = [&](const at::Tensor& s) {
+    const at::Tensor flat = s.flatten().to(torch::kDouble);
+    const int64_t k = static_cast<int64_t>(std::llround(cfg.pruned_fraction * static_cast<double>(flat.numel())));
+    at::Tensor keep = torch::ones({flat.numel()}, torch::kBool);
+    if (k > 0) keep.index_fill_(0, std::get<1>(flat.sort(/*stable=*/true, 0, false)).slice(0, 0, k), false);
+    return keep;
   };
-  double global = 0;
+  std::vector<at::Tensor> keeps;
   if (cfg.scope == "global") {
     std::vector<at::Tensor> flat;
-    for (const auto& s : scores) flat.push_back(s.flatten());
-    global = threshold_of(torch::cat(flat));
+    for (const auto& sc : scores) flat.push_back(sc.flatten());
+    at::Tensor all = keep_of(torch::cat(flat));
+    int64_t offset = 0;
+    for (const auto& sc : scores) {
+      keeps.push_back(all.slice(0, offset, offset + sc.numel()).view(sc.sizes()));
+      offset += sc.numel();
+    }
+  } else {
+    for (const auto& sc : scores) keeps.push_back(keep_of(sc).view(sc.sizes()));
   }
   torch::NoGradGuard no_grad;
   for (size_t i = 0; i < mats.size(); ++i) {
-    const double t = cfg.scope == "global" ? global : threshold_of(scores[i]);
-    at::Tensor keep = scores[i].to(torch::kDouble) > t;
     auto& lin = mats[i].linear;
+    at::Tensor keep = keeps[i].to(lin->weight.device());
     lin->weight.mul_(keep.to(lin->weight.scalar_type()));
-    auto bits = pack_bits(keep).to(lin->weight.device());
+    auto bits = pack_bits(keep.cpu()).to(lin->weight.device());
     auto buffers = lin->named_buffers(false);
     if (auto* existing = buffers.find("mask_bits")) existing->copy_(bits);
     else lin->register_buffer("mask_bits", bits);
@@ -102,8 +111,12 @@ void attach_sparse(PeftModel& model, MethodConfig& base_cfg, const std::string& 
   find_method("adapter").attach(model, *inner, adapter);
   auto mats = matrices(model, adapter);
   PEFT_CHECK(!mats.empty(), kC, "the adapter has no matrices to prune");
-  // snip needs data: start dense-by-score from magnitudes; prune_sparse_adapter() replaces the masks.
-  apply_masks(mats, weight_scores(mats, cfg.score == "snip" ? "mag" : cfg.score, cfg.seed), cfg);
+  // snip and grasp need data: the adapter stays dense (all-ones masks) until
+  // prune_sparse_adapter() scores it on a batch.
+  const bool needs_data = cfg.score == "snip" || cfg.score == "grasp";
+  SparseAdapterConfig dense = cfg;
+  if (needs_data) dense.pruned_fraction = 0.0;
+  apply_masks(mats, weight_scores(mats, needs_data ? "mag" : cfg.score, cfg.seed), dense);
   install_gradient_masks(mats);
 }
 
@@ -114,8 +127,22 @@ void prune_sparse_adapter(PeftModel& model, const std::string& adapter, const mo
   auto mats = matrices(model, adapter);
   PEFT_CHECK(!mats.empty(), kC, "adapter '{}' has no sparse matrices", adapter);
   std::vector<at::Tensor> scores;
-  if (cfg.score == "snip") {
-    // |θ ⊙ ∂L/∂θ| with every entry present (the mask lifted while scoring).
+  if (cfg.score == "grasp") {
+    // θ ⊙ H g, with H g = ∂(gᵀ stopgrad(g))/∂θ (the synflow-repo formulation SparseAdapter uses);
+    // the lowest scores are pruned.
+    std::vector<at::Tensor> weights;
+    for (auto& m : mats) weights.push_back(m.linear->weight);
+    auto loss = model.forward(batch).loss;
+    PEFT_CHECK(loss.defined(), kC, "grasp needs a batch with labels");
+    auto g = torch::autograd::grad({loss}, weights, {}, /*retain_graph=*/true, /*create_graph=*/true, true);
+    at::Tensor z = torch::zeros({}, loss.options());
+    for (auto& gi : g)
+      if (gi.defined()) z = z + (gi * gi.detach()).sum();
+    auto hg = torch::autograd::grad({z}, weights, {}, false, false, true);
+    for (size_t i = 0; i < mats.size(); ++i)
+      scores.push_back((weights[i].detach() * (hg[i].defined() ? hg[i] : torch::zeros_like(weights[i]))).cpu());
+  } else if (cfg.score == "snip") {
+    // |θ ⊙ ∂L/∂θ|, scored on the dense adapter.
     std::vector<at::Tensor> weights;
     for (auto& m : mats) weights.push_back(m.linear->weight);
     auto loss = model.forward(batch).loss;
@@ -144,8 +171,8 @@ double sparse_adapter_density(PeftModel& model, const std::string& adapter) {
 void SparseAdapterConfig::validate() const {
   PEFT_CHECK(pruned_fraction >= 0.0 && pruned_fraction < 1.0, kC,
              "pruned_fraction is the share of adapter weights removed and must be in [0, 1), found {}", pruned_fraction);
-  PEFT_CHECK(score == "rand" || score == "mag" || score == "snip", kC, "score must be rand, mag or snip, found '{}'",
-             score);
+  PEFT_CHECK(score == "rand" || score == "mag" || score == "snip" || score == "grasp", kC,
+             "score must be rand, mag, snip or grasp, found '{}'", score);
   PEFT_CHECK(scope == "global" || scope == "local", kC, "scope must be global or local, found '{}'", scope);
   PEFT_CHECK(adapter.is_object(), kC, "'adapter' must be a bottleneck adapter config object, found {}", adapter.dump());
   BottleneckAdapterConfig::from_json(adapter);  // validates the inner config

@@ -1,5 +1,6 @@
 // SparseAdapter (He et al. 2022): a bottleneck adapter whose weight matrices are pruned at
-// initialization — scores "rand" (N(0,1)), "mag" (|θ|) or "snip" (|θ ⊙ ∂L/∂θ| on one batch),
+// initialization — scores "rand" (N(0,1)), "mag" (|θ|), "snip" (|θ ⊙ ∂L/∂θ| on one batch) or
+// "grasp" (θ ⊙ H g on one batch),
 // one threshold over all adapter matrices ("global") or one per matrix ("local") — and stay
 // pruned: gradients of pruned entries are masked, so they remain exactly zero through every
 // optimizer step. `pruned_fraction` is the share of weights removed (0.8 = 80 % zeros). Masks
@@ -20,7 +21,7 @@ struct SparseAdapterConfig : MethodConfig {
   /// (score-based pruning needs non-zero weights).
   nlohmann::json adapter = {{"preset", "pfeiffer"}, {"init_weights", "houlsby"}};
   double pruned_fraction = 0.5;
-  std::string score = "rand";   ///< rand | mag | snip
+  std::string score = "rand";   ///< rand | mag | snip | grasp
   std::string scope = "global"; ///< global | local
   uint64_t seed = 0;            ///< for "rand"
 
@@ -32,7 +33,7 @@ struct SparseAdapterConfig : MethodConfig {
   static std::shared_ptr<SparseAdapterConfig> from_json(const nlohmann::json& j);
 };
 
-/// Recomputes an attached sparse adapter's masks from `batch` (required for "snip"; rand and
+/// Recomputes an attached sparse adapter's masks from `batch` (required for snip and grasp; rand and
 /// mag are computed at attach). Pruned weights are zeroed.
 void prune_sparse_adapter(PeftModel& model, const std::string& adapter, const models::ModelInputs& batch);
 
