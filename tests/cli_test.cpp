@@ -3,7 +3,11 @@
 
 #include <torch/torch.h>
 
+#include "peft/checkpoint/delta.h"
 #include "peft/core/safetensors.h"
+#include "peft/methods/method.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
 #include "test_util.h"
 
 #ifdef PEFT_FORWARD_BIN
@@ -75,6 +79,36 @@ TEST(PeftForwardCli, EveryFamilyHeadAndLoraMatchesTheFixtures) {
   EXPECT_FALSE(bare.count("logits"));
   auto ref = safetensors::load_file(fixture("hf/models/bert/outputs.safetensors"));
   EXPECT_LT(max_abs_diff(bare.at("pooler_output"), ref.at("pooler_output")), 1e-5);
+}
+
+TEST(PeftForwardCli, LoadsDeltasOfEveryMethod) {
+  // Deltas this library writes (not only HF PEFT's) run in peft-forward exactly as in process.
+  const std::vector<nlohmann::json> configs = {
+      {{"peft_type", "IA3"}, {"init_ia3_weights", false}},
+      {{"peft_type", "BITFIT"}},
+      {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "houlsby"}, {"bottleneck_size", 8}, {"init_weights", "houlsby"}},
+      {{"peft_type", "COMPACTER"}, {"bottleneck_size", 8}, {"init_weights", "compacter"}},
+      {{"peft_type", "ADAMIX"}, {"bottleneck_size", 8}},
+      {{"peft_type", "SPARSE_ADAPTER"}, {"pruned_fraction", 0.5}}};
+  const std::string model_dir = fixture("hf/models/gpt2"), inputs = fixture("hf/models/gpt2/inputs.safetensors");
+  for (const auto& cfg : configs) {
+    TempDir dir;
+    PeftModel model(models::load_pretrained(model_dir));
+    model.add_adapter("default", *methods::parse_config(cfg));
+    {
+      torch::NoGradGuard g;
+      for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * 0.01);
+    }
+    model.eval();
+    checkpoint::save_adapter(model, dir.file("delta"));
+    torch::NoGradGuard g;
+    auto expected = model.forward(fixture_inputs("hf/models/gpt2/inputs.safetensors")).logits;
+    ASSERT_EQ(run(std::string(PEFT_FORWARD_BIN) + " --threads 1 --model " + model_dir + " --adapter " + dir.file("delta") +
+                  " --inputs " + inputs + " --out " + dir.file("o.safetensors")),
+              0)
+        << cfg.dump();
+    EXPECT_LT(max_abs_diff(safetensors::load_file(dir.file("o.safetensors")).at("logits"), expected), 1e-5) << cfg.dump();
+  }
 }
 
 #ifdef PEFT_INSPECT_BIN

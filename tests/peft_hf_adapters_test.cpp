@@ -108,5 +108,12 @@ TEST(HFAdapters, SeqClsTrainsAndSavesTheHeadAsPeftDoes) {
   EXPECT_EQ(n, 2 * 2 * 4 * (64 + 64) + 2 * 64 + 2);
 }
 
+TEST(HFAdapters, IA3CountsOneScalePerScaledFeature) {
+  // GPT-2 defaults: c_attn scales its 192 outputs, mlp.c_proj (feed-forward) its 256 inputs.
+  PeftModel model(models::load_pretrained(fixture("hf/models/gpt2")));
+  model.add_adapter("default", *methods::parse_config({{"peft_type", "IA3"}}));
+  EXPECT_EQ(element_count(model.trainable_parameters()), 2 * (192 + 256));
+}
+
 }  // namespace
 }  // namespace peft::test
