@@ -219,6 +219,37 @@ TEST_P(Conformance, GradientsMatchFiniteDifferencesInFloat64) {
   }
 }
 
+TEST_P(Conformance, MatchesCpuOnCuda_CUDA) {
+  ASSERT_TRUE(torch::cuda::is_available());
+  auto run = [&](c10::Device device) {
+    auto base = tiny_base();
+    base->to(device);  // the base goes to the device first; adapters are created beside it
+    PeftModel model(base);
+    torch::manual_seed(5);
+    model.add_adapter("default", *config());
+    {
+      torch::NoGradGuard g;
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+      for (auto& p : model.trainable_parameters()) p.add_(torch::randn(p.sizes(), gen).to(p.device()) * 0.05);
+    }
+    model.eval();
+    auto in = batch();
+    for (at::Tensor* t : {&in.input_ids, &in.attention_mask, &in.token_type_ids, &in.pixel_values, &in.labels})
+      if (t->defined()) *t = t->to(device);
+    auto out = model.forward(in);
+    out.loss.backward();
+    std::vector<at::Tensor> grads;
+    for (auto& p : model.trainable_parameters()) grads.push_back(p.grad().cpu());
+    return std::make_pair(out.logits.detach().cpu(), grads);
+  };
+  auto cpu = run(c10::Device(c10::kCPU));
+  auto gpu = run(c10::Device(c10::kCUDA));
+  EXPECT_LT(max_abs_diff(gpu.first, cpu.first), 1e-4);
+  ASSERT_EQ(gpu.second.size(), cpu.second.size());
+  for (size_t i = 0; i < cpu.second.size(); ++i)
+    EXPECT_LT(max_abs_diff(gpu.second[i], cpu.second[i]), 1e-4 + 1e-3 * cpu.second[i].abs().max().item<double>()) << i;
+}
+
 INSTANTIATE_TEST_SUITE_P(Methods, Conformance, ::testing::ValuesIn(combos()),
                          [](const auto& info) { return info.param.method.name + "_" + info.param.family; });
 
