@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "encoder_fields.h"
 #include "init_weights.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -44,18 +45,9 @@ BertConfig BertConfig::from_json(const nlohmann::json& j) {
   const std::string c = cfg.model_type(), w = "config.json";
   using core::get_or;
   cfg.vocab_size = get_or<int64_t>(j, "vocab_size", cfg.vocab_size, c, w);
-  cfg.hidden_size = get_or<int64_t>(j, "hidden_size", cfg.hidden_size, c, w);
-  cfg.num_hidden_layers = get_or<int64_t>(j, "num_hidden_layers", cfg.num_hidden_layers, c, w);
-  cfg.num_attention_heads = get_or<int64_t>(j, "num_attention_heads", cfg.num_attention_heads, c, w);
-  cfg.intermediate_size = get_or<int64_t>(j, "intermediate_size", cfg.intermediate_size, c, w);
-  cfg.hidden_act = get_or<std::string>(j, "hidden_act", cfg.hidden_act, c, w);
-  cfg.hidden_dropout_prob = get_or<double>(j, "hidden_dropout_prob", cfg.hidden_dropout_prob, c, w);
-  cfg.attention_probs_dropout_prob =
-      get_or<double>(j, "attention_probs_dropout_prob", cfg.attention_probs_dropout_prob, c, w);
+  read_encoder_fields(j, cfg, c);
   cfg.max_position_embeddings = get_or<int64_t>(j, "max_position_embeddings", cfg.max_position_embeddings, c, w);
   cfg.type_vocab_size = get_or<int64_t>(j, "type_vocab_size", cfg.type_vocab_size, c, w);
-  cfg.initializer_range = get_or<double>(j, "initializer_range", cfg.initializer_range, c, w);
-  cfg.layer_norm_eps = get_or<double>(j, "layer_norm_eps", cfg.layer_norm_eps, c, w);
   if (j.contains("pad_token_id") && !j["pad_token_id"].is_null())
     cfg.pad_token_id = get_or<int64_t>(j, "pad_token_id", cfg.pad_token_id, c, w);
   const auto pos_type = get_or<std::string>(j, "position_embedding_type", "absolute", c, w);
@@ -73,17 +65,9 @@ nlohmann::json BertConfig::to_json() const {
   nlohmann::json j = original.is_object() ? original : nlohmann::json::object();
   j["model_type"] = model_type();
   j["vocab_size"] = vocab_size;
-  j["hidden_size"] = hidden_size;
-  j["num_hidden_layers"] = num_hidden_layers;
-  j["num_attention_heads"] = num_attention_heads;
-  j["intermediate_size"] = intermediate_size;
-  j["hidden_act"] = hidden_act;
-  j["hidden_dropout_prob"] = hidden_dropout_prob;
-  j["attention_probs_dropout_prob"] = attention_probs_dropout_prob;
+  write_encoder_fields(j, *this);
   j["max_position_embeddings"] = max_position_embeddings;
   j["type_vocab_size"] = type_vocab_size;
-  j["initializer_range"] = initializer_range;
-  j["layer_norm_eps"] = layer_norm_eps;
   j["pad_token_id"] = pad_token_id;
   j["position_embedding_type"] = "absolute";
   head.to_json(j);

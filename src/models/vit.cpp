@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "encoder_fields.h"
 #include "init_weights.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -38,16 +39,7 @@ ViTConfig ViTConfig::from_json(const nlohmann::json& j) {
   ViTConfig cfg;
   const std::string w = "config.json";
   using core::get_or;
-  cfg.hidden_size = get_or<int64_t>(j, "hidden_size", cfg.hidden_size, kC, w);
-  cfg.num_hidden_layers = get_or<int64_t>(j, "num_hidden_layers", cfg.num_hidden_layers, kC, w);
-  cfg.num_attention_heads = get_or<int64_t>(j, "num_attention_heads", cfg.num_attention_heads, kC, w);
-  cfg.intermediate_size = get_or<int64_t>(j, "intermediate_size", cfg.intermediate_size, kC, w);
-  cfg.hidden_act = get_or<std::string>(j, "hidden_act", cfg.hidden_act, kC, w);
-  cfg.hidden_dropout_prob = get_or<double>(j, "hidden_dropout_prob", cfg.hidden_dropout_prob, kC, w);
-  cfg.attention_probs_dropout_prob =
-      get_or<double>(j, "attention_probs_dropout_prob", cfg.attention_probs_dropout_prob, kC, w);
-  cfg.initializer_range = get_or<double>(j, "initializer_range", cfg.initializer_range, kC, w);
-  cfg.layer_norm_eps = get_or<double>(j, "layer_norm_eps", cfg.layer_norm_eps, kC, w);
+  read_encoder_fields(j, cfg, kC);
   cfg.image_size = get_or<int64_t>(j, "image_size", cfg.image_size, kC, w);
   cfg.patch_size = get_or<int64_t>(j, "patch_size", cfg.patch_size, kC, w);
   cfg.num_channels = get_or<int64_t>(j, "num_channels", cfg.num_channels, kC, w);
@@ -61,15 +53,7 @@ ViTConfig ViTConfig::from_json(const nlohmann::json& j) {
 nlohmann::json ViTConfig::to_json() const {
   nlohmann::json j = original.is_object() ? original : nlohmann::json::object();
   j["model_type"] = "vit";
-  j["hidden_size"] = hidden_size;
-  j["num_hidden_layers"] = num_hidden_layers;
-  j["num_attention_heads"] = num_attention_heads;
-  j["intermediate_size"] = intermediate_size;
-  j["hidden_act"] = hidden_act;
-  j["hidden_dropout_prob"] = hidden_dropout_prob;
-  j["attention_probs_dropout_prob"] = attention_probs_dropout_prob;
-  j["initializer_range"] = initializer_range;
-  j["layer_norm_eps"] = layer_norm_eps;
+  write_encoder_fields(j, *this);
   j["image_size"] = image_size;
   j["patch_size"] = patch_size;
   j["num_channels"] = num_channels;
