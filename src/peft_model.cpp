@@ -97,7 +97,7 @@ std::vector<std::string> PeftModel::implicit_modules_to_save(const methods::Meth
   std::vector<std::string> out;
   for (const std::string head : {"classifier", "score"})
     for (const auto& p : base_names_)
-      if (p.rfind(head + ".", 0) == 0) {
+      if (core::is_under(p, head)) {
         out.push_back(head);
         break;
       }

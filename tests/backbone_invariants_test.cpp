@@ -9,6 +9,7 @@
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
+#include "peft/train/trainer.h"
 #include "test_util.h"
 #include "tiny_models.h"
 
@@ -200,11 +201,7 @@ TEST(Backbones, EveryFamilyRunsOnCUDAAsOnCPU_CUDA) {
     torch::NoGradGuard g;
     auto cpu = model->forward(batch);
     model->to(torch::kCUDA);
-    models::ModelInputs gpu_batch = batch;
-    for (at::Tensor* t : {&gpu_batch.input_ids, &gpu_batch.attention_mask, &gpu_batch.token_type_ids,
-                          &gpu_batch.pixel_values, &gpu_batch.labels})
-      if (t->defined()) *t = t->to(torch::kCUDA);
-    auto gpu = model->forward(gpu_batch);
+    auto gpu = model->forward(train::to_device(batch, c10::Device(c10::kCUDA)));
     EXPECT_LT(max_abs_diff(gpu.logits.cpu(), cpu.logits), 1e-4) << family;
     EXPECT_LT(std::abs(gpu.loss.item<double>() - cpu.loss.item<double>()), 1e-4) << family;
   }

@@ -16,7 +16,7 @@ TEST(Compacter, PhmWeightIsASumOfKroneckerProducts) {
   c.phm_dim = 2;
   c.phm_rank = 2;
   c.init_weights = "compacter";
-  methods::PhmRule rule(2, true, torch::TensorOptions());
+  methods::PhmRule rule(2, torch::TensorOptions());
   methods::PhmLinear layer(6, 4, rule, true, c, false, torch::TensorOptions());
   at::Tensor expected = torch::zeros({6, 4});
   for (int64_t i = 0; i < 2; ++i)

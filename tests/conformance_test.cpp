@@ -7,6 +7,7 @@
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
+#include "peft/train/trainer.h"
 #include "test_util.h"
 #include "tiny_models.h"
 
@@ -233,10 +234,7 @@ TEST_P(Conformance, MatchesCpuOnCuda_CUDA) {
       for (auto& p : model.trainable_parameters()) p.add_(torch::randn(p.sizes(), gen).to(p.device()) * 0.05);
     }
     model.eval();
-    auto in = batch();
-    for (at::Tensor* t : {&in.input_ids, &in.attention_mask, &in.token_type_ids, &in.pixel_values, &in.labels})
-      if (t->defined()) *t = t->to(device);
-    auto out = model.forward(in);
+    auto out = model.forward(train::to_device(batch(), device));
     out.loss.backward();
     std::vector<at::Tensor> grads;
     for (auto& p : model.trainable_parameters()) grads.push_back(p.grad().cpu());

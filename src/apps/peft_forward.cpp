@@ -13,13 +13,6 @@
 
 namespace {
 
-c10::ScalarType to_dtype(const std::string& s) {
-  if (s == "bfloat16") return torch::kBFloat16;
-  if (s == "float16") return torch::kHalf;
-  if (s == "float64") return torch::kDouble;
-  return torch::kFloat;
-}
-
 int run(int argc, char** argv) {
   CLI::App app{"Run a model (and optionally a PEFT delta) on saved inputs; write logits and hidden states.",
                "peft-forward"};
@@ -57,8 +50,7 @@ int run(int argc, char** argv) {
   PEFT_CHECK(!merge || !adapter_dir.empty(), "cli", "--merge needs --adapter");
 
   peft::models::LoadOptions load;
-  dtype = peft::apps::normalized_dtype(dtype);
-  if (!dtype.empty()) load.dtype = to_dtype(dtype);
+  load.dtype = peft::apps::dtype_from_name(dtype, "--dtype");
   load.device = c10::Device(device);
   load.task = task;
   load.allow_extra_tensors = allow_extra;

@@ -1,4 +1,5 @@
 #include "apps/run_config.h"
+#include "apps/runtime.h"
 
 #include <filesystem>
 
@@ -16,14 +17,6 @@ namespace peft::apps {
 namespace {
 constexpr const char* kC = "config";
 using core::get_or;
-
-c10::ScalarType dtype_of(const std::string& s, const std::string& where) {
-  if (s == "float32") return torch::kFloat;
-  if (s == "bfloat16") return torch::kBFloat16;
-  if (s == "float16") return torch::kHalf;
-  if (s == "float64") return torch::kDouble;
-  fail(kC, fmt::format("{}: dtype '{}' is not one of float32, bfloat16, float16, float64", where, s));
-}
 }  // namespace
 
 nlohmann::json load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
@@ -74,8 +67,7 @@ RunParts build_run(const nlohmann::json& config, const std::string& where, bool 
   if (config.contains("num_labels") && !config["num_labels"].is_null())
     load.num_labels = get_or<int64_t>(config, "num_labels", 0, kC, where);
   load.device = c10::Device(get_or<std::string>(config, "device", "cpu", kC, where));
-  const auto dtype = get_or<std::string>(config, "dtype", "", kC, where);
-  if (!dtype.empty()) load.dtype = dtype_of(dtype, where);
+  load.dtype = dtype_from_name(get_or<std::string>(config, "dtype", "", kC, where), where + ": dtype");
 
   // Data first: a classification set decides the label count.
   const nlohmann::json d = config.value("data", nlohmann::json::object());

@@ -46,9 +46,13 @@ int run_main(const std::string& tool, const std::function<int()>& body) {
   }
 }
 
-std::string normalized_dtype(const std::string& name) {
-  if (name.empty() || name == "float32" || name == "bfloat16" || name == "float16" || name == "float64") return name;
-  fail("cli", fmt::format("--dtype: expected float32, bfloat16, float16 or float64, found '{}'", name));
+std::optional<c10::ScalarType> dtype_from_name(const std::string& name, const std::string& what) {
+  if (name.empty()) return std::nullopt;
+  if (name == "float32") return c10::kFloat;
+  if (name == "bfloat16") return c10::kBFloat16;
+  if (name == "float16") return c10::kHalf;
+  if (name == "float64") return c10::kDouble;
+  fail("cli", fmt::format("{}: expected float32, bfloat16, float16 or float64, found '{}'", what, name));
 }
 
 }  // namespace peft::apps

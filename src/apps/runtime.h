@@ -2,7 +2,10 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
+
+#include <c10/core/ScalarType.h>
 
 namespace peft::apps {
 
@@ -19,7 +22,8 @@ void select_blas_core(char** argv);
 /// Runs `body`, turning any exception into one clear line on stderr and exit code 1.
 int run_main(const std::string& tool, const std::function<int()>& body);
 
-/// Parses "float32" | "bfloat16" | "float16" | "float64" (empty = keep the file's dtype).
-std::string normalized_dtype(const std::string& name);
+/// "float32" | "bfloat16" | "float16" | "float64" as a dtype; empty = none (keep the file's).
+/// Any other name is an error naming `what` (the option or config key it came from).
+std::optional<c10::ScalarType> dtype_from_name(const std::string& name, const std::string& what);
 
 }  // namespace peft::apps

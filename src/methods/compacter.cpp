@@ -27,7 +27,7 @@ void attach_compacter(PeftModel& model, MethodConfig& base_cfg, const std::strin
   PEFT_CHECK(hidden % cfg.phm_dim == 0 && m % cfg.phm_dim == 0, kC,
              "phm_dim {} must divide the hidden size ({}) and the bottleneck size ({})", cfg.phm_dim, hidden, m);
   auto options = model.base_model().parameters().front().options();
-  PhmRule rule(cfg.phm_dim, cfg.init_weights == "compacter", options);
+  PhmRule rule(cfg.phm_dim, options);
   bool owner = true;  // the first PHM layer registers the shared rule
   for (const auto& path : selected_blocks(model, cfg.layers_to_transform, kC))
     for (const auto& slot : cfg.slots()) {
@@ -122,7 +122,7 @@ nlohmann::json CompacterConfig::to_json() const {
 
 // ---- modules -------------------------------------------------------------------
 
-PhmRuleImpl::PhmRuleImpl(int64_t n, bool, const at::TensorOptions& options) {
+PhmRuleImpl::PhmRuleImpl(int64_t n, const at::TensorOptions& options) {
   // A ~ N(0, 0.01) in both inits (phm_c_init="normal"); zero_up's identity comes from t = 0.
   weight = register_parameter("weight", (torch::randn({n, n, n}) * 0.01).to(options.device(), options.dtype().toScalarType()));
 }

@@ -11,6 +11,7 @@
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
 #include "peft/core/safetensors.h"
+#include "peft/core/strings.h"
 #include "peft/models/bert.h"
 #include "peft/models/gpt2.h"
 #include "peft/models/llama.h"
@@ -87,10 +88,6 @@ std::string named_architecture(const nlohmann::json& config) {
       !config["architectures"][0].is_string())
     return {};
   return config["architectures"][0].get<std::string>();
-}
-
-bool under(const std::string& name, const std::string& module) {
-  return name.size() > module.size() && name.compare(0, module.size(), module) == 0 && name[module.size()] == '.';
 }
 
 /// Checkpoint tensor name -> the safetensors file holding it.
@@ -249,11 +246,11 @@ void load_weights(PretrainedModel& model, const std::string& dir, const LoadOpti
       source_of[key] = key;
     } else if (!prefix.empty() && expected.count(prefix + "." + key)) {
       source_of[prefix + "." + key] = key;
-    } else if (!prefix.empty() && under(key, prefix) && expected.count(key.substr(prefix.size() + 1))) {
+    } else if (!prefix.empty() && core::is_under(key, prefix) && expected.count(key.substr(prefix.size() + 1))) {
       source_of[key.substr(prefix.size() + 1)] = key;
     } else if (tied.count(key) || model.ignorable_checkpoint_key(key)) {
       continue;
-    } else if (other_head && !(prefix.empty() || under(key, prefix))) {
+    } else if (other_head && !(prefix.empty() || core::is_under(key, prefix))) {
       dropped.push_back(key);  // the head of the checkpoint's own architecture
     } else {
       extra.push_back(key);
@@ -279,7 +276,7 @@ void load_weights(PretrainedModel& model, const std::string& dir, const LoadOpti
     auto src = source_of.find(name);
     if (src == source_of.end()) {
       bool in_head = false;
-      for (const auto& h : model.head_modules()) in_head = in_head || under(name, h);
+      for (const auto& h : model.head_modules()) in_head = in_head || core::is_under(name, h);
       PEFT_CHECK(in_head, kComponent, "{}: missing tensor '{}' (expected shape {})", dir, name,
                  c10::str(target.sizes()));
       fresh.push_back(name);

@@ -152,12 +152,12 @@ void Trainer::resume(const std::string& dir) {
   const std::string where = dir + "/trainer_state.json";
   PEFT_CHECK(fs::exists(where), kC, "{}: not a training state (missing trainer_state.json)", dir);
   auto j = core::read_json_file(where);
-  for (const char* k : {"seed", "batch_size", "grad_accum"})
-    PEFT_CHECK(j.at(k) == nlohmann::json(k == std::string("seed") ? nlohmann::json(m.config.seed)
-                                         : k == std::string("batch_size") ? nlohmann::json(m.config.batch_size)
-                                                                          : nlohmann::json(m.config.grad_accum)),
-               kC, "{}: saved with {} = {}, this run has a different value; resume with the same setting", where, k,
-               j.at(k).dump());
+  const nlohmann::json same = {
+      {"seed", m.config.seed}, {"batch_size", m.config.batch_size}, {"grad_accum", m.config.grad_accum}};
+  for (auto it = same.begin(); it != same.end(); ++it)
+    PEFT_CHECK(j.at(it.key()) == it.value(), kC,
+               "{}: saved with {} = {}, this run has {}; resume with the same setting", where, it.key(),
+               j.at(it.key()).dump(), it.value().dump());
   auto params = safetensors::load_file(dir + "/params.safetensors");
   torch::NoGradGuard no_grad;
   for (auto& [name, p] : m.params) {

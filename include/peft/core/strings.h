@@ -17,6 +17,11 @@ inline bool is_or_ends_with_segment(std::string_view name, std::string_view segm
          (name.size() > segment.size() && ends_with(name, segment) && name[name.size() - segment.size() - 1] == '.');
 }
 
+/// `name` lies inside module `module` ("bert.pooler.dense" is under "bert").
+inline bool is_under(std::string_view name, std::string_view module) {
+  return name.size() > module.size() && name.compare(0, module.size(), module) == 0 && name[module.size()] == '.';
+}
+
 /// 1234567 -> "1,234,567"
 inline std::string with_thousands(int64_t n) {
   const std::string digits = std::to_string(n < 0 ? -n : n);

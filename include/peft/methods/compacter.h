@@ -45,7 +45,7 @@ struct CompacterConfig : MethodConfig {
 /// The shared PHM rule: A, [n, n, n].
 class PhmRuleImpl : public torch::nn::Module {
  public:
-  PhmRuleImpl(int64_t n, bool paper_init, const at::TensorOptions& options);
+  PhmRuleImpl(int64_t n, const at::TensorOptions& options);
   at::Tensor weight;
 };
 TORCH_MODULE(PhmRule);
