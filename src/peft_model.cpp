@@ -8,6 +8,7 @@
 #include "peft/core/error.h"
 #include "peft/core/fingerprint.h"
 #include "peft/core/strings.h"
+#include "peft/methods/prompt_learning.h"
 
 namespace peft {
 namespace {
@@ -37,12 +38,19 @@ PeftModel::PeftModel(std::shared_ptr<models::PretrainedModel> base) : base_(std:
     linears_.push_back(item);
   }
   blocks_ = base_->block_adapters();
+  attentions_ = base_->attention_adapters();
   auto identity = base_params_;
   for (const auto& name : base_->newly_initialized()) identity.erase(name);
   fingerprint_ = core::fingerprint(identity);
 }
 
-models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs) { return base_->forward(inputs); }
+models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs) {
+  if (enabled_ && !active_.empty()) {
+    auto& a = adapter(active_);
+    if (a.prompt) return base_->forward(a.prompt->prepare(inputs));
+  }
+  return base_->forward(inputs);
+}
 
 PeftModel::Adapter& PeftModel::adapter(const std::string& name) {
   auto it = adapters_.find(name);
@@ -75,8 +83,7 @@ void PeftModel::add_adapter(const std::string& name, const methods::MethodConfig
   try {
     method.attach(*this, *adapters_[name].config, name);
   } catch (...) {
-    for (auto& [path, lin] : adapters_[name].layers) lin->remove_delta(name);
-    for (auto& [path, block] : adapters_[name].blocks) block->remove(name);
+    detach_modules(name, adapters_[name]);
     adapters_.erase(name);
     order_.pop_back();
     throw;
@@ -129,6 +136,35 @@ void PeftModel::attach_block_adapter(const std::string& adapter_name, const std:
   fail(kC, fmt::format("no block named '{}'", block_name));
 }
 
+void PeftModel::attach_attention_adapter(const std::string& adapter_name, const std::string& attention_name,
+                                         std::shared_ptr<nn::AttentionAdapter> module) {
+  auto& a = adapter(adapter_name);
+  for (auto& [path, holder] : attentions_) {
+    if (path != attention_name) continue;
+    holder->add(adapter_name, std::move(module));
+    a.attentions.emplace_back(path, holder);
+    return;
+  }
+  fail(kC, fmt::format("no attention layer named '{}'", attention_name));
+}
+
+void PeftModel::attach_prompt_encoder(const std::string& adapter_name, std::shared_ptr<methods::PromptEncoder> encoder) {
+  auto& a = adapter(adapter_name);
+  PEFT_CHECK(!a.prompt, kC, "adapter '{}' already has a prompt", adapter_name);
+  if (!prompt_holder_) prompt_holder_ = base_->register_module("prompt_encoder", std::make_shared<torch::nn::Module>("PromptEncoders"));
+  prompt_holder_->register_module(adapter_name, encoder);
+  a.prompt = std::move(encoder);
+}
+
+std::shared_ptr<methods::PromptEncoder> PeftModel::prompt_encoder(const std::string& name) { return adapter(name).prompt; }
+
+void PeftModel::detach_modules(const std::string& name, Adapter& a) {
+  for (auto& [path, lin] : a.layers) lin->remove_delta(name);
+  for (auto& [path, block] : a.blocks) block->remove(name);
+  for (auto& [path, holder] : a.attentions) holder->remove(name);
+  if (a.prompt) prompt_holder_->unregister_module(name);
+}
+
 void PeftModel::add_trainable_base_tensor(const std::string& adapter_name, const std::string& param_name) {
   auto& a = adapter(adapter_name);
   if (a.base_copies.count(param_name)) return;
@@ -166,13 +202,19 @@ void PeftModel::apply_state() {
   for (auto& [name, p] : base_params_) p.set_requires_grad(false);
   const bool running = enabled_ && !active_.empty();
   for (auto& [path, lin] : linears_) lin->set_active(running ? std::vector<std::string>{active_} : std::vector<std::string>{});
-  for (auto& [path, block] : blocks_) block->set_active(running ? std::vector<std::string>{active_} : std::vector<std::string>{});
+  const auto running_set = running ? std::vector<std::string>{active_} : std::vector<std::string>{};
+  for (auto& [path, block] : blocks_) block->set_active(running_set);
+  for (auto& [path, holder] : attentions_) holder->set_active(running_set);
   for (auto& [name, a] : adapters_) {
     const bool train = running && name == active_ && a.trainable;
     for (auto& [path, lin] : a.layers)
       for (auto& p : lin->delta(name)->parameters()) p.set_requires_grad(train);
     for (auto& [path, block] : a.blocks)
       for (auto& [key, t] : block->state(name)) t.set_requires_grad(train && t.is_floating_point());
+    for (auto& [path, holder] : a.attentions)
+      for (auto& [key, t] : holder->state(name)) t.set_requires_grad(train);
+    if (a.prompt)
+      for (auto& p : a.prompt->parameters()) p.set_requires_grad(train);
     if (!(running && name == active_)) continue;
     for (auto& [pname, copy] : a.base_copies) {
       at::Tensor live = base_params_.at(pname);
@@ -188,8 +230,7 @@ void PeftModel::delete_adapter(const std::string& name) {
   auto& a = adapter(name);
   PEFT_CHECK(std::find(merged_.begin(), merged_.end(), name) == merged_.end(), kC,
              "adapter '{}' is merged; unmerge it before deleting it", name);
-  for (auto& [path, lin] : a.layers) lin->remove_delta(name);
-  for (auto& [path, block] : a.blocks) block->remove(name);
+  detach_modules(name, a);
   adapters_.erase(name);
   order_.erase(std::remove(order_.begin(), order_.end(), name), order_.end());
   if (active_ == name) active_ = order_.empty() ? "" : order_.front();
@@ -228,6 +269,10 @@ void PeftModel::merge_adapter() {
              "adapter '{}' ({}) cannot be merged: its block adapters apply a nonlinearity between two projections, "
              "so no weight can absorb them; run it unmerged",
              active_, a.config->method());
+  PEFT_CHECK(a.attentions.empty() && !a.prompt, kC,
+             "adapter '{}' ({}) cannot be merged: it adds keys and values (or virtual tokens) that attention mixes "
+             "through a softmax, which no weight can absorb; run it unmerged",
+             active_, a.config->method());
   std::vector<nn::AdaptableLinear> done;
   try {
     for (auto& [path, lin] : a.layers) {
@@ -252,7 +297,8 @@ std::shared_ptr<models::PretrainedModel> PeftModel::merge_and_unload() {
   torch::NoGradGuard no_grad;
   for (auto& [name, a] : adapters_) {
     for (auto& [path, lin] : a.layers) lin->remove_delta(name, /*keep_merged_weights=*/true);
-    for (auto& [path, block] : a.blocks) block->remove(name);
+    a.layers.clear();
+    detach_modules(name, a);
   }
   originals_.clear();  // the active adapter's copies (modules_to_save) become the base's own
   adapters_.clear();
@@ -265,10 +311,7 @@ std::shared_ptr<models::PretrainedModel> PeftModel::merge_and_unload() {
 
 std::shared_ptr<models::PretrainedModel> PeftModel::unload() {
   if (!merged_.empty()) unmerge_adapter();
-  for (auto& [name, a] : adapters_) {
-    for (auto& [path, lin] : a.layers) lin->remove_delta(name);
-    for (auto& [path, block] : a.blocks) block->remove(name);
-  }
+  for (auto& [name, a] : adapters_) detach_modules(name, a);
   adapters_.clear();
   order_.clear();
   active_.clear();
@@ -291,6 +334,11 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
   for (auto& [pname, copy] : a.base_copies) out[kKeyPrefix + pname] = copy;
   for (auto& [path, block] : a.blocks)
     for (auto& [rel, t] : block->state(name)) out[kKeyPrefix + path + ".adapters." + rel] = t;
+  for (auto& [path, holder] : a.attentions)
+    for (auto& [rel, t] : holder->state(name)) out[kKeyPrefix + path + "." + rel] = t;
+  // HF stores a prompt as one tensor without prefix; an encoder's output is computed for it.
+  if (a.prompt) out["prompt_embeddings"] = a.prompt->has_encoder() ? a.prompt->prompt_embeddings().detach()
+                                                                     : a.prompt->prompt_embeddings();
   return out;
 }
 

@@ -4,6 +4,7 @@
 
 #include "peft/checkpoint/delta.h"
 #include "peft/core/json_io.h"
+#include "peft/core/strings.h"
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
@@ -19,6 +20,8 @@ struct MethodCase {
   nlohmann::json config;
   std::vector<std::string> families;  ///< empty: every family
   bool mergeable = true;              ///< false: merging must be refused with a clear reason
+  bool identity_at_init = true;       ///< false: the method changes the output from the start (prompts)
+  bool reparameterized = false;       ///< trains an encoder, saves only its output
 };
 
 const std::vector<MethodCase> kCases = {
@@ -34,6 +37,13 @@ const std::vector<MethodCase> kCases = {
                         {"adapter", {{"preset", "houlsby"}, {"reduction_factor", 4}, {"init_weights", "zero_up"}}}}, {}, false},
     {"adamix", {{"peft_type", "ADAMIX"}, {"num_experts", 3}, {"bottleneck_size", 4}, {"sharing_up", false}}, {}, false},
     {"adapter_parallel", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "parallel"}, {"reduction_factor", 8}, {"layers_to_transform", {1}}}, {}, false},
+    {"prefix_tuning", {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 3}}, {}, false, false},
+    {"prefix_projection", {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 4}, {"prefix_projection", true}, {"encoder_hidden_size", 12}}, {}, false, false, true},
+    {"prompt_tuning", {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 3}}, {}, false, false},
+    {"p_tuning_mlp", {{"peft_type", "P_TUNING"}, {"num_virtual_tokens", 3}, {"encoder_hidden_size", 10}}, {}, false, false, true},
+    {"p_tuning_lstm", {{"peft_type", "P_TUNING"}, {"num_virtual_tokens", 3}, {"encoder_reparameterization_type", "LSTM"}, {"encoder_hidden_size", 6}}, {"gpt2", "bert", "llama"}, false, false, true},
+    {"llama_adapter", {{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 3}, {"adapter_layers", 1}}, {}, false},
+    {"llama_adapter_per_head", {{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 2}, {"gate", "per_head_tanh"}}, {}, false},
     {"lora_all_linear", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_proj", "c_fc"}}}, {"gpt2"}},
     {"lora_rslora_bias", {{"peft_type", "LORA"}, {"r", 2}, {"fan_in_fan_out", true}, {"lora_alpha", 4}, {"use_rslora", true}, {"bias", "lora_only"},
                           {"target_modules", "transformer\\.h\\.1\\..*c_(attn|fc)"}, {"modules_to_save", {"ln_f"}}}, {"gpt2"}},
@@ -56,6 +66,15 @@ std::vector<Combo> combos() {
         out.push_back(combo);
       }
   return out;
+}
+
+/// Parameters of the task head a SEQ_CLS adapter trains beside its method.
+int64_t head_params(PeftModel& model) {
+  int64_t n = 0;
+  const auto heads = model.implicit_modules_to_save(model.adapter_config(model.active_adapter()));
+  for (const auto& p : model.base_model().named_parameters())
+    for (const auto& h : heads) n += core::is_under(p.key(), h) ? p.value().numel() : 0;
+  return n;
 }
 
 /// Makes every trainable tensor non-trivial (zero-initialized halves would hide bugs).
@@ -87,6 +106,13 @@ TEST_P(Conformance, IdentityAtInit) {
   auto ref = base->forward(batch()).logits.clone();
   PeftModel model(base);
   model.add_adapter("default", *config());
+  if (GetParam().method.identity_at_init) {
+    EXPECT_TRUE(bit_equal(model.forward(batch()).logits, ref));
+  } else {
+    EXPECT_GT(max_abs_diff(model.forward(batch()).logits.narrow(1, 0, ref.size(1)), ref), 1e-6)
+        << "a prompt that changes nothing would hide a disconnected prompt";
+  }
+  model.disable_adapters();  // and the bare base is still there, bit for bit
   EXPECT_TRUE(bit_equal(model.forward(batch()).logits, ref));
 }
 
@@ -104,7 +130,17 @@ TEST_P(Conformance, OnlyDeltasTrainAndBaseStaysBitIdentical) {
   auto state = model.adapter_state_dict("default");
   int64_t saved = 0;
   for (auto& [k, t] : state) saved += t.is_floating_point() ? t.numel() : 0;  // integer entries are masks
-  EXPECT_EQ(saved, n) << "the delta holds exactly the trainable tensors";
+  if (GetParam().method.reparameterized) {
+    // The encoder trains; the delta holds only its output, one table (and a classifier's head).
+    ASSERT_TRUE(state.count("prompt_embeddings"));
+    EXPECT_EQ(saved - state.at("prompt_embeddings").numel(), head_params(model));
+    EXPECT_GT(n, saved);
+  } else {
+    EXPECT_EQ(saved, n) << "the delta holds exactly the trainable tensors";
+  }
+  auto geometry = base->geometry();
+  const auto& method = methods::find_method(GetParam().method.config["peft_type"]);
+  if (method.count) EXPECT_EQ(method.count(model.adapter_config("default"), geometry), counts.trainable - head_params(model));
 
   auto before = clone_base(*base, model.base_parameter_names());
   model.train();

@@ -13,6 +13,9 @@
 #include "peft/nn/adaptable_linear.h"
 
 namespace peft {
+namespace methods {
+class PromptEncoder;
+}
 
 struct ParameterCounts {
   int64_t trainable = 0;
@@ -78,6 +81,17 @@ class PeftModel {
   /// Puts a sublayer adapter into slot "attention" or "ffn" of one block.
   void attach_block_adapter(const std::string& adapter, const std::string& block_name, const std::string& slot,
                             std::shared_ptr<nn::SublayerAdapter> module);
+  /// Every attention layer's extension point, by attention module name ("model.layers.0.self_attn").
+  const std::vector<std::pair<std::string, nn::AttentionAdapters>>& attention_layers() const { return attentions_; }
+  /// Attaches an attention adapter; its tensors are saved as "<attention module>.<name>" (HF's
+  /// adaption-prompt keys).
+  void attach_attention_adapter(const std::string& adapter, const std::string& attention_name,
+                                std::shared_ptr<nn::AttentionAdapter> module);
+  /// Gives `adapter` a prompt (prompt / prefix / P-tuning): it rewrites every batch before the
+  /// backbone sees it and is saved as the one tensor "prompt_embeddings".
+  void attach_prompt_encoder(const std::string& adapter, std::shared_ptr<methods::PromptEncoder> encoder);
+  /// The adapter's prompt encoder, or nullptr.
+  std::shared_ptr<methods::PromptEncoder> prompt_encoder(const std::string& adapter);
   /// Gives `adapter` its own trainable copy of a base parameter (modules_to_save, trainable biases).
   void add_trainable_base_tensor(const std::string& adapter, const std::string& param_name);
   /// modules_to_save: every base parameter inside a named module; an unmatched name is an error.
@@ -91,6 +105,8 @@ class PeftModel {
     std::shared_ptr<methods::MethodConfig> config;
     std::vector<std::pair<std::string, nn::AdaptableLinear>> layers;
     std::vector<std::pair<std::string, nn::BlockAdapters>> blocks;  // blocks holding this adapter's slot modules
+    std::vector<std::pair<std::string, nn::AttentionAdapters>> attentions;  // attention layers holding its modules
+    std::shared_ptr<methods::PromptEncoder> prompt;
     std::map<std::string, at::Tensor> base_copies;  // param name -> this adapter's values
     bool trainable = true;
   };
@@ -99,10 +115,14 @@ class PeftModel {
   /// Makes the model compute with the active adapter (or none) and sets requires_grad accordingly.
   void apply_state();
   at::Tensor base_param(const std::string& name);
+  /// Detaches every module of the adapter from the model (no merge).
+  void detach_modules(const std::string& name, Adapter& a);
 
   std::shared_ptr<models::PretrainedModel> base_;
   std::vector<std::pair<std::string, nn::AdaptableLinear>> linears_;
   std::vector<std::pair<std::string, nn::BlockAdapters>> blocks_;
+  std::vector<std::pair<std::string, nn::AttentionAdapters>> attentions_;
+  std::shared_ptr<torch::nn::Module> prompt_holder_;  // registered in the base as "prompt_encoder" on first use
   std::vector<std::string> base_names_;
   std::map<std::string, at::Tensor> base_params_;  // name -> the live parameter, collected once
   std::map<std::string, Adapter> adapters_;

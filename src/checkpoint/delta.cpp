@@ -12,6 +12,7 @@
 #include "peft/core/log.h"
 #include "peft/core/safetensors.h"
 #include "peft/core/version.h"
+#include "peft/methods/prompt_learning.h"
 
 namespace peft::checkpoint {
 namespace fs = std::filesystem;
@@ -92,6 +93,8 @@ void load_adapter(PeftModel& model, const std::string& dir, const std::string& a
   config->common.inference_mode = !options.is_trainable;
   model.add_adapter(adapter, *config);
   try {
+    // A delta holds a prompt encoder's output only: the encoder (if the config builds one) goes.
+    if (auto encoder = model.prompt_encoder(adapter)) encoder->eject();
     auto expected = model.adapter_state_dict(adapter);
     for (const auto& t : file.tensors())
       PEFT_CHECK(expected.count(t.name), kC, "{}: unexpected tensor '{}' (the config's {} adapter has no such tensor)",

@@ -12,6 +12,17 @@ bool contains(const std::vector<std::string>& v, const std::string& s) {
   return std::find(v.begin(), v.end(), s) != v.end();
 }
 
+void check_config_keys(const nlohmann::json& j, const std::vector<std::string>& keys, const std::string& peft_type,
+                       const std::string& c, const std::string& where) {
+  PEFT_CHECK(j.is_object(), c, "{}: expected a JSON object", where);
+  for (auto it = j.begin(); it != j.end(); ++it)
+    PEFT_CHECK(contains(keys, it.key()) || contains(common_keys(), it.key()), c, "{}: unknown key '{}' (keys: {})",
+               where, it.key(), fmt::join(keys, ", "));
+  if (j.contains("peft_type"))
+    PEFT_CHECK(j["peft_type"] == peft_type, c, "{}: peft_type must be \"{}\", found {}", where, peft_type,
+               j["peft_type"].dump());
+}
+
 std::vector<std::string> string_list(const nlohmann::json& j, const char* key, const std::string& where) {
   std::vector<std::string> out;
   if (!j.contains(key) || j[key].is_null()) return out;

@@ -16,6 +16,10 @@ class PeftModel;
 namespace peft::methods {
 
 bool contains(const std::vector<std::string>& v, const std::string& s);
+/// A config object must be an object with only `keys` (plus HF's common keys), and its
+/// peft_type, when present, must be `peft_type`; errors name `where` and the key.
+void check_config_keys(const nlohmann::json& j, const std::vector<std::string>& keys, const std::string& peft_type,
+                       const std::string& component, const std::string& where);
 /// A string or list-of-strings field (null or absent: empty); other types name the key.
 std::vector<std::string> string_list(const nlohmann::json& j, const char* key, const std::string& where);
 /// Whether `name` matches exclude_modules (HF's rules, no layer selection).

@@ -4,7 +4,11 @@
 #include "peft/methods/bottleneck_adapter.h"
 #include "peft/methods/compacter.h"
 #include "peft/methods/ia3.h"
+#include "peft/methods/llama_adapter.h"
 #include "peft/methods/lora.h"
+#include "peft/methods/p_tuning.h"
+#include "peft/methods/prefix_tuning.h"
+#include "peft/methods/prompt_tuning.h"
 #include "peft/methods/sparse_adapter.h"
 #include "peft/methods/method.h"
 
@@ -18,6 +22,10 @@ void register_builtin_methods() {
   register_method(compacter_method());
   register_method(sparse_adapter_method());
   register_method(adamix_method());
+  register_method(prefix_tuning_method());
+  register_method(prompt_tuning_method());
+  register_method(p_tuning_method());
+  register_method(llama_adapter_method());
 }
 
 }  // namespace peft::methods

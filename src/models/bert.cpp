@@ -8,9 +8,13 @@
 #include "peft/core/json_io.h"
 #include "peft/core/strings.h"
 #include "peft/nn/attention_mask.h"
+#include "prompt_inputs.h"
 
 namespace peft::models {
 namespace F = torch::nn::functional;
+namespace {
+ModelGeometry geometry_of(const BertConfig& c) { return encoder_geometry(c, c.vocab_size); }
+}  // namespace
 
 // ---- config ------------------------------------------------------------------
 
@@ -95,21 +99,23 @@ BertEmbeddingsImpl::BertEmbeddingsImpl(const BertConfig& config) : config_(confi
 }
 
 at::Tensor BertEmbeddingsImpl::forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids,
-                                       const at::Tensor& position_ids) {
+                                       const at::Tensor& position_ids, const at::Tensor& prompt_embeds, int64_t past) {
   const std::string c = config_.model_type();
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
+  const int64_t P = prompt_embeds.defined() ? prompt_embeds.size(1) : 0, S = P + T;
   at::Tensor positions = position_ids;
   if (!positions.defined()) {
     if (config_.roberta) {
-      // RoBERTa numbers real tokens from padding_idx + 1; pads keep padding_idx.
-      at::Tensor real = input_ids.ne(config_.pad_token_id).to(torch::kLong);
-      positions = torch::cumsum(real, 1) * real + config_.pad_token_id;
+      // RoBERTa numbers real tokens (virtual ones count as real) from padding_idx + 1 (+ past);
+      // pads keep padding_idx.
+      at::Tensor real = prepend_constant(input_ids.ne(config_.pad_token_id).to(torch::kLong), P, 1);
+      positions = (torch::cumsum(real, 1) + past) * real + config_.pad_token_id;
     } else {
-      positions = torch::arange(T, input_ids.options().dtype(torch::kLong)).unsqueeze(0).expand({B, T});
+      positions = default_positions(B, S, past, input_ids.device());
     }
   }
   // Default numbering needs no look at the values; explicit ids are checked where that is cheap.
-  const int64_t last = config_.roberta ? config_.pad_token_id + T : T - 1;
+  const int64_t last = config_.roberta ? config_.pad_token_id + past + S : past + S - 1;
   const int64_t max_pos = position_ids.defined() && !position_ids.is_cuda() && position_ids.numel()
                               ? position_ids.max().item<int64_t>()
                               : (position_ids.defined() ? 0 : last);
@@ -119,13 +125,14 @@ at::Tensor BertEmbeddingsImpl::forward(const at::Tensor& input_ids, const at::Te
   at::Tensor types = token_type_ids.defined() ? token_type_ids.to(torch::kLong) : torch::zeros_like(input_ids);
   PEFT_CHECK(types.sizes() == input_ids.sizes(), c, "token_type_ids has shape {}, expected {} like input_ids",
              c10::str(types.sizes()), c10::str(input_ids.sizes()));
+  types = prepend_constant(types, P, 0);
   if (types.numel() && !types.is_cuda()) {
     const int64_t max_type = types.max().item<int64_t>(), min_type = types.min().item<int64_t>();
     PEFT_CHECK(min_type >= 0 && max_type < config_.type_vocab_size, c,
                "token_type_ids must be in [0, {}) (type_vocab_size), found {}..{}", config_.type_vocab_size, min_type,
                max_type);
   }
-  at::Tensor emb = word_embeddings->forward(input_ids) + token_type_embeddings->forward(types);
+  at::Tensor emb = prepend_prompt(prompt_embeds, word_embeddings->forward(input_ids)) + token_type_embeddings->forward(types);
   emb = emb + position_embeddings->forward(positions);
   return torch::dropout(LayerNorm->forward(emb), config_.hidden_dropout_prob, is_training());
 }
@@ -169,9 +176,10 @@ BertLayerImpl::BertLayerImpl(const BertConfig& config) {
   adapters = register_module("adapters", nn::BlockAdapters());
 }
 
-at::Tensor BertLayerImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask) {
+at::Tensor BertLayerImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
+                                  const nn::AttentionPrefix& prefix) {
   // Post-LN: adapters act on each sublayer's projected output, before its residual LayerNorm.
-  at::Tensor a = attention->output->project(attention->self->forward(hidden, additive_mask));
+  at::Tensor a = attention->output->project(attention->self->forward(hidden, additive_mask, prefix));
   at::Tensor attended = attention->output->finish(adapters->apply("attention", hidden, a), hidden);
   at::Tensor f = output->project(intermediate->forward(attended));
   return output->finish(adapters->apply("ffn", attended, f), attended);
@@ -202,18 +210,21 @@ ModelOutput BertModelImpl::forward(const ModelInputs& inputs) {
   PEFT_CHECK(ids.defined() && ids.dim() == 2, c, "input_ids must be a [batch, seq] tensor, found {}",
              ids.defined() ? c10::str(ids.sizes()) : "none");
   PEFT_CHECK(!inputs.pixel_values.defined(), c, "pixel_values given to a text model");
+  const auto lengths = check_prompt_inputs(inputs, ids.size(0), geometry_of(config_), c);
   ModelOutput out;
-  at::Tensor hidden = embeddings->forward(ids, inputs.token_type_ids, inputs.position_ids);
+  at::Tensor hidden =
+      embeddings->forward(ids, inputs.token_type_ids, inputs.position_ids, inputs.prompt_embeds, lengths.prefix);
   at::Tensor additive;
   if (inputs.attention_mask.defined()) {
     PEFT_CHECK(inputs.attention_mask.sizes() == ids.sizes(), c,
                "attention_mask has shape {}, expected {} like input_ids", c10::str(inputs.attention_mask.sizes()),
                c10::str(ids.sizes()));
-    additive = nn::additive_padding_mask(inputs.attention_mask, hidden.scalar_type());
+    additive = nn::additive_padding_mask(extend_mask(inputs.attention_mask, lengths.prefix + lengths.virtual_tokens),
+                                         hidden.scalar_type());
   }
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   for (size_t i = 0; i < encoder->layer->size(); ++i) {
-    hidden = encoder->layer->ptr<BertLayerImpl>(i)->forward(hidden, additive);
+    hidden = encoder->layer->ptr<BertLayerImpl>(i)->forward(hidden, additive, layer_prefix(inputs, i));
     if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   }
   out.last_hidden_state = hidden;
@@ -222,6 +233,8 @@ ModelOutput BertModelImpl::forward(const ModelInputs& inputs) {
 }
 
 // ---- task models -------------------------------------------------------------
+
+ModelGeometry BertFamilyModel::geometry() const { return geometry_of(config_); }
 
 nlohmann::json BertFamilyModel::config_json() const {
   auto j = config_.to_json();

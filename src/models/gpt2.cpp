@@ -10,9 +10,15 @@
 #include "peft/core/json_io.h"
 #include "peft/core/strings.h"
 #include "peft/nn/attention_mask.h"
+#include "prompt_inputs.h"
 
 namespace peft::models {
 namespace F = torch::nn::functional;
+namespace {
+ModelGeometry geometry_of(const GPT2Config& c) {
+  return {c.n_layer, c.n_embd, c.n_head, c.n_head, c.n_embd / c.n_head, c.vocab_size};
+}
+}  // namespace
 
 // ---- config ------------------------------------------------------------------
 
@@ -92,27 +98,46 @@ GPT2AttentionImpl::GPT2AttentionImpl(const GPT2Config& config, int64_t layer_idx
       resid_pdrop_(config.resid_pdrop) {
   c_attn = register_module("c_attn", nn::AdaptableLinear(config.n_embd, 3 * config.n_embd, true, true));
   c_proj = register_module("c_proj", nn::AdaptableLinear(config.n_embd, config.n_embd, true, true));
+  adapters = register_module("adapters", nn::AttentionAdapters());
 }
 
-at::Tensor GPT2AttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask) {
-  const int64_t B = hidden.size(0), T = hidden.size(1), D = hidden.size(2);
+at::Tensor GPT2AttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
+                                      const nn::AttentionPrefix& prefix) {
+  const int64_t B = hidden.size(0), T = hidden.size(1), D = hidden.size(2), P = prefix.length();
+  auto heads = [&](const at::Tensor& t) {
+    return t.view({t.size(0), t.size(1), n_head_, head_dim_}).permute({0, 2, 1, 3});
+  };
   auto qkv = c_attn->forward(hidden).split(D, /*dim=*/2);
-  auto heads = [&](const at::Tensor& t) { return t.view({B, T, n_head_, head_dim_}).permute({0, 2, 1, 3}); };
-  at::Tensor q = heads(qkv[0]), k = heads(qkv[1]), v = heads(qkv[2]);
+  at::Tensor q = heads(qkv[0]);
+  at::Tensor k = nn::with_prefix(prefix.key, heads(qkv[1])), v = nn::with_prefix(prefix.value, heads(qkv[2]));
 
   // The reference order of operations: scores, scale, causal fill with the dtype's min, add
   // the padding mask, softmax. Keeping it makes padded rows agree with HF too.
+  double divisor = 1.0;
+  if (scale_) divisor *= std::sqrt(static_cast<double>(head_dim_));
+  if (scale_by_layer_) divisor *= static_cast<double>(layer_idx_ + 1);
   at::Tensor scores = torch::matmul(q, k.transpose(-1, -2));
   if (scale_) scores = scores / std::sqrt(static_cast<double>(head_dim_));
   if (scale_by_layer_) scores = scores / static_cast<double>(layer_idx_ + 1);
   const double min_value = nn::lowest_value(scores.scalar_type());
-  at::Tensor causal = torch::ones({T, T}, scores.options().dtype(torch::kBool)).tril();
+  // Query i sees the prefix and tokens up to itself (HF's causal window after P cached tokens).
+  at::Tensor causal = torch::ones({T, P + T}, scores.options().dtype(torch::kBool)).tril(P);
   scores = torch::where(causal, scores, torch::full({}, min_value, scores.options()));
   if (additive_mask.defined()) scores = scores + additive_mask;
   at::Tensor probs = torch::softmax(scores, -1).to(v.scalar_type());
   probs = F::dropout(probs, F::DropoutFuncOptions().p(attn_pdrop_).training(is_training()));
-  at::Tensor out = torch::matmul(probs, v).permute({0, 2, 1, 3}).reshape({B, T, D});
-  out = c_proj->forward(out);
+  at::Tensor context = torch::matmul(probs, v);
+  if (adapters->any_active()) {
+    nn::AttentionView view;
+    view.queries = q;
+    view.score_divisor = divisor;
+    view.key_value = [&](const at::Tensor& x) {
+      auto kv = c_attn->forward(x).split(D, 2);
+      return std::make_pair(heads(kv[1]), heads(kv[2]));
+    };
+    context = adapters->apply(context, view);
+  }
+  at::Tensor out = c_proj->forward(context.permute({0, 2, 1, 3}).reshape({B, T, D}));
   return F::dropout(out, F::DropoutFuncOptions().p(resid_pdrop_).training(is_training()));
 }
 
@@ -138,9 +163,10 @@ GPT2BlockImpl::GPT2BlockImpl(const GPT2Config& config, int64_t layer_idx) {
   adapters = register_module("adapters", nn::BlockAdapters());
 }
 
-at::Tensor GPT2BlockImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask) {
+at::Tensor GPT2BlockImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
+                                  const nn::AttentionPrefix& prefix) {
   at::Tensor a = ln_1->forward(hidden);
-  at::Tensor h = hidden + adapters->apply("attention", a, attn->forward(a, additive_mask));
+  at::Tensor h = hidden + adapters->apply("attention", a, attn->forward(a, additive_mask, prefix));
   at::Tensor f = ln_2->forward(h);
   return h + adapters->apply("ffn", f, mlp->forward(f));
 }
@@ -160,14 +186,19 @@ ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
              input_ids.defined() ? c10::str(input_ids.sizes()) : "none");
   PEFT_CHECK(!inputs.pixel_values.defined(), "gpt2", "pixel_values given to a text model");
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
-  PEFT_CHECK(T <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}", T, config_.n_positions);
+  const auto lengths = check_prompt_inputs(inputs, B, geometry_of(config_), "gpt2");
+  const int64_t S = lengths.virtual_tokens + T;  // positions in the sequence
+  PEFT_CHECK(lengths.prefix + S <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}",
+             lengths.prefix + S, config_.n_positions);
   at::Tensor positions = inputs.position_ids;
-  if (!positions.defined()) positions = torch::arange(T, input_ids.options().dtype(torch::kLong)).unsqueeze(0).expand({B, T});
-  PEFT_CHECK(positions.sizes() == input_ids.sizes(), "gpt2", "position_ids has shape {}, expected {} like input_ids",
-             c10::str(positions.sizes()), c10::str(input_ids.sizes()));
-  at::Tensor hidden = wte->forward(input_ids) + wpe->forward(positions);
+  if (!positions.defined()) positions = default_positions(B, S, lengths.prefix, input_ids.device());
+  PEFT_CHECK(positions.sizes() == input_ids.sizes() || inputs.prompt_embeds.defined(), "gpt2",
+             "position_ids has shape {}, expected {} like input_ids", c10::str(positions.sizes()),
+             c10::str(input_ids.sizes()));
+  at::Tensor hidden = prepend_prompt(inputs.prompt_embeds, wte->forward(input_ids)) + wpe->forward(positions);
   // GPT-2 embeds segment ids with the token embedding (HF does the same).
-  if (inputs.token_type_ids.defined()) hidden = hidden + wte->forward(inputs.token_type_ids.to(torch::kLong));
+  if (inputs.token_type_ids.defined())
+    hidden = hidden + wte->forward(prepend_constant(inputs.token_type_ids.to(torch::kLong), lengths.virtual_tokens, 0));
   hidden = F::dropout(hidden, F::DropoutFuncOptions().p(config_.embd_pdrop).training(is_training()));
 
   at::Tensor additive;
@@ -175,12 +206,13 @@ ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
     PEFT_CHECK(inputs.attention_mask.sizes() == input_ids.sizes(), "gpt2",
                "attention_mask has shape {}, expected {} like input_ids", c10::str(inputs.attention_mask.sizes()),
                c10::str(input_ids.sizes()));
-    additive = nn::additive_padding_mask(inputs.attention_mask, hidden.scalar_type());
+    additive = nn::additive_padding_mask(extend_mask(inputs.attention_mask, lengths.prefix + lengths.virtual_tokens),
+                                         hidden.scalar_type());
   }
   ModelOutput out;
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   for (size_t i = 0; i < h->size(); ++i) {
-    hidden = h->ptr<GPT2BlockImpl>(i)->forward(hidden, additive);
+    hidden = h->ptr<GPT2BlockImpl>(i)->forward(hidden, additive, layer_prefix(inputs, i));
     if (inputs.output_hidden_states && i + 1 < h->size()) out.hidden_states.push_back(hidden);
   }
   out.last_hidden_state = ln_f->forward(hidden);
@@ -195,6 +227,8 @@ nlohmann::json GPT2FamilyModel::config_json() const {
   j["architectures"] = nlohmann::json::array({architecture()});
   return j;
 }
+
+ModelGeometry GPT2FamilyModel::geometry() const { return geometry_of(config_); }
 
 void GPT2FamilyModel::init_weights() {
   torch::NoGradGuard no_grad;
@@ -245,7 +279,7 @@ ModelOutput GPT2LMHeadModel::forward(const ModelInputs& inputs) {
   ModelOutput out = transformer->forward(inputs);
   out.logits = lm_head ? lm_head->forward(out.last_hidden_state)
                        : F::linear(out.last_hidden_state, transformer->wte->weight);
-  if (inputs.labels.defined()) out.loss = causal_lm_loss(out.logits, inputs.labels);
+  if (inputs.labels.defined()) out.loss = causal_lm_loss(out.logits, lm_labels(inputs));
   return out;
 }
 
@@ -259,7 +293,8 @@ GPT2ForSequenceClassification::GPT2ForSequenceClassification(const GPT2Config& c
 
 ModelOutput GPT2ForSequenceClassification::forward(const ModelInputs& inputs) {
   ModelOutput out = transformer->forward(inputs);
-  at::Tensor last = last_token_index(inputs.input_ids, inputs.attention_mask, config_.head.pad_token_id, "gpt2");
+  at::Tensor last = last_token_index(inputs.input_ids, inputs.attention_mask, config_.head.pad_token_id, "gpt2") +
+                    virtual_tokens(inputs);
   out.logits = gather_rows(score->forward(out.last_hidden_state), last);
   if (inputs.labels.defined()) out.loss = classification_loss(out.logits, inputs.labels, config_.head);
   return out;

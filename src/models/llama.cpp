@@ -10,11 +10,16 @@
 #include "peft/core/strings.h"
 #include "peft/nn/attention.h"
 #include "peft/nn/attention_mask.h"
+#include "prompt_inputs.h"
 
 namespace peft::models {
 namespace F = torch::nn::functional;
 namespace {
 constexpr const char* kC = "llama";
+
+ModelGeometry geometry_of(const LlamaConfig& c) {
+  return {c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), c.vocab_size};
+}
 }
 
 // ---- config ------------------------------------------------------------------
@@ -111,21 +116,35 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& config)
   k_proj = register_module("k_proj", nn::AdaptableLinear(D, kv_heads_ * head_dim_, b, false));
   v_proj = register_module("v_proj", nn::AdaptableLinear(D, kv_heads_ * head_dim_, b, false));
   o_proj = register_module("o_proj", nn::AdaptableLinear(heads_ * head_dim_, D, b, false));
+  adapters = register_module("adapters", nn::AttentionAdapters());
 }
 
 at::Tensor LlamaAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
-                                       const at::Tensor& cos, const at::Tensor& sin) {
+                                       const at::Tensor& cos, const at::Tensor& sin,
+                                       const nn::AttentionPrefix& prefix) {
   at::Tensor q = nn::apply_rotary(nn::split_heads(q_proj->forward(hidden), heads_, head_dim_), cos, sin);
   at::Tensor k = nn::apply_rotary(nn::split_heads(k_proj->forward(hidden), kv_heads_, head_dim_), cos, sin);
   at::Tensor v = nn::split_heads(v_proj->forward(hidden), kv_heads_, head_dim_);
+  k = nn::with_prefix(prefix.key, k);
+  v = nn::with_prefix(prefix.value, v);
   nn::AttentionOptions opts;
   opts.score_divisor = std::sqrt(static_cast<double>(head_dim_));
   opts.dropout = dropout_;
   opts.training = is_training();
   opts.softmax_in_float32 = true;
   const int64_t rep = heads_ / kv_heads_;
-  at::Tensor out = nn::eager_attention(q, nn::repeat_kv(k, rep), nn::repeat_kv(v, rep), additive_mask, opts);
-  return o_proj->forward(nn::merge_heads(out));
+  at::Tensor context = nn::eager_attention(q, nn::repeat_kv(k, rep), nn::repeat_kv(v, rep), additive_mask, opts);
+  if (adapters->any_active()) {
+    nn::AttentionView view;
+    view.queries = q;
+    view.score_divisor = opts.score_divisor;
+    view.key_value = [&](const at::Tensor& x) {
+      auto heads = [&](const at::Tensor& t) { return nn::repeat_kv(nn::split_heads(t, kv_heads_, head_dim_), rep); };
+      return std::make_pair(heads(k_proj->forward(x)), heads(v_proj->forward(x)));
+    };
+    context = adapters->apply(context, view);
+  }
+  return o_proj->forward(nn::merge_heads(context));
 }
 
 LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& config) : act_(nn::activation(config.hidden_act)) {
@@ -149,9 +168,10 @@ LlamaDecoderLayerImpl::LlamaDecoderLayerImpl(const LlamaConfig& config) {
 }
 
 at::Tensor LlamaDecoderLayerImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
-                                          const at::Tensor& cos, const at::Tensor& sin) {
+                                          const at::Tensor& cos, const at::Tensor& sin,
+                                          const nn::AttentionPrefix& prefix) {
   at::Tensor a = input_layernorm->forward(hidden);
-  at::Tensor h = hidden + adapters->apply("attention", a, self_attn->forward(a, additive_mask, cos, sin));
+  at::Tensor h = hidden + adapters->apply("attention", a, self_attn->forward(a, additive_mask, cos, sin, prefix));
   at::Tensor f = post_attention_layernorm->forward(h);
   return h + adapters->apply("ffn", f, mlp->forward(f));
 }
@@ -175,18 +195,25 @@ ModelOutput LlamaModelImpl::forward(const ModelInputs& inputs) {
   PEFT_CHECK(!inputs.pixel_values.defined() && !inputs.token_type_ids.defined(), kC,
              "pixel_values / token_type_ids given to a LLaMA model (it takes input_ids and attention_mask)");
   const int64_t B = ids.size(0), T = ids.size(1);
+  const auto lengths = check_prompt_inputs(inputs, B, geometry_of(config_), kC);
+  const int64_t S = lengths.virtual_tokens + T, keys = lengths.prefix + S;
   at::Tensor positions = inputs.position_ids;
-  if (!positions.defined()) positions = torch::arange(T, ids.options().dtype(torch::kLong)).unsqueeze(0).expand({B, T});
-  PEFT_CHECK(positions.sizes() == ids.sizes(), kC, "position_ids has shape {}, expected {} like input_ids",
-             c10::str(positions.sizes()), c10::str(ids.sizes()));
+  if (!positions.defined()) positions = default_positions(B, S, lengths.prefix, ids.device());
+  PEFT_CHECK(positions.sizes() == ids.sizes() || inputs.prompt_embeds.defined(), kC,
+             "position_ids has shape {}, expected {} like input_ids", c10::str(positions.sizes()),
+             c10::str(ids.sizes()));
+  if (inputs.attention_mask.defined())
+    PEFT_CHECK(inputs.attention_mask.sizes() == ids.sizes(), kC, "attention_mask has shape {}, expected {} like input_ids",
+               c10::str(inputs.attention_mask.sizes()), c10::str(ids.sizes()));
 
   ModelOutput out;
-  at::Tensor hidden = embed_tokens->forward(ids);
-  auto [cos, sin] = rotary_.cos_sin(positions, T, hidden.scalar_type());
-  at::Tensor mask = nn::causal_additive_mask(inputs.attention_mask, B, T, T, hidden.scalar_type(), hidden.device());
+  at::Tensor hidden = prepend_prompt(inputs.prompt_embeds, embed_tokens->forward(ids));
+  auto [cos, sin] = rotary_.cos_sin(positions, keys, hidden.scalar_type());
+  at::Tensor mask = nn::causal_additive_mask(extend_mask(inputs.attention_mask, keys - T), B, S, keys,
+                                             hidden.scalar_type(), hidden.device());
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   for (size_t i = 0; i < layers->size(); ++i) {
-    hidden = layers->ptr<LlamaDecoderLayerImpl>(i)->forward(hidden, mask, cos, sin);
+    hidden = layers->ptr<LlamaDecoderLayerImpl>(i)->forward(hidden, mask, cos, sin, layer_prefix(inputs, i));
     if (inputs.output_hidden_states && i + 1 < layers->size()) out.hidden_states.push_back(hidden);
   }
   out.last_hidden_state = norm->forward(hidden);
@@ -195,6 +222,8 @@ ModelOutput LlamaModelImpl::forward(const ModelInputs& inputs) {
 }
 
 // ---- task models -------------------------------------------------------------
+
+ModelGeometry LlamaFamilyModel::geometry() const { return geometry_of(config_); }
 
 nlohmann::json LlamaFamilyModel::config_json() const {
   auto j = config_.to_json();
@@ -242,7 +271,7 @@ ModelOutput LlamaForCausalLM::forward(const ModelInputs& inputs) {
   ModelOutput out = model->forward(inputs);
   out.logits = lm_head ? lm_head->forward(out.last_hidden_state)
                        : F::linear(out.last_hidden_state, model->embed_tokens->weight);
-  if (inputs.labels.defined()) out.loss = causal_lm_loss(out.logits, inputs.labels);
+  if (inputs.labels.defined()) out.loss = causal_lm_loss(out.logits, lm_labels(inputs));
   return out;
 }
 
@@ -256,7 +285,8 @@ LlamaForSequenceClassification::LlamaForSequenceClassification(const LlamaConfig
 
 ModelOutput LlamaForSequenceClassification::forward(const ModelInputs& inputs) {
   ModelOutput out = model->forward(inputs);
-  at::Tensor last = last_token_index(inputs.input_ids, inputs.attention_mask, config_.head.pad_token_id, kC);
+  at::Tensor last =
+      last_token_index(inputs.input_ids, inputs.attention_mask, config_.head.pad_token_id, kC) + virtual_tokens(inputs);
   out.logits = gather_rows(score->forward(out.last_hidden_state), last);
   if (inputs.labels.defined()) out.loss = classification_loss(out.logits, inputs.labels, config_.head);
   return out;

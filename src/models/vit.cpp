@@ -6,6 +6,7 @@
 #include "init_weights.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
+#include "prompt_inputs.h"
 
 namespace peft::models {
 namespace F = torch::nn::functional;
@@ -92,10 +93,12 @@ ViTEmbeddingsImpl::ViTEmbeddingsImpl(const ViTConfig& config) : dropout_(config.
       register_parameter("position_embeddings", torch::zeros({1, config.num_patches() + 1, config.hidden_size}));
 }
 
-at::Tensor ViTEmbeddingsImpl::forward(const at::Tensor& pixel_values) {
+at::Tensor ViTEmbeddingsImpl::forward(const at::Tensor& pixel_values, const at::Tensor& prompt_embeds) {
   at::Tensor patches = patch_embeddings->forward(pixel_values);
   at::Tensor cls = cls_token.expand({patches.size(0), -1, -1});
   at::Tensor emb = torch::cat({cls, patches}, 1) + position_embeddings;
+  if (prompt_embeds.defined())
+    emb = torch::cat({emb.narrow(1, 0, 1), prompt_embeds.to(emb.scalar_type()), emb.narrow(1, 1, emb.size(1) - 1)}, 1);
   return torch::dropout(emb, dropout_, is_training());
 }
 
@@ -124,9 +127,9 @@ ViTLayerImpl::ViTLayerImpl(const ViTConfig& config) {
   adapters = register_module("adapters", nn::BlockAdapters());
 }
 
-at::Tensor ViTLayerImpl::forward(const at::Tensor& hidden) {
+at::Tensor ViTLayerImpl::forward(const at::Tensor& hidden, const nn::AttentionPrefix& prefix) {
   at::Tensor a = layernorm_before->forward(hidden);
-  at::Tensor h = adapters->apply("attention", a, attention->forward(a)) + hidden;
+  at::Tensor h = adapters->apply("attention", a, attention->forward(a, prefix)) + hidden;
   at::Tensor f = layernorm_after->forward(h);
   return adapters->apply("ffn", f, output->forward(intermediate->forward(f))) + h;
 }
@@ -142,7 +145,7 @@ ViTPoolerImpl::ViTPoolerImpl(int64_t hidden) {
 
 at::Tensor ViTPoolerImpl::forward(const at::Tensor& hidden) { return torch::tanh(dense->forward(hidden.select(1, 0))); }
 
-ViTModelImpl::ViTModelImpl(const ViTConfig& config, bool add_pooling_layer) {
+ViTModelImpl::ViTModelImpl(const ViTConfig& config, bool add_pooling_layer) : config_(config) {
   embeddings = register_module("embeddings", ViTEmbeddings(config));
   encoder = register_module("encoder", ViTEncoder(config));
   layernorm = register_module("layernorm", layer_norm(config.hidden_size, config.layer_norm_eps));
@@ -152,11 +155,13 @@ ViTModelImpl::ViTModelImpl(const ViTConfig& config, bool add_pooling_layer) {
 ModelOutput ViTModelImpl::forward(const ModelInputs& inputs) {
   PEFT_CHECK(!inputs.input_ids.defined() && !inputs.attention_mask.defined(), kC,
              "input_ids / attention_mask given to a vision model (it takes pixel_values)");
+  const int64_t batch = inputs.pixel_values.defined() ? inputs.pixel_values.size(0) : 0;
+  check_prompt_inputs(inputs, batch, encoder_geometry(config_, 0), kC);
   ModelOutput out;
-  at::Tensor hidden = embeddings->forward(inputs.pixel_values);
+  at::Tensor hidden = embeddings->forward(inputs.pixel_values, inputs.prompt_embeds);
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   for (size_t i = 0; i < encoder->layer->size(); ++i) {
-    hidden = encoder->layer->ptr<ViTLayerImpl>(i)->forward(hidden);
+    hidden = encoder->layer->ptr<ViTLayerImpl>(i)->forward(hidden, layer_prefix(inputs, i));
     if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   }
   out.last_hidden_state = layernorm->forward(hidden);
@@ -165,6 +170,8 @@ ModelOutput ViTModelImpl::forward(const ModelInputs& inputs) {
 }
 
 // ---- task models -------------------------------------------------------------
+
+ModelGeometry ViTFamilyModel::geometry() const { return encoder_geometry(config_, 0); }
 
 nlohmann::json ViTFamilyModel::config_json() const {
   auto j = config_.to_json();

@@ -12,6 +12,10 @@ at::Tensor merge_heads(const at::Tensor& x) {
   return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
 }
 
+at::Tensor with_prefix(const at::Tensor& prefix, const at::Tensor& x) {
+  return prefix.defined() ? torch::cat({prefix.to(x.scalar_type()), x}, 2) : x;
+}
+
 at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
   if (n_rep == 1) return x;
   const int64_t b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3);

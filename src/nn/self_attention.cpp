@@ -16,17 +16,28 @@ SelfAttentionImpl::SelfAttentionImpl(int64_t hidden, int64_t heads, bool qkv_bia
   query = register_module("query", AdaptableLinear(hidden, hidden, qkv_bias, false));
   key = register_module("key", AdaptableLinear(hidden, hidden, qkv_bias, false));
   value = register_module("value", AdaptableLinear(hidden, hidden, qkv_bias, false));
+  adapters = register_module("adapters", AttentionAdapters());
 }
 
-at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask) {
-  at::Tensor q = split_heads(query->forward(hidden), heads_, head_dim_);
-  at::Tensor k = split_heads(key->forward(hidden), heads_, head_dim_);
-  at::Tensor v = split_heads(value->forward(hidden), heads_, head_dim_);
+at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
+                                      const AttentionPrefix& prefix) {
+  auto heads = [&](const at::Tensor& t) { return split_heads(t, heads_, head_dim_); };
+  at::Tensor q = heads(query->forward(hidden));
+  at::Tensor k = with_prefix(prefix.key, heads(key->forward(hidden)));
+  at::Tensor v = with_prefix(prefix.value, heads(value->forward(hidden)));
   AttentionOptions opts;
   opts.score_divisor = std::sqrt(static_cast<double>(head_dim_));
   opts.dropout = dropout_;
   opts.training = is_training();
-  return merge_heads(eager_attention(q, k, v, additive_mask, opts));
+  at::Tensor context = eager_attention(q, k, v, additive_mask, opts);
+  if (adapters->any_active()) {
+    AttentionView view;
+    view.queries = q;
+    view.score_divisor = opts.score_divisor;
+    view.key_value = [&](const at::Tensor& x) { return std::make_pair(heads(key->forward(x)), heads(value->forward(x))); };
+    context = adapters->apply(context, view);
+  }
+  return merge_heads(context);
 }
 
 }  // namespace peft::nn

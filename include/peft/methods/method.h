@@ -12,6 +12,9 @@
 namespace peft {
 class PeftModel;
 }
+namespace peft::models {
+struct ModelGeometry;
+}
 
 namespace peft::methods {
 
@@ -45,6 +48,9 @@ struct Method {
   /// Attaches freshly initialized trainable modules for `adapter` to the model. The config is
   /// the adapter's own copy: attach may normalize it (as HF does, e.g. fan_in_fan_out for Conv1D).
   std::function<void(PeftModel&, MethodConfig&, const std::string& adapter)> attach;
+  /// Optional: the trainable parameter count from the model's geometry alone (no weights built),
+  /// e.g. for a 7B configuration on a small machine.
+  std::function<int64_t(const MethodConfig&, const models::ModelGeometry&)> count;
 };
 
 void register_method(Method method);

@@ -47,7 +47,10 @@ struct BertConfig {
 class BertEmbeddingsImpl : public torch::nn::Module {
  public:
   explicit BertEmbeddingsImpl(const BertConfig& config);
-  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids, const at::Tensor& position_ids);
+  /// `prompt_embeds` [batch, p, hidden] (or undefined) go before the word embeddings; `past`
+  /// earlier tokens (an attention prefix) shift the default positions, as in HF.
+  at::Tensor forward(const at::Tensor& input_ids, const at::Tensor& token_type_ids, const at::Tensor& position_ids,
+                     const at::Tensor& prompt_embeds = {}, int64_t past = 0);
 
   torch::nn::Embedding word_embeddings{nullptr};
   torch::nn::Embedding position_embeddings{nullptr};
@@ -102,7 +105,7 @@ TORCH_MODULE(BertIntermediate);
 class BertLayerImpl : public torch::nn::Module {
  public:
   explicit BertLayerImpl(const BertConfig& config);
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask);
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask, const nn::AttentionPrefix& prefix);
 
   BertAttention attention{nullptr};
   BertIntermediate intermediate{nullptr};
@@ -150,6 +153,7 @@ class BertFamilyModel : public PretrainedModel {
   nlohmann::json config_json() const override;
   int64_t num_layers() const override { return config_.num_hidden_layers; }
   int64_t hidden_size() const override { return config_.hidden_size; }
+  ModelGeometry geometry() const override;
   std::string layers_pattern() const override { return "layer"; }
   std::string base_model_prefix() const override { return config_.model_type(); }
   bool ignorable_checkpoint_key(const std::string& key) const override;
@@ -166,6 +170,7 @@ class BertForFeatureExtraction : public BertFamilyModel {
   explicit BertForFeatureExtraction(const BertConfig& config);
   ModelOutput forward(const ModelInputs& inputs) override;
   std::string architecture() const override { return config_.roberta ? "RobertaModel" : "BertModel"; }
+  at::Tensor input_embeddings() override { return backbone_->embeddings->word_embeddings->weight; }
 
  private:
   BertModel backbone_{nullptr};
@@ -194,6 +199,7 @@ class BertForSequenceClassification : public BertFamilyModel {
     return config_.roberta ? "RobertaForSequenceClassification" : "BertForSequenceClassification";
   }
   std::vector<std::string> head_modules() const override { return {"classifier"}; }
+  at::Tensor input_embeddings() override { return backbone->embeddings->word_embeddings->weight; }
 
   BertModel backbone{nullptr};                         ///< registered as "bert" or "roberta"
   nn::AdaptableLinear classifier{nullptr};             ///< BERT

@@ -45,11 +45,12 @@ struct GPT2Config {
 class GPT2AttentionImpl : public torch::nn::Module {
  public:
   GPT2AttentionImpl(const GPT2Config& config, int64_t layer_idx);
-  /// `additive_mask`: [batch, 1, 1, seq] (0 or the dtype's min) or undefined.
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask);
+  /// `additive_mask`: [batch, 1, 1, prefix + seq] (0 or the dtype's min) or undefined.
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask, const nn::AttentionPrefix& prefix);
 
   nn::AdaptableLinear c_attn{nullptr};
   nn::AdaptableLinear c_proj{nullptr};
+  nn::AttentionAdapters adapters{nullptr};
 
  private:
   int64_t n_head_, head_dim_, layer_idx_;
@@ -75,7 +76,7 @@ TORCH_MODULE(GPT2MLP);
 class GPT2BlockImpl : public torch::nn::Module {
  public:
   GPT2BlockImpl(const GPT2Config& config, int64_t layer_idx);
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask);
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask, const nn::AttentionPrefix& prefix);
 
   torch::nn::LayerNorm ln_1{nullptr};
   GPT2Attention attn{nullptr};
@@ -110,6 +111,7 @@ class GPT2FamilyModel : public PretrainedModel {
   void init_weights() override;
   int64_t num_layers() const override { return config_.n_layer; }
   int64_t hidden_size() const override { return config_.n_embd; }
+  ModelGeometry geometry() const override;
   std::string layers_pattern() const override { return "h"; }
   std::string base_model_prefix() const override { return "transformer"; }
   bool ignorable_checkpoint_key(const std::string& key) const override;
@@ -125,6 +127,7 @@ class GPT2ForFeatureExtraction : public GPT2FamilyModel {
   explicit GPT2ForFeatureExtraction(const GPT2Config& config);
   ModelOutput forward(const ModelInputs& inputs) override;
   std::string architecture() const override { return "GPT2Model"; }
+  at::Tensor input_embeddings() override { return backbone_->wte->weight; }
 
  private:
   GPT2Model backbone_{nullptr};
@@ -137,6 +140,7 @@ class GPT2LMHeadModel : public GPT2FamilyModel {
   std::string architecture() const override { return "GPT2LMHeadModel"; }
   std::vector<std::string> head_modules() const override { return {"lm_head"}; }
   std::map<std::string, std::string> tied_weights() const override;
+  at::Tensor input_embeddings() override { return transformer->wte->weight; }
 
   GPT2Model transformer{nullptr};
   nn::AdaptableLinear lm_head{nullptr};  ///< only when tie_word_embeddings is false
@@ -149,6 +153,7 @@ class GPT2ForSequenceClassification : public GPT2FamilyModel {
   ModelOutput forward(const ModelInputs& inputs) override;
   std::string architecture() const override { return "GPT2ForSequenceClassification"; }
   std::vector<std::string> head_modules() const override { return {"score"}; }
+  at::Tensor input_embeddings() override { return transformer->wte->weight; }
 
   GPT2Model transformer{nullptr};
   nn::AdaptableLinear score{nullptr};

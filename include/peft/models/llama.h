@@ -46,14 +46,15 @@ struct LlamaConfig {
 class LlamaAttentionImpl : public torch::nn::Module {
  public:
   explicit LlamaAttentionImpl(const LlamaConfig& config);
-  /// `cos`/`sin` [batch, seq, head_dim] from the model's rotary embedding.
+  /// `cos`/`sin` [batch, seq, head_dim] from the model's rotary embedding; the prefix is not rotated.
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask, const at::Tensor& cos,
-                     const at::Tensor& sin);
+                     const at::Tensor& sin, const nn::AttentionPrefix& prefix);
 
   nn::AdaptableLinear q_proj{nullptr};
   nn::AdaptableLinear k_proj{nullptr};
   nn::AdaptableLinear v_proj{nullptr};
   nn::AdaptableLinear o_proj{nullptr};
+  nn::AttentionAdapters adapters{nullptr};
 
  private:
   int64_t heads_, kv_heads_, head_dim_;
@@ -80,7 +81,7 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
  public:
   explicit LlamaDecoderLayerImpl(const LlamaConfig& config);
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask, const at::Tensor& cos,
-                     const at::Tensor& sin);
+                     const at::Tensor& sin, const nn::AttentionPrefix& prefix);
 
   LlamaAttention self_attn{nullptr};
   LlamaMLP mlp{nullptr};
@@ -114,6 +115,7 @@ class LlamaFamilyModel : public PretrainedModel {
   nlohmann::json config_json() const override;
   int64_t num_layers() const override { return config_.num_hidden_layers; }
   int64_t hidden_size() const override { return config_.hidden_size; }
+  ModelGeometry geometry() const override;
   std::string layers_pattern() const override { return "layers"; }
   std::string base_model_prefix() const override { return "model"; }
   bool ignorable_checkpoint_key(const std::string& key) const override;
@@ -130,6 +132,7 @@ class LlamaForFeatureExtraction : public LlamaFamilyModel {
   explicit LlamaForFeatureExtraction(const LlamaConfig& config);
   ModelOutput forward(const ModelInputs& inputs) override;
   std::string architecture() const override { return "LlamaModel"; }
+  at::Tensor input_embeddings() override { return backbone_->embed_tokens->weight; }
 
  private:
   LlamaModel backbone_{nullptr};
@@ -142,6 +145,7 @@ class LlamaForCausalLM : public LlamaFamilyModel {
   std::string architecture() const override { return "LlamaForCausalLM"; }
   std::vector<std::string> head_modules() const override { return {"lm_head"}; }
   std::map<std::string, std::string> tied_weights() const override;
+  at::Tensor input_embeddings() override { return model->embed_tokens->weight; }
 
   LlamaModel model{nullptr};
   nn::AdaptableLinear lm_head{nullptr};  ///< only when tie_word_embeddings is false
@@ -154,6 +158,7 @@ class LlamaForSequenceClassification : public LlamaFamilyModel {
   ModelOutput forward(const ModelInputs& inputs) override;
   std::string architecture() const override { return "LlamaForSequenceClassification"; }
   std::vector<std::string> head_modules() const override { return {"score"}; }
+  at::Tensor input_embeddings() override { return model->embed_tokens->weight; }
 
   LlamaModel model{nullptr};
   nn::AdaptableLinear score{nullptr};

@@ -14,6 +14,8 @@
 #include <torch/nn/module.h>
 
 #include "peft/nn/adaptable_linear.h"
+#include "peft/nn/attention.h"
+#include "peft/nn/attention_adapters.h"
 #include "peft/nn/block_adapters.h"
 
 namespace peft::models {
@@ -29,6 +31,25 @@ struct ModelInputs {
   /// [batch] class indices, or float [batch] (regression) / [batch, num_labels] (multi-label).
   at::Tensor labels;
   bool output_hidden_states = false;
+
+  // Set by prompt methods (PeftModel fills them; a caller may too).
+  /// Virtual tokens [batch, p, hidden] put before the tokens' word embeddings (text; position,
+  /// segment and mask are extended over them) or right after the class token (ViT). Outputs then
+  /// cover p + seq positions; causal-LM labels get -100 for the virtual ones.
+  at::Tensor prompt_embeds;
+  /// One prefix per layer (see nn::AttentionPrefix), as if p tokens came before: text models
+  /// number the real tokens from p, as Hugging Face does with past_key_values.
+  std::vector<nn::AttentionPrefix> attention_prefix;
+};
+
+/// Sizes the methods need without touching weights.
+struct ModelGeometry {
+  int64_t num_layers = 0;
+  int64_t hidden_size = 0;
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;  ///< grouped-query attention: fewer than num_heads
+  int64_t head_dim = 0;
+  int64_t vocab_size = 0;    ///< 0 for vision models
 };
 
 struct ModelOutput {
@@ -58,6 +79,10 @@ class PretrainedModel : public torch::nn::Module {
   virtual int64_t num_layers() const = 0;
   /// Width of the residual stream (what block adapters read and write).
   virtual int64_t hidden_size() const = 0;
+  /// Layer counts and attention shapes.
+  virtual ModelGeometry geometry() const = 0;
+  /// The word-embedding matrix [vocab, hidden] (undefined for vision models).
+  virtual at::Tensor input_embeddings() { return {}; }
   /// The module-path segment before the layer index ("h" for GPT-2), for layers_to_transform.
   virtual std::string layers_pattern() const = 0;
   /// Checkpoint names that map onto another parameter (tied weights), e.g. lm_head.weight.
@@ -76,6 +101,8 @@ class PretrainedModel : public torch::nn::Module {
   std::vector<std::pair<std::string, nn::AdaptableLinear>> adaptable_linears();
   /// Every block's adapter slots, by the block's module name ("transformer.h.0").
   std::vector<std::pair<std::string, nn::BlockAdapters>> block_adapters();
+  /// Every attention layer's extension point, by the attention module's name ("model.layers.0.self_attn").
+  std::vector<std::pair<std::string, nn::AttentionAdapters>> attention_adapters();
 
  private:
   std::set<std::string> newly_initialized_;

@@ -55,7 +55,9 @@ TORCH_MODULE(ViTPatchEmbeddings);
 class ViTEmbeddingsImpl : public torch::nn::Module {
  public:
   explicit ViTEmbeddingsImpl(const ViTConfig& config);
-  at::Tensor forward(const at::Tensor& pixel_values);
+  /// [class; patches] + positions; `prompt_embeds` [batch, p, hidden] (visual prompts, no
+  /// position) go right after the class token.
+  at::Tensor forward(const at::Tensor& pixel_values, const at::Tensor& prompt_embeds = {});
 
   at::Tensor cls_token;            ///< [1, 1, hidden]
   at::Tensor position_embeddings;  ///< [1, patches + 1, hidden]
@@ -81,7 +83,9 @@ TORCH_MODULE(ViTDense);
 class ViTAttentionImpl : public torch::nn::Module {
  public:
   explicit ViTAttentionImpl(const ViTConfig& config);
-  at::Tensor forward(const at::Tensor& hidden) { return output->forward(attention->forward(hidden, {})); }
+  at::Tensor forward(const at::Tensor& hidden, const nn::AttentionPrefix& prefix) {
+    return output->forward(attention->forward(hidden, {}, prefix));
+  }
   nn::SelfAttention attention{nullptr};
   ViTDense output{nullptr};
 };
@@ -101,7 +105,7 @@ TORCH_MODULE(ViTIntermediate);
 class ViTLayerImpl : public torch::nn::Module {
  public:
   explicit ViTLayerImpl(const ViTConfig& config);
-  at::Tensor forward(const at::Tensor& hidden);
+  at::Tensor forward(const at::Tensor& hidden, const nn::AttentionPrefix& prefix);
 
   ViTAttention attention{nullptr};
   ViTIntermediate intermediate{nullptr};
@@ -137,6 +141,9 @@ class ViTModelImpl : public torch::nn::Module {
   ViTEncoder encoder{nullptr};
   torch::nn::LayerNorm layernorm{nullptr};
   ViTPooler pooler{nullptr};
+
+ private:
+  ViTConfig config_;
 };
 TORCH_MODULE(ViTModel);
 
@@ -147,6 +154,7 @@ class ViTFamilyModel : public PretrainedModel {
   nlohmann::json config_json() const override;
   int64_t num_layers() const override { return config_.num_hidden_layers; }
   int64_t hidden_size() const override { return config_.hidden_size; }
+  ModelGeometry geometry() const override;
   std::string layers_pattern() const override { return "layer"; }
   std::string base_model_prefix() const override { return "vit"; }
   void init_weights() override;

@@ -15,6 +15,16 @@ struct AttentionOptions {
   bool softmax_in_float32 = false;  ///< LLaMA: softmax in float32, then back to the input dtype
 };
 
+/// Keys and values a prompt method puts before one layer's own (prefix tuning), each
+/// [batch, kv_heads, p, head_dim]. They stand for p earlier tokens: never rotated, always visible.
+struct AttentionPrefix {
+  at::Tensor key, value;
+  int64_t length() const { return key.defined() ? key.size(2) : 0; }
+};
+
+/// `x` [b, h, t, d] with the prefix's [b, h, p, d] in front (x itself when there is none).
+at::Tensor with_prefix(const at::Tensor& prefix, const at::Tensor& x);
+
 /// [batch, seq, heads * head_dim] -> [batch, heads, seq, head_dim]
 at::Tensor split_heads(const at::Tensor& x, int64_t heads, int64_t head_dim);
 /// [batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim]

@@ -4,7 +4,6 @@
 // sublayer's input. Bottleneck adapters, AdaMix, SparseAdapter and Compacter live here.
 #pragma once
 
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -12,6 +11,8 @@
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
+
+#include "peft/nn/adapter_holder.h"
 
 namespace peft::nn {
 
@@ -21,28 +22,15 @@ class SublayerAdapter : public torch::nn::Module {
   virtual at::Tensor forward(const at::Tensor& input, const at::Tensor& output) = 0;
 };
 
-class BlockAdaptersImpl : public torch::nn::Module {
+class BlockAdaptersImpl : public AdapterHolder {
  public:
+  BlockAdaptersImpl() : AdapterHolder("BlockAdapters") {}
   /// The slots every block offers.
   static const std::vector<std::string>& slots();  // {"attention", "ffn"}
 
   void add(const std::string& adapter, const std::string& slot, std::shared_ptr<SublayerAdapter> module);
-  void remove(const std::string& adapter);
-  void set_active(const std::vector<std::string>& adapters) { active_ = adapters; }
-  bool has(const std::string& adapter) const;
   /// Runs the active adapters of `slot` in the order they were added (cheap when there are none).
   at::Tensor apply(const std::string& slot, const at::Tensor& input, const at::Tensor& output);
-  /// An adapter's tensors as "<slot>.<name>" (e.g. "ffn.down.weight").
-  std::map<std::string, at::Tensor> state(const std::string& adapter) const;
-
- private:
-  struct Entry {
-    std::string adapter, slot;
-    std::shared_ptr<SublayerAdapter> module;
-  };
-  std::vector<Entry> entries_;
-  std::vector<std::string> active_;
-  std::map<std::string, std::shared_ptr<torch::nn::Module>> containers_;  // adapter -> its slots
 };
 TORCH_MODULE(BlockAdapters);
 

@@ -9,18 +9,21 @@
 #include <torch/nn/pimpl.h>
 
 #include "peft/nn/adaptable_linear.h"
+#include "peft/nn/attention.h"
+#include "peft/nn/attention_adapters.h"
 
 namespace peft::nn {
 
 class SelfAttentionImpl : public torch::nn::Module {
  public:
   SelfAttentionImpl(int64_t hidden, int64_t heads, bool qkv_bias, double attention_dropout);
-  /// `additive_mask` [batch, 1, 1 or seq, seq] or undefined.
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask);
+  /// `additive_mask` [batch, 1, 1 or seq, prefix + seq] or undefined.
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask, const AttentionPrefix& prefix = {});
 
   AdaptableLinear query{nullptr};
   AdaptableLinear key{nullptr};
   AdaptableLinear value{nullptr};
+  AttentionAdapters adapters{nullptr};
 
  private:
   int64_t heads_, head_dim_;

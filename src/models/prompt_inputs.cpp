@@ -1,0 +1,70 @@
+#include "prompt_inputs.h"
+
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+
+namespace peft::models {
+
+PromptLengths check_prompt_inputs(const ModelInputs& inputs, int64_t batch, const ModelGeometry& g,
+                                  const std::string& c) {
+  PromptLengths out;
+  if (inputs.prompt_embeds.defined()) {
+    const auto& p = inputs.prompt_embeds;
+    PEFT_CHECK(p.dim() == 3 && p.size(0) == batch && p.size(2) == g.hidden_size, c,
+               "prompt_embeds has shape {}, expected [{}, virtual tokens, {}] (batch, hidden_size)", c10::str(p.sizes()),
+               batch, g.hidden_size);
+    PEFT_CHECK(!inputs.position_ids.defined(), c,
+               "position_ids cannot be combined with prompt_embeds (the virtual tokens take the first positions)");
+    out.virtual_tokens = p.size(1);
+  }
+  if (inputs.attention_prefix.empty()) return out;
+  PEFT_CHECK(static_cast<int64_t>(inputs.attention_prefix.size()) == g.num_layers, c,
+             "attention_prefix has {} layers, the model has {}", inputs.attention_prefix.size(), g.num_layers);
+  const int64_t len = inputs.attention_prefix.front().length();
+  for (size_t i = 0; i < inputs.attention_prefix.size(); ++i) {
+    const auto& pre = inputs.attention_prefix[i];
+    for (const at::Tensor* t : {&pre.key, &pre.value}) {
+      const std::vector<int64_t> expected = {batch, g.num_kv_heads, len, g.head_dim};
+      PEFT_CHECK(t->defined() && t->sizes() == c10::IntArrayRef(expected), c,
+                 "attention_prefix[{}] {} has shape {}, expected [{}, {}, {}, {}] (batch, key/value heads, prefix "
+                 "length, head_dim)",
+                 i, t == &pre.key ? "key" : "value", t->defined() ? c10::str(t->sizes()) : "none", batch,
+                 g.num_kv_heads, len, g.head_dim);
+    }
+  }
+  out.prefix = len;
+  return out;
+}
+
+at::Tensor prepend_prompt(const at::Tensor& prompt_embeds, const at::Tensor& embeds) {
+  if (!prompt_embeds.defined()) return embeds;
+  return torch::cat({prompt_embeds.to(embeds.scalar_type()), embeds}, 1);
+}
+
+at::Tensor extend_mask(const at::Tensor& mask, int64_t leading) {
+  if (!mask.defined() || leading == 0) return mask;
+  return torch::cat({torch::ones({mask.size(0), leading}, mask.options()), mask}, 1);
+}
+
+at::Tensor prepend_constant(const at::Tensor& x, int64_t leading, int64_t value) {
+  if (!x.defined() || leading == 0) return x;
+  return torch::cat({torch::full({x.size(0), leading}, value, x.options()), x}, 1);
+}
+
+at::Tensor default_positions(int64_t batch, int64_t len, int64_t offset, c10::Device device) {
+  return torch::arange(offset, offset + len, torch::TensorOptions().dtype(torch::kLong).device(device))
+      .unsqueeze(0)
+      .expand({batch, len});
+}
+
+at::Tensor lm_labels(const ModelInputs& inputs) {
+  return prepend_constant(inputs.labels, virtual_tokens(inputs), -100);
+}
+
+const nn::AttentionPrefix& layer_prefix(const ModelInputs& inputs, size_t layer) {
+  static const nn::AttentionPrefix none;
+  return layer < inputs.attention_prefix.size() ? inputs.attention_prefix[layer] : none;
+}
+
+}  // namespace peft::models

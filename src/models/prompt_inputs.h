@@ -1,0 +1,39 @@
+// How every backbone takes the prompt methods' inputs (ModelInputs::prompt_embeds and
+// ::attention_prefix): shape checks, and the mask / label / position extensions they imply.
+#pragma once
+
+#include <string>
+
+#include <ATen/core/Tensor.h>
+
+#include "peft/models/model.h"
+
+namespace peft::models {
+
+struct PromptLengths {
+  int64_t virtual_tokens = 0;  ///< prompt_embeds' p: extra positions in the sequence
+  int64_t prefix = 0;          ///< attention_prefix's p: extra keys in every layer
+};
+
+/// Checks prompt_embeds ([batch, p, hidden]) and attention_prefix (one per layer, [batch,
+/// kv_heads, p, head_dim] keys and values) against the model; errors name `component`.
+PromptLengths check_prompt_inputs(const ModelInputs& inputs, int64_t batch, const ModelGeometry& geometry,
+                                  const std::string& component);
+/// The word embeddings with the virtual tokens in front (`embeds` when there are none).
+at::Tensor prepend_prompt(const at::Tensor& prompt_embeds, const at::Tensor& embeds);
+/// `leading` ones (always attended) before `mask` [batch, seq]; undefined stays undefined.
+at::Tensor extend_mask(const at::Tensor& mask, int64_t leading);
+/// `leading` copies of `value` before `x` [batch, seq] (segment ids 0, ignored labels -100).
+at::Tensor prepend_constant(const at::Tensor& x, int64_t leading, int64_t value);
+/// [batch, len] positions offset, offset + 1, ... (the default numbering after `offset` earlier tokens).
+at::Tensor default_positions(int64_t batch, int64_t len, int64_t offset, c10::Device device);
+/// prompt_embeds' p (0 without).
+inline int64_t virtual_tokens(const ModelInputs& inputs) {
+  return inputs.prompt_embeds.defined() ? inputs.prompt_embeds.size(1) : 0;
+}
+/// Causal-LM labels over the whole sequence: -100 (ignored) for the virtual tokens.
+at::Tensor lm_labels(const ModelInputs& inputs);
+/// The layer's prefix, or an empty one.
+const nn::AttentionPrefix& layer_prefix(const ModelInputs& inputs, size_t layer);
+
+}  // namespace peft::models
