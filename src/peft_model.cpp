@@ -39,6 +39,15 @@ PeftModel::PeftModel(std::shared_ptr<models::PretrainedModel> base) : base_(std:
   }
   blocks_ = base_->block_adapters();
   attentions_ = base_->attention_adapters();
+  for (auto& [path, holder] : attentions_)
+    PEFT_CHECK(holder->children().empty(), kC, "layer '{}' already carries adapters; pass a bare backbone", path);
+  for (auto& [path, holder] : blocks_)
+    PEFT_CHECK(holder->children().empty(), kC, "block '{}' already carries adapters; pass a bare backbone", path);
+  for (const auto& child : base_->named_children())
+    if (child.key() == "prompt_encoder") {
+      prompt_holder_ = child.value();
+      PEFT_CHECK(prompt_holder_->children().empty(), kC, "the backbone already carries prompt encoders; pass a bare backbone");
+    }
   auto identity = base_params_;
   for (const auto& name : base_->newly_initialized()) identity.erase(name);
   fingerprint_ = core::fingerprint(identity);
@@ -95,6 +104,7 @@ void PeftModel::add_adapter(const std::string& name, const methods::MethodConfig
     throw;
   }
   if (active_.empty()) active_ = name;
+  base_->train(base_->is_training());  // new modules take the model's train / eval mode
   apply_state();
 }
 

@@ -72,6 +72,15 @@ TEST(PeftForwardCli, EveryFamilyHeadAndLoraMatchesTheFixtures) {
     ASSERT_EQ(run(bin + args + " --merge"), 0) << m;
     EXPECT_LT(max_file_diff(out, adapter + "/merged_outputs.safetensors"), 1e-5) << m;
   }
+  // HF's prompt-learning and adaption-prompt files.
+  for (const auto& [name, base] : std::vector<std::pair<std::string, std::string>>{
+           {"gpt2_prefix", "gpt2"}, {"gpt2_prefix_proj", "gpt2"}, {"gpt2_prompt", "gpt2"},
+           {"llama_adaption_prompt", "llama_mha"}}) {
+    const std::string model = fixture("hf/models/" + base), adapter = fixture("hf/adapters/" + name);
+    ASSERT_EQ(run(bin + " --model " + model + " --adapter " + adapter + "/adapter --inputs " + model +
+                  "/inputs.safetensors --out " + out), 0) << name;
+    EXPECT_LT(max_file_diff(out, adapter + "/outputs.safetensors"), 1e-5) << name;
+  }
   // A bare encoder writes its pooler output too.
   ASSERT_EQ(run(bin + " --task feature_extraction --model " + fixture("hf/models/bert") + " --inputs " +
                 fixture("hf/models/bert/inputs.safetensors") + " --out " + out), 0);
@@ -89,7 +98,11 @@ TEST(PeftForwardCli, LoadsDeltasOfEveryMethod) {
       {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "houlsby"}, {"bottleneck_size", 8}, {"init_weights", "houlsby"}},
       {{"peft_type", "COMPACTER"}, {"bottleneck_size", 8}, {"init_weights", "compacter"}},
       {{"peft_type", "ADAMIX"}, {"bottleneck_size", 8}},
-      {{"peft_type", "SPARSE_ADAPTER"}, {"pruned_fraction", 0.5}}};
+      {{"peft_type", "SPARSE_ADAPTER"}, {"pruned_fraction", 0.5}},
+      {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 3}, {"prefix_projection", true}},
+      {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 3}},
+      {{"peft_type", "P_TUNING"}, {"num_virtual_tokens", 3}, {"encoder_reparameterization_type", "LSTM"}},
+      {{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 3}, {"gate", "per_head_tanh"}}};
   const std::string model_dir = fixture("hf/models/gpt2"), inputs = fixture("hf/models/gpt2/inputs.safetensors");
   for (const auto& cfg : configs) {
     TempDir dir;

@@ -46,9 +46,17 @@ TEST_P(HFAdapters, OutputsMatchPeft) {
   EXPECT_GT(max_abs_diff(base.logits, theirs), 1e-3);
 }
 
-TEST_P(HFAdapters, MergedLayerAndOutputsMatchPeft) {
-  if (GetParam().merged_module.empty()) GTEST_SKIP() << "not mergeable (MergingIsRefused covers it)";
+TEST_P(HFAdapters, MergedLayerAndOutputsMatchPeftOrMergingIsRefused) {
   auto model = load();
+  if (GetParam().merged_module.empty()) {  // prompts and adaption prompts: nothing can absorb them
+    try {
+      model->merge_adapter();
+      FAIL() << "merging should be refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("cannot be merged"), std::string::npos) << e.what();
+    }
+    return;
+  }
   torch::NoGradGuard g;
   auto layer = safetensors::load_file(fixture(adapter_dir() + "/merged_layer.safetensors"));
   auto params = model->base_model().named_parameters();

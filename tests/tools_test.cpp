@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "peft/core/json_io.h"
+#include "peft/core/safetensors.h"
 #include "test_util.h"
 
 #if defined(PEFT_TRAIN_BIN) && defined(PEFT_SOURCE_DIR)
@@ -78,6 +79,40 @@ TEST(Tools, TrainEvalMergeGenerateInspect) {
   auto inspect = slurp(dir.file("i.log"));
   EXPECT_NE(inspect.find("lora_A.weight"), std::string::npos) << inspect;
   EXPECT_NE(inspect.find("base_model.model.score.weight"), std::string::npos) << inspect;
+}
+
+TEST(Tools, PromptMethodsTrainResumeAndGenerate) {
+  // The reparameterization MLP trains and survives a resume (it is in the training state), the
+  // delta holds only the prefix, and peft-generate runs it.
+  TempDir dir;
+  const std::string model = source("examples/models/tiny-gpt2-en");
+  nlohmann::json cfg = {
+      {"model", model},
+      {"task", "causal_lm"},
+      {"method", {{"peft_type", "PREFIX_TUNING"}, {"task_type", "CAUSAL_LM"}, {"num_virtual_tokens", 4},
+                  {"prefix_projection", true}, {"encoder_hidden_size", 32}}},
+      {"data", {{"kind", "text"}, {"train", source("examples/data/sotu/train.txt")},
+                {"eval", source("examples/data/sotu/test.txt")}, {"block_size", 32}}},
+      {"trainer", {{"max_steps", 6}, {"batch_size", 4}, {"lr", 0.01}, {"eval_batches", 2}, {"log_every", 1}}},
+      {"output_dir", dir.file("run")}};
+  core::write_json_file(dir.file("run.json"), cfg);
+  const std::string train = PEFT_TRAIN_BIN;
+  ASSERT_EQ(run(train + " --threads 1 --config " + dir.file("run.json") + " --set trainer.max_steps=3", dir.file("a.log")), 0)
+      << slurp(dir.file("a.log"));
+  auto state = safetensors::load_file(dir.file("run/state/params.safetensors"));
+  EXPECT_TRUE(state.count("prompt_encoder.default.transform.0.weight")) << "the MLP is in the training state";
+  ASSERT_EQ(run(train + " --threads 1 --config " + dir.file("run.json") + " --resume", dir.file("b.log")), 0)
+      << slurp(dir.file("b.log"));
+  EXPECT_NE(slurp(dir.file("run/log.jsonl")).find("\"step\": 6"), std::string::npos);
+  auto delta = safetensors::load_file(dir.file("run/final/adapter_model.safetensors"));
+  ASSERT_EQ(delta.size(), 1u);
+  EXPECT_EQ(delta.at("prompt_embeddings").sizes(), c10::IntArrayRef({4, 2 * 4 * 128}));  // 4 layers, width 128
+  ASSERT_EQ(run(std::string(PEFT_GENERATE_BIN) + " --threads 1 --model " + model + " --adapter " + dir.file("run/final") +
+                    " --prompt 'Mr. Speaker' --max-new-tokens 6",
+                dir.file("g.log")),
+            0)
+      << slurp(dir.file("g.log"));
+  EXPECT_NE(slurp(dir.file("g.log")).find("Mr. Speaker"), std::string::npos);
 }
 
 }  // namespace

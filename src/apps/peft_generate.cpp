@@ -5,6 +5,7 @@
 
 #include "apps/runtime.h"
 #include "peft/checkpoint/delta.h"
+#include "peft/methods/prompt_learning.h"
 #include "peft/core/error.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
@@ -57,8 +58,11 @@ int run(int argc, char** argv) {
   auto tok = peft::tokenizers::load_tokenizer(tokenizer_dir.empty() ? model_dir : tokenizer_dir);
   std::vector<int64_t> ids = tok->encode(prompt);
   PEFT_CHECK(!ids.empty(), "cli", "the prompt encodes to no tokens");
-  const auto positions = model.base_model().config_json().value("n_positions", model.base_model().config_json().value(
-                                                                                  "max_position_embeddings", 1024));
+  int64_t positions = model.base_model().config_json().value("n_positions", model.base_model().config_json().value(
+                                                                              "max_position_embeddings", 1024));
+  // Virtual tokens and prefixes take positions of their own.
+  if (!adapter_dir.empty())
+    if (auto prompt_encoder = model.prompt_encoder("default")) positions -= prompt_encoder->num_virtual_tokens();
   torch::NoGradGuard no_grad;
   std::vector<int64_t> generated;
   for (int64_t i = 0; i < max_new; ++i) {

@@ -40,13 +40,31 @@ int inspect_delta(const std::string& dir) {
   return 0;
 }
 
+/// The method's analytic count on the config's geometry: nothing is allocated.
+int count_from_geometry(const std::string& model_dir, const std::string& config_path) {
+  PEFT_CHECK(!config_path.empty(), "cli", "--count needs --config (the method config to count)");
+  const auto cfg = (std::filesystem::path(model_dir) / "config.json").string();
+  PEFT_CHECK(std::filesystem::exists(cfg), "cli", "{}: missing config.json", model_dir);
+  const auto g = peft::models::model_geometry(peft::core::read_json_file(cfg));
+  auto method_config = peft::methods::parse_config(peft::core::read_json_file(config_path));
+  method_config->validate();
+  const auto& method = peft::methods::find_method(method_config->method());
+  PEFT_CHECK(static_cast<bool>(method.count), "cli",
+             "--count: method {} has no geometry-only count; drop --count to build the model and count it",
+             method.name);
+  fmt::print("{} on {} layers, hidden {}, {} heads ({} key/value), head_dim {}: trainable params: {}\n", method.name,
+             g.num_layers, g.hidden_size, g.num_heads, g.num_kv_heads, g.head_dim,
+             peft::core::with_thousands(method.count(*method_config, g)));
+  return 0;
+}
+
 int run(int argc, char** argv) {
   CLI::App app{"Print a model's module tree (repeated layers folded), parameter counts and trainable tensors.",
                "peft-inspect"};
   std::string model_dir, adapter_dir, config_path, task;
   int64_t num_labels = 0;
   int depth = -1;
-  bool no_fold = false, no_shapes = false, no_weights = false;
+  bool no_fold = false, no_shapes = false, no_weights = false, count_only = false;
   app.add_option("dir", model_dir, "Hugging Face model directory, or a delta directory (adapter_config.json)")->required();
   app.add_option("--task", task,
                  "head: causal_lm | sequence_classification | image_classification | feature_extraction "
@@ -58,6 +76,9 @@ int run(int argc, char** argv) {
   app.add_flag("--no-fold", no_fold, "print every layer instead of folding identical ones");
   app.add_flag("--no-shapes", no_shapes, "omit each module's tensor list");
   app.add_flag("--no-weights", no_weights, "build from config.json alone (random weights; no model.safetensors needed)");
+  app.add_flag("--count", count_only,
+               "with --config: the method's trainable parameter count from config.json's geometry alone, without "
+               "building the model (e.g. a 7B configuration on a laptop)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -67,6 +88,7 @@ int run(int argc, char** argv) {
   if (!std::filesystem::exists(std::filesystem::path(model_dir) / "config.json") &&
       std::filesystem::exists(std::filesystem::path(model_dir) / "adapter_config.json"))
     return inspect_delta(model_dir);
+  if (count_only) return count_from_geometry(model_dir, config_path);
   peft::models::LoadOptions load;
   load.task = task;
   if (num_labels > 0) load.num_labels = num_labels;

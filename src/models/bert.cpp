@@ -12,9 +12,6 @@
 
 namespace peft::models {
 namespace F = torch::nn::functional;
-namespace {
-ModelGeometry geometry_of(const BertConfig& c) { return encoder_geometry(c, c.vocab_size); }
-}  // namespace
 
 // ---- config ------------------------------------------------------------------
 
@@ -210,7 +207,7 @@ ModelOutput BertModelImpl::forward(const ModelInputs& inputs) {
   PEFT_CHECK(ids.defined() && ids.dim() == 2, c, "input_ids must be a [batch, seq] tensor, found {}",
              ids.defined() ? c10::str(ids.sizes()) : "none");
   PEFT_CHECK(!inputs.pixel_values.defined(), c, "pixel_values given to a text model");
-  const auto lengths = check_prompt_inputs(inputs, ids.size(0), geometry_of(config_), c);
+  const auto lengths = check_prompt_inputs(inputs, ids.size(0), config_.geometry(), c);
   ModelOutput out;
   at::Tensor hidden =
       embeddings->forward(ids, inputs.token_type_ids, inputs.position_ids, inputs.prompt_embeds, lengths.prefix);
@@ -234,7 +231,7 @@ ModelOutput BertModelImpl::forward(const ModelInputs& inputs) {
 
 // ---- task models -------------------------------------------------------------
 
-ModelGeometry BertFamilyModel::geometry() const { return geometry_of(config_); }
+ModelGeometry BertFamilyModel::geometry() const { return config_.geometry(); }
 
 nlohmann::json BertFamilyModel::config_json() const {
   auto j = config_.to_json();

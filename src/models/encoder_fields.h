@@ -7,7 +7,6 @@
 #include <nlohmann/json.hpp>
 
 #include "peft/core/json_io.h"
-#include "peft/models/model.h"
 
 namespace peft::models {
 
@@ -38,13 +37,6 @@ void write_encoder_fields(nlohmann::json& j, const Config& cfg) {
   j["attention_probs_dropout_prob"] = cfg.attention_probs_dropout_prob;
   j["initializer_range"] = cfg.initializer_range;
   j["layer_norm_eps"] = cfg.layer_norm_eps;
-}
-
-/// Plain multi-head attention geometry of an encoder config; `vocab_size` 0 for vision.
-template <class Config>
-ModelGeometry encoder_geometry(const Config& cfg, int64_t vocab_size) {
-  const int64_t heads = cfg.num_attention_heads;
-  return {cfg.num_hidden_layers, cfg.hidden_size, heads, heads, cfg.hidden_size / heads, vocab_size};
 }
 
 }  // namespace peft::models

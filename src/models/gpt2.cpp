@@ -14,11 +14,6 @@
 
 namespace peft::models {
 namespace F = torch::nn::functional;
-namespace {
-ModelGeometry geometry_of(const GPT2Config& c) {
-  return {c.n_layer, c.n_embd, c.n_head, c.n_head, c.n_embd / c.n_head, c.vocab_size};
-}
-}  // namespace
 
 // ---- config ------------------------------------------------------------------
 
@@ -186,7 +181,7 @@ ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
              input_ids.defined() ? c10::str(input_ids.sizes()) : "none");
   PEFT_CHECK(!inputs.pixel_values.defined(), "gpt2", "pixel_values given to a text model");
   const int64_t B = input_ids.size(0), T = input_ids.size(1);
-  const auto lengths = check_prompt_inputs(inputs, B, geometry_of(config_), "gpt2");
+  const auto lengths = check_prompt_inputs(inputs, B, config_.geometry(), "gpt2");
   const int64_t S = lengths.virtual_tokens + T;  // positions in the sequence
   PEFT_CHECK(lengths.prefix + S <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}",
              lengths.prefix + S, config_.n_positions);
@@ -228,7 +223,7 @@ nlohmann::json GPT2FamilyModel::config_json() const {
   return j;
 }
 
-ModelGeometry GPT2FamilyModel::geometry() const { return geometry_of(config_); }
+ModelGeometry GPT2FamilyModel::geometry() const { return config_.geometry(); }
 
 void GPT2FamilyModel::init_weights() {
   torch::NoGradGuard no_grad;

@@ -16,10 +16,6 @@ namespace peft::models {
 namespace F = torch::nn::functional;
 namespace {
 constexpr const char* kC = "llama";
-
-ModelGeometry geometry_of(const LlamaConfig& c) {
-  return {c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim(), c.vocab_size};
-}
 }
 
 // ---- config ------------------------------------------------------------------
@@ -195,7 +191,7 @@ ModelOutput LlamaModelImpl::forward(const ModelInputs& inputs) {
   PEFT_CHECK(!inputs.pixel_values.defined() && !inputs.token_type_ids.defined(), kC,
              "pixel_values / token_type_ids given to a LLaMA model (it takes input_ids and attention_mask)");
   const int64_t B = ids.size(0), T = ids.size(1);
-  const auto lengths = check_prompt_inputs(inputs, B, geometry_of(config_), kC);
+  const auto lengths = check_prompt_inputs(inputs, B, config_.geometry(), kC);
   const int64_t S = lengths.virtual_tokens + T, keys = lengths.prefix + S;
   at::Tensor positions = inputs.position_ids;
   if (!positions.defined()) positions = default_positions(B, S, lengths.prefix, ids.device());
@@ -223,7 +219,7 @@ ModelOutput LlamaModelImpl::forward(const ModelInputs& inputs) {
 
 // ---- task models -------------------------------------------------------------
 
-ModelGeometry LlamaFamilyModel::geometry() const { return geometry_of(config_); }
+ModelGeometry LlamaFamilyModel::geometry() const { return config_.geometry(); }
 
 nlohmann::json LlamaFamilyModel::config_json() const {
   auto j = config_.to_json();

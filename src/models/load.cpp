@@ -309,4 +309,16 @@ void load_weights(PretrainedModel& model, const std::string& dir, const LoadOpti
               dir, model.architecture(), some(fresh));
 }
 
+ModelGeometry model_geometry(const nlohmann::json& config) {
+  PEFT_CHECK(config.is_object() && config.contains("model_type") && config["model_type"].is_string(), kComponent,
+             "config.json: expected an object with a string model_type");
+  const auto type = config["model_type"].get<std::string>();
+  if (type == "gpt2") return GPT2Config::from_json(config).geometry();
+  if (type == "bert" || type == "roberta") return BertConfig::from_json(config).geometry();
+  if (type == "llama") return LlamaConfig::from_json(config).geometry();
+  if (type == "vit") return ViTConfig::from_json(config).geometry();
+  // A registered custom backbone knows its geometry only once built.
+  return create_model(config)->geometry();
+}
+
 }  // namespace peft::models

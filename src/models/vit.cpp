@@ -156,7 +156,7 @@ ModelOutput ViTModelImpl::forward(const ModelInputs& inputs) {
   PEFT_CHECK(!inputs.input_ids.defined() && !inputs.attention_mask.defined(), kC,
              "input_ids / attention_mask given to a vision model (it takes pixel_values)");
   const int64_t batch = inputs.pixel_values.defined() ? inputs.pixel_values.size(0) : 0;
-  check_prompt_inputs(inputs, batch, encoder_geometry(config_, 0), kC);
+  check_prompt_inputs(inputs, batch, config_.geometry(), kC);
   ModelOutput out;
   at::Tensor hidden = embeddings->forward(inputs.pixel_values, inputs.prompt_embeds);
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
@@ -171,7 +171,7 @@ ModelOutput ViTModelImpl::forward(const ModelInputs& inputs) {
 
 // ---- task models -------------------------------------------------------------
 
-ModelGeometry ViTFamilyModel::geometry() const { return encoder_geometry(config_, 0); }
+ModelGeometry ViTFamilyModel::geometry() const { return config_.geometry(); }
 
 nlohmann::json ViTFamilyModel::config_json() const {
   auto j = config_.to_json();

@@ -39,6 +39,10 @@ struct BertConfig {
   nlohmann::json original;
 
   std::string model_type() const { return roberta ? "roberta" : "bert"; }
+  ModelGeometry geometry() const {
+    return {num_hidden_layers, hidden_size, num_attention_heads, num_attention_heads, hidden_size / num_attention_heads,
+            vocab_size};
+  }
   void validate() const;
   static BertConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;

@@ -38,6 +38,9 @@ struct LlamaConfig {
   nlohmann::json original;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
+  ModelGeometry geometry() const {
+    return {num_hidden_layers, hidden_size, num_attention_heads, num_key_value_heads, head_dim(), vocab_size};
+  }
   void validate() const;
   static LlamaConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;

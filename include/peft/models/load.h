@@ -48,6 +48,8 @@ std::string canonical_task(const std::string& task);
 /// A randomly initialized model from a config (HF's config.json content), for `task` (see LoadOptions).
 std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config, const std::string& task = "",
                                               std::optional<int64_t> num_labels = std::nullopt);
+/// Layer counts and attention shapes from a config alone (nothing is allocated for built-in types).
+ModelGeometry model_geometry(const nlohmann::json& config);
 /// config.json + weights from `dir`; every base parameter frozen.
 std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir, const LoadOptions& options = {});
 /// Loads the weights of `dir` into an existing model (names and shapes checked).
