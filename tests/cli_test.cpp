@@ -1,9 +1,11 @@
 // The command-line tools, run as real processes.
 #include <cstdlib>
+#include <fstream>
 
 #include <torch/torch.h>
 
 #include "peft/checkpoint/delta.h"
+#include "peft/core/json_io.h"
 #include "peft/core/safetensors.h"
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
@@ -135,6 +137,26 @@ TEST(PeftInspectCli, PrintsTheFoldedTreeAndFailsCleanly) {
   EXPECT_NE(text.find("trainable params: 0 || all params:"), std::string::npos) << text;
   EXPECT_NE(run(bin + " " + dir.path()), 0);
   EXPECT_NE(run(bin + " " + fixture("hf/models/vit") + " --task causal_lm"), 0);
+}
+
+TEST(PeftInspectCli, CountsLlamaAdapterOnASevenBillionConfigWithoutBuildingIt) {
+  // A LLaMA-7B config.json alone (no weights; building it would take 27 GB of float32).
+  TempDir dir;
+  std::filesystem::create_directories(dir.file("llama7b"));
+  core::write_json_file(dir.file("llama7b/config.json"),
+                        {{"model_type", "llama"}, {"hidden_size", 4096}, {"num_hidden_layers", 32},
+                         {"num_attention_heads", 32}, {"intermediate_size", 11008}, {"vocab_size", 32000}});
+  core::write_json_file(dir.file("paper.json"), {{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 10},
+                                                  {"adapter_layers", 30}, {"gate", "per_head_tanh"}});
+  const std::string cmd = std::string(PEFT_INSPECT_BIN) + " " + dir.file("llama7b") + " --count --config " +
+                          dir.file("paper.json") + " > " + dir.file("count.txt") + " 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  std::ifstream in(dir.file("count.txt"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_NE(text.find("trainable params: 1,229,760"), std::string::npos) << text;
+  // A method without a geometry-only count says so.
+  core::write_json_file(dir.file("lora.json"), {{"peft_type", "LORA"}});
+  EXPECT_NE(run(std::string(PEFT_INSPECT_BIN) + " " + dir.file("llama7b") + " --count --config " + dir.file("lora.json")), 0);
 }
 #endif
 

@@ -4,8 +4,14 @@
 #include <fstream>
 
 #include <nlohmann/json.hpp>
+#include <torch/torch.h>
 
+#include "peft/checkpoint/delta.h"
 #include "peft/core/json_io.h"
+#include "peft/methods/method.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+#include "peft/tokenizers/tokenizer.h"
 #include "peft/core/safetensors.h"
 #include "test_util.h"
 
@@ -113,6 +119,41 @@ TEST(Tools, PromptMethodsTrainResumeAndGenerate) {
             0)
       << slurp(dir.file("g.log"));
   EXPECT_NE(slurp(dir.file("g.log")).find("Mr. Speaker"), std::string::npos);
+}
+
+TEST(Tools, GenerateWithEveryPromptMethodEqualsInProcessGreedy) {
+  const std::string model_dir = source("examples/models/tiny-gpt2-en");
+  auto tok = tokenizers::load_tokenizer(model_dir);
+  const std::string prompt = "Mr. Speaker, the state of our Union";
+  const std::vector<nlohmann::json> configs = {
+      {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 5}, {"prefix_projection", true}},
+      {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 5}, {"prompt_tuning_init", "SAMPLE_VOCAB"}},
+      {{"peft_type", "P_TUNING"}, {"num_virtual_tokens", 5}},
+      {{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 4}, {"adapter_layers", 2}}};
+  for (const auto& cfg : configs) {
+    TempDir dir;
+    PeftModel model(models::load_pretrained(model_dir));
+    model.add_adapter("default", *methods::parse_config(cfg));
+    torch::NoGradGuard g;
+    for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * 0.05);
+    model.eval();
+    checkpoint::save_adapter(model, dir.file("delta"));
+    std::vector<int64_t> ids = tok->encode(prompt);
+    const size_t start = ids.size();
+    for (int i = 0; i < 6; ++i) {
+      models::ModelInputs in;
+      in.input_ids = torch::tensor(ids, torch::kLong).unsqueeze(0);
+      ids.push_back(model.forward(in).logits[0][-1].argmax().item<int64_t>());
+    }
+    ASSERT_EQ(run(std::string(PEFT_GENERATE_BIN) + " --threads 1 --model " + model_dir + " --adapter " +
+                      dir.file("delta") + " --prompt '" + prompt + "' --max-new-tokens 6",
+                  dir.file("g.log")),
+              0)
+        << slurp(dir.file("g.log"));
+    const std::string all = tok->decode(ids), before = tok->decode(std::vector<int64_t>(ids.begin(), ids.begin() + start));
+    EXPECT_NE(slurp(dir.file("g.log")).find(prompt + all.substr(before.size())), std::string::npos)
+        << cfg.dump() << "\n" << slurp(dir.file("g.log")) << "\nexpected continuation: " << all.substr(before.size());
+  }
 }
 
 }  // namespace
