@@ -1,4 +1,5 @@
 #include "peft/methods/llama_adapter.h"
+#include "peft/methods/prompt_learning.h"
 
 #include <torch/torch.h>
 
@@ -32,7 +33,7 @@ void attach_llama_adapter(PeftModel& model, MethodConfig& base_cfg, const std::s
              n, targets.size());
   cfg.adapter_layers = n;
   const auto g = model.base_model().geometry();
-  const auto opts = model.base_model().parameters().front().options().requires_grad(false);
+  const auto opts = base_tensor_options(model);
   for (size_t i = targets.size() - static_cast<size_t>(n); i < targets.size(); ++i)
     model.attach_attention_adapter(adapter, targets[i],
                                    std::make_shared<AdaptionPrompt>(cfg.adapter_len, g.hidden_size, g.num_heads,

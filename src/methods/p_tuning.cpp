@@ -43,8 +43,7 @@ void attach_p_tuning(PeftModel& model, MethodConfig& base_cfg, const std::string
   torch::nn::Sequential encoder{nullptr};
   if (!cfg.common.inference_mode) {
     encoder = prompt_encoder(cfg);
-    encoder->to(opts.dtype().toScalarType());
-    encoder->to(opts.device());
+    encoder->to(opts.device(), opts.dtype().toScalarType());
   }
   at::Tensor table = torch::randn({cfg.prompt.num_virtual_tokens, cfg.prompt.token_dim}, opts);
   model.attach_prompt_encoder(adapter,

@@ -32,8 +32,7 @@ void attach_prefix_tuning(PeftModel& model, MethodConfig& base_cfg, const std::s
     transform->push_back(torch::nn::Linear(d, cfg.encoder_hidden_size));
     transform->push_back(torch::nn::Tanh());
     transform->push_back(torch::nn::Linear(cfg.encoder_hidden_size, width));
-    transform->to(opts.dtype().toScalarType());
-    transform->to(opts.device());
+    transform->to(opts.device(), opts.dtype().toScalarType());
   } else {
     table = torch::randn({p, width}, opts);
   }

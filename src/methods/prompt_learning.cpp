@@ -54,11 +54,17 @@ void PromptLearningFields::resolve(const models::ModelGeometry& g, int64_t dim, 
        heads == g.num_heads ? "its attention heads" : "its key/value heads");
 }
 
+namespace {
+/// An embedding module whose weight is `table` [p, width].
+torch::nn::Embedding table_module(const at::Tensor& table) {
+  return torch::nn::Embedding(torch::nn::EmbeddingOptions(table.size(0), table.size(1))._weight(table));
+}
+}  // namespace
+
 PromptEncoder::PromptEncoder(at::Tensor table, torch::nn::Sequential transform, PromptPlacement placement,
                              const models::ModelGeometry& geometry)
     : torch::nn::Module("PromptEncoder"), placement_(placement), geometry_(geometry) {
-  embedding_ = register_module("embedding", torch::nn::Embedding(torch::nn::EmbeddingOptions(table.size(0), table.size(1))
-                                                                     ._weight(table)));
+  embedding_ = register_module("embedding", table_module(table));
   if (transform && !transform->is_empty()) transform_ = register_module("transform", transform);
 }
 
@@ -78,8 +84,7 @@ void PromptEncoder::eject() {
   unregister_module("transform");
   unregister_module("embedding");
   transform_ = torch::nn::Sequential(nullptr);
-  embedding_ = register_module("embedding", torch::nn::Embedding(torch::nn::EmbeddingOptions(table.size(0), table.size(1))
-                                                                     ._weight(table)));
+  embedding_ = register_module("embedding", table_module(table));
   embedding_->weight.set_requires_grad(trains);
 }
 

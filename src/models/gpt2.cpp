@@ -108,9 +108,6 @@ at::Tensor GPT2AttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
 
   // The reference order of operations: scores, scale, causal fill with the dtype's min, add
   // the padding mask, softmax. Keeping it makes padded rows agree with HF too.
-  double divisor = 1.0;
-  if (scale_) divisor *= std::sqrt(static_cast<double>(head_dim_));
-  if (scale_by_layer_) divisor *= static_cast<double>(layer_idx_ + 1);
   at::Tensor scores = torch::matmul(q, k.transpose(-1, -2));
   if (scale_) scores = scores / std::sqrt(static_cast<double>(head_dim_));
   if (scale_by_layer_) scores = scores / static_cast<double>(layer_idx_ + 1);
@@ -125,7 +122,8 @@ at::Tensor GPT2AttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
   if (adapters->any_active()) {
     nn::AttentionView view;
     view.queries = q;
-    view.score_divisor = divisor;
+    view.score_divisor = (scale_ ? std::sqrt(static_cast<double>(head_dim_)) : 1.0) *
+                         (scale_by_layer_ ? static_cast<double>(layer_idx_ + 1) : 1.0);
     view.key_value = [&](const at::Tensor& x) {
       auto kv = c_attn->forward(x).split(D, 2);
       return std::make_pair(heads(kv[1]), heads(kv[2]));
