@@ -44,6 +44,10 @@ const std::vector<MethodCase> kCases = {
     {"p_tuning_lstm", {{"peft_type", "P_TUNING"}, {"num_virtual_tokens", 3}, {"encoder_reparameterization_type", "LSTM"}, {"encoder_hidden_size", 6}}, {"gpt2", "bert", "llama"}, false, false, true},
     {"llama_adapter", {{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 3}, {"adapter_layers", 1}}, {}, false},
     {"llama_adapter_per_head", {{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 2}, {"gate", "per_head_tanh"}}, {}, false},
+    {"kadaptation", {{"peft_type", "KADAPTATION"}, {"phm_dim", 4}, {"scaling", 2.0}}, {}},
+    {"kadaptation_weight_dropout", {{"peft_type", "KADAPTATION"}, {"phm_dim", 2}, {"weight_dropout", 0.5}, {"train_bias", false}}, {"vit", "gpt2"}},
+    {"fact_tt", {{"peft_type", "FACT"}, {"rank", 3}, {"scaling", 2.0}}, {}},
+    {"fact_tk", {{"peft_type", "FACT"}, {"variant", "tk"}, {"rank", 3}, {"dropout", 0.1}}, {}},
     {"lora_all_linear", {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_proj", "c_fc"}}}, {"gpt2"}},
     {"lora_rslora_bias", {{"peft_type", "LORA"}, {"r", 2}, {"fan_in_fan_out", true}, {"lora_alpha", 4}, {"use_rslora", true}, {"bias", "lora_only"},
                           {"target_modules", "transformer\\.h\\.1\\..*c_(attn|fc)"}, {"modules_to_save", {"ln_f"}}}, {"gpt2"}},
@@ -250,7 +254,7 @@ TEST_P(Conformance, GradientsMatchFiniteDifferencesInFloat64) {
       double down = model.forward(batch()).loss.item<double>();
       flat[idx].fill_(orig);
       double numeric = (up - down) / (2 * h);
-      double analytic = grads[i].view(-1)[idx].item<double>();
+      double analytic = grads[i].reshape(-1)[idx].item<double>();
       EXPECT_NEAR(analytic, numeric, 1e-6 + 1e-5 * std::abs(numeric)) << "param " << i << " index " << idx;
     }
   }

@@ -3,7 +3,9 @@
 #include "peft/methods/bitfit.h"
 #include "peft/methods/bottleneck_adapter.h"
 #include "peft/methods/compacter.h"
+#include "peft/methods/fact.h"
 #include "peft/methods/ia3.h"
+#include "peft/methods/kadaptation.h"
 #include "peft/methods/llama_adapter.h"
 #include "peft/methods/lora.h"
 #include "peft/methods/p_tuning.h"
@@ -26,6 +28,8 @@ void register_builtin_methods() {
   register_method(prompt_tuning_method());
   register_method(p_tuning_method());
   register_method(llama_adapter_method());
+  register_method(kadaptation_method());
+  register_method(fact_method());
 }
 
 }  // namespace peft::methods

@@ -36,7 +36,9 @@ struct GPT2Config {
   nlohmann::json original;  ///< the config.json it was read from (kept for round trips)
 
   int64_t inner_dim() const { return n_inner.value_or(4 * n_embd); }
-  ModelGeometry geometry() const { return {n_layer, n_embd, n_head, n_head, n_embd / n_head, vocab_size}; }
+  ModelGeometry geometry() const {
+    return {n_layer, n_embd, n_head, n_head, n_embd / n_head, vocab_size, inner_dim(), 2};
+  }
   void validate() const;
   /// Reads HF's config.json fields; unrelated HF keys are kept in `original` and ignored.
   static GPT2Config from_json(const nlohmann::json& j);

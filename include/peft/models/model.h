@@ -50,6 +50,8 @@ struct ModelGeometry {
   int64_t num_kv_heads = 0;  ///< grouped-query attention: fewer than num_heads
   int64_t head_dim = 0;
   int64_t vocab_size = 0;    ///< 0 for vision models
+  int64_t intermediate_size = 0;  ///< the feed-forward width
+  int64_t mlp_matrices = 2;       ///< feed-forward projections per block (3 for gated SwiGLU)
 };
 
 struct ModelOutput {

@@ -38,7 +38,8 @@ struct ViTConfig {
   int64_t num_patches() const { return (image_size / patch_size) * (image_size / patch_size); }
   void validate() const;
   ModelGeometry geometry() const {
-    return {num_hidden_layers, hidden_size, num_attention_heads, num_attention_heads, hidden_size / num_attention_heads, 0};
+    return {num_hidden_layers, hidden_size,       num_attention_heads, num_attention_heads,
+            hidden_size / num_attention_heads, 0, intermediate_size, 2};
   }
   static ViTConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;
