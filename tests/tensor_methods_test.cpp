@@ -1,0 +1,118 @@
+// KAdaptation and FacT beyond the conformance suite: their updates equal the formulas written
+// out term by term, the shared factors are shared (stored once), the zero-initialized factor
+// still learns, and FacT's parameter counts on a ViT-B geometry equal the paper's formulas
+// without building ViT-B.
+#include <torch/torch.h>
+
+#include "peft/methods/fact.h"
+#include "peft/methods/kadaptation.h"
+#include "peft/methods/method.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+#include "test_util.h"
+#include "tiny_models.h"
+
+namespace peft::test {
+namespace {
+
+std::shared_ptr<methods::MethodConfig> config(nlohmann::json j) { return methods::parse_config(j); }
+
+template <class Delta>
+std::shared_ptr<Delta> delta_of(PeftModel& model, const std::string& layer) {
+  for (auto& [name, lin] : model.linears())
+    if (name == layer) return std::dynamic_pointer_cast<Delta>(lin->delta("default"));
+  return nullptr;
+}
+
+TEST(KAdaptation, UpdateIsTheSumOfKroneckerProductsAndForwardAgrees) {
+  PeftModel model(tiny_model("vit", torch::kDouble));
+  model.add_adapter("default", *config({{"peft_type", "KADAPTATION"}, {"phm_dim", 4}, {"scaling", 3.0}}));
+  torch::NoGradGuard g;
+  for (auto& p : model.trainable_parameters()) p.normal_();
+  auto d = delta_of<methods::KAdaptationDelta>(model, "vit.encoder.layer.1.attention.attention.value");
+  ASSERT_TRUE(d);
+  auto state = model.adapter_state_dict("default");
+  const std::string rule = "base_model.model.vit.encoder.layer.0.attention.attention.value.rule.";
+  at::Tensor left = state.at(rule + "left"), right = state.at(rule + "right");
+  at::Tensor expected = torch::zeros({24, 24}, torch::kDouble);
+  for (int64_t i = 0; i < 4; ++i)
+    expected += torch::kron(torch::outer(left[i], right[i]), torch::outer(d->fast_u[i], d->fast_v[i]));
+  EXPECT_LT(max_abs_diff(d->delta_weight(), expected * 3.0), 1e-12);
+  // The factorized forward equals x ΔWᵀ + b.
+  at::Tensor x = torch::randn({2, 5, 24}, torch::kDouble), y = torch::zeros({2, 5, 24}, torch::kDouble);
+  EXPECT_LT(max_abs_diff(d->adapt_output(x, y), torch::matmul(x, (expected * 3.0).t()) + d->bias), 1e-10);
+}
+
+TEST(KAdaptation, RulesAreSharedPerKindAndStoredOnce) {
+  PeftModel model(tiny_model("vit"));
+  model.add_adapter("default", *config({{"peft_type", "KADAPTATION"}, {"phm_dim", 4}}));
+  int rules = 0;
+  for (auto& [key, t] : model.adapter_state_dict("default")) rules += key.find(".rule.left") != std::string::npos;
+  EXPECT_EQ(rules, 2) << "one for the queries, one for the values";
+  // 2 layers × 2 kinds × (u 24 + v 24 + bias 24), shared: 2 kinds × (left + right, 4×4 each).
+  EXPECT_EQ(element_count(model.trainable_parameters()), 2 * 2 * 72 + 2 * 2 * 16);
+}
+
+TEST(KAdaptation, TheZeroFactorGetsAGradientAtInit) {
+  // The public code zero-initializes both fast factors, so nothing but the bias learns; here
+  // ΔW = 0 at init and v's gradient is non-zero at once.
+  PeftModel model(tiny_model("vit"));
+  model.add_adapter("default", *config({{"peft_type", "KADAPTATION"}, {"phm_dim", 4}}));
+  auto d = delta_of<methods::KAdaptationDelta>(model, "vit.encoder.layer.0.attention.attention.query");
+  EXPECT_EQ(d->delta_weight().abs().max().item<double>(), 0.0);
+  model.forward(tiny_batch("vit")).loss.backward();
+  EXPECT_GT(d->fast_v.grad().abs().max().item<double>(), 0.0);
+}
+
+TEST(FacT, SlicesFollowTheTensorizedFormulas) {
+  for (const std::string variant : {"tt", "tk"}) {
+    PeftModel model(tiny_model("gpt2", torch::kDouble));  // d = 32; c_attn is 3 slices, c_fc 4
+    model.add_adapter("default", *config({{"peft_type", "FACT"}, {"variant", variant}, {"rank", 3}, {"scaling", 0.5}}));
+    torch::NoGradGuard g;
+    for (auto& p : model.trainable_parameters()) p.normal_();
+    auto state = model.adapter_state_dict("default");
+    const std::string shared = "base_model.model.transformer.h.0.attn.c_attn.shared.";
+    at::Tensor u = state.at(shared + "u"), v = state.at(shared + "v");  // [r, d], [d, r]
+    auto d = delta_of<methods::FacTDelta>(model, "transformer.h.1.mlp.c_fc");  // slices 16..19 of 24
+    at::Tensor w = d->delta_weight();
+    ASSERT_EQ(w.sizes(), c10::IntArrayRef({128, 32}));
+    for (int64_t a = 0; a < 4; ++a) {
+      at::Tensor sigma = variant == "tt" ? d->sigma[a][0]
+                                         : torch::einsum("ijk,k->ij", {state.at(shared + "core"),
+                                                                       state.at(shared + "factors").select(1, 16 + a)});
+      EXPECT_LT(max_abs_diff(w.narrow(0, 32 * a, 32), torch::matmul(torch::matmul(v, sigma), u) * 0.5), 1e-12)
+          << variant << " slice " << a;
+    }
+    at::Tensor x = torch::randn({3, 32}, torch::kDouble);
+    EXPECT_LT(max_abs_diff(d->adapt_output(x, torch::zeros({3, 128}, torch::kDouble)), torch::matmul(x, w.t())), 1e-10);
+  }
+}
+
+TEST(FacT, ViTBaseCountsEqualThePaperFormulasWithoutBuildingIt) {
+  const auto g = models::model_geometry({{"model_type", "vit"}, {"hidden_size", 768}, {"num_hidden_layers", 12},
+                                         {"num_attention_heads", 12}, {"intermediate_size", 3072}});
+  EXPECT_EQ(methods::fact_default_slices(g), 144);  // 12 layers × (q, k, v, o + 4 + 4)
+  const auto& fact = methods::find_method("fact");
+  auto count = [&](const std::string& variant, int64_t r) {
+    return fact.count(*config({{"peft_type", "FACT"}, {"variant", variant}, {"rank", r}}), g);
+  };
+  EXPECT_EQ(count("tt", 4), 8448);  // the "tiny" setting: 2dr + 144r²
+  EXPECT_EQ(count("tt", 8), 21504);
+  EXPECT_EQ(count("tt", 16), 61440);
+  EXPECT_EQ(count("tk", 8), 13952);  // 2dr + r³ + 144r
+  EXPECT_EQ(count("tk", 16), 30976);
+  EXPECT_EQ(count("tk", 32), 86528);
+}
+
+TEST(FacT, ExplicitTargetsThatDoNotSliceAreNamed) {
+  PeftModel model(tiny_model("llama"));  // k_proj is 8 × 24
+  try {
+    model.add_adapter("default", *config({{"peft_type", "FACT"}, {"target_modules", {"k_proj"}}}));
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.0.self_attn.k_proj' is 8×24"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace peft::test
