@@ -104,7 +104,10 @@ TEST(PeftForwardCli, LoadsDeltasOfEveryMethod) {
       {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 3}, {"prefix_projection", true}},
       {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 3}},
       {{"peft_type", "P_TUNING"}, {"num_virtual_tokens", 3}, {"encoder_reparameterization_type", "LSTM"}},
-      {{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 3}, {"gate", "per_head_tanh"}}};
+      {{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 3}, {"gate", "per_head_tanh"}},
+      {{"peft_type", "KADAPTATION"}},
+      {{"peft_type", "FACT"}, {"variant", "tk"}},
+      {{"peft_type", "DSEE"}, {"num_sparse", 32}, {"grebsmo_iterations", 10}}};
   const std::string model_dir = fixture("hf/models/gpt2"), inputs = fixture("hf/models/gpt2/inputs.safetensors");
   for (const auto& cfg : configs) {
     TempDir dir;

@@ -4,6 +4,7 @@
 // without building ViT-B.
 #include <torch/torch.h>
 
+#include "peft/methods/dsee.h"
 #include "peft/methods/fact.h"
 #include "peft/methods/kadaptation.h"
 #include "peft/methods/method.h"
@@ -112,6 +113,40 @@ TEST(FacT, ExplicitTargetsThatDoNotSliceAreNamed) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("model.layers.0.self_attn.k_proj' is 8×24"), std::string::npos) << e.what();
   }
+}
+
+TEST(Dsee, GreBsmoFindsTheSparseSpikesThatMagnitudeMisses) {
+  // W = a rank-3 matrix with large entries + 12 planted spikes smaller than its largest entries:
+  // the top-|W| support misses spikes; the sparse part of a rank-3 decomposition finds every one.
+  torch::manual_seed(5);
+  at::Tensor low = torch::matmul(torch::randn({40, 3}), torch::randn({3, 30}));
+  at::Tensor spikes = torch::zeros({40 * 30});
+  at::Tensor planted = std::get<0>(torch::sort(torch::randperm(40 * 30).narrow(0, 0, 12)));
+  spikes.index_put_({planted}, 2.5);
+  at::Tensor w = low + spikes.view({40, 30});
+  at::Tensor found = methods::top_support(methods::grebsmo_sparse_part(w, 20, 0.01, 3), 12);
+  EXPECT_TRUE(torch::equal(found, planted)) << found << planted;
+  EXPECT_FALSE(torch::equal(methods::top_support(w, 12), planted)) << "the test needs spikes magnitude alone misses";
+}
+
+TEST(Dsee, SparsePlusLowRankUpdateIsStoredCompactlyAndAppliedExactly) {
+  PeftModel model(tiny_model("bert", torch::kDouble));
+  model.add_adapter("default", *config({{"peft_type", "DSEE"}, {"r", 2}, {"lora_alpha", 8}, {"num_sparse", 16},
+                                        {"grebsmo_iterations", 4}}));
+  torch::NoGradGuard g;
+  for (auto& p : model.trainable_parameters()) p.normal_();
+  auto state = model.adapter_state_dict("default");
+  const std::string layer = "base_model.model.bert.encoder.layer.0.attention.self.query.";
+  EXPECT_EQ(state.at(layer + "sparse_indices").scalar_type(), torch::kLong);
+  EXPECT_EQ(state.at(layer + "sparse_indices").numel(), 16);
+  EXPECT_EQ(state.at(layer + "sparse_values").numel(), 16);
+  auto d = delta_of<methods::DseeDelta>(model, "bert.encoder.layer.0.attention.self.query");
+  at::Tensor dense = torch::zeros({24 * 24}, torch::kDouble).index_put({d->sparse_indices}, d->sparse_values);
+  at::Tensor expected = (torch::mm(d->lora_B, d->lora_A) + dense.view({24, 24})) * 4.0;  // α/r = 8/2
+  EXPECT_LT(max_abs_diff(d->delta_weight(), expected), 1e-12);
+  at::Tensor x = torch::randn({2, 3, 24}, torch::kDouble);
+  EXPECT_LT(max_abs_diff(d->adapt_output(x, torch::zeros({2, 3, 24}, torch::kDouble)), torch::matmul(x, expected.t())),
+            1e-10);
 }
 
 }  // namespace

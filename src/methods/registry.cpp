@@ -3,6 +3,7 @@
 #include "peft/methods/bitfit.h"
 #include "peft/methods/bottleneck_adapter.h"
 #include "peft/methods/compacter.h"
+#include "peft/methods/dsee.h"
 #include "peft/methods/fact.h"
 #include "peft/methods/ia3.h"
 #include "peft/methods/kadaptation.h"
@@ -30,6 +31,7 @@ void register_builtin_methods() {
   register_method(llama_adapter_method());
   register_method(kadaptation_method());
   register_method(fact_method());
+  register_method(dsee_method());
 }
 
 }  // namespace peft::methods
