@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "peft/methods/dsee.h"
+#include "peft/methods/dsee_prune.h"
 #include "peft/methods/fact.h"
 #include "peft/methods/kadaptation.h"
 #include "peft/methods/method.h"
@@ -147,6 +148,78 @@ TEST(Dsee, SparsePlusLowRankUpdateIsStoredCompactlyAndAppliedExactly) {
   at::Tensor x = torch::randn({2, 3, 24}, torch::kDouble);
   EXPECT_LT(max_abs_diff(d->adapt_output(x, torch::zeros({2, 3, 24}, torch::kDouble)), torch::matmul(x, expected.t())),
             1e-10);
+}
+
+class DseePrune : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(DseePrune, MasksStayThroughRetuningAndMergeYieldsTheSparseModel) {
+  const auto family = GetParam();
+  auto base = tiny_model(family);
+  PeftModel model(base);
+  model.add_adapter("default", *config({{"peft_type", "DSEE"}, {"r", 2}, {"num_sparse", 10}, {"grebsmo_iterations", 3},
+                                        {"task_type", is_classifier(family) ? "SEQ_CLS" : "CAUSAL_LM"}}));
+  {
+    torch::NoGradGuard g;
+    for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * 0.05);
+  }
+  methods::DseePruneOptions o;
+  o.pruning_ratio = 0.3;
+  o.heads_to_prune = 1;
+  const auto report = methods::dsee_prune(model, "default", o);
+  EXPECT_GE(report.zeroed, std::llround(0.3 * report.weights));
+  EXPECT_EQ(report.heads_pruned, base->num_layers());
+  EXPECT_EQ(report.macs_dense - report.macs_kept, report.zeroed);
+
+  // Every pruned entry stays zero through re-tuning and in the merged weights.
+  std::map<std::string, at::Tensor> zero;
+  for (auto& [name, lin] : model.linears()) zero[name] = lin->weight_out_in().detach() == 0;
+  model.eval();
+  {
+    torch::NoGradGuard g;
+    auto unmerged = model.forward(tiny_batch(family)).logits;
+    model.merge_adapter();
+    EXPECT_LT(max_abs_diff(model.forward(tiny_batch(family)).logits, unmerged), 1e-5);
+    model.unmerge_adapter();
+  }
+  torch::optim::AdamW opt(model.trainable_parameters(), torch::optim::AdamWOptions(1e-2));
+  for (int step = 0; step < 3; ++step) {
+    opt.zero_grad();
+    model.forward(tiny_batch(family)).loss.backward();
+    opt.step();
+  }
+  auto merged = model.merge_and_unload();
+  int64_t zeros = 0;
+  for (auto& [name, lin] : merged->adaptable_linears()) {
+    if (!zero.count(name) || !zero[name].any().item<bool>()) continue;  // heads and poolers are not pruned
+    at::Tensor w = lin->weight_out_in();
+    EXPECT_EQ(w.masked_select(zero[name]).abs().max().item<double>(), 0.0) << name;
+    zeros += zero[name].sum().item<int64_t>();
+  }
+  EXPECT_GE(zeros, report.zeroed);
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, DseePrune, ::testing::Values("gpt2", "bert", "llama", "vit"));
+
+TEST(DseePrune, APrunedHeadContributesNothing) {
+  // BERT-style: a pruned head's value rows and output columns are zero, so removing the head
+  // outright (zeroing its output slice) changes nothing.
+  auto base = tiny_model("vit");
+  base->eval();
+  PeftModel model(base);
+  model.add_adapter("default", *config({{"peft_type", "DSEE"}, {"r", 2}, {"num_sparse", 10}, {"grebsmo_iterations", 3}}));
+  methods::DseePruneOptions o;
+  o.pruning_ratio = 0.0;
+  o.heads_to_prune = 2;
+  methods::dsee_prune(model, "default", o);
+  torch::NoGradGuard g;
+  for (auto& [name, lin] : model.linears()) {
+    if (name.find("attention.attention.value") == std::string::npos) continue;
+    int64_t dead = 0;
+    for (int64_t h = 0; h < 3; ++h)
+      dead += lin->weight_out_in().narrow(0, h * 8, 8).abs().sum().item<double>() == 0.0 &&
+              lin->bias.narrow(0, h * 8, 8).abs().sum().item<double>() == 0.0;
+    EXPECT_EQ(dead, 2) << name;
+  }
 }
 
 }  // namespace

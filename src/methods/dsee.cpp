@@ -106,12 +106,14 @@ DseeDelta::DseeDelta(int64_t in_features, int64_t out_features, const at::Tensor
 
 at::Tensor DseeDelta::delta_weight() const {
   at::Tensor s = torch::zeros({out_ * in_}, sparse_values.options()).index_put({sparse_indices}, sparse_values);
-  return (torch::mm(lora_B, lora_A) + s.view({out_, in_})) * scaling_;
+  at::Tensor w = (torch::mm(lora_B, lora_A) + s.view({out_, in_})) * scaling_;
+  return mask_.defined() ? w * mask_.to(w.scalar_type()) : w;
 }
 
 at::Tensor DseeDelta::adapt_output(const at::Tensor& x, const at::Tensor& y) {
   at::Tensor h = x.to(lora_A.scalar_type());
   if (dropout_ > 0.0) h = F::dropout(h, F::DropoutFuncOptions().p(dropout_).training(is_training()));
+  if (mask_.defined()) return y + F::linear(h, delta_weight()).to(y.scalar_type());  // pruned: dense, masked
   at::Tensor low_rank = F::linear(F::linear(h, lora_A), lora_B);
   // S x without a dense S: each support entry (row, col) adds value · x[col] to row.
   at::Tensor flat = h.reshape({-1, in_});

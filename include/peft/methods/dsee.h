@@ -50,8 +50,10 @@ class DseeDelta : public nn::LinearDelta {
   bool mergeable() const override { return true; }
   void merge_into(at::Tensor& weight_out_in, at::Tensor& bias) override;
   void unmerge_from(at::Tensor& weight_out_in, at::Tensor& bias) override;
-  /// (α/r)(B A + S) as [out, in].
+  /// (α/r)(B A + S) as [out, in] (times the pruning mask, once there is one).
   at::Tensor delta_weight() const;
+  /// Stage 2: from now on the update is masked like the pruned weight it adds to (bool [out, in]).
+  void set_mask(const at::Tensor& keep) { mask_ = keep; }
 
   at::Tensor lora_A;          ///< [r, in]
   at::Tensor lora_B;          ///< [out, r]
@@ -61,6 +63,7 @@ class DseeDelta : public nn::LinearDelta {
  private:
   int64_t in_, out_;
   double scaling_, dropout_;
+  at::Tensor mask_;  // stage 2 only; not part of the delta
 };
 
 Method dsee_method();
