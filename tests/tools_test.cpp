@@ -156,6 +156,34 @@ TEST(Tools, GenerateWithEveryPromptMethodEqualsInProcessGreedy) {
   }
 }
 
+TEST(Tools, DseePruneRunsBothStagesAndWritesTheSparseModel) {
+  TempDir dir;
+  ASSERT_EQ(run(std::string(PEFT_DSEE_PRUNE_BIN) + " --threads 1 --config " + source("configs/vit_fashion_dsee.json") +
+                    " --set model=" + source("examples/models/tiny-vit-mnist") +
+                    " --set data.train_images=" + source("examples/data/fashion-mnist/train-images-idx3-ubyte") +
+                    " --set data.train_labels=" + source("examples/data/fashion-mnist/train-labels-idx1-ubyte") +
+                    " --set data.eval_images=" + source("examples/data/fashion-mnist/test-images-idx3-ubyte") +
+                    " --set data.eval_labels=" + source("examples/data/fashion-mnist/test-labels-idx1-ubyte") +
+                    " --set trainer.max_steps=3 --set trainer.eval_every=0 --retune-steps 2 --pruning-ratio 0.4"
+                    " --heads 1 --out " + dir.file("run"),
+                dir.file("p.log")),
+            0)
+      << slurp(dir.file("p.log"));
+  auto report = core::read_json_file(dir.file("run/report.json"));
+  EXPECT_GE(report["pruning"]["sparsity"].get<double>(), 0.4);
+  EXPECT_EQ(report["pruning"]["heads_pruned"], 4);
+  for (const char* stage : {"base", "stage1", "pruned", "retuned"}) EXPECT_TRUE(report[stage].contains("accuracy")) << stage;
+  // The merged model is a plain model directory whose block projections carry the zeros.
+  auto merged = models::load_pretrained(dir.file("run/merged"));
+  int64_t zeros = 0, total = 0;
+  for (auto& [name, lin] : merged->adaptable_linears())
+    if (name.find(".layer.") != std::string::npos) {
+      zeros += (lin->weight == 0).sum().item<int64_t>();
+      total += lin->weight.numel();
+    }
+  EXPECT_GE(static_cast<double>(zeros) / static_cast<double>(total), 0.4);
+}
+
 }  // namespace
 }  // namespace peft::test
 
