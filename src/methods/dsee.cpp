@@ -15,18 +15,10 @@ namespace {
 
 constexpr const char* kC = "dsee";
 
-TargetModules default_targets(const std::string& model_type) {
-  TargetModules t;
-  if (model_type == "gpt2") t.names = {"c_attn"};
-  else if (model_type == "llama") t.names = {"q_proj", "v_proj"};
-  else t.names = {"query", "value"};
-  return t;
-}
-
 void attach_dsee(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
   auto& cfg = dynamic_cast<DseeConfig&>(base_cfg);
   const TargetModules targets =
-      cfg.target_modules.empty() ? default_targets(model.base_model().model_type()) : cfg.target_modules;
+      cfg.target_modules.empty() ? query_value_targets(model.base_model().model_type()) : cfg.target_modules;
   const auto heads = model.implicit_modules_to_save(cfg);
   int matched = 0;
   for (auto& [name, lin] : model.linears()) {

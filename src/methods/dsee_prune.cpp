@@ -5,6 +5,7 @@
 
 #include <torch/torch.h>
 
+#include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/methods/dsee.h"
 #include "peft/peft_model.h"
@@ -59,11 +60,10 @@ DseePruneReport dsee_prune(PeftModel& model, const std::string& adapter, const D
   std::map<std::string, Layer> layers;
   std::vector<std::string> order;
   for (const auto& [name, lin] : model.linears())
-    for (const auto& [block, holder] : model.blocks())
-      if (name.compare(0, block.size() + 1, block + ".") == 0) {
-        layers[name] = {lin, std::dynamic_pointer_cast<DseeDelta>(lin->delta(adapter)), at::Tensor()};
-        order.push_back(name);
-      }
+    if (inside_block(model, name)) {
+      layers[name] = {lin, std::dynamic_pointer_cast<DseeDelta>(lin->delta(adapter)), at::Tensor()};
+      order.push_back(name);
+    }
   PEFT_CHECK(!order.empty(), kC, "the model has no block projections to prune");
 
   // Unstructured: the globally smallest |W₀ + ΔW| (ties by position, so the count is exact).

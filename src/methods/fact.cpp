@@ -17,12 +17,6 @@ namespace {
 
 constexpr const char* kC = "fact";
 
-bool inside_a_block(PeftModel& model, const std::string& name) {
-  for (const auto& [block, holder] : model.blocks())
-    if (name.compare(0, block.size() + 1, block + ".") == 0) return true;
-  return false;
-}
-
 void attach_fact(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
   auto& cfg = dynamic_cast<FacTConfig&>(base_cfg);
   const int64_t d = model.base_model().hidden_size();
@@ -37,7 +31,7 @@ void attach_fact(PeftModel& model, MethodConfig& base_cfg, const std::string& ad
     if (inside_any(name, cfg.modules_to_save) || inside_any(name, heads)) continue;
     const bool fits = lin->in_features() % d == 0 && lin->out_features() % d == 0;
     if (cfg.target_modules.empty()) {
-      if (!inside_a_block(model, name)) continue;
+      if (!inside_block(model, name)) continue;
       if (!fits) {
         skipped.push_back(name);
         continue;

@@ -13,21 +13,13 @@ namespace {
 
 constexpr const char* kC = "kadaptation";
 
-TargetModules default_targets(const std::string& model_type) {
-  TargetModules t;
-  if (model_type == "gpt2") t.names = {"c_attn"};
-  else if (model_type == "llama") t.names = {"q_proj", "v_proj"};
-  else t.names = {"query", "value"};
-  return t;
-}
-
 /// The projection kind sharing one rule: the module name without its layer prefix ("query").
 std::string kind_of(const std::string& name) { return name.substr(name.rfind('.') + 1); }
 
 void attach_kadaptation(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
   auto& cfg = dynamic_cast<KAdaptationConfig&>(base_cfg);
   const TargetModules targets =
-      cfg.target_modules.empty() ? default_targets(model.base_model().model_type()) : cfg.target_modules;
+      cfg.target_modules.empty() ? query_value_targets(model.base_model().model_type()) : cfg.target_modules;
   const auto heads = model.implicit_modules_to_save(cfg);
   std::map<std::string, KroneckerRule> rules;
   for (auto& [name, lin] : model.linears()) {

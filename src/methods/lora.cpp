@@ -58,15 +58,10 @@ const std::vector<std::string>& lora_keys() {
 }
 
 TargetModules default_targets(const std::string& model_type) {
-  static const std::map<std::string, std::vector<std::string>> defaults = {
-      {"gpt2", {"c_attn"}}, {"llama", {"q_proj", "v_proj"}}, {"mistral", {"q_proj", "v_proj"}},
-      {"bert", {"query", "value"}}, {"roberta", {"query", "value"}}, {"vit", {"query", "value"}}};
-  auto it = defaults.find(model_type);
-  PEFT_CHECK(it != defaults.end(), kC,
+  TargetModules t = query_value_targets(model_type);
+  PEFT_CHECK(!t.empty(), kC,
              "target_modules is not set and there is no default for model_type '{}'; list the modules to adapt",
              model_type);
-  TargetModules t;
-  t.names = it->second;
   return t;
 }
 

@@ -1,6 +1,7 @@
 #include "method_helpers.h"
 
 #include <algorithm>
+#include <map>
 
 #include "peft/core/error.h"
 #include "peft/nn/rms_norm.h"
@@ -74,6 +75,22 @@ void train_layer_norms(PeftModel& model, const std::string& adapter) {
         std::dynamic_pointer_cast<nn::RMSNormImpl>(item.value()))
       for (const auto& p : item.value()->named_parameters(false))
         model.add_trainable_base_tensor(adapter, item.key() + "." + p.key());
+}
+
+TargetModules query_value_targets(const std::string& model_type) {
+  static const std::map<std::string, std::vector<std::string>> defaults = {
+      {"gpt2", {"c_attn"}}, {"llama", {"q_proj", "v_proj"}}, {"mistral", {"q_proj", "v_proj"}},
+      {"bert", {"query", "value"}}, {"roberta", {"query", "value"}}, {"vit", {"query", "value"}}};
+  TargetModules t;
+  auto it = defaults.find(model_type);
+  if (it != defaults.end()) t.names = it->second;
+  return t;
+}
+
+bool inside_block(PeftModel& model, const std::string& name) {
+  for (const auto& [block, holder] : model.blocks())
+    if (name.compare(0, block.size() + 1, block + ".") == 0) return true;
+  return false;
 }
 
 }  // namespace peft::methods

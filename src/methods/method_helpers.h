@@ -29,6 +29,10 @@ std::string describe_linears(PeftModel& model);
 /// The blocks (by module name) whose index is in `layers` (empty: every block); none is an error.
 std::vector<std::string> selected_blocks(PeftModel& model, const std::vector<int64_t>& layers,
                                          const std::string& component);
+/// Each family's query and value projections (HF PEFT's LoRA defaults); empty for unknown types.
+TargetModules query_value_targets(const std::string& model_type);
+/// Whether a module lies inside one of the model's transformer blocks.
+bool inside_block(PeftModel& model, const std::string& module_name);
 /// Gives `adapter` trainable copies of every LayerNorm / RMSNorm parameter (Houlsby, Compacter).
 void train_layer_norms(PeftModel& model, const std::string& adapter);
 
