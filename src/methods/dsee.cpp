@@ -116,14 +116,6 @@ at::Tensor DseeDelta::adapt_output(const at::Tensor& x, const at::Tensor& y) {
   return y + d.to(y.scalar_type());
 }
 
-void DseeDelta::merge_into(at::Tensor& weight_out_in, at::Tensor&) {
-  weight_out_in.add_(delta_weight().to(weight_out_in.scalar_type()));
-}
-
-void DseeDelta::unmerge_from(at::Tensor& weight_out_in, at::Tensor&) {
-  weight_out_in.sub_(delta_weight().to(weight_out_in.scalar_type()));
-}
-
 std::shared_ptr<DseeConfig> DseeConfig::from_json(const nlohmann::json& j) {
   const std::string where = "DSEE config";
   check_config_keys(j,

@@ -136,14 +136,6 @@ at::Tensor FacTDelta::delta_weight() const {
          scaling_;
 }
 
-void FacTDelta::merge_into(at::Tensor& weight_out_in, at::Tensor&) {
-  weight_out_in.add_(delta_weight().to(weight_out_in.scalar_type()));
-}
-
-void FacTDelta::unmerge_from(at::Tensor& weight_out_in, at::Tensor&) {
-  weight_out_in.sub_(delta_weight().to(weight_out_in.scalar_type()));
-}
-
 std::shared_ptr<FacTConfig> FacTConfig::from_json(const nlohmann::json& j) {
   const std::string where = "FacT config";
   check_config_keys(j, {"variant", "rank", "scaling", "dropout", "target_modules", "modules_to_save"}, "FACT", kC, where);

@@ -87,12 +87,12 @@ at::Tensor KAdaptationDelta::adapt_output(const at::Tensor& x, const at::Tensor&
 }
 
 void KAdaptationDelta::merge_into(at::Tensor& weight_out_in, at::Tensor& layer_bias) {
-  weight_out_in.add_(delta_weight().to(weight_out_in.scalar_type()));
+  AdditiveWeightDelta::merge_into(weight_out_in, layer_bias);
   if (bias.defined()) layer_bias.add_(bias.to(layer_bias.scalar_type()));
 }
 
 void KAdaptationDelta::unmerge_from(at::Tensor& weight_out_in, at::Tensor& layer_bias) {
-  weight_out_in.sub_(delta_weight().to(weight_out_in.scalar_type()));
+  AdditiveWeightDelta::unmerge_from(weight_out_in, layer_bias);
   if (bias.defined()) layer_bias.sub_(bias.to(layer_bias.scalar_type()));
 }
 

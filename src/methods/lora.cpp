@@ -255,14 +255,6 @@ at::Tensor LoraDelta::adapt_output(const at::Tensor& x, const at::Tensor& y) {
 
 at::Tensor LoraDelta::delta_weight() const { return torch::mm(lora_B->weight, lora_A->weight) * scaling_; }
 
-void LoraDelta::merge_into(at::Tensor& weight_out_in, at::Tensor&) {
-  weight_out_in.add_(delta_weight().to(weight_out_in.scalar_type()));
-}
-
-void LoraDelta::unmerge_from(at::Tensor& weight_out_in, at::Tensor&) {
-  weight_out_in.sub_(delta_weight().to(weight_out_in.scalar_type()));
-}
-
 Method lora_method() {
   Method m;
   m.name = "lora";

@@ -14,6 +14,14 @@ void LinearDelta::unmerge_from(at::Tensor&, at::Tensor&) {
   fail("nn", fmt::format("{} cannot be unmerged from the base weight", name()));
 }
 
+void AdditiveWeightDelta::merge_into(at::Tensor& weight_out_in, at::Tensor&) {
+  weight_out_in.add_(delta_weight().to(weight_out_in.scalar_type()));
+}
+
+void AdditiveWeightDelta::unmerge_from(at::Tensor& weight_out_in, at::Tensor&) {
+  weight_out_in.sub_(delta_weight().to(weight_out_in.scalar_type()));
+}
+
 std::map<std::string, at::Tensor> LinearDelta::delta_state() {
   std::map<std::string, at::Tensor> out;
   for (const auto& p : named_parameters(true)) out[p.key()] = p.value();

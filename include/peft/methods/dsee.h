@@ -42,16 +42,13 @@ at::Tensor grebsmo_sparse_part(const at::Tensor& weight, int64_t iterations, dou
 /// The support Ω: flat indices (row * in + col) of the `n` largest |entries| of `scores`, ascending.
 at::Tensor top_support(const at::Tensor& scores, int64_t n);
 
-class DseeDelta : public nn::LinearDelta {
+class DseeDelta : public nn::AdditiveWeightDelta {
  public:
   DseeDelta(int64_t in_features, int64_t out_features, const at::Tensor& support, const DseeConfig& config,
             const at::TensorOptions& options);
   at::Tensor adapt_output(const at::Tensor& x, const at::Tensor& y) override;
-  bool mergeable() const override { return true; }
-  void merge_into(at::Tensor& weight_out_in, at::Tensor& bias) override;
-  void unmerge_from(at::Tensor& weight_out_in, at::Tensor& bias) override;
   /// (α/r)(B A + S) as [out, in] (times the pruning mask, once there is one).
-  at::Tensor delta_weight() const;
+  at::Tensor delta_weight() const override;
   /// Stage 2: from now on the update is masked like the pruned weight it adds to (bool [out, in]).
   void set_mask(const at::Tensor& keep) { mask_ = keep; }
 

@@ -44,16 +44,13 @@ class FacTSharedImpl : public torch::nn::Module {
 };
 TORCH_MODULE(FacTShared);
 
-class FacTDelta : public nn::LinearDelta {
+class FacTDelta : public nn::AdditiveWeightDelta {
  public:
   /// A layer of `in`/`out` = ki·d / ko·d covering slices [first, first + ko·ki) of the stack.
   FacTDelta(int64_t in_features, int64_t out_features, FacTShared shared, bool owns_shared, int64_t first_slice,
             const FacTConfig& config, const at::TensorOptions& options);
   at::Tensor adapt_output(const at::Tensor& x, const at::Tensor& y) override;
-  bool mergeable() const override { return true; }
-  void merge_into(at::Tensor& weight_out_in, at::Tensor& bias) override;
-  void unmerge_from(at::Tensor& weight_out_in, at::Tensor& bias) override;
-  at::Tensor delta_weight() const;
+  at::Tensor delta_weight() const override;
 
   at::Tensor sigma;  ///< TT: [ko, ki, r, r] (out rank × in rank per slice)
 

@@ -40,17 +40,16 @@ class KroneckerRuleImpl : public torch::nn::Module {
 };
 TORCH_MODULE(KroneckerRule);
 
-class KAdaptationDelta : public nn::LinearDelta {
+class KAdaptationDelta : public nn::AdditiveWeightDelta {
  public:
   /// `owns_rule`: the first layer of a kind registers (and saves) the shared rule.
   KAdaptationDelta(int64_t in_features, int64_t out_features, KroneckerRule rule, bool owns_rule, bool with_bias,
                    const KAdaptationConfig& config, const at::TensorOptions& options);
   at::Tensor adapt_output(const at::Tensor& x, const at::Tensor& y) override;
-  bool mergeable() const override { return true; }
   void merge_into(at::Tensor& weight_out_in, at::Tensor& bias) override;
   void unmerge_from(at::Tensor& weight_out_in, at::Tensor& bias) override;
   /// s·ΔW as [out, in].
-  at::Tensor delta_weight() const;
+  at::Tensor delta_weight() const override;
 
   at::Tensor fast_u;  ///< [n, out / n]: Glorot-initialized
   at::Tensor fast_v;  ///< [n, in / n]: zeros, so ΔW = 0 at init while every factor still gets a gradient

@@ -45,17 +45,14 @@ struct LoraConfig : MethodConfig {
   double scaling_for(const std::string& module_name) const;
 };
 
-class LoraDelta : public nn::LinearDelta {
+class LoraDelta : public nn::AdditiveWeightDelta {
  public:
   LoraDelta(int64_t in_features, int64_t out_features, int64_t r, double scaling, double dropout,
             const std::string& init, const at::TensorOptions& options);
 
   at::Tensor adapt_output(const at::Tensor& x, const at::Tensor& y) override;
-  bool mergeable() const override { return true; }
-  void merge_into(at::Tensor& weight_out_in, at::Tensor& bias) override;
-  void unmerge_from(at::Tensor& weight_out_in, at::Tensor& bias) override;
   /// s * B A as [out, in].
-  at::Tensor delta_weight() const;
+  at::Tensor delta_weight() const override;
 
   double scaling() const { return scaling_; }
 

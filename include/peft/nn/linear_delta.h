@@ -33,4 +33,14 @@ class LinearDelta : public torch::nn::Module {
                                 const std::string& where);
 };
 
+/// A delta that is an additive weight update ΔW ([out, in]): merging adds it to the base weight,
+/// unmerging subtracts it (LoRA, DSEE, FacT, KAdaptation).
+class AdditiveWeightDelta : public LinearDelta {
+ public:
+  virtual at::Tensor delta_weight() const = 0;
+  bool mergeable() const override { return true; }
+  void merge_into(at::Tensor& weight_out_in, at::Tensor& bias) override;
+  void unmerge_from(at::Tensor& weight_out_in, at::Tensor& bias) override;
+};
+
 }  // namespace peft::nn
