@@ -2,7 +2,6 @@
 
 #include <torch/torch.h>
 
-#include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
 #include "peft/peft_model.h"

@@ -184,10 +184,10 @@ ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
   PEFT_CHECK(lengths.prefix + S <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}",
              lengths.prefix + S, config_.n_positions);
   at::Tensor positions = inputs.position_ids;
-  if (!positions.defined()) positions = default_positions(B, S, lengths.prefix, input_ids.device());
-  PEFT_CHECK(positions.sizes() == input_ids.sizes() || inputs.prompt_embeds.defined(), "gpt2",
+  PEFT_CHECK(!positions.defined() || positions.sizes() == input_ids.sizes(), "gpt2",
              "position_ids has shape {}, expected {} like input_ids", c10::str(positions.sizes()),
              c10::str(input_ids.sizes()));
+  if (!positions.defined()) positions = default_positions(B, S, lengths.prefix, input_ids.device());
   at::Tensor hidden = prepend_prompt(inputs.prompt_embeds, wte->forward(input_ids)) + wpe->forward(positions);
   // GPT-2 embeds segment ids with the token embedding (HF does the same).
   if (inputs.token_type_ids.defined())

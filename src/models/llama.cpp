@@ -194,10 +194,10 @@ ModelOutput LlamaModelImpl::forward(const ModelInputs& inputs) {
   const auto lengths = check_prompt_inputs(inputs, B, config_.geometry(), kC);
   const int64_t S = lengths.virtual_tokens + T, keys = lengths.prefix + S;
   at::Tensor positions = inputs.position_ids;
-  if (!positions.defined()) positions = default_positions(B, S, lengths.prefix, ids.device());
-  PEFT_CHECK(positions.sizes() == ids.sizes() || inputs.prompt_embeds.defined(), kC,
+  PEFT_CHECK(!positions.defined() || positions.sizes() == ids.sizes(), kC,
              "position_ids has shape {}, expected {} like input_ids", c10::str(positions.sizes()),
              c10::str(ids.sizes()));
+  if (!positions.defined()) positions = default_positions(B, S, lengths.prefix, ids.device());
   if (inputs.attention_mask.defined())
     PEFT_CHECK(inputs.attention_mask.sizes() == ids.sizes(), kC, "attention_mask has shape {}, expected {} like input_ids",
                c10::str(inputs.attention_mask.sizes()), c10::str(ids.sizes()));
