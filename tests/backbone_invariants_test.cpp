@@ -7,6 +7,7 @@
 #include "peft/core/json_io.h"
 #include "peft/core/safetensors.h"
 #include "peft/methods/method.h"
+#include "peft/models/heads.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
 #include "peft/train/trainer.h"
@@ -205,6 +206,38 @@ TEST(Backbones, EveryFamilyRunsOnCUDAAsOnCPU_CUDA) {
     EXPECT_LT(max_abs_diff(gpu.logits.cpu(), cpu.logits), 1e-4) << family;
     EXPECT_LT(std::abs(gpu.loss.item<double>() - cpu.loss.item<double>()), 1e-4) << family;
   }
+}
+
+// The loss shifts the labels instead of the logits; it must be the mean over the positions whose
+// next token is labelled (ignored: -100), with the gradient of that mean, whatever the masking.
+TEST(CausalLmLoss, MeanOverLabelledNextTokensWithItsGradient) {
+  torch::manual_seed(3);
+  auto logits = torch::randn({2, 5, 7}, torch::kDouble).requires_grad_(true);
+  auto labels = torch::randint(0, 7, {2, 5}, torch::kLong);
+  labels.index_put_({0, 2}, -100);
+  labels.index_put_({1, 4}, -100);
+  auto loss = models::causal_lm_loss(logits, labels);
+  double sum = 0;
+  int64_t count = 0;
+  auto logp = torch::log_softmax(logits.detach(), -1);
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t t = 0; t + 1 < 5; ++t) {
+      const int64_t next = labels[b][t + 1].item<int64_t>();
+      if (next == -100) continue;
+      sum -= logp[b][t][next].item<double>();
+      ++count;
+    }
+  EXPECT_EQ(count, 6);
+  EXPECT_NEAR(loss.item<double>(), sum / static_cast<double>(count), 1e-12);
+  loss.backward();
+  auto expected = torch::softmax(logits.detach(), -1);
+  for (int64_t b = 0; b < 2; ++b)
+    for (int64_t t = 0; t < 5; ++t) {
+      const int64_t next = t + 1 < 5 ? labels[b][t + 1].item<int64_t>() : -100;
+      if (next == -100) expected[b][t].zero_();
+      else expected[b][t][next] -= 1.0;
+    }
+  EXPECT_TRUE(torch::allclose(logits.grad(), expected / static_cast<double>(count), 1e-12, 1e-12));
 }
 
 }  // namespace

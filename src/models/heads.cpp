@@ -62,10 +62,13 @@ at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels) {
   PEFT_CHECK(labels.dim() == 2 && labels.size(0) == logits.size(0) && labels.size(1) == logits.size(1), "models",
              "labels have shape {}, expected [{}, {}] like input_ids", c10::str(labels.sizes()), logits.size(0),
              logits.size(1));
-  const int64_t V = logits.size(-1), T = logits.size(1);
-  at::Tensor shift_logits = upcast_half(logits.slice(1, 0, T - 1).reshape({-1, V}));
-  at::Tensor shift_labels = labels.slice(1, 1, T).reshape({-1}).to(logits.device(), torch::kLong);
-  return F::cross_entropy(shift_logits, shift_labels, F::CrossEntropyFuncOptions().ignore_index(-100));
+  // Position t predicts token t+1: shift the labels (the last position predicts nothing, -100) rather
+  // than the logits, so the [B, T, V] logits are neither copied nor scattered back in the backward.
+  const int64_t T = logits.size(1);
+  at::Tensor next = labels.to(logits.device(), torch::kLong).slice(1, 1, T);
+  at::Tensor shifted = torch::cat({next, torch::full({labels.size(0), 1}, -100, next.options())}, 1);
+  return F::cross_entropy(upcast_half(logits).reshape({-1, logits.size(-1)}), shifted.reshape({-1}),
+                          F::CrossEntropyFuncOptions().ignore_index(-100));
 }
 
 at::Tensor classification_loss(const at::Tensor& logits, const at::Tensor& labels, const HeadConfig& head) {
