@@ -151,9 +151,18 @@ TEST(Trainer, ResumeAfterSigintContinuesExactlyAsAnUninterruptedRun) {
   for (auto& [k, t] : pa) EXPECT_TRUE(bit_equal(t, pc.at(k))) << k;
   EXPECT_TRUE(std::filesystem::exists(dir.file("final/adapter_model.safetensors")));
   std::ifstream log(dir.file("log.jsonl"));
-  int lines = 0;
-  for (std::string l; std::getline(log, l);) ++lines;
+  int lines = 0, step_lines = 0;
+  for (std::string l; std::getline(log, l);) {
+    ++lines;
+    auto j = nlohmann::json::parse(l);
+    if (j.contains("loss")) {  // a logged step: the mean time of the steps since the last one
+      ++step_lines;
+      EXPECT_GT(j.at("step_ms").get<double>(), 0.0) << l;
+      EXPECT_LE(j.at("step_ms").get<double>(), 1000.0 * j.at("elapsed_s").get<double>() + 1.0) << l;
+    }
+  }
   EXPECT_GE(lines, 2);
+  EXPECT_GE(step_lines, 1);
 }
 
 TEST(Trainer, NonFiniteLossesAreSkippedThenFatal) {

@@ -185,7 +185,8 @@ TrainResult Trainer::train() {
   const bool tty = c.progress && ::isatty(STDERR_FILENO);
   const auto t0 = std::chrono::steady_clock::now();
   const int64_t first_step = m.step;
-  int64_t tokens = 0;
+  int64_t tokens = 0, window_steps = 0;
+  double window_ms = 0;
   auto run_eval = [&]() -> std::optional<EvalResult> {
     if (!m.eval) return std::nullopt;
     m.target.set_training(false);
@@ -213,6 +214,7 @@ TrainResult Trainer::train() {
       result.interrupted = true;
       break;
     }
+    const auto step_start = std::chrono::steady_clock::now();
     const double lr = c.lr * schedule_factor(c.schedule, m.step, c.warmup_steps, c.max_steps);
     m.opt->zero_grad();
     double loss_sum = 0;
@@ -246,14 +248,20 @@ TrainResult Trainer::train() {
     const double norm = clip_grad_norm(m.params, c.max_grad_norm);
     m.opt->step(lr);
     result.losses.push_back(loss_sum);
+    // Training-step time alone (batching, forward, backward, update), without evaluations.
+    window_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - step_start).count();
+    ++window_steps;
 
     const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     const double rate = static_cast<double>(tokens) / std::max(elapsed, 1e-9);
     const double eta = elapsed / static_cast<double>(m.step - first_step) * static_cast<double>(c.max_steps - m.step);
-    if (c.log_every > 0 && (m.step % c.log_every == 0 || m.step == c.max_steps))
+    if (c.log_every > 0 && (m.step % c.log_every == 0 || m.step == c.max_steps)) {
       m.log_line(fmt::format("{{\"step\": {}, \"loss\": {:.6f}, \"lr\": {:.6e}, \"grad_norm\": {:.4f}, "
-                             "\"tokens_per_s\": {:.1f}, \"elapsed_s\": {:.2f}}}",
-                             m.step, loss_sum, lr, norm, rate, elapsed));
+                             "\"tokens_per_s\": {:.1f}, \"step_ms\": {:.2f}, \"elapsed_s\": {:.2f}}}",
+                             m.step, loss_sum, lr, norm, rate, window_ms / static_cast<double>(window_steps), elapsed));
+      window_ms = 0;
+      window_steps = 0;
+    }
     if (tty)
       fmt::print(stderr, "\r step {}/{}  loss {:.4f}  lr {:.2e}  {:.0f} tok/s  ETA {}   ", m.step, c.max_steps,
                  loss_sum, lr, rate, duration(eta));
