@@ -161,7 +161,8 @@ TEST(Tools, GenerateWithEveryPromptMethodEqualsInProcessGreedy) {
 TEST(Tools, BenchReportsEveryMethodInItsOwnProcess) {
   TempDir dir;
   ASSERT_EQ(run(std::string(PEFT_BENCH_BIN) + " --threads 1 --layers 2 --hidden 32 --heads 4 --vocab 100 --seq 16"
-                    " --batch 2 --steps 2 --warmup 1 --gemm --methods full,lora,lst --json " + dir.file("b.jsonl"),
+                    " --batch 2 --steps 2 --warmup 1 --gemm --methods full,lora,lst --json " + dir.file("b.jsonl") +
+                    " --profile " + dir.path(),
                 dir.file("b.log")),
             0)
       << slurp(dir.file("b.log"));
@@ -179,6 +180,19 @@ TEST(Tools, BenchReportsEveryMethodInItsOwnProcess) {
     EXPECT_GT(rows[m]["inference"]["with_delta_ms"].get<double>(), 0.0) << m;
   }
   EXPECT_EQ(rows["full"]["trainable_params"], rows["full"]["total_params"]);
+  // Forward FLOPs: 2 layers x (24 N d^2 + 4 N T d) + 2 N d V with N = 32 tokens, T = 16, d = 32, V = 100;
+  // a step is 3x that with every weight training, 2x on a frozen base; none claimed for LST.
+  const double forward = 2 * (24.0 * 32 * 32 * 32 + 4.0 * 32 * 16 * 32) + 2.0 * 32 * 32 * 100;
+  EXPECT_NEAR(rows["full"]["step_gflop"].get<double>(), 3 * forward / 1e9, 1e-12);
+  EXPECT_NEAR(rows["lora"]["step_gflop"].get<double>(), 2 * forward / 1e9, 1e-12);
+  EXPECT_TRUE(rows["lst"]["step_gflop"].is_null());
+  EXPECT_NEAR(rows["full"]["gemm_fraction"].get<double>(),
+              rows["full"]["achieved_gflops"].get<double>() / rows["gemm"]["gemm_gflops"].get<double>(), 1e-9);
+  for (const char* m : {"full", "lora", "lst"}) {  // --profile: the timed steps' operators, per method
+    const std::string trace = slurp(dir.file(std::string(m) + ".trace.json"));
+    EXPECT_NE(trace.find("aten::"), std::string::npos) << m;
+  }
+  EXPECT_NE(slurp(dir.file("b.log")).find("threads: 1 (as asked"), std::string::npos) << slurp(dir.file("b.log"));
   EXPECT_LT(rows["lora"]["saved_bytes"].get<int64_t>() * 10, rows["full"]["saved_bytes"].get<int64_t>());
   EXPECT_TRUE(rows["lora"]["inference"]["merged_ms"].is_number());
   EXPECT_TRUE(rows["lst"]["inference"]["merged_ms"].is_null()) << "a side network cannot be merged";

@@ -12,13 +12,16 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <CLI/CLI.hpp>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
 #include "apps/runtime.h"
 #include "peft/checkpoint/delta.h"
+#include "peft/core/atomic_file.h"
 #include "peft/core/error.h"
 #include "peft/models/save.h"
 #include "peft/methods/method.h"
@@ -106,8 +109,25 @@ double gemm_gflops(const Geometry& g, int runs) {
   return 2.0 * static_cast<double>(m * k * n) / (ms * 1e6);
 }
 
+/// Multiply-add FLOPs of one forward pass: the block projections (12·d² per token and layer), the
+/// attention scores and mixing (4·T·d per token and layer) and the tied LM head (2·d·V per token).
+double forward_flops(const Geometry& g) {
+  const double n = static_cast<double>(g.batch * g.seq), d = static_cast<double>(g.hidden);
+  return static_cast<double>(g.layers) * (24.0 * n * d * d + 4.0 * n * static_cast<double>(g.seq) * d) +
+         2.0 * n * d * static_cast<double>(g.vocab);
+}
+
+/// FLOPs a training step needs: forward, input gradients, and weight gradients where weights train
+/// (3× forward for full fine-tuning, 2× for a frozen base; the deltas' own FLOPs are left out).
+/// LST's backward never enters the backbone: none is claimed for it.
+std::optional<double> step_flops(const std::string& method, const Geometry& g) {
+  if (method == "lst") return std::nullopt;
+  return (method == "full" ? 3.0 : 2.0) * forward_flops(g);
+}
+
 /// Runs one method in this process and returns its measurements.
-nlohmann::json measure(const std::string& method, const Geometry& g, int steps, int warmup) {
+nlohmann::json measure(const std::string& method, const Geometry& g, int steps, int warmup,
+                       const std::string& profile_dir) {
   const double rss_start = status_mib("VmRSS");
   torch::manual_seed(0);
   auto base = peft::models::create_model(model_config(g), "causal_lm");
@@ -138,7 +158,11 @@ nlohmann::json measure(const std::string& method, const Geometry& g, int steps, 
   batch.labels = batch.input_ids;
   const double rss_setup = status_mib("VmRSS");  // weights, optimizer state, batch
   std::vector<double> times;
+  std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
   for (int s = 0; s < warmup + steps; ++s) {
+    if (s == warmup && !profile_dir.empty())  // the timed steps, as a chrome://tracing file
+      profile = std::make_unique<torch::autograd::profiler::RecordProfile>(
+          (std::filesystem::path(profile_dir) / (method + ".trace.json")).string());
     const auto t0 = std::chrono::steady_clock::now();
     forward(batch).loss.backward();
     opt.step(1e-4);
@@ -146,6 +170,7 @@ nlohmann::json measure(const std::string& method, const Geometry& g, int steps, 
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (s >= warmup) times.push_back(ms);
   }
+  profile.reset();
   const double peak = status_mib("VmHWM"), step_ms = median(times);
 
   // Inference (eval, no autograd): the base alone, with the delta, and with the delta merged.
@@ -176,7 +201,10 @@ nlohmann::json measure(const std::string& method, const Geometry& g, int steps, 
   const int64_t saved_bytes = directory_bytes(dir.string());
   std::filesystem::remove_all(dir);
 
+  const auto flops = step_flops(method, g);
   return {{"method", method},
+          {"step_gflop", flops ? nlohmann::json(*flops / 1e9) : nlohmann::json(nullptr)},
+          {"achieved_gflops", flops ? nlohmann::json(*flops / 1e9 / (step_ms / 1e3)) : nlohmann::json(nullptr)},
           {"saved_bytes", saved_bytes},
           {"inference", infer},
           {"trainable_params", trainable},
@@ -222,7 +250,7 @@ std::string run_child(const std::vector<std::string>& args) {
 int run(int argc, char** argv) {
   CLI::App app{"Benchmark a training step of each PEFT method side by side (JSON lines out).", "peft-bench"};
   Geometry g;
-  std::string methods = "full,lora,adapter,lst", child, json_path;
+  std::string methods = "full,lora,adapter,lst", child, json_path, profile_dir;
   int steps = 5, warmup = 1, threads = 0;
   app.add_option("--layers", g.layers, "transformer blocks");
   app.add_option("--hidden", g.hidden, "hidden size");
@@ -235,6 +263,7 @@ int run(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed steps first");
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
   app.add_option("--json", json_path, "also write the JSON lines to this file");
+  app.add_option("--profile", profile_dir, "write each method's timed steps as <dir>/<method>.trace.json (chrome://tracing)");
   bool gemm = false;
   app.add_flag("--gemm", gemm, "also measure the float32 GEMM rate at the model's feed-forward shape");
   app.add_option("--child", child, "(internal) measure one method in this process")->group("");
@@ -246,7 +275,7 @@ int run(int argc, char** argv) {
   PEFT_CHECK(steps >= 1 && warmup >= 0, kC, "--steps must be >= 1 and --warmup >= 0, found {} and {}", steps, warmup);
   const int used_threads = peft::apps::configure_threads(threads);
   if (!child.empty()) {
-    fmt::print("{}\n", measure(child, g, steps, warmup).dump());
+    fmt::print("{}\n", measure(child, g, steps, warmup, profile_dir).dump());
     return 0;
   }
   std::vector<nlohmann::json> rows;
@@ -266,16 +295,19 @@ int run(int argc, char** argv) {
              {"--layers", g.layers}, {"--hidden", g.hidden}, {"--heads", g.heads}, {"--vocab", g.vocab},
              {"--seq", g.seq}, {"--batch", g.batch}, {"--steps", steps}, {"--warmup", warmup}, {"--threads", used_threads}})
       args.insert(args.end(), {flag, std::to_string(value)});
+    if (!profile_dir.empty()) args.insert(args.end(), {"--profile", profile_dir});
     args.insert(args.end(), {"--child", m});
     rows.push_back(nlohmann::json::parse(run_child(args)));
+    if (gemm && rows.back()["achieved_gflops"].is_number())
+      rows.back()["gemm_fraction"] = rows.back()["achieved_gflops"].get<double>() / rows.front()["gemm_gflops"].get<double>();
     fmt::print("{}\n", rows.back().dump());
     std::fflush(stdout);
   }
   const nlohmann::json* full = nullptr;
   for (const auto& r : rows)
     if (r.value("method", "") == "full") full = &r;
-  fmt::print(stderr, "\n{:<14} {:>12} {:>10} {:>10} {:>12} {:>12} {:>12}\n", "method", "trainable", "step ms",
-             "tokens/s", "memory MiB", "vs full FT", "saved bytes");
+  fmt::print(stderr, "\n{:<14} {:>12} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9}\n", "method", "trainable",
+             "step ms", "tokens/s", "memory MiB", "vs full FT", "saved bytes", "GFLOP/s", "base ms", "merged");
   for (const auto& r : rows) {
     if (!r.contains("method")) {
       fmt::print(stderr, "float32 GEMM: {:.1f} GFLOP/s\n", r["gemm_gflops"].get<double>());
@@ -284,14 +316,22 @@ int run(int argc, char** argv) {
     const double mem = r["memory_mib"].get<double>();
     const std::string saving =
         full ? fmt::format("{:+.1f} %", 100.0 * (mem / (*full)["memory_mib"].get<double>() - 1.0)) : "";
-    fmt::print(stderr, "{:<14} {:>12} {:>10.1f} {:>10.0f} {:>12.1f} {:>12} {:>12}\n", r["method"].get<std::string>(),
-               r["trainable_params"].get<int64_t>(), r["step_ms"].get<double>(), r["tokens_per_s"].get<double>(), mem,
-               saving, r["saved_bytes"].get<int64_t>());
+    const auto& inf = r["inference"];
+    const auto number = [](const nlohmann::json& v, const char* f) {
+      return v.is_number() ? fmt::format(fmt::runtime(f), v.get<double>()) : std::string("-");
+    };
+    fmt::print(stderr, "{:<14} {:>12} {:>10.1f} {:>10.0f} {:>12.1f} {:>12} {:>12} {:>9} {:>9} {:>9}\n",
+               r["method"].get<std::string>(), r["trainable_params"].get<int64_t>(), r["step_ms"].get<double>(),
+               r["tokens_per_s"].get<double>(), mem, saving, r["saved_bytes"].get<int64_t>(),
+               number(r["achieved_gflops"], "{:.1f}"), number(inf.value("base_ms", nlohmann::json()), "{:.1f}"),
+               inf.contains("merged_ms") && inf["merged_ms"].is_number() && inf.contains("base_ms")
+                   ? fmt::format("{:.3f}x", inf["merged_ms"].get<double>() / inf["base_ms"].get<double>())
+                   : std::string("-"));
   }
   if (!json_path.empty()) {
-    std::ofstream out(json_path);
-    for (const auto& r : rows) out << r.dump() << "\n";
-    PEFT_CHECK(out.good(), kC, "--json: cannot write '{}'", json_path);
+    std::string text;
+    for (const auto& r : rows) text += r.dump() + "\n";
+    peft::core::write_file_atomic(json_path, text);
   }
   return 0;
 }
@@ -299,6 +339,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  peft::apps::select_blas_core(argv);
+  peft::apps::prepare_process(argv);
   return peft::apps::run_main("peft-bench", [&] { return run(argc, argv); });
 }

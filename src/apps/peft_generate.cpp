@@ -85,6 +85,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  peft::apps::select_blas_core(argv);
+  peft::apps::prepare_process(argv);
   return peft::apps::run_main("peft-generate", [&] { return run(argc, argv); });
 }

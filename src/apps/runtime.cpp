@@ -1,5 +1,6 @@
 #include "apps/runtime.h"
 
+#include <malloc.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -9,13 +10,34 @@
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
+#include "peft/core/log.h"
 
 namespace peft::apps {
 
 int configure_threads(int threads) {
-  if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const bool chosen = threads > 0;
+  if (!chosen) threads = cores;
   torch::set_num_threads(threads);
+  const char* blas_core = std::getenv("OPENBLAS_CORETYPE");
+  log::info("threads: {} ({}; the machine has {} cores), OPENBLAS_CORETYPE={}", threads,
+            chosen ? "as asked" : "one per core, --threads to change", cores, blas_core ? blas_core : "(unset)");
   return threads;
+}
+
+namespace {
+/// Training frees and re-allocates the same large activation and gradient buffers every step.
+/// glibc hands big blocks back to the kernel (munmap, heap trimming) and the next step pays a page
+/// fault per 4 KiB to zero them again; keep them in the process instead.
+void keep_freed_memory() {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest: blocks up to 32 MiB come from the heap
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);   // and stay with the process once freed
+}
+}  // namespace
+
+void prepare_process(char** argv) {
+  keep_freed_memory();
+  select_blas_core(argv);
 }
 
 void select_blas_core(char** argv) {
