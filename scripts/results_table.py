@@ -1,0 +1,309 @@
+#!/usr/bin/env python3
+"""The results table: every method and full fine-tuning on every task, same step budget, seeds.
+
+Runs `peft-train` for each (task, method, seed) of configs/results/plan.json — SpamAssassin and
+Brown 15-genre classification and Moby Dick perplexity on the bundled tiny GPT-2, MNIST-ViT ->
+Fashion-MNIST — several runs at once, one thread each. Each run's directory keeps its log and a
+result.json; a finished run with the same command is not run again, so an interrupted table
+continues where it stopped (--force reruns everything). Then writes:
+
+  docs/results.md    one table per task: method, trainable %, score ± spread over seeds,
+                     score / full fine-tuning's, delta bytes, step time, peak memory
+  docs/results.json  every run
+  docs/results.svg, docs/results.png   score against trainable parameters (gnuplot)
+
+  scripts/results_table.py [--jobs 2] [--tasks spam,brown] [--methods LoRA,BitFit] [--seeds 3]
+"""
+import argparse
+import concurrent.futures as futures
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def slug(name):
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def method_config(plan_entry, task_name, task):
+    """The method's config for the task (or else its backbone family), with the task type set."""
+    m = plan_entry.get(task_name, plan_entry[task["family"]])
+    if m == "full":
+        return "full"
+    m = dict(m)
+    m["task_type"] = "CAUSAL_LM" if task["metric"] == "perplexity" else "SEQ_CLS"
+    return m
+
+
+def directory_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def atomic_write(path, text):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp-")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def parse_run(run_dir, stdout, task):
+    """The numbers of one finished run: final evaluation, parameter counts, step time, delta size."""
+    evals, step_ms = [], []
+    with open(os.path.join(run_dir, "log.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if "eval" in rec:
+                evals.append(rec["eval"])
+            elif "step_ms" in rec:
+                step_ms.append(rec["step_ms"])
+    if not evals:
+        raise RuntimeError(f"{run_dir}/log.jsonl: no evaluation")
+    m = re.search(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+)", stdout)
+    if m:
+        trainable = int(m.group(1).replace(",", ""))
+    else:
+        m = re.search(r"full training: (\d+) parameters", stdout)
+        if not m:
+            raise RuntimeError(f"{run_dir}: peft-train printed no parameter count")
+        trainable = int(m.group(1))
+    final = evals[-1]
+    return {"score": final[task["metric"]], "eval": final, "trainable_params": trainable,
+            "step_ms": statistics.median(step_ms[1:] or step_ms),  # the first window holds warm-up
+            "delta_bytes": directory_bytes(os.path.join(run_dir, "final"))}
+
+
+def finished(job):
+    """The record of an identical finished run on disk, or None."""
+    result_path = os.path.join(ROOT, job["dir"], "result.json")
+    if not os.path.exists(result_path):
+        return None
+    with open(result_path, encoding="utf-8") as f:
+        rec = json.load(f)
+    return rec if rec.get("cmd") == job["cmd"] else None
+
+
+def run_one(job, args):
+    """Runs one peft-train job unless an identical finished run is on disk; returns its record."""
+    run_dir, cmd = os.path.join(ROOT, job["dir"]), job["cmd"]
+    result_path = os.path.join(run_dir, "result.json")
+    if not args.force and finished(job):
+        return finished(job)
+    if os.path.exists(run_dir):
+        shutil.rmtree(run_dir)
+    os.makedirs(run_dir)
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads_per_job))
+    with open(os.path.join(run_dir, "stdout.txt"), "w", encoding="utf-8") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    with open(os.path.join(run_dir, "stdout.txt"), encoding="utf-8") as f:
+        stdout = f.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout[-2000:]}")
+    rec = {"task": job["task"], "method": job["method"], "seed": job["seed"], "cmd": cmd,
+           "peak_rss_mib": usage.ru_maxrss / 1024.0, **parse_run(run_dir, stdout, job["task_spec"])}
+    atomic_write(result_path, json.dumps(rec, indent=1) + "\n")
+    return rec
+
+
+def summarize(records, plan, tasks):
+    """Per task and method: mean and spread of the score over seeds, and the run's other numbers."""
+    rows = {}
+    for t in tasks:
+        spec = plan["tasks"][t]
+        full_params = None
+        by_method = {}
+        for r in records:
+            if r["task"] == t:
+                by_method.setdefault(r["method"], []).append(r)
+        if "full fine-tuning" in by_method:
+            full_params = by_method["full fine-tuning"][0]["trainable_params"]
+        out = []
+        for name in plan["methods"]:
+            runs = by_method.get(name)
+            if not runs:
+                continue
+            scores = [r["score"] for r in runs]
+            out.append({"method": name, "runs": len(runs), "score": statistics.mean(scores),
+                        "spread": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                        "trainable_params": runs[0]["trainable_params"],
+                        "trainable_pct": 100.0 * runs[0]["trainable_params"] / full_params if full_params else None,
+                        "delta_bytes": runs[0]["delta_bytes"],
+                        "step_ms": statistics.median(r["step_ms"] for r in runs),
+                        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs)})
+        full = next((r for r in out if r["method"] == "full fine-tuning"), None)
+        for r in out:
+            if full:
+                # Higher is better for accuracy; for perplexity the ratio is full FT's over the method's.
+                r["vs_full"] = (full["score"] / r["score"] if spec["metric"] == "perplexity"
+                                else r["score"] / full["score"])
+        rows[t] = out
+    return rows
+
+
+def markdown(rows, plan, args):
+    lines = ["# Results: every method against full fine-tuning", "",
+             f"Generated by `scripts/results_table.py --jobs {args.jobs}` from `configs/results/plan.json` (each",
+             "task's settings are below); do not edit by hand.",
+             "Each task runs every method for the same number of steps from the same base; the score is the",
+             "mean over seeds ± their standard deviation. *vs full* is the score over full fine-tuning's",
+             "(for perplexity, full fine-tuning's perplexity over the method's: above 1 is better). Trainable %",
+             "is of the base model's parameters and includes the new classification head. Delta = the saved",
+             "directory (for full fine-tuning: the whole model). Step time is the median training step",
+             f"(forward, backward, AdamW) with {args.threads_per_job} thread per run and {args.jobs} runs at once;",
+             "peak memory is the run's peak resident set; both are indicative, as runs share the machine.",
+             "Plot: [results.svg](results.svg).", ""]
+    for t, out in rows.items():
+        spec = plan["tasks"][t]
+        with open(os.path.join(ROOT, spec["config"]), encoding="utf-8") as f:
+            cfg = json.load(f)
+        tr = cfg["trainer"]
+        lines += [f"## {spec['title']}", "",
+                  f"`{spec['config']}`: {tr['max_steps']} steps × batch {tr['batch_size']}, {tr['schedule']} schedule, "
+                  f"{spec['seeds']} seed(s).", "",
+                  f"| method | trainable | trainable % | {spec['metric']} | vs full | delta | step | peak memory |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in out:
+            score = (f"{r['score']:.2f}" if spec["metric"] == "perplexity" else f"{r['score']:.3f}")
+            if r["runs"] > 1:
+                score += f" ± {r['spread']:.3f}"
+            pct = f"{r['trainable_pct']:.2f} %" if r["trainable_pct"] is not None else ""
+            vs = f"{r['vs_full']:.3f}" if "vs_full" in r else ""
+            lines.append(f"| {r['method']} | {r['trainable_params']:,} | {pct} | {score} | {vs} | "
+                         f"{human_bytes(r['delta_bytes'])} | {r['step_ms']:.0f} ms | {r['peak_rss_mib']:.0f} MiB |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def human_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+
+
+def plot(rows, plan, out_dir):
+    """Score against trainable parameters (log scale), one panel per task, with gnuplot."""
+    if shutil.which("gnuplot") is None:
+        print("gnuplot not found (apt-get install gnuplot-nox): no plot written", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        panels = []
+        for t, out in rows.items():
+            spec = plan["tasks"][t]
+            data = os.path.join(tmp, f"{t}.dat")
+            with open(data, "w", encoding="utf-8") as f:
+                for r in out:
+                    f.write(f"{r['trainable_params']} {r['score']} {r['spread']} \"{r['method']}\" "
+                            f"{1 if r['method'] == 'full fine-tuning' else 0}\n")
+            full = next((r for r in out if r["method"] == "full fine-tuning"), None)
+            ref = ""
+            if full:
+                level = full["score"] / 0.98 if spec["metric"] == "perplexity" else 0.98 * full["score"]
+                ref = (f", {level} with lines dt 2 lc rgb '#999999' title '98 % of full fine-tuning (dotted: 2 % trainable)'")
+            two_pct = (f"set arrow 1 from {0.02 * full['trainable_params']}, graph 0 to {0.02 * full['trainable_params']}, "
+                       "graph 1 nohead dt 3 lc rgb '#d62728'\n" if full else "unset arrow 1\n")
+            panels.append(
+                f"set title '{spec['title']}'\nset ylabel '{spec['metric']}'\n{two_pct}"
+                f"plot '{data}' using 1:2:3 with yerrorbars pt 7 ps 0.8 lc rgb '#1f77b4' notitle, "
+                f"'' using 1:2:4 with labels offset char 0.6,0.6 left font ',8' rotate by 20 notitle{ref}\n")
+        body = ("set logscale x\nset xlabel 'trainable parameters'\nset grid\nset key bottom right font ',8'\n"
+                "set format x '10^{%L}'\nset offsets graph 0.02, graph 0.25, graph 0.08, graph 0.08\n"
+                f"set multiplot layout {(len(panels) + 1) // 2},{min(2, len(panels))}\n" + "".join(panels) +
+                "unset multiplot\n")
+        height = 420 * ((len(panels) + 1) // 2)
+        for term, ext in (("svg size 1200,{} font 'sans,11' background rgb 'white'", "svg"),
+                          ("pngcairo size 1200,{} font 'sans,10'", "png")):
+            script = f"set terminal {term.format(height)}\nset output '{os.path.join(tmp, 'plot.' + ext)}'\n" + body
+            subprocess.run(["gnuplot"], input=script, text=True, check=True)
+            os.replace(os.path.join(tmp, "plot." + ext), os.path.join(out_dir, "results." + ext))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan", default=os.path.join(ROOT, "configs", "results", "plan.json"))
+    ap.add_argument("--train", default=os.path.join(ROOT, "build", "peft-train"))
+    ap.add_argument("--runs", default=os.path.join(ROOT, "runs", "results"), help="run directories")
+    ap.add_argument("--out", default=os.path.join(ROOT, "docs"), help="where results.{md,json,svg,png} go")
+    ap.add_argument("--tasks", default="", help="comma-separated task names (default: all in the plan)")
+    ap.add_argument("--methods", default="", help="comma-separated method names (default: all in the plan)")
+    ap.add_argument("--seeds", type=int, default=0, help="seeds per task (default: the plan's)")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at once")
+    ap.add_argument("--threads-per-job", type=int, default=1)
+    ap.add_argument("--force", action="store_true", help="rerun finished runs too")
+    args = ap.parse_args()
+
+    with open(args.plan, encoding="utf-8") as f:
+        plan = json.load(f)
+    tasks = args.tasks.split(",") if args.tasks else list(plan["tasks"])
+    methods = args.methods.split(",") if args.methods else list(plan["methods"])
+    for t in tasks:
+        if t not in plan["tasks"]:
+            sys.exit(f"--tasks: unknown task '{t}' (plan has: {', '.join(plan['tasks'])})")
+    for m in methods:
+        if m not in plan["methods"]:
+            sys.exit(f"--methods: unknown method '{m}' (plan has: {', '.join(plan['methods'])})")
+    if not os.access(args.train, os.X_OK):
+        sys.exit(f"--train: {args.train} is not an executable (build the project first)")
+
+    # Paths relative to the project root (the runs' working directory) keep the records portable.
+    train, runs = os.path.relpath(args.train, ROOT), os.path.relpath(args.runs, ROOT)
+    jobs, everything = [], []
+    for t in plan["tasks"]:
+        spec = plan["tasks"][t]
+        for name in plan["methods"]:
+            entry = plan["methods"][name]
+            for seed in range(1, (args.seeds or spec["seeds"]) + 1):
+                run_dir = os.path.join(runs, t, slug(name), f"seed{seed}")
+                cmd = [train, "--config", spec["config"],
+                       "--set", "method=" + json.dumps(method_config(entry, t, spec)),
+                       "--set", f"trainer.lr={entry['lr'][spec['family']]}",
+                       "--set", f"seed={seed}", "--set", f"output_dir={run_dir}",
+                       "--set", f"threads={args.threads_per_job}"]
+                job = {"task": t, "method": name, "seed": seed, "dir": run_dir, "cmd": cmd, "task_spec": spec}
+                everything.append(job)
+                if t in tasks and name in methods:
+                    jobs.append(job)
+
+    records, failed = [], []
+    with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        pending = {pool.submit(run_one, j, args): j for j in jobs}
+        for done in futures.as_completed(pending):
+            j = pending[done]
+            try:
+                rec = done.result()
+                records.append(rec)
+                print(f"[{len(records) + len(failed)}/{len(jobs)}] {j['task']:<9} {j['method']:<20} seed {j['seed']}: "
+                      f"{rec['score']:.4f}  ({rec['trainable_params']:,} trainable, {rec['step_ms']:.0f} ms/step)",
+                      flush=True)
+            except Exception as e:  # one failed run is reported, the others go on
+                failed.append(j)
+                print(f"FAILED {j['task']} {j['method']} seed {j['seed']}: {e}", file=sys.stderr, flush=True)
+
+    # The table holds every finished run of the plan, not only the ones selected this time.
+    for job in everything:
+        if job not in jobs:
+            rec = finished(job)
+            if rec:
+                records.append(rec)
+    os.makedirs(args.out, exist_ok=True)
+    rows = summarize(records, plan, [t for t in plan["tasks"] if any(r["task"] == t for r in records)])
+    atomic_write(os.path.join(args.out, "results.md"), markdown(rows, plan, args) + "\n")
+    atomic_write(os.path.join(args.out, "results.json"),
+                 json.dumps({"summary": rows, "runs": sorted(records, key=lambda r: (r["task"], r["method"], r["seed"]))},
+                            indent=1) + "\n")
+    plot(rows, plan, args.out)
+    print(f"wrote {args.out}/results.md, results.json, results.svg, results.png", flush=True)
+    if failed:
+        sys.exit(f"{len(failed)} run(s) failed")
+
+
+if __name__ == "__main__":
+    main()
