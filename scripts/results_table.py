@@ -93,8 +93,9 @@ def run_one(job, args):
     """Runs one peft-train job unless an identical finished run is on disk; returns its record."""
     run_dir, cmd = os.path.join(ROOT, job["dir"]), job["cmd"]
     result_path = os.path.join(run_dir, "result.json")
-    if not args.force and finished(job):
-        return finished(job)
+    done = None if args.force else finished(job)
+    if done:
+        return done
     if os.path.exists(run_dir):
         shutil.rmtree(run_dir)
     os.makedirs(run_dir)
@@ -120,7 +121,7 @@ def summarize(records, plan, tasks):
         spec = plan["tasks"][t]
         full_params = None
         by_method = {}
-        for r in records:
+        for r in sorted(records, key=lambda r: r["seed"]):  # runs[0] below: seed 1, whatever finished first
             if r["task"] == t:
                 by_method.setdefault(r["method"], []).append(r)
         if "full fine-tuning" in by_method:
