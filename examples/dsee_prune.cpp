@@ -7,14 +7,14 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
-#include "apps/run_config.h"
-#include "apps/runtime.h"
-#include "peft/core/json_io.h"
-#include "peft/methods/dsee_prune.h"
-#include "peft/methods/method.h"
-#include "peft/models/save.h"
-#include "peft/peft_model.h"
-#include "peft/train/trainer.h"
+#include <peft/train/run_config.h>
+#include <peft/core/process.h>
+#include <peft/core/json_io.h>
+#include <peft/methods/dsee/dsee_prune.h>
+#include <peft/methods/method.h>
+#include <peft/models/save.h>
+#include <peft/peft_model.h>
+#include <peft/train/trainer.h>
 
 namespace {
 
@@ -40,9 +40,9 @@ int run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  peft::apps::configure_threads(threads);
-  const auto config = peft::apps::load_run_config(config_path, overrides);
-  auto parts = peft::apps::build_run(config, config_path, /*need_train=*/true);
+  peft::core::configure_threads(threads);
+  const auto config = peft::train::load_run_config(config_path, overrides);
+  auto parts = peft::train::build_run(config, config_path, /*need_train=*/true);
   PEFT_CHECK(parts.eval, "cli", "{}: data needs an eval split to report accuracy", config_path);
   peft::PeftModel model(parts.model);
   model.add_adapter("default", *peft::methods::parse_config(config.at("method")));
@@ -79,6 +79,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  peft::apps::prepare_process(argv);
-  return peft::apps::run_main("peft-dsee-prune", [&] { return run(argc, argv); });
+  peft::core::prepare_process(argv);
+  return peft::core::run_main("peft-dsee-prune", [&] { return run(argc, argv); });
 }

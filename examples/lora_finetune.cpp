@@ -9,13 +9,13 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
-#include "peft/checkpoint/delta.h"
-#include "peft/core/error.h"
-#include "peft/core/json_io.h"
-#include "peft/methods/method.h"
-#include "peft/models/load.h"
-#include "peft/peft_model.h"
-#include "apps/runtime.h"
+#include <peft/checkpoint/delta.h>
+#include <peft/core/error.h>
+#include <peft/core/json_io.h>
+#include <peft/methods/method.h>
+#include <peft/models/load.h>
+#include <peft/peft_model.h>
+#include <peft/core/process.h>
 
 namespace {
 
@@ -71,14 +71,14 @@ int run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  const int used_threads = peft::apps::configure_threads(threads);
+  const int used_threads = peft::core::configure_threads(threads);
   torch::manual_seed(seed);
 
   auto base = peft::models::load_pretrained(model_dir);
   const auto vocab = base->config_json().value("vocab_size", 0);
   PEFT_CHECK(vocab >= 256, "example", "{}: byte tokens need a vocabulary of at least 256, found {}", model_dir, vocab);
-  const auto positions = base->config_json().value("n_positions", 0);
-  PEFT_CHECK(block <= positions, "example", "--block {} exceeds the model's n_positions {}", block, positions);
+  const int64_t positions = base->geometry().max_positions;
+  PEFT_CHECK(block <= positions, "example", "--block {} exceeds the model's {} positions", block, positions);
   auto train = read_bytes(train_path), held_out = read_bytes(eval_path);
 
   peft::PeftModel model(base);
@@ -131,6 +131,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  peft::apps::prepare_process(argv);
-  return peft::apps::run_main("peft-lora-finetune", [&] { return run(argc, argv); });
+  peft::core::prepare_process(argv);
+  return peft::core::run_main("peft-lora-finetune", [&] { return run(argc, argv); });
 }

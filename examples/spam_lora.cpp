@@ -7,15 +7,15 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
-#include "apps/runtime.h"
-#include "peft/checkpoint/delta.h"
-#include "peft/core/error.h"
-#include "peft/core/json_io.h"
-#include "peft/data/text_classification.h"
-#include "peft/methods/method.h"
-#include "peft/models/load.h"
-#include "peft/peft_model.h"
-#include "peft/train/trainer.h"
+#include <peft/core/process.h>
+#include <peft/checkpoint/delta.h>
+#include <peft/core/error.h>
+#include <peft/core/json_io.h>
+#include <peft/data/text_classification.h>
+#include <peft/methods/method.h>
+#include <peft/models/load.h>
+#include <peft/peft_model.h>
+#include <peft/train/trainer.h>
 
 namespace {
 namespace fs = std::filesystem;
@@ -65,7 +65,7 @@ int run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  const int used = peft::apps::configure_threads(threads);
+  const int used = peft::core::configure_threads(threads);
   tc.output_dir = out_dir;
   const auto t0 = std::chrono::steady_clock::now();
 
@@ -138,6 +138,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  peft::apps::prepare_process(argv);
-  return peft::apps::run_main("peft-spam-lora", [&] { return run(argc, argv); });
+  peft::core::prepare_process(argv);
+  return peft::core::run_main("peft-spam-lora", [&] { return run(argc, argv); });
 }

@@ -8,8 +8,8 @@
 #include "peft/core/error.h"
 #include "peft/core/fingerprint.h"
 #include "peft/core/strings.h"
-#include "peft/methods/prompt_learning.h"
-#include "peft/side_network.h"
+#include "peft/methods/prompt/prompt_learning.h"
+#include "peft/nn/side_network.h"
 
 namespace peft {
 namespace {
@@ -84,7 +84,7 @@ std::vector<std::string> PeftModel::adapters() const { return order_; }
 
 const methods::MethodConfig& PeftModel::adapter_config(const std::string& name) const { return *adapter(name).config; }
 
-void PeftModel::add_adapter(const std::string& name, const methods::MethodConfig& config) {
+void PeftModel::add_adapter_without_data(const std::string& name, const methods::MethodConfig& config) {
   check_adapter_name(name);
   PEFT_CHECK(!has_adapter(name), kC, "adapter '{}' already exists; delete it first or pick another name", name);
   PEFT_CHECK(merged_.empty(), kC, "adapter '{}' is merged; unmerge it before adding adapters", active_);
@@ -161,7 +161,7 @@ void PeftModel::attach_attention_adapter(const std::string& adapter_name, const 
   fail(kC, fmt::format("no attention layer named '{}'", attention_name));
 }
 
-void PeftModel::attach_prompt_encoder(const std::string& adapter_name, std::shared_ptr<methods::PromptEncoder> encoder) {
+void PeftModel::attach_prompt_encoder(const std::string& adapter_name, std::shared_ptr<nn::PromptEncoder> encoder) {
   auto& a = adapter(adapter_name);
   PEFT_CHECK(!a.prompt, kC, "adapter '{}' already has a prompt", adapter_name);
   if (!prompt_holder_) prompt_holder_ = base_->register_module("prompt_encoder", std::make_shared<torch::nn::Module>("PromptEncoders"));
@@ -169,9 +169,9 @@ void PeftModel::attach_prompt_encoder(const std::string& adapter_name, std::shar
   a.prompt = std::move(encoder);
 }
 
-std::shared_ptr<methods::PromptEncoder> PeftModel::prompt_encoder(const std::string& name) { return adapter(name).prompt; }
+std::shared_ptr<nn::PromptEncoder> PeftModel::prompt_encoder(const std::string& name) { return adapter(name).prompt; }
 
-void PeftModel::attach_side_network(const std::string& adapter_name, std::shared_ptr<SideNetwork> network) {
+void PeftModel::attach_side_network(const std::string& adapter_name, std::shared_ptr<nn::SideNetwork> network) {
   auto& a = adapter(adapter_name);
   PEFT_CHECK(!a.side, kC, "adapter '{}' already has a side network", adapter_name);
   if (!side_holder_) side_holder_ = base_->register_module("side_network", std::make_shared<torch::nn::Module>("SideNetworks"));
@@ -179,7 +179,7 @@ void PeftModel::attach_side_network(const std::string& adapter_name, std::shared
   a.side = std::move(network);
 }
 
-std::shared_ptr<SideNetwork> PeftModel::side_network(const std::string& name) { return adapter(name).side; }
+std::shared_ptr<nn::SideNetwork> PeftModel::side_network(const std::string& name) { return adapter(name).side; }
 
 void PeftModel::detach_modules(const std::string& name, Adapter& a) {
   for (auto& [path, lin] : a.layers) lin->remove_delta(name);

@@ -5,7 +5,8 @@
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
-#include "peft/methods/lst.h"
+#include "peft/data/batch_source.h"
+#include "peft/methods/lst/lst.h"
 #include "peft/methods/method.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
@@ -125,10 +126,10 @@ TEST(Lst, FisherInitReadsGradientsAndLeavesTheBaseUntouched) {
   std::map<std::string, at::Tensor> before;
   for (auto& p : base->named_parameters()) before[p.key()] = p.value().detach().clone();
   PeftModel model(base);
-  model.add_adapter("default", *lst_config({{"reduction_factor", 2}, {"side_init", "fisher"}}, "gpt2"));
+  model.add_adapter_without_data("default", *lst_config({{"reduction_factor", 2}, {"side_init", "fisher"}}, "gpt2"));
   std::map<std::string, at::Tensor> magnitude;
   for (auto& [k, t] : model.adapter_state_dict("default")) magnitude[k] = t.detach().clone();
-  methods::lst_fisher_init(model, "default", {tiny_batch("gpt2"), tiny_batch("gpt2")});
+  model.prepare_adapter("default", data::FixedBatches({tiny_batch("gpt2"), tiny_batch("gpt2")}));
   int64_t changed = 0;
   for (auto& [k, t] : model.adapter_state_dict("default")) changed += !bit_equal(t, magnitude.at(k));
   EXPECT_GT(changed, 0) << "Fisher importance picked the same structure as magnitude everywhere";

@@ -4,9 +4,9 @@
 // norms are put back after every forward; structure entries are checked by name.
 #include <torch/torch.h>
 
-#include "methods/s3pet_modules.h"
+#include "methods/s3pet/s3pet_modules.h"
 #include "peft/core/error.h"
-#include "peft/methods/s3pet.h"
+#include "peft/methods/s3pet/s3pet.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
 #include "tiny_models.h"

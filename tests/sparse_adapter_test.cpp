@@ -3,11 +3,12 @@
 #include <torch/torch.h>
 
 #include "peft/checkpoint/delta.h"
+#include "peft/data/batch_source.h"
 #include "peft/methods/method.h"
 #include "peft/methods/sparse_adapter.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
-#include "peft/train/adamw.h"
+#include "peft/optim/adamw.h"
 #include "test_util.h"
 
 namespace peft::test {
@@ -36,7 +37,7 @@ TEST(SparseAdapter, PrunesTheConfiguredShareAndKeepsItZero) {
       auto target = model.trainable_parameters();
       std::vector<std::pair<std::string, at::Tensor>> named;
       for (size_t i = 0; i < target.size(); ++i) named.emplace_back(std::to_string(i), target[i]);
-      train::AdamW opt(named, {});
+      optim::AdamW opt(named, {});
       auto batch = fixture_inputs("hf/models/bert/inputs.safetensors", false);
       batch.labels = torch::tensor({0, 1}, torch::kLong);
       model.train();
@@ -51,14 +52,14 @@ TEST(SparseAdapter, PrunesTheConfiguredShareAndKeepsItZero) {
 
 TEST(SparseAdapter, GraspUsesABatch) {
   PeftModel model(models::load_pretrained(fixture("hf/models/bert")));
-  model.add_adapter("default", *methods::parse_config(sparse(0.3, "grasp", "local")));
+  model.add_adapter_without_data("default", *methods::parse_config(sparse(0.3, "grasp", "local")));
   auto batch = fixture_inputs("hf/models/bert/inputs.safetensors", false);
   batch.labels = torch::tensor({0, 1}, torch::kLong);
   auto before = model.adapter_state_dict("default");
   std::map<std::string, at::Tensor> masks_before;
   for (auto& [k, t] : before)
     if (k.find("mask_bits") != std::string::npos) masks_before[k] = t.clone();
-  methods::prune_sparse_adapter(model, "default", batch);
+  model.prepare_adapter("default", data::FixedBatches({batch}));
   EXPECT_NEAR(methods::sparse_adapter_density(model, "default"), 0.3, 0.01);
   bool changed = false;
   for (auto& [k, t] : model.adapter_state_dict("default"))
@@ -68,10 +69,10 @@ TEST(SparseAdapter, GraspUsesABatch) {
 
 TEST(SparseAdapter, SnipUsesABatchAndMasksSurviveSaveLoad) {
   PeftModel model(models::load_pretrained(fixture("hf/models/bert")));
-  model.add_adapter("default", *methods::parse_config(sparse(0.4, "snip", "global")));
+  model.add_adapter_without_data("default", *methods::parse_config(sparse(0.4, "snip", "global")));
   auto batch = fixture_inputs("hf/models/bert/inputs.safetensors", false);
   batch.labels = torch::tensor({0, 1}, torch::kLong);
-  methods::prune_sparse_adapter(model, "default", batch);
+  model.prepare_adapter("default", data::FixedBatches({batch}));
   EXPECT_NEAR(methods::sparse_adapter_density(model, "default"), 0.4, 0.01);
   TempDir dir;
   checkpoint::save_adapter(model, dir.file("delta"));

@@ -4,8 +4,8 @@
 // without building ViT-B.
 #include <torch/torch.h>
 
-#include "peft/methods/dsee.h"
-#include "peft/methods/dsee_prune.h"
+#include "peft/methods/dsee/dsee.h"
+#include "peft/methods/dsee/dsee_prune.h"
 #include "peft/methods/fact.h"
 #include "peft/methods/kadaptation.h"
 #include "peft/methods/method.h"

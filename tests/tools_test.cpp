@@ -10,7 +10,7 @@
 #include "peft/checkpoint/delta.h"
 #include "peft/core/json_io.h"
 #include "peft/methods/method.h"
-#include "peft/methods/s3pet.h"
+#include "peft/methods/s3pet/s3pet.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
 #include "peft/tokenizers/tokenizer.h"

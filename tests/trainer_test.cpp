@@ -12,7 +12,8 @@
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
-#include "peft/train/adamw.h"
+#include "peft/optim/adamw.h"
+#include "peft/optim/schedule.h"
 #include "peft/train/trainer.h"
 #include "test_util.h"
 #include "tiny_models.h"
@@ -24,9 +25,9 @@ TEST(AdamW, MatchesTorchWithDecayOnlyOnMatrices) {
   torch::manual_seed(0);
   auto w = torch::randn({4, 3}).requires_grad_(true), b = torch::randn({3}).requires_grad_(true);
   auto w2 = w.detach().clone().requires_grad_(true), b2 = b.detach().clone().requires_grad_(true);
-  train::AdamWOptions o;
+  optim::AdamWOptions o;
   o.weight_decay = 0.1;
-  train::AdamW ours({{"w", w}, {"b", b}}, o);
+  optim::AdamW ours({{"w", w}, {"b", b}}, o);
   torch::optim::AdamW decay({w2}, torch::optim::AdamWOptions(1e-2).weight_decay(0.1));
   torch::optim::AdamW none({b2}, torch::optim::AdamWOptions(1e-2).weight_decay(0.0));
   for (int step = 0; step < 4; ++step) {
@@ -52,9 +53,9 @@ TEST(AdamW, OneStepMatchesPeftTrainingGolden) {
   checkpoint::load_adapter(model, fixture("hf/adapters/gpt2_lora/adapter"), "default", lo);
   model.eval();
   auto target = train::trainable_delta(model);
-  train::AdamWOptions o;
+  optim::AdamWOptions o;
   o.weight_decay = 0.0;
-  train::AdamW opt(target.parameters(), o);
+  optim::AdamW opt(target.parameters(), o);
   auto batch = fixture_inputs("hf/training/gpt2_lora_step/batch.safetensors", false);
   model.forward(batch).loss.backward();
   opt.step(1e-3);
@@ -64,12 +65,12 @@ TEST(AdamW, OneStepMatchesPeftTrainingGolden) {
 }
 
 TEST(Schedule, WarmupThenLinearOrCosine) {
-  EXPECT_DOUBLE_EQ(train::schedule_factor("linear", 0, 4, 104), 0.25);
-  EXPECT_DOUBLE_EQ(train::schedule_factor("linear", 3, 4, 104), 1.0);
-  EXPECT_DOUBLE_EQ(train::schedule_factor("linear", 54, 4, 104), 0.5);
-  EXPECT_NEAR(train::schedule_factor("cosine", 54, 4, 104), 0.5, 1e-12);
-  EXPECT_DOUBLE_EQ(train::schedule_factor("constant", 90, 4, 104), 1.0);
-  EXPECT_THROW(train::schedule_factor("step", 1, 0, 10), Error);
+  EXPECT_DOUBLE_EQ(optim::schedule_factor("linear", 0, 4, 104), 0.25);
+  EXPECT_DOUBLE_EQ(optim::schedule_factor("linear", 3, 4, 104), 1.0);
+  EXPECT_DOUBLE_EQ(optim::schedule_factor("linear", 54, 4, 104), 0.5);
+  EXPECT_NEAR(optim::schedule_factor("cosine", 54, 4, 104), 0.5, 1e-12);
+  EXPECT_DOUBLE_EQ(optim::schedule_factor("constant", 90, 4, 104), 1.0);
+  EXPECT_THROW(optim::schedule_factor("step", 1, 0, 10), Error);
 }
 
 /// Deterministic random blocks for the tiny GPT-2 (vocabulary 61).

@@ -13,10 +13,13 @@
 #include "peft/nn/adaptable_linear.h"
 
 namespace peft {
-namespace methods {
-class PromptEncoder;
+namespace data {
+class BatchSource;
 }
+namespace nn {
+class PromptEncoder;
 class SideNetwork;
+}  // namespace nn
 
 struct ParameterCounts {
   int64_t trainable = 0;
@@ -29,14 +32,28 @@ class PeftModel {
   explicit PeftModel(std::shared_ptr<models::PretrainedModel> base);
 
   models::ModelOutput forward(const models::ModelInputs& inputs);
+  /// forward, plus — in training mode, with labels — the active method's own training-loss
+  /// terms (AdaMix's consistency loss): the loss an optimizer step should minimise.
+  models::ModelOutput forward_train(const models::ModelInputs& inputs);
   models::PretrainedModel& base_model() { return *base_; }
   std::shared_ptr<models::PretrainedModel> base_model_ptr() { return base_; }
   void train(bool on = true) { base_->train(on); }
   void eval() { base_->eval(); }
 
   // ---- adapters ----
-  /// Attaches a freshly initialized adapter; the first one added becomes active.
+  /// Attaches a freshly initialized adapter; the first one added becomes active. A config whose
+  /// initialisation reads training data (SparseAdapter's snip / grasp scores, LST's Fisher side
+  /// init) is refused by name: give it batches with the overload below.
   void add_adapter(const std::string& name, const methods::MethodConfig& config);
+  /// Attaches an adapter through its method's whole lifecycle: a plan from `batches` first where
+  /// the method has one (S3PET without a structure: the search; the adapter then holds the found
+  /// structure, see adapter_config), then the data-dependent initialisation. What peft-train does.
+  void add_adapter(const std::string& name, const methods::MethodConfig& config, const data::BatchSource& batches);
+  /// Attaches with only the data-free part of the initialisation: for tensors about to be loaded
+  /// (load_adapter, a resumed training state) or for prepare_adapter() later.
+  void add_adapter_without_data(const std::string& name, const methods::MethodConfig& config);
+  /// Runs the data-dependent initialisation of an attached adapter (nothing for most methods).
+  void prepare_adapter(const std::string& name, const data::BatchSource& batches);
   void delete_adapter(const std::string& name);
   void set_adapter(const std::string& name);
   const std::string& active_adapter() const { return active_; }
@@ -90,14 +107,14 @@ class PeftModel {
                                 std::shared_ptr<nn::AttentionAdapter> module);
   /// Gives `adapter` a prompt (prompt / prefix / P-tuning): it rewrites every batch before the
   /// backbone sees it and is saved as the one tensor "prompt_embeddings".
-  void attach_prompt_encoder(const std::string& adapter, std::shared_ptr<methods::PromptEncoder> encoder);
+  void attach_prompt_encoder(const std::string& adapter, std::shared_ptr<nn::PromptEncoder> encoder);
   /// The adapter's prompt encoder, or nullptr.
-  std::shared_ptr<methods::PromptEncoder> prompt_encoder(const std::string& adapter);
+  std::shared_ptr<nn::PromptEncoder> prompt_encoder(const std::string& adapter);
   /// Gives `adapter` a side network (registered in the backbone as "side_network.<adapter>");
   /// its tensors are saved as "side_network.<path>".
-  void attach_side_network(const std::string& adapter, std::shared_ptr<SideNetwork> network);
+  void attach_side_network(const std::string& adapter, std::shared_ptr<nn::SideNetwork> network);
   /// The adapter's side network, or nullptr.
-  std::shared_ptr<SideNetwork> side_network(const std::string& adapter);
+  std::shared_ptr<nn::SideNetwork> side_network(const std::string& adapter);
   /// Gives `adapter` its own trainable copy of a base parameter (modules_to_save, trainable biases).
   void add_trainable_base_tensor(const std::string& adapter, const std::string& param_name);
   /// modules_to_save: every base parameter inside a named module; an unmatched name is an error.
@@ -112,8 +129,8 @@ class PeftModel {
     std::vector<std::pair<std::string, nn::AdaptableLinear>> layers;
     std::vector<std::pair<std::string, nn::BlockAdapters>> blocks;  // blocks holding this adapter's slot modules
     std::vector<std::pair<std::string, nn::AttentionAdapters>> attentions;  // attention layers holding its modules
-    std::shared_ptr<methods::PromptEncoder> prompt;
-    std::shared_ptr<SideNetwork> side;
+    std::shared_ptr<nn::PromptEncoder> prompt;
+    std::shared_ptr<nn::SideNetwork> side;
     std::map<std::string, at::Tensor> base_copies;  // param name -> this adapter's values
     bool trainable = true;
   };

@@ -19,7 +19,7 @@
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 
-#include "apps/runtime.h"
+#include "peft/core/process.h"
 #include "peft/checkpoint/delta.h"
 #include "peft/core/atomic_file.h"
 #include "peft/core/error.h"
@@ -27,7 +27,7 @@
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
-#include "peft/train/adamw.h"
+#include "peft/optim/adamw.h"
 
 extern char** environ;
 
@@ -119,10 +119,11 @@ double forward_flops(const Geometry& g) {
 
 /// FLOPs a training step needs: forward, input gradients, and weight gradients where weights train
 /// (3× forward for full fine-tuning, 2× for a frozen base; the deltas' own FLOPs are left out).
-/// LST's backward never enters the backbone: none is claimed for it.
-std::optional<double> step_flops(const std::string& method, const Geometry& g) {
-  if (method == "lst") return std::nullopt;
-  return (method == "full" ? 3.0 : 2.0) * forward_flops(g);
+/// With a side network the backward may never enter the backbone (LST): none is claimed then.
+std::optional<double> step_flops(peft::PeftModel* model, const Geometry& g) {
+  if (model == nullptr) return 3.0 * forward_flops(g);
+  if (model->side_network(model->active_adapter())) return std::nullopt;
+  return 2.0 * forward_flops(g);
 }
 
 /// Runs one method in this process and returns its measurements.
@@ -152,7 +153,7 @@ nlohmann::json measure(const std::string& method, const Geometry& g, int steps, 
   auto forward = [&](const peft::models::ModelInputs& in) {
     return peft_model ? peft_model->forward(in) : base->forward(in);
   };
-  peft::train::AdamW opt(params, {1e-4, 0.9, 0.999, 1e-8, /*weight_decay=*/0.0});
+  peft::optim::AdamW opt(params, {1e-4, 0.9, 0.999, 1e-8, /*weight_decay=*/0.0});
   peft::models::ModelInputs batch;
   batch.input_ids = torch::randint(0, g.vocab, {g.batch, g.seq}, torch::kLong);
   batch.labels = batch.input_ids;
@@ -201,7 +202,7 @@ nlohmann::json measure(const std::string& method, const Geometry& g, int steps, 
   const int64_t saved_bytes = directory_bytes(dir.string());
   std::filesystem::remove_all(dir);
 
-  const auto flops = step_flops(method, g);
+  const auto flops = step_flops(peft_model.get(), g);
   return {{"method", method},
           {"step_gflop", flops ? nlohmann::json(*flops / 1e9) : nlohmann::json(nullptr)},
           {"achieved_gflops", flops ? nlohmann::json(*flops / 1e9 / (step_ms / 1e3)) : nlohmann::json(nullptr)},
@@ -273,7 +274,7 @@ int run(int argc, char** argv) {
     return app.exit(e);
   }
   PEFT_CHECK(steps >= 1 && warmup >= 0, kC, "--steps must be >= 1 and --warmup >= 0, found {} and {}", steps, warmup);
-  const int used_threads = peft::apps::configure_threads(threads);
+  const int used_threads = peft::core::configure_threads(threads);
   if (!child.empty()) {
     fmt::print("{}\n", measure(child, g, steps, warmup, profile_dir).dump());
     return 0;
@@ -339,6 +340,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  peft::apps::prepare_process(argv);
-  return peft::apps::run_main("peft-bench", [&] { return run(argc, argv); });
+  peft::core::prepare_process(argv);
+  return peft::core::run_main("peft-bench", [&] { return run(argc, argv); });
 }

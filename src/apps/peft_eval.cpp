@@ -3,8 +3,8 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
-#include "apps/run_config.h"
-#include "apps/runtime.h"
+#include "peft/train/run_config.h"
+#include "peft/core/process.h"
 #include "peft/checkpoint/delta.h"
 #include "peft/core/atomic_file.h"
 #include "peft/core/error.h"
@@ -29,9 +29,9 @@ int run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  const auto config = peft::apps::load_run_config(config_path, sets);
-  peft::apps::configure_threads(config.value("threads", threads));
-  auto parts = peft::apps::build_run(config, config_path, /*need_train=*/false);
+  const auto config = peft::train::load_run_config(config_path, sets);
+  peft::core::configure_threads(config.value("threads", threads));
+  auto parts = peft::train::build_run(config, config_path, /*need_train=*/false);
   PEFT_CHECK(parts.eval, "config", "{}: data.eval (or data.eval_images) is required for evaluation", config_path);
   peft::PeftModel model(parts.model);
   if (!adapter_dir.empty()) peft::checkpoint::load_adapter(model, adapter_dir);
@@ -47,6 +47,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  peft::apps::prepare_process(argv);
-  return peft::apps::run_main("peft-eval", [&] { return run(argc, argv); });
+  peft::core::prepare_process(argv);
+  return peft::core::run_main("peft-eval", [&] { return run(argc, argv); });
 }

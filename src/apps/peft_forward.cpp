@@ -9,7 +9,8 @@
 #include "peft/core/safetensors.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
-#include "apps/runtime.h"
+#include "peft/core/dtype.h"
+#include "peft/core/process.h"
 
 namespace {
 
@@ -46,11 +47,11 @@ int run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  peft::apps::configure_threads(threads);
+  peft::core::configure_threads(threads);
   PEFT_CHECK(!merge || !adapter_dir.empty(), "cli", "--merge needs --adapter");
 
   peft::models::LoadOptions load;
-  load.dtype = peft::apps::dtype_from_name(dtype, "--dtype");
+  load.dtype = peft::core::dtype_from_name(dtype, "--dtype");
   load.device = c10::Device(device);
   load.task = task;
   load.allow_extra_tensors = allow_extra;
@@ -110,6 +111,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  peft::apps::prepare_process(argv);
-  return peft::apps::run_main("peft-forward", [&] { return run(argc, argv); });
+  peft::core::prepare_process(argv);
+  return peft::core::run_main("peft-forward", [&] { return run(argc, argv); });
 }

@@ -5,7 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
-#include "apps/runtime.h"
+#include "peft/core/process.h"
 #include "peft/checkpoint/delta.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -120,4 +120,4 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return peft::apps::run_main("peft-inspect", [&] { return run(argc, argv); }); }
+int main(int argc, char** argv) { return peft::core::run_main("peft-inspect", [&] { return run(argc, argv); }); }

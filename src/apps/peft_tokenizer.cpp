@@ -4,7 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
-#include "apps/runtime.h"
+#include "peft/core/process.h"
 #include "peft/core/error.h"
 #include "peft/tokenizers/sentencepiece.h"
 #include "peft/tokenizers/tokenizer.h"
@@ -59,4 +59,4 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return peft::apps::run_main("peft-tokenizer", [&] { return run(argc, argv); }); }
+int main(int argc, char** argv) { return peft::core::run_main("peft-tokenizer", [&] { return run(argc, argv); }); }

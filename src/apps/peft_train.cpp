@@ -6,9 +6,9 @@
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
-#include "apps/adapter_setup.h"
-#include "apps/run_config.h"
-#include "apps/runtime.h"
+#include "peft/train/run_config.h"
+#include "peft/train/training_adapter.h"
+#include "peft/core/process.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
@@ -32,9 +32,9 @@ int run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
-  const auto config = peft::apps::load_run_config(config_path, sets);
-  peft::apps::configure_threads(config.value("threads", threads));
-  auto parts = peft::apps::build_run(config, config_path, /*need_train=*/true);
+  const auto config = peft::train::load_run_config(config_path, sets);
+  peft::core::configure_threads(config.value("threads", threads));
+  auto parts = peft::train::build_run(config, config_path, /*need_train=*/true);
   fmt::print("train: {}\n", parts.train->describe());
   if (parts.eval) fmt::print("eval:  {}\n", parts.eval->describe());
 
@@ -50,9 +50,9 @@ int run(int argc, char** argv) {
     fmt::print("full training: {} parameters\n", n);
   } else {
     peft_model = std::make_unique<peft::PeftModel>(parts.model);
-    auto method_config = peft::apps::resolve_structure(*peft_model, peft::methods::parse_config(method), parts, resume);
-    peft_model->add_adapter("default", *method_config);
-    peft::apps::initialize_from_data(*peft_model, "default", *method_config, parts, resume);
+    const peft::data::DatasetBatches batches(parts.train, parts.trainer.batch_size, parts.trainer.device);
+    peft::train::add_training_adapter(*peft_model, "default", *peft::methods::parse_config(method), batches,
+                                      parts.trainer.output_dir, resume);
     target = peft::train::trainable_delta(*peft_model);
     fmt::print("{}\n", peft_model->trainable_parameters_report());
   }
@@ -79,6 +79,6 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  peft::apps::prepare_process(argv);
-  return peft::apps::run_main("peft-train", [&] { return run(argc, argv); });
+  peft::core::prepare_process(argv);
+  return peft::core::run_main("peft-train", [&] { return run(argc, argv); });
 }

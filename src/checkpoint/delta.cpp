@@ -12,7 +12,7 @@
 #include "peft/core/log.h"
 #include "peft/core/safetensors.h"
 #include "peft/core/version.h"
-#include "peft/methods/prompt_learning.h"
+#include "peft/methods/prompt/prompt_learning.h"
 
 namespace peft::checkpoint {
 namespace fs = std::filesystem;
@@ -57,6 +57,19 @@ void save_adapter(PeftModel& model, const std::string& dir, const std::string& a
   }
 }
 
+void export_adapter(PeftModel& model, const std::string& dir, const std::string& adapter) {
+  const auto& method = methods::find_method(model.adapter_config(adapter).method());
+  const std::string deployed = adapter + "-deployed";
+  if (!method.deploy || !method.deploy(model, adapter, deployed)) return save_adapter(model, dir, adapter);
+  try {
+    save_adapter(model, dir, deployed);
+  } catch (...) {
+    model.delete_adapter(deployed);
+    throw;
+  }
+  model.delete_adapter(deployed);
+}
+
 void save_pretrained(PeftModel& model, const std::string& dir) {
   for (const auto& name : model.adapters())
     save_adapter(model, name == "default" ? dir : (fs::path(dir) / name).string(), name);
@@ -91,7 +104,7 @@ void load_adapter(PeftModel& model, const std::string& dir, const std::string& a
   }
 
   config->common.inference_mode = !options.is_trainable;
-  model.add_adapter(adapter, *config);
+  model.add_adapter_without_data(adapter, *config);
   try {
     // A delta holds a prompt encoder's output only: the encoder (if the config builds one) goes.
     if (auto encoder = model.prompt_encoder(adapter)) encoder->eject();

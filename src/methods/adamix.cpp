@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "config_fields.h"
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -32,45 +33,25 @@ void AdaMixConfig::validate() const {
   nn::activation(non_linearity);
 }
 
+namespace {
+const std::vector<ConfigField<AdaMixConfig>>& adamix_fields() {
+  using C = AdaMixConfig;
+  static const std::vector<ConfigField<C>> f = {
+      field("num_experts", &C::num_experts),         field("bottleneck_size", &C::bottleneck_size),
+      field("sharing_down", &C::sharing_down),       field("sharing_up", &C::sharing_up),
+      field("non_linearity", &C::non_linearity),     field("consistency_weight", &C::consistency_weight),
+      field("layers_to_transform", &C::layers_to_transform), string_list_field("modules_to_save", &C::modules_to_save)};
+  return f;
+}
+}  // namespace
+
 std::shared_ptr<AdaMixConfig> AdaMixConfig::from_json(const nlohmann::json& j) {
-  const std::string where = "AdaMix config";
-  static const std::vector<std::string> keys = {"num_experts", "bottleneck_size", "sharing_down", "sharing_up",
-                                                "non_linearity", "consistency_weight", "layers_to_transform",
-                                                "modules_to_save"};
-  PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
-  for (auto it = j.begin(); it != j.end(); ++it)
-    PEFT_CHECK(contains(keys, it.key()) || contains(common_keys(), it.key()), kC, "{}: unknown key '{}' (keys: {})",
-               where, it.key(), fmt::join(keys, ", "));
-  if (j.contains("peft_type"))
-    PEFT_CHECK(j["peft_type"] == "ADAMIX", kC, "{}: peft_type must be \"ADAMIX\", found {}", where, j["peft_type"].dump());
-  auto c = std::make_shared<AdaMixConfig>();
-  read_common(j, c->common, where);
-  using core::get_or;
-  c->num_experts = get_or<int64_t>(j, "num_experts", c->num_experts, kC, where);
-  c->bottleneck_size = get_or<int64_t>(j, "bottleneck_size", c->bottleneck_size, kC, where);
-  c->sharing_down = get_or<bool>(j, "sharing_down", c->sharing_down, kC, where);
-  c->sharing_up = get_or<bool>(j, "sharing_up", c->sharing_up, kC, where);
-  c->non_linearity = get_or<std::string>(j, "non_linearity", c->non_linearity, kC, where);
-  c->consistency_weight = get_or<double>(j, "consistency_weight", c->consistency_weight, kC, where);
-  c->layers_to_transform = get_or<std::vector<int64_t>>(j, "layers_to_transform", {}, kC, where);
-  c->modules_to_save = string_list(j, "modules_to_save", where);
+  auto c = read_config(j, adamix_fields(), kC, "AdaMix config");
   c->validate();
   return c;
 }
 
-nlohmann::json AdaMixConfig::to_json() const {
-  nlohmann::json j;
-  write_common(j, common, peft_type());
-  j["num_experts"] = num_experts;
-  j["bottleneck_size"] = bottleneck_size;
-  j["sharing_down"] = sharing_down;
-  j["sharing_up"] = sharing_up;
-  j["non_linearity"] = non_linearity;
-  j["consistency_weight"] = consistency_weight;
-  j["layers_to_transform"] = layers_to_transform;
-  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
-  return j;
-}
+nlohmann::json AdaMixConfig::to_json() const { return write_config(*this, adamix_fields()); }
 
 AdaMixAdapterImpl::AdaMixAdapterImpl(int64_t hidden, const AdaMixConfig& c, const at::TensorOptions& options)
     : act_(nn::activation(c.non_linearity)) {
@@ -127,6 +108,20 @@ Method adamix_method() {
   m.peft_type = "ADAMIX";
   m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return AdaMixConfig::from_json(j); };
   m.attach = attach_adamix;
+  // The consistency regularization: a second, independently routed pass while training.
+  m.training_loss = [](PeftModel& model, const std::string& adapter, const models::ModelInputs& in,
+                       const models::ModelOutput& out) -> at::Tensor {
+    const auto& cfg = dynamic_cast<const AdaMixConfig&>(model.adapter_config(adapter));
+    if (cfg.consistency_weight <= 0) return {};
+    auto again = model.forward(in);
+    return cfg.consistency_weight * symmetric_kl(out.logits, again.logits);
+  };
+  // Ships the expert average: one adapter's size and cost.
+  m.deploy = [](PeftModel& model, const std::string& source, const std::string& target) {
+    if (dynamic_cast<const AdaMixConfig&>(model.adapter_config(source)).num_experts == 1) return false;
+    adamix_deploy(model, source, target);
+    return true;
+  };
   return m;
 }
 

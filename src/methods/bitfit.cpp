@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "config_fields.h"
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -40,31 +41,23 @@ void attach_bitfit(PeftModel& model, MethodConfig& base_cfg, const std::string& 
 
 }  // namespace
 
+namespace {
+const std::vector<ConfigField<BitFitConfig>>& bit_fit_fields() {
+  using C = BitFitConfig;
+  static const std::vector<ConfigField<C>> f = {
+      targets_field("bias_modules", &C::bias_modules),
+      field("add_missing_biases", &C::add_missing_biases),
+      string_list_field("modules_to_save", &C::modules_to_save)};
+  return f;
+}
+}  // namespace
+
 std::shared_ptr<BitFitConfig> BitFitConfig::from_json(const nlohmann::json& j) {
-  const std::string where = "BitFit config";
-  static const std::vector<std::string> keys = {"bias_modules", "add_missing_biases", "modules_to_save"};
-  PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
-  for (auto it = j.begin(); it != j.end(); ++it)
-    PEFT_CHECK(contains(keys, it.key()) || contains(common_keys(), it.key()), kC,
-               "{}: unknown key '{}' (BitFit keys: {})", where, it.key(), fmt::join(keys, ", "));
-  if (j.contains("peft_type"))
-    PEFT_CHECK(j["peft_type"] == "BITFIT", kC, "{}: peft_type must be \"BITFIT\", found {}", where, j["peft_type"].dump());
-  auto c = std::make_shared<BitFitConfig>();
-  read_common(j, c->common, where);
-  c->bias_modules = TargetModules::from_json(j.value("bias_modules", nlohmann::json()), where + " bias_modules");
-  c->add_missing_biases = core::get_or<bool>(j, "add_missing_biases", false, kC, where);
-  c->modules_to_save = string_list(j, "modules_to_save", where);
+  auto c = read_config(j, bit_fit_fields(), kC, "BitFit config");
   return c;
 }
 
-nlohmann::json BitFitConfig::to_json() const {
-  nlohmann::json j;
-  write_common(j, common, peft_type());
-  j["bias_modules"] = bias_modules.to_json();
-  j["add_missing_biases"] = add_missing_biases;
-  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
-  return j;
-}
+nlohmann::json BitFitConfig::to_json() const { return write_config(*this, bit_fit_fields()); }
 
 AddedBiasDelta::AddedBiasDelta(int64_t out_features, const at::TensorOptions& options) {
   bias = register_parameter("bias", torch::zeros({out_features}, options));

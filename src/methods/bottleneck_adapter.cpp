@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "config_fields.h"
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -76,48 +77,30 @@ void BottleneckAdapterConfig::validate() const {
   for (int64_t l : layers_to_transform) PEFT_CHECK(l >= 0, kC, "layers_to_transform entries must be >= 0, found {}", l);
 }
 
+namespace {
+const std::vector<ConfigField<BottleneckAdapterConfig>>& bottleneck_adapter_fields() {
+  using C = BottleneckAdapterConfig;
+  static const std::vector<ConfigField<C>> f = {
+      field("preset", &C::preset),
+      field("reduction_factor", &C::reduction_factor),
+      field("bottleneck_size", &C::bottleneck_size),
+      written_as(field("non_linearity", &C::non_linearity), [](const C& c, nlohmann::json& j) { j["non_linearity"] = c.activation(); }),
+      field("init_weights", &C::init_weights),
+      written_as(field("scaling", &C::scaling), [](const C& c, nlohmann::json& j) { j["scaling"] = c.scale(); }),
+      field("train_layer_norms", &C::train_layer_norms),
+      field("layers_to_transform", &C::layers_to_transform),
+      string_list_field("modules_to_save", &C::modules_to_save)};
+  return f;
+}
+}  // namespace
+
 std::shared_ptr<BottleneckAdapterConfig> BottleneckAdapterConfig::from_json(const nlohmann::json& j) {
-  const std::string where = "adapter config";
-  static const std::vector<std::string> keys = {"preset", "reduction_factor", "bottleneck_size", "non_linearity",
-                                                "init_weights", "scaling", "train_layer_norms",
-                                                "layers_to_transform", "modules_to_save"};
-  PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
-  for (auto it = j.begin(); it != j.end(); ++it)
-    PEFT_CHECK(contains(keys, it.key()) || contains(common_keys(), it.key()), kC, "{}: unknown key '{}' (keys: {})",
-               where, it.key(), fmt::join(keys, ", "));
-  if (j.contains("peft_type"))
-    PEFT_CHECK(j["peft_type"] == "BOTTLENECK_ADAPTER", kC, "{}: peft_type must be \"BOTTLENECK_ADAPTER\", found {}",
-               where, j["peft_type"].dump());
-  auto c = std::make_shared<BottleneckAdapterConfig>();
-  read_common(j, c->common, where);
-  using core::get_or;
-  c->preset = get_or<std::string>(j, "preset", c->preset, kC, where);
-  c->reduction_factor = get_or<int64_t>(j, "reduction_factor", c->reduction_factor, kC, where);
-  c->bottleneck_size = get_or<int64_t>(j, "bottleneck_size", 0, kC, where);
-  c->non_linearity = get_or<std::string>(j, "non_linearity", "", kC, where);
-  c->init_weights = get_or<std::string>(j, "init_weights", c->init_weights, kC, where);
-  c->scaling = get_or<double>(j, "scaling", 0.0, kC, where);
-  c->train_layer_norms = get_or<bool>(j, "train_layer_norms", false, kC, where);
-  c->layers_to_transform = get_or<std::vector<int64_t>>(j, "layers_to_transform", {}, kC, where);
-  c->modules_to_save = string_list(j, "modules_to_save", where);
+  auto c = read_config(j, bottleneck_adapter_fields(), kC, "adapter config");
   c->validate();
   return c;
 }
 
-nlohmann::json BottleneckAdapterConfig::to_json() const {
-  nlohmann::json j;
-  write_common(j, common, peft_type());
-  j["preset"] = preset;
-  j["reduction_factor"] = reduction_factor;
-  j["bottleneck_size"] = bottleneck_size;
-  j["non_linearity"] = activation();
-  j["init_weights"] = init_weights;
-  j["scaling"] = scale();
-  j["train_layer_norms"] = train_layer_norms;
-  j["layers_to_transform"] = layers_to_transform;
-  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
-  return j;
-}
+nlohmann::json BottleneckAdapterConfig::to_json() const { return write_config(*this, bottleneck_adapter_fields()); }
 
 // ---- the module ----------------------------------------------------------------
 

@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "config_fields.h"
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -73,52 +74,32 @@ void CompacterConfig::validate() const {
   for (int64_t l : layers_to_transform) PEFT_CHECK(l >= 0, kC, "layers_to_transform entries must be >= 0, found {}", l);
 }
 
+namespace {
+const std::vector<ConfigField<CompacterConfig>>& compacter_fields() {
+  using C = CompacterConfig;
+  static const std::vector<ConfigField<C>> f = {
+      field("variant", &C::variant),
+      field("phm_dim", &C::phm_dim),
+      field("reduction_factor", &C::reduction_factor),
+      field("bottleneck_size", &C::bottleneck_size),
+      field("phm_rank", &C::phm_rank),
+      field("factorized_phm", &C::factorized_phm),
+      field("non_linearity", &C::non_linearity),
+      field("init_weights", &C::init_weights),
+      field("train_layer_norms", &C::train_layer_norms),
+      field("layers_to_transform", &C::layers_to_transform),
+      string_list_field("modules_to_save", &C::modules_to_save)};
+  return f;
+}
+}  // namespace
+
 std::shared_ptr<CompacterConfig> CompacterConfig::from_json(const nlohmann::json& j) {
-  const std::string where = "Compacter config";
-  static const std::vector<std::string> keys = {"variant", "phm_dim", "reduction_factor", "bottleneck_size", "phm_rank",
-                                                "factorized_phm", "non_linearity", "init_weights", "train_layer_norms",
-                                                "layers_to_transform", "modules_to_save"};
-  PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
-  for (auto it = j.begin(); it != j.end(); ++it)
-    PEFT_CHECK(contains(keys, it.key()) || contains(common_keys(), it.key()), kC, "{}: unknown key '{}' (keys: {})",
-               where, it.key(), fmt::join(keys, ", "));
-  if (j.contains("peft_type"))
-    PEFT_CHECK(j["peft_type"] == "COMPACTER", kC, "{}: peft_type must be \"COMPACTER\", found {}", where,
-               j["peft_type"].dump());
-  auto c = std::make_shared<CompacterConfig>();
-  read_common(j, c->common, where);
-  using core::get_or;
-  c->variant = get_or<std::string>(j, "variant", c->variant, kC, where);
-  c->phm_dim = get_or<int64_t>(j, "phm_dim", c->phm_dim, kC, where);
-  c->reduction_factor = get_or<int64_t>(j, "reduction_factor", c->reduction_factor, kC, where);
-  c->bottleneck_size = get_or<int64_t>(j, "bottleneck_size", 0, kC, where);
-  c->phm_rank = get_or<int64_t>(j, "phm_rank", c->phm_rank, kC, where);
-  c->factorized_phm = get_or<bool>(j, "factorized_phm", true, kC, where);
-  c->non_linearity = get_or<std::string>(j, "non_linearity", c->non_linearity, kC, where);
-  c->init_weights = get_or<std::string>(j, "init_weights", c->init_weights, kC, where);
-  c->train_layer_norms = get_or<bool>(j, "train_layer_norms", true, kC, where);
-  c->layers_to_transform = get_or<std::vector<int64_t>>(j, "layers_to_transform", {}, kC, where);
-  c->modules_to_save = string_list(j, "modules_to_save", where);
+  auto c = read_config(j, compacter_fields(), kC, "Compacter config");
   c->validate();
   return c;
 }
 
-nlohmann::json CompacterConfig::to_json() const {
-  nlohmann::json j;
-  write_common(j, common, peft_type());
-  j["variant"] = variant;
-  j["phm_dim"] = phm_dim;
-  j["reduction_factor"] = reduction_factor;
-  j["bottleneck_size"] = bottleneck_size;
-  j["phm_rank"] = phm_rank;
-  j["factorized_phm"] = factorized_phm;
-  j["non_linearity"] = non_linearity;
-  j["init_weights"] = init_weights;
-  j["train_layer_norms"] = train_layer_norms;
-  j["layers_to_transform"] = layers_to_transform;
-  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
-  return j;
-}
+nlohmann::json CompacterConfig::to_json() const { return write_config(*this, compacter_fields()); }
 
 // ---- modules -------------------------------------------------------------------
 

@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "config_fields.h"
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -136,32 +137,26 @@ at::Tensor FacTDelta::delta_weight() const {
          scaling_;
 }
 
+namespace {
+const std::vector<ConfigField<FacTConfig>>& fact_fields() {
+  using C = FacTConfig;
+  static const std::vector<ConfigField<C>> f = {
+      field("variant", &C::variant),
+      field("rank", &C::rank),
+      field("scaling", &C::scaling),
+      field("dropout", &C::dropout),
+      targets_field("target_modules", &C::target_modules),
+      string_list_field("modules_to_save", &C::modules_to_save)};
+  return f;
+}
+}  // namespace
+
 std::shared_ptr<FacTConfig> FacTConfig::from_json(const nlohmann::json& j) {
-  const std::string where = "FacT config";
-  check_config_keys(j, {"variant", "rank", "scaling", "dropout", "target_modules", "modules_to_save"}, "FACT", kC, where);
-  auto c = std::make_shared<FacTConfig>();
-  read_common(j, c->common, where);
-  using core::get_or;
-  c->variant = get_or<std::string>(j, "variant", c->variant, kC, where);
-  c->rank = get_or<int64_t>(j, "rank", c->rank, kC, where);
-  c->scaling = get_or<double>(j, "scaling", c->scaling, kC, where);
-  c->dropout = get_or<double>(j, "dropout", c->dropout, kC, where);
-  c->target_modules = TargetModules::from_json(j.value("target_modules", nlohmann::json()), where + " target_modules");
-  c->modules_to_save = string_list(j, "modules_to_save", where);
+  auto c = read_config(j, fact_fields(), kC, "FacT config");
   return c;
 }
 
-nlohmann::json FacTConfig::to_json() const {
-  nlohmann::json j;
-  write_common(j, common, peft_type());
-  j["variant"] = variant;
-  j["rank"] = rank;
-  j["scaling"] = scaling;
-  j["dropout"] = dropout;
-  j["target_modules"] = target_modules.to_json();
-  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
-  return j;
-}
+nlohmann::json FacTConfig::to_json() const { return write_config(*this, fact_fields()); }
 
 void FacTConfig::validate() const {
   PEFT_CHECK(variant == "tt" || variant == "tk", kC, "variant must be tt or tk, found '{}'", variant);

@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "config_fields.h"
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -14,12 +15,6 @@ namespace peft::methods {
 namespace {
 
 constexpr const char* kC = "ia3";
-
-const std::vector<std::string>& ia3_keys() {
-  static const std::vector<std::string> k = {"target_modules", "feedforward_modules", "fan_in_fan_out",
-                                             "modules_to_save", "init_ia3_weights"};
-  return k;
-}
 
 /// HF PEFT's per-architecture defaults: (targets, feed-forward subset).
 std::pair<std::vector<std::string>, std::vector<std::string>> defaults_for(const std::string& model_type) {
@@ -83,36 +78,26 @@ void IA3Config::validate() const {
              "feedforward_modules is set but target_modules is not");
 }
 
+namespace {
+const std::vector<ConfigField<IA3Config>>& ia3_fields() {
+  using C = IA3Config;
+  static const std::vector<ConfigField<C>> f = {
+      targets_field("target_modules", &C::target_modules),
+      targets_field("feedforward_modules", &C::feedforward_modules),
+      field("fan_in_fan_out", &C::fan_in_fan_out),
+      string_list_field("modules_to_save", &C::modules_to_save),
+      field("init_ia3_weights", &C::init_ia3_weights)};
+  return f;
+}
+}  // namespace
+
 std::shared_ptr<IA3Config> IA3Config::from_json(const nlohmann::json& j) {
-  const std::string where = "IA3 config";
-  PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
-  for (auto it = j.begin(); it != j.end(); ++it)
-    PEFT_CHECK(contains(ia3_keys(), it.key()) || contains(common_keys(), it.key()), kC,
-               "{}: unknown key '{}' (IA3 keys: {})", where, it.key(), fmt::join(ia3_keys(), ", "));
-  if (j.contains("peft_type"))
-    PEFT_CHECK(j["peft_type"] == "IA3", kC, "{}: peft_type must be \"IA3\", found {}", where, j["peft_type"].dump());
-  auto c = std::make_shared<IA3Config>();
-  read_common(j, c->common, where);
-  c->target_modules = TargetModules::from_json(j.value("target_modules", nlohmann::json()), where + " target_modules");
-  c->feedforward_modules =
-      TargetModules::from_json(j.value("feedforward_modules", nlohmann::json()), where + " feedforward_modules");
-  c->fan_in_fan_out = core::get_or<bool>(j, "fan_in_fan_out", false, kC, where);
-  c->modules_to_save = string_list(j, "modules_to_save", where);
-  c->init_ia3_weights = core::get_or<bool>(j, "init_ia3_weights", true, kC, where);
+  auto c = read_config(j, ia3_fields(), kC, "IA3 config");
   c->validate();
   return c;
 }
 
-nlohmann::json IA3Config::to_json() const {
-  nlohmann::json j;
-  write_common(j, common, peft_type());
-  j["target_modules"] = target_modules.to_json();
-  j["feedforward_modules"] = feedforward_modules.to_json();
-  j["fan_in_fan_out"] = fan_in_fan_out;
-  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
-  j["init_ia3_weights"] = init_ia3_weights;
-  return j;
-}
+nlohmann::json IA3Config::to_json() const { return write_config(*this, ia3_fields()); }
 
 // ---- the delta -----------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "config_fields.h"
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -96,33 +97,26 @@ void KAdaptationDelta::unmerge_from(at::Tensor& weight_out_in, at::Tensor& layer
   if (bias.defined()) layer_bias.sub_(bias.to(layer_bias.scalar_type()));
 }
 
+namespace {
+const std::vector<ConfigField<KAdaptationConfig>>& kadaptation_fields() {
+  using C = KAdaptationConfig;
+  static const std::vector<ConfigField<C>> f = {
+      targets_field("target_modules", &C::target_modules),
+      field("phm_dim", &C::phm_dim),
+      field("scaling", &C::scaling),
+      field("weight_dropout", &C::weight_dropout),
+      field("train_bias", &C::train_bias),
+      string_list_field("modules_to_save", &C::modules_to_save)};
+  return f;
+}
+}  // namespace
+
 std::shared_ptr<KAdaptationConfig> KAdaptationConfig::from_json(const nlohmann::json& j) {
-  const std::string where = "KAdaptation config";
-  check_config_keys(j, {"target_modules", "phm_dim", "scaling", "weight_dropout", "train_bias", "modules_to_save"},
-                    "KADAPTATION", kC, where);
-  auto c = std::make_shared<KAdaptationConfig>();
-  read_common(j, c->common, where);
-  using core::get_or;
-  c->target_modules = TargetModules::from_json(j.value("target_modules", nlohmann::json()), where + " target_modules");
-  c->phm_dim = get_or<int64_t>(j, "phm_dim", c->phm_dim, kC, where);
-  c->scaling = get_or<double>(j, "scaling", c->scaling, kC, where);
-  c->weight_dropout = get_or<double>(j, "weight_dropout", c->weight_dropout, kC, where);
-  c->train_bias = get_or<bool>(j, "train_bias", c->train_bias, kC, where);
-  c->modules_to_save = string_list(j, "modules_to_save", where);
+  auto c = read_config(j, kadaptation_fields(), kC, "KAdaptation config");
   return c;
 }
 
-nlohmann::json KAdaptationConfig::to_json() const {
-  nlohmann::json j;
-  write_common(j, common, peft_type());
-  j["target_modules"] = target_modules.to_json();
-  j["phm_dim"] = phm_dim;
-  j["scaling"] = scaling;
-  j["weight_dropout"] = weight_dropout;
-  j["train_bias"] = train_bias;
-  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
-  return j;
-}
+nlohmann::json KAdaptationConfig::to_json() const { return write_config(*this, kadaptation_fields()); }
 
 void KAdaptationConfig::validate() const {
   PEFT_CHECK(phm_dim > 0, kC, "phm_dim must be positive, found {}", phm_dim);

@@ -1,8 +1,9 @@
 #include "peft/methods/llama_adapter.h"
-#include "peft/methods/prompt_learning.h"
+#include "peft/methods/prompt/prompt_learning.h"
 
 #include <torch/torch.h>
 
+#include "config_fields.h"
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -67,28 +68,29 @@ at::Tensor AdaptionPrompt::forward(const nn::AttentionView& view) {
   return torch::matmul(gate.to(q.scalar_type()) * probs, v);
 }
 
+namespace {
+const std::vector<ConfigField<LlamaAdapterConfig>>& llama_adapter_fields() {
+  using C = LlamaAdapterConfig;
+  static const std::vector<ConfigField<C>> f = {
+      field("adapter_len", &C::adapter_len),
+      written_as(field("adapter_layers", &C::adapter_layers), [](const C& c, nlohmann::json& j) {
+         j["adapter_layers"] = c.adapter_layers > 0 ? nlohmann::json(c.adapter_layers) : nlohmann::json(nullptr);
+       }),
+      written_as(field("target_modules", &C::target_modules), [](const C& c, nlohmann::json& j) {
+         j["target_modules"] = c.target_modules.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.target_modules);
+       }),
+      // HF PEFT knows no such key; its files have the scalar gate
+      written_as(field("gate", &C::gate), [](const C& c, nlohmann::json& j) { if (c.gate != "scalar") j["gate"] = c.gate; })};
+  return f;
+}
+}  // namespace
+
 std::shared_ptr<LlamaAdapterConfig> LlamaAdapterConfig::from_json(const nlohmann::json& j) {
-  const std::string where = "LLaMA-Adapter (ADAPTION_PROMPT) config";
-  check_config_keys(j, {"adapter_len", "adapter_layers", "target_modules", "gate"}, "ADAPTION_PROMPT", kC, where);
-  auto c = std::make_shared<LlamaAdapterConfig>();
-  read_common(j, c->common, where);
-  using core::get_or;
-  c->adapter_len = get_or<int64_t>(j, "adapter_len", c->adapter_len, kC, where);
-  c->adapter_layers = get_or<int64_t>(j, "adapter_layers", 0, kC, where);
-  c->target_modules = get_or<std::string>(j, "target_modules", "", kC, where);
-  c->gate = get_or<std::string>(j, "gate", "scalar", kC, where);
+  auto c = read_config(j, llama_adapter_fields(), kC, "LLaMA-Adapter (ADAPTION_PROMPT) config");
   return c;
 }
 
-nlohmann::json LlamaAdapterConfig::to_json() const {
-  nlohmann::json j;
-  write_common(j, common, peft_type());
-  j["adapter_len"] = adapter_len;
-  j["adapter_layers"] = adapter_layers > 0 ? nlohmann::json(adapter_layers) : nlohmann::json(nullptr);
-  j["target_modules"] = target_modules.empty() ? nlohmann::json(nullptr) : nlohmann::json(target_modules);
-  if (gate != "scalar") j["gate"] = gate;  // HF PEFT knows no such key; its files have the scalar gate
-  return j;
-}
+nlohmann::json LlamaAdapterConfig::to_json() const { return write_config(*this, llama_adapter_fields()); }
 
 void LlamaAdapterConfig::validate() const {
   PEFT_CHECK(adapter_len > 0, kC, "adapter_len must be positive, found {}", adapter_len);

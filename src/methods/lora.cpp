@@ -9,6 +9,7 @@
 #include "peft/core/log.h"
 #include "peft/core/strings.h"
 #include "peft/peft_model.h"
+#include "config_fields.h"
 #include "method_helpers.h"
 
 namespace peft::methods {
@@ -49,12 +50,68 @@ const std::vector<std::string>& ignored_keys() {
   return k;
 }
 
-const std::vector<std::string>& lora_keys() {
-  static const std::vector<std::string> k = {
-      "r", "lora_alpha", "lora_dropout", "target_modules", "exclude_modules", "fan_in_fan_out", "bias",
-      "use_rslora", "init_lora_weights", "layers_to_transform", "layers_pattern", "modules_to_save",
-      "rank_pattern", "alpha_pattern"};
-  return k;
+/// HF writes whole-number floats as integers (lora_alpha 16, not 16.0).
+nlohmann::json number(double v) {
+  return (std::floor(v) == v && std::abs(v) < 9e15) ? nlohmann::json(static_cast<int64_t>(v)) : nlohmann::json(v);
+}
+
+const std::vector<ConfigField<LoraConfig>>& lora_fields() {
+  using C = LoraConfig;
+  static const std::vector<ConfigField<C>> f = {
+      field("r", &C::r),
+      written_as(field("lora_alpha", &C::lora_alpha), [](const C& c, nlohmann::json& j) { j["lora_alpha"] = number(c.lora_alpha); }),
+      field("lora_dropout", &C::lora_dropout),
+      targets_field("target_modules", &C::target_modules),
+      written_as(targets_field("exclude_modules", &C::exclude_modules),
+                 [](const C& c, nlohmann::json& j) {
+                   if (!c.exclude_modules.empty()) j["exclude_modules"] = c.exclude_modules.to_json();
+                 }),
+      field("fan_in_fan_out", &C::fan_in_fan_out),
+      field("bias", &C::bias),
+      // written only when set: older HF PEFT rejects the key
+      written_as(field("use_rslora", &C::use_rslora), [](const C& c, nlohmann::json& j) { if (c.use_rslora) j["use_rslora"] = true; }),
+      {"init_lora_weights",  // true | false | "gaussian" | ...: kept as its string
+       [](C& c, const nlohmann::json& j, const std::string&, const std::string&) {
+         if (!j.contains("init_lora_weights")) return;
+         const auto& v = j["init_lora_weights"];
+         c.init_lora_weights = v.is_boolean() ? (v.get<bool>() ? "true" : "false") : v.is_string() ? v.get<std::string>() : v.dump();
+       },
+       [](const C& c, nlohmann::json& j) {
+         j["init_lora_weights"] = c.init_lora_weights == "true"    ? nlohmann::json(true)
+                                  : c.init_lora_weights == "false" ? nlohmann::json(false)
+                                                                   : nlohmann::json(c.init_lora_weights);
+       }},
+      {"layers_to_transform",  // an int or a list
+       [](C& c, const nlohmann::json& j, const std::string& component, const std::string& where) {
+         if (!j.contains("layers_to_transform") || j["layers_to_transform"].is_null()) return;
+         const auto& v = j["layers_to_transform"];
+         PEFT_CHECK(v.is_number_integer() || v.is_array(), component,
+                    "{}: layers_to_transform must be an int or a list, found {}", where, v.dump());
+         c.layers_to_transform.clear();
+         if (v.is_number_integer()) {
+           c.layers_to_transform = {v.get<int64_t>()};
+           return;
+         }
+         for (const auto& e : v) {
+           PEFT_CHECK(e.is_number_integer(), component, "{}: layers_to_transform entries must be integers, found {}",
+                      where, e.dump());
+           c.layers_to_transform.push_back(e.get<int64_t>());
+         }
+       },
+       [](const C& c, nlohmann::json& j) {
+         j["layers_to_transform"] =
+             c.layers_to_transform.empty() ? nlohmann::json(nullptr) : nlohmann::json(c.layers_to_transform);
+       }},
+      written_as(string_list_field("layers_pattern", &C::layers_pattern),
+                 [](const C& c, nlohmann::json& j) {
+                   j["layers_pattern"] = c.layers_pattern.empty()       ? nlohmann::json(nullptr)
+                                         : c.layers_pattern.size() == 1 ? nlohmann::json(c.layers_pattern[0])
+                                                                        : nlohmann::json(c.layers_pattern);
+                 }),
+      string_list_field("modules_to_save", &C::modules_to_save),
+      pattern_field("rank_pattern", &C::rank_pattern, [](int64_t v) { return nlohmann::json(v); }),
+      pattern_field("alpha_pattern", &C::alpha_pattern, number)};
+  return f;
 }
 
 TargetModules default_targets(const std::string& model_type) {
@@ -123,87 +180,30 @@ void LoraConfig::validate() const {
 std::shared_ptr<LoraConfig> LoraConfig::from_json(const nlohmann::json& j) {
   const std::string where = "LoRA config";
   PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
+  const auto keys = field_keys(lora_fields());
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& k = it.key();
-    if (contains(lora_keys(), k) || contains(common_keys(), k) || contains(ignored_keys(), k)) continue;
+    if (contains(keys, k) || contains(common_keys(), k) || contains(ignored_keys(), k)) continue;
     auto d = std::find_if(default_only_keys().begin(), default_only_keys().end(), [&](const auto& p) { return p.first == k; });
     if (d != default_only_keys().end()) {
       PEFT_CHECK(it.value() == d->second || (it.value().is_null() && d->second.is_object()), kC,
                  "{}: '{}' = {} is not supported (only {} is)", where, k, it.value().dump(), d->second.dump());
       continue;
     }
-    std::vector<std::string> known = lora_keys();
-    fail(kC, fmt::format("{}: unknown key '{}' (LoRA keys: {})", where, k, fmt::join(known, ", ")));
+    fail(kC, fmt::format("{}: unknown key '{}' (LoRA keys: {})", where, k, fmt::join(keys, ", ")));
   }
   auto c = std::make_shared<LoraConfig>();
   if (j.contains("peft_type"))
     PEFT_CHECK(j["peft_type"] == "LORA", kC, "{}: peft_type must be \"LORA\", found {}", where, j["peft_type"].dump());
   read_common(j, c->common, where);
-  using core::get_or;
-  c->r = get_or<int64_t>(j, "r", c->r, kC, where);
-  c->lora_alpha = get_or<double>(j, "lora_alpha", c->lora_alpha, kC, where);
-  c->lora_dropout = get_or<double>(j, "lora_dropout", c->lora_dropout, kC, where);
-  c->target_modules = TargetModules::from_json(j.value("target_modules", nlohmann::json()), where + " target_modules");
-  c->exclude_modules = TargetModules::from_json(j.value("exclude_modules", nlohmann::json()), where + " exclude_modules");
-  c->fan_in_fan_out = get_or<bool>(j, "fan_in_fan_out", c->fan_in_fan_out, kC, where);
-  c->bias = get_or<std::string>(j, "bias", c->bias, kC, where);
-  c->use_rslora = get_or<bool>(j, "use_rslora", c->use_rslora, kC, where);
-  if (j.contains("init_lora_weights")) {
-    const auto& v = j["init_lora_weights"];
-    c->init_lora_weights = v.is_boolean() ? (v.get<bool>() ? "true" : "false") : v.is_string() ? v.get<std::string>() : v.dump();
-  }
-  if (j.contains("layers_to_transform") && !j["layers_to_transform"].is_null()) {
-    const auto& v = j["layers_to_transform"];
-    PEFT_CHECK(v.is_number_integer() || v.is_array(), kC, "{}: layers_to_transform must be an int or a list, found {}",
-               where, v.dump());
-    if (v.is_number_integer()) c->layers_to_transform = {v.get<int64_t>()};
-    else
-      for (const auto& e : v) {
-        PEFT_CHECK(e.is_number_integer(), kC, "{}: layers_to_transform entries must be integers, found {}", where, e.dump());
-        c->layers_to_transform.push_back(e.get<int64_t>());
-      }
-  }
-  c->layers_pattern = string_list(j, "layers_pattern", where);
-  c->modules_to_save = string_list(j, "modules_to_save", where);
-  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
-    if (!j.contains(key) || j[key].is_null()) continue;
-    PEFT_CHECK(j[key].is_object(), kC, "{}: '{}' must be an object, found {}", where, key, j[key].dump());
-    for (auto it = j[key].begin(); it != j[key].end(); ++it) {
-      PEFT_CHECK(it.value().is_number(), kC, "{}: {}['{}'] must be a number", where, key, it.key());
-      if (std::string(key) == "rank_pattern") c->rank_pattern[it.key()] = it.value().get<int64_t>();
-      else c->alpha_pattern[it.key()] = it.value().get<double>();
-    }
-  }
+  for (const auto& f : lora_fields()) f.read(*c, j, kC, where);
   c->validate();
   return c;
 }
 
 nlohmann::json LoraConfig::to_json() const {
-  nlohmann::json j;
-  write_common(j, common, peft_type());
-  auto number = [](double v) {
-    return (std::floor(v) == v && std::abs(v) < 9e15) ? nlohmann::json(static_cast<int64_t>(v)) : nlohmann::json(v);
-  };
-  j["r"] = r;
-  j["lora_alpha"] = number(lora_alpha);
-  j["lora_dropout"] = lora_dropout;
-  j["target_modules"] = target_modules.to_json();
-  if (!exclude_modules.empty()) j["exclude_modules"] = exclude_modules.to_json();
-  j["fan_in_fan_out"] = fan_in_fan_out;
-  j["bias"] = bias;
-  if (use_rslora) j["use_rslora"] = true;  // written only when set: older HF PEFT rejects the key
-  j["init_lora_weights"] = init_lora_weights == "true" ? nlohmann::json(true)
-                           : init_lora_weights == "false" ? nlohmann::json(false)
-                                                          : nlohmann::json(init_lora_weights);
-  j["layers_to_transform"] = layers_to_transform.empty() ? nlohmann::json(nullptr) : nlohmann::json(layers_to_transform);
-  j["layers_pattern"] = layers_pattern.empty() ? nlohmann::json(nullptr)
-                        : layers_pattern.size() == 1 ? nlohmann::json(layers_pattern[0])
-                                                     : nlohmann::json(layers_pattern);
-  j["modules_to_save"] = modules_to_save.empty() ? nlohmann::json(nullptr) : nlohmann::json(modules_to_save);
-  j["rank_pattern"] = nlohmann::json::object();
-  for (const auto& [k, v] : rank_pattern) j["rank_pattern"][k] = v;
-  j["alpha_pattern"] = nlohmann::json::object();
-  for (const auto& [k, v] : alpha_pattern) j["alpha_pattern"][k] = number(v);
+  nlohmann::json j = write_config(*this, lora_fields());
+  // Fields HF PEFT 0.7 writes that this implementation holds only at their defaults.
   j["loftq_config"] = nlohmann::json::object();
   j["megatron_config"] = nullptr;
   j["megatron_core"] = "megatron.core";

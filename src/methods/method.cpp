@@ -63,6 +63,21 @@ std::shared_ptr<MethodConfig> parse_config(const nlohmann::json& j) {
   return find_method(j[key].get<std::string>()).parse(j);
 }
 
+DataNeeds data_needs(const MethodConfig& config) {
+  const auto& method = find_method(config.method());
+  return method.data_needs ? method.data_needs(config) : DataNeeds{};
+}
+
+std::shared_ptr<MethodConfig> plan_config(PeftModel& model, const MethodConfig& config, const data::BatchSource& batches) {
+  const auto& method = find_method(config.method());
+  if (!data_needs(config).plan) return config.clone();
+  PEFT_CHECK(method.plan, "methods", "method '{}' needs a plan from data but registers no plan hook", method.name);
+  auto planned = method.plan(model, config, batches);
+  PEFT_CHECK(planned && !data_needs(*planned).plan, "methods", "method '{}': its plan did not give a final config",
+             method.name);
+  return planned;
+}
+
 const std::vector<std::string>& common_keys() {
   static const std::vector<std::string> k = {"peft_type",   "task_type",   "base_model_name_or_path",
                                              "revision",    "inference_mode", "auto_mapping",

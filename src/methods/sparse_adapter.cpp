@@ -4,9 +4,11 @@
 
 #include <torch/torch.h>
 
+#include "config_fields.h"
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
+#include "peft/data/batch_source.h"
 #include "peft/methods/bottleneck_adapter.h"
 #include "peft/peft_model.h"
 
@@ -178,39 +180,35 @@ void SparseAdapterConfig::validate() const {
   BottleneckAdapterConfig::from_json(adapter);  // validates the inner config
 }
 
+namespace {
+const std::vector<ConfigField<SparseAdapterConfig>>& sparse_adapter_fields() {
+  using C = SparseAdapterConfig;
+  static const std::vector<ConfigField<C>> f = {
+      // the bottleneck adapter's own fields, written in full
+      {"adapter",
+       [](C& c, const nlohmann::json& j, const std::string&, const std::string&) {
+         if (j.contains("adapter") && !j["adapter"].is_null()) c.adapter = j["adapter"];
+       },
+       [](const C& c, nlohmann::json& j) {
+         auto inner = BottleneckAdapterConfig::from_json(c.adapter)->to_json();
+         for (const auto& k : common_keys()) inner.erase(k);
+         j["adapter"] = inner;
+       }},
+      field("pruned_fraction", &C::pruned_fraction),
+      field("score", &C::score),
+      field("scope", &C::scope),
+      field("seed", &C::seed)};
+  return f;
+}
+}  // namespace
+
 std::shared_ptr<SparseAdapterConfig> SparseAdapterConfig::from_json(const nlohmann::json& j) {
-  const std::string where = "SparseAdapter config";
-  static const std::vector<std::string> keys = {"adapter", "pruned_fraction", "score", "scope", "seed"};
-  PEFT_CHECK(j.is_object(), kC, "{}: expected a JSON object", where);
-  for (auto it = j.begin(); it != j.end(); ++it)
-    PEFT_CHECK(contains(keys, it.key()) || contains(common_keys(), it.key()), kC, "{}: unknown key '{}' (keys: {})",
-               where, it.key(), fmt::join(keys, ", "));
-  if (j.contains("peft_type"))
-    PEFT_CHECK(j["peft_type"] == "SPARSE_ADAPTER", kC, "{}: peft_type must be \"SPARSE_ADAPTER\", found {}", where,
-               j["peft_type"].dump());
-  auto c = std::make_shared<SparseAdapterConfig>();
-  read_common(j, c->common, where);
-  if (j.contains("adapter") && !j["adapter"].is_null()) c->adapter = j["adapter"];
-  c->pruned_fraction = core::get_or<double>(j, "pruned_fraction", c->pruned_fraction, kC, where);
-  c->score = core::get_or<std::string>(j, "score", c->score, kC, where);
-  c->scope = core::get_or<std::string>(j, "scope", c->scope, kC, where);
-  c->seed = core::get_or<uint64_t>(j, "seed", 0, kC, where);
+  auto c = read_config(j, sparse_adapter_fields(), kC, "SparseAdapter config");
   c->validate();
   return c;
 }
 
-nlohmann::json SparseAdapterConfig::to_json() const {
-  nlohmann::json j;
-  write_common(j, common, peft_type());
-  auto inner = BottleneckAdapterConfig::from_json(adapter)->to_json();
-  for (const auto& k : common_keys()) inner.erase(k);
-  j["adapter"] = inner;
-  j["pruned_fraction"] = pruned_fraction;
-  j["score"] = score;
-  j["scope"] = scope;
-  j["seed"] = seed;
-  return j;
-}
+nlohmann::json SparseAdapterConfig::to_json() const { return write_config(*this, sparse_adapter_fields()); }
 
 Method sparse_adapter_method() {
   Method m;
@@ -218,6 +216,19 @@ Method sparse_adapter_method() {
   m.peft_type = "SPARSE_ADAPTER";
   m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return SparseAdapterConfig::from_json(j); };
   m.attach = attach_sparse;
+  m.data_needs = [](const MethodConfig& c) {
+    const auto& score = dynamic_cast<const SparseAdapterConfig&>(c).score;
+    DataNeeds needs;
+    needs.init = score == "snip" || score == "grasp";
+    needs.reason = fmt::format("score '{}' (it scores the adapter's weights on a training batch)", score);
+    return needs;
+  };
+  // One training batch, as the method's authors score.
+  m.prepare = [](PeftModel& model, const std::string& adapter, const data::BatchSource& batches) {
+    auto first = batches.first(1);
+    PEFT_CHECK(!first.empty(), kC, "adapter '{}': scoring needs a training batch, the batch source has none", adapter);
+    prune_sparse_adapter(model, adapter, first.front());
+  };
   return m;
 }
 

@@ -136,7 +136,7 @@ at::Tensor BertEmbeddingsImpl::forward(const at::Tensor& input_ids, const at::Te
 
 BertResidualOutputImpl::BertResidualOutputImpl(int64_t in, int64_t out, double eps, double dropout)
     : dropout_(dropout) {
-  dense = register_module("dense", nn::AdaptableLinear(in, out, true, false));
+  dense = register_module("dense", nn::AdaptableLinear(nn::AdaptableLinearOptions(in, out)));
   LayerNorm = register_module("LayerNorm", layer_norm(out, eps));
 }
 
@@ -161,7 +161,7 @@ at::Tensor BertAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
 
 BertIntermediateImpl::BertIntermediateImpl(int64_t hidden, int64_t intermediate, const std::string& act)
     : act_(nn::activation(act)) {
-  dense = register_module("dense", nn::AdaptableLinear(hidden, intermediate, true, false));
+  dense = register_module("dense", nn::AdaptableLinear(nn::AdaptableLinearOptions(hidden, intermediate)));
 }
 
 BertLayerImpl::BertLayerImpl(const BertConfig& config) {
@@ -188,7 +188,7 @@ BertEncoderImpl::BertEncoderImpl(const BertConfig& config) {
 }
 
 BertPoolerImpl::BertPoolerImpl(int64_t hidden) {
-  dense = register_module("dense", nn::AdaptableLinear(hidden, hidden, true, false));
+  dense = register_module("dense", nn::AdaptableLinear(nn::AdaptableLinearOptions(hidden, hidden)));
 }
 
 at::Tensor BertPoolerImpl::forward(const at::Tensor& hidden) {
@@ -273,8 +273,8 @@ ModelOutput BertForFeatureExtraction::forward(const ModelInputs& inputs) {
 
 RobertaClassificationHeadImpl::RobertaClassificationHeadImpl(int64_t hidden, int64_t num_labels, double dropout)
     : dropout_(dropout) {
-  dense = register_module("dense", nn::AdaptableLinear(hidden, hidden, true, false));
-  out_proj = register_module("out_proj", nn::AdaptableLinear(hidden, num_labels, true, false));
+  dense = register_module("dense", nn::AdaptableLinear(nn::AdaptableLinearOptions(hidden, hidden)));
+  out_proj = register_module("out_proj", nn::AdaptableLinear(nn::AdaptableLinearOptions(hidden, num_labels)));
 }
 
 at::Tensor RobertaClassificationHeadImpl::forward(const at::Tensor& hidden) {
@@ -293,7 +293,7 @@ BertForSequenceClassification::BertForSequenceClassification(const BertConfig& c
         register_module("classifier", RobertaClassificationHead(config_.hidden_size, config_.head.num_labels, p));
   else
     classifier = register_module("classifier",
-                                 nn::AdaptableLinear(config_.hidden_size, config_.head.num_labels, true, false));
+                                 nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.hidden_size, config_.head.num_labels)));
   init_weights();
   freeze_all(*this);
 }

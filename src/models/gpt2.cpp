@@ -91,8 +91,8 @@ GPT2AttentionImpl::GPT2AttentionImpl(const GPT2Config& config, int64_t layer_idx
       scale_by_layer_(config.scale_attn_by_inverse_layer_idx),
       attn_pdrop_(config.attn_pdrop),
       resid_pdrop_(config.resid_pdrop) {
-  c_attn = register_module("c_attn", nn::AdaptableLinear(config.n_embd, 3 * config.n_embd, true, true));
-  c_proj = register_module("c_proj", nn::AdaptableLinear(config.n_embd, config.n_embd, true, true));
+  c_attn = register_module("c_attn", nn::AdaptableLinear(nn::AdaptableLinearOptions(config.n_embd, 3 * config.n_embd).fan_in_fan_out(true)));
+  c_proj = register_module("c_proj", nn::AdaptableLinear(nn::AdaptableLinearOptions(config.n_embd, config.n_embd).fan_in_fan_out(true)));
   adapters = register_module("adapters", nn::AttentionAdapters());
 }
 
@@ -136,8 +136,8 @@ at::Tensor GPT2AttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
 
 GPT2MLPImpl::GPT2MLPImpl(const GPT2Config& config)
     : act_(nn::activation(config.activation_function)), resid_pdrop_(config.resid_pdrop) {
-  c_fc = register_module("c_fc", nn::AdaptableLinear(config.n_embd, config.inner_dim(), true, true));
-  c_proj = register_module("c_proj", nn::AdaptableLinear(config.inner_dim(), config.n_embd, true, true));
+  c_fc = register_module("c_fc", nn::AdaptableLinear(nn::AdaptableLinearOptions(config.n_embd, config.inner_dim()).fan_in_fan_out(true)));
+  c_proj = register_module("c_proj", nn::AdaptableLinear(nn::AdaptableLinearOptions(config.inner_dim(), config.n_embd).fan_in_fan_out(true)));
 }
 
 at::Tensor GPT2MLPImpl::forward(const at::Tensor& x) {
@@ -266,7 +266,7 @@ GPT2LMHeadModel::GPT2LMHeadModel(const GPT2Config& config) : GPT2FamilyModel(con
   config_.validate();
   transformer = register_module("transformer", GPT2Model(config_));
   if (!config_.tie_word_embeddings)
-    lm_head = register_module("lm_head", nn::AdaptableLinear(config_.n_embd, config_.vocab_size, false, false));
+    lm_head = register_module("lm_head", nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.n_embd, config_.vocab_size).bias(false)));
   init_weights();
   freeze_all(*this);
 }
@@ -287,7 +287,7 @@ ModelOutput GPT2LMHeadModel::forward(const ModelInputs& inputs) {
 GPT2ForSequenceClassification::GPT2ForSequenceClassification(const GPT2Config& config) : GPT2FamilyModel(config) {
   config_.validate();
   transformer = register_module("transformer", GPT2Model(config_));
-  score = register_module("score", nn::AdaptableLinear(config_.n_embd, config_.head.num_labels, false, false));
+  score = register_module("score", nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.n_embd, config_.head.num_labels).bias(false)));
   init_weights();
   freeze_all(*this);
 }

@@ -108,10 +108,10 @@ LlamaAttentionImpl::LlamaAttentionImpl(const LlamaConfig& config)
       dropout_(config.attention_dropout) {
   const int64_t D = config.hidden_size;
   const bool b = config.attention_bias;
-  q_proj = register_module("q_proj", nn::AdaptableLinear(D, heads_ * head_dim_, b, false));
-  k_proj = register_module("k_proj", nn::AdaptableLinear(D, kv_heads_ * head_dim_, b, false));
-  v_proj = register_module("v_proj", nn::AdaptableLinear(D, kv_heads_ * head_dim_, b, false));
-  o_proj = register_module("o_proj", nn::AdaptableLinear(heads_ * head_dim_, D, b, false));
+  q_proj = register_module("q_proj", nn::AdaptableLinear(nn::AdaptableLinearOptions(D, heads_ * head_dim_).bias(b)));
+  k_proj = register_module("k_proj", nn::AdaptableLinear(nn::AdaptableLinearOptions(D, kv_heads_ * head_dim_).bias(b)));
+  v_proj = register_module("v_proj", nn::AdaptableLinear(nn::AdaptableLinearOptions(D, kv_heads_ * head_dim_).bias(b)));
+  o_proj = register_module("o_proj", nn::AdaptableLinear(nn::AdaptableLinearOptions(heads_ * head_dim_, D).bias(b)));
   adapters = register_module("adapters", nn::AttentionAdapters());
 }
 
@@ -145,9 +145,9 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& hidden, const at::Tenso
 
 LlamaMLPImpl::LlamaMLPImpl(const LlamaConfig& config) : act_(nn::activation(config.hidden_act)) {
   const int64_t D = config.hidden_size, I = config.intermediate_size;
-  gate_proj = register_module("gate_proj", nn::AdaptableLinear(D, I, false, false));
-  up_proj = register_module("up_proj", nn::AdaptableLinear(D, I, false, false));
-  down_proj = register_module("down_proj", nn::AdaptableLinear(I, D, false, false));
+  gate_proj = register_module("gate_proj", nn::AdaptableLinear(nn::AdaptableLinearOptions(D, I).bias(false)));
+  up_proj = register_module("up_proj", nn::AdaptableLinear(nn::AdaptableLinearOptions(D, I).bias(false)));
+  down_proj = register_module("down_proj", nn::AdaptableLinear(nn::AdaptableLinearOptions(I, D).bias(false)));
 }
 
 at::Tensor LlamaMLPImpl::forward(const at::Tensor& x) {
@@ -258,7 +258,7 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& config) : LlamaFamilyModel
   config_.validate();
   model = register_module("model", LlamaModel(config_));
   if (!config_.tie_word_embeddings)
-    lm_head = register_module("lm_head", nn::AdaptableLinear(config_.hidden_size, config_.vocab_size, false, false));
+    lm_head = register_module("lm_head", nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.hidden_size, config_.vocab_size).bias(false)));
   init_weights();
   freeze_all(*this);
 }
@@ -279,7 +279,7 @@ ModelOutput LlamaForCausalLM::forward(const ModelInputs& inputs) {
 LlamaForSequenceClassification::LlamaForSequenceClassification(const LlamaConfig& config) : LlamaFamilyModel(config) {
   config_.validate();
   model = register_module("model", LlamaModel(config_));
-  score = register_module("score", nn::AdaptableLinear(config_.hidden_size, config_.head.num_labels, false, false));
+  score = register_module("score", nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.hidden_size, config_.head.num_labels).bias(false)));
   init_weights();
   freeze_all(*this);
 }

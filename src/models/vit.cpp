@@ -103,7 +103,7 @@ at::Tensor ViTEmbeddingsImpl::forward(const at::Tensor& pixel_values, const at::
 }
 
 ViTDenseImpl::ViTDenseImpl(int64_t in, int64_t out, double p) : dropout_(p) {
-  dense = register_module("dense", nn::AdaptableLinear(in, out, true, false));
+  dense = register_module("dense", nn::AdaptableLinear(nn::AdaptableLinearOptions(in, out)));
 }
 
 at::Tensor ViTDenseImpl::forward(const at::Tensor& x) { return torch::dropout(dense->forward(x), dropout_, is_training()); }
@@ -115,7 +115,7 @@ ViTAttentionImpl::ViTAttentionImpl(const ViTConfig& config) {
 }
 
 ViTIntermediateImpl::ViTIntermediateImpl(const ViTConfig& config) : act_(nn::activation(config.hidden_act)) {
-  dense = register_module("dense", nn::AdaptableLinear(config.hidden_size, config.intermediate_size, true, false));
+  dense = register_module("dense", nn::AdaptableLinear(nn::AdaptableLinearOptions(config.hidden_size, config.intermediate_size)));
 }
 
 ViTLayerImpl::ViTLayerImpl(const ViTConfig& config) {
@@ -140,7 +140,7 @@ ViTEncoderImpl::ViTEncoderImpl(const ViTConfig& config) {
 }
 
 ViTPoolerImpl::ViTPoolerImpl(int64_t hidden) {
-  dense = register_module("dense", nn::AdaptableLinear(hidden, hidden, true, false));
+  dense = register_module("dense", nn::AdaptableLinear(nn::AdaptableLinearOptions(hidden, hidden)));
 }
 
 at::Tensor ViTPoolerImpl::forward(const at::Tensor& hidden) { return torch::tanh(dense->forward(hidden.select(1, 0))); }
@@ -210,7 +210,7 @@ ViTForImageClassification::ViTForImageClassification(const ViTConfig& config) : 
   config_.validate();
   vit = register_module("vit", ViTModel(config_, /*add_pooling_layer=*/false));
   classifier = register_module("classifier",
-                               nn::AdaptableLinear(config_.hidden_size, config_.head.num_labels, true, false));
+                               nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.hidden_size, config_.head.num_labels)));
   init_weights();
   freeze_all(*this);
 }

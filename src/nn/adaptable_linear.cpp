@@ -8,15 +8,16 @@
 
 namespace peft::nn {
 
-AdaptableLinearImpl::AdaptableLinearImpl(int64_t in_features, int64_t out_features, bool with_bias,
-                                         bool fan_in_fan_out)
-    : in_features_(in_features), out_features_(out_features), fan_in_fan_out_(fan_in_fan_out) {
+AdaptableLinearImpl::AdaptableLinearImpl(const AdaptableLinearOptions& options)
+    : in_features_(options.in_features()), out_features_(options.out_features()), fan_in_fan_out_(options.fan_in_fan_out()) {
+  const int64_t in_features = in_features_, out_features = out_features_;
+  const bool fan_in_fan_out = fan_in_fan_out_;
   PEFT_CHECK(in_features > 0 && out_features > 0, "nn",
              "AdaptableLinear expects positive sizes, found in={} out={}", in_features, out_features);
   weight = register_parameter(
       "weight", fan_in_fan_out ? torch::empty({in_features, out_features}) : torch::empty({out_features, in_features}),
       false);
-  if (with_bias) bias = register_parameter("bias", torch::zeros({out_features}), false);
+  if (options.bias()) bias = register_parameter("bias", torch::zeros({out_features}), false);
 }
 
 at::Tensor AdaptableLinearImpl::weight_out_in() const { return fan_in_fan_out_ ? weight.t() : weight; }

@@ -13,9 +13,9 @@ SelfAttentionImpl::SelfAttentionImpl(int64_t hidden, int64_t heads, bool qkv_bia
     : heads_(heads), head_dim_(hidden / heads), dropout_(attention_dropout) {
   PEFT_CHECK(heads > 0 && hidden % heads == 0, "nn", "hidden size {} is not a multiple of the number of heads {}",
              hidden, heads);
-  query = register_module("query", AdaptableLinear(hidden, hidden, qkv_bias, false));
-  key = register_module("key", AdaptableLinear(hidden, hidden, qkv_bias, false));
-  value = register_module("value", AdaptableLinear(hidden, hidden, qkv_bias, false));
+  query = register_module("query", AdaptableLinear(AdaptableLinearOptions(hidden, hidden).bias(qkv_bias)));
+  key = register_module("key", AdaptableLinear(AdaptableLinearOptions(hidden, hidden).bias(qkv_bias)));
+  value = register_module("value", AdaptableLinear(AdaptableLinearOptions(hidden, hidden).bias(qkv_bias)));
   adapters = register_module("adapters", AttentionAdapters());
 }
 

@@ -15,14 +15,6 @@ std::string EvalResult::to_json() const {
   return s + "}";
 }
 
-models::ModelInputs to_device(models::ModelInputs in, c10::Device device) {
-  if (device.is_cpu()) return in;
-  for (at::Tensor* t : {&in.input_ids, &in.attention_mask, &in.token_type_ids, &in.position_ids, &in.pixel_values,
-                        &in.labels})
-    if (t->defined()) *t = t->to(device);
-  return in;
-}
-
 EvalResult evaluate(const std::function<models::ModelOutput(const models::ModelInputs&)>& forward,
                     const data::Dataset& dataset, int64_t batch_size, int64_t max_batches, c10::Device device) {
   torch::NoGradGuard no_grad;

@@ -17,7 +17,8 @@
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
 #include "peft/core/safetensors.h"
-#include "peft/train/adamw.h"
+#include "peft/optim/adamw.h"
+#include "peft/optim/schedule.h"
 
 namespace peft::train {
 namespace fs = std::filesystem;
@@ -64,7 +65,7 @@ struct Trainer::Impl {
   TrainerConfig config;
   std::shared_ptr<const data::Dataset> train, eval;
   std::vector<std::pair<std::string, at::Tensor>> params;
-  std::unique_ptr<AdamW> opt;
+  std::unique_ptr<optim::AdamW> opt;
   std::unique_ptr<data::Sampler> sampler;
   int64_t step = 0;
   std::optional<double> best;  // best value of the selection metric (higher is better)
@@ -101,20 +102,20 @@ Trainer::Trainer(Trainable target, TrainerConfig config, std::shared_ptr<const d
   PEFT_CHECK(c.lr > 0 && std::isfinite(c.lr), kC, "lr must be positive, found {}", c.lr);
   PEFT_CHECK(c.warmup_steps >= 0 && c.warmup_steps <= c.max_steps, kC, "warmup_steps must be in [0, max_steps], found {}",
              c.warmup_steps);
-  schedule_factor(c.schedule, 0, c.warmup_steps, c.max_steps);  // validates the name
+  optim::schedule_factor(c.schedule, 0, c.warmup_steps, c.max_steps);  // validates the name
   const bool classifier = !m.train->labels().empty();
   m.metric = c.metric.empty() ? (classifier ? "accuracy" : "loss") : c.metric;
   PEFT_CHECK(m.metric == "loss" || (classifier && (m.metric == "accuracy" || m.metric == "macro_f1")), kC,
              "metric '{}' does not apply here (use loss{})", m.metric, classifier ? ", accuracy or macro_f1" : "");
   torch::manual_seed(c.seed);
   m.params = m.target.parameters();
-  AdamWOptions o;
+  optim::AdamWOptions o;
   o.lr = c.lr;
   o.beta1 = c.beta1;
   o.beta2 = c.beta2;
   o.eps = c.eps;
   o.weight_decay = c.weight_decay;
-  m.opt = std::make_unique<AdamW>(m.params, o);
+  m.opt = std::make_unique<optim::AdamW>(m.params, o);
   m.sampler = std::make_unique<data::Sampler>(m.train->size(), c.seed, /*shuffle=*/true);
   if (!c.output_dir.empty()) fs::create_directories(c.output_dir);
 }
@@ -215,7 +216,7 @@ TrainResult Trainer::train() {
       break;
     }
     const auto step_start = std::chrono::steady_clock::now();
-    const double lr = c.lr * schedule_factor(c.schedule, m.step, c.warmup_steps, c.max_steps);
+    const double lr = c.lr * optim::schedule_factor(c.schedule, m.step, c.warmup_steps, c.max_steps);
     m.opt->zero_grad();
     double loss_sum = 0;
     bool finite = true;
@@ -245,7 +246,7 @@ TrainResult Trainer::train() {
                  m.nonfinite, c.max_nonfinite);
       continue;
     }
-    const double norm = clip_grad_norm(m.params, c.max_grad_norm);
+    const double norm = optim::clip_grad_norm(m.params, c.max_grad_norm);
     m.opt->step(lr);
     result.losses.push_back(loss_sum);
     // Training-step time alone (batching, forward, backward, update), without evaluations.

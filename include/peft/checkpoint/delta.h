@@ -20,6 +20,11 @@ inline constexpr const char* kWeightsFile = "adapter_model.safetensors";
 /// all (written beside it, then renamed); an existing one has each file replaced atomically.
 void save_adapter(PeftModel& model, const std::string& dir, const std::string& adapter = "default");
 
+/// Writes what the adapter ships as: its method's deployable form where it has one (AdaMix: the
+/// experts averaged into one adapter of one expert's size and cost), else the adapter itself.
+/// What the trainer saves in best/ and final/.
+void export_adapter(PeftModel& model, const std::string& dir, const std::string& adapter = "default");
+
 /// HF's save_pretrained layout: "default" in `dir`, every other adapter in `dir/<name>/`.
 void save_pretrained(PeftModel& model, const std::string& dir);
 

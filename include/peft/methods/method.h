@@ -1,5 +1,9 @@
 // The method registry: every PEFT method registers its name, its HF peft_type, a config parser
-// and an attach function. Adding a method = one file + one line in registry.cpp.
+// and an attach function, and optionally the lifecycle hooks that PeftModel and the trainer call
+// without knowing the method: planning from data before attach (S3PET's structure search),
+// initialisation from data after attach (SNIP / GraSP scores, Fisher importance), a training-loss
+// term (AdaMix's consistency loss) and the form the delta ships in (AdaMix's expert average).
+// Adding a method = its header and source, one line in registry.cpp.
 #pragma once
 
 #include <functional>
@@ -7,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
 namespace peft {
@@ -14,7 +19,13 @@ class PeftModel;
 }
 namespace peft::models {
 struct ModelGeometry;
+struct ModelInputs;
+struct ModelOutput;
+}  // namespace peft::models
+namespace peft::data {
+class BatchSource;
 }
+
 
 namespace peft::methods {
 
@@ -40,6 +51,13 @@ class MethodConfig {
   CommonConfig common;
 };
 
+/// Which data a config's lifecycle needs.
+struct DataNeeds {
+  bool plan = false;  ///< `plan` must see training batches before the adapter exists
+  bool init = false;  ///< `prepare` must see training batches after attach
+  std::string reason; ///< which setting needs them, for errors ("score 'snip' scores weights on a batch")
+};
+
 struct Method {
   std::string name;       ///< lowercase, e.g. "lora"
   std::string peft_type;  ///< e.g. "LORA"
@@ -51,6 +69,26 @@ struct Method {
   /// Optional: the trainable parameter count from the model's geometry alone (no weights built),
   /// e.g. for a 7B configuration on a small machine.
   std::function<int64_t(const MethodConfig&, const models::ModelGeometry&)> count;
+
+  // ---- optional lifecycle hooks ----
+  /// What `config` needs from data (absent: nothing).
+  std::function<DataNeeds(const MethodConfig&)> data_needs;
+  /// With DataNeeds::plan: the config to attach instead, found from training batches (S3PET:
+  /// the structure its search selects). The model is left as it was.
+  std::function<std::shared_ptr<MethodConfig>(PeftModel&, const MethodConfig&, const data::BatchSource&)> plan;
+  /// The file under a training run's output_dir that keeps the planned config, so that --resume
+  /// plans nothing (e.g. "structure.json").
+  std::string plan_file;
+  /// With DataNeeds::init: initialises the attached `adapter` from training batches.
+  std::function<void(PeftModel&, const std::string& adapter, const data::BatchSource&)> prepare;
+  /// A term added to the training loss of a step in training mode (AdaMix: the consistency loss
+  /// of a second, independently routed pass); undefined: none.
+  std::function<at::Tensor(PeftModel&, const std::string& adapter, const models::ModelInputs&,
+                           const models::ModelOutput&)>
+      training_loss;
+  /// The delta as shipped: adds `target`, the deployable form of `source` (AdaMix: its experts
+  /// averaged into one), and returns true; false when `source` ships as it is.
+  std::function<bool(PeftModel&, const std::string& source, const std::string& target)> deploy;
 };
 
 void register_method(Method method);
@@ -59,6 +97,10 @@ const Method& find_method(const std::string& name_or_peft_type);
 std::vector<std::string> method_names();
 /// Parses a config by its "peft_type" (or "method") field.
 std::shared_ptr<MethodConfig> parse_config(const nlohmann::json& j);
+/// What `config`'s method needs from data (nothing when it has no data_needs hook).
+DataNeeds data_needs(const MethodConfig& config);
+/// The config to attach: the method's plan from `batches` when it needs one, else a copy.
+std::shared_ptr<MethodConfig> plan_config(PeftModel& model, const MethodConfig& config, const data::BatchSource& batches);
 
 // Helpers for method configs: the fields every HF config carries.
 void read_common(const nlohmann::json& j, CommonConfig& c, const std::string& where);

@@ -41,7 +41,7 @@ struct BertConfig {
   std::string model_type() const { return roberta ? "roberta" : "bert"; }
   ModelGeometry geometry() const {
     return {num_hidden_layers, hidden_size, num_attention_heads, num_attention_heads, hidden_size / num_attention_heads,
-            vocab_size, intermediate_size, 2};
+            vocab_size, intermediate_size, 2, max_position_embeddings};
   }
   void validate() const;
   static BertConfig from_json(const nlohmann::json& j);

@@ -37,7 +37,7 @@ struct GPT2Config {
 
   int64_t inner_dim() const { return n_inner.value_or(4 * n_embd); }
   ModelGeometry geometry() const {
-    return {n_layer, n_embd, n_head, n_head, n_embd / n_head, vocab_size, inner_dim(), 2};
+    return {n_layer, n_embd, n_head, n_head, n_embd / n_head, vocab_size, inner_dim(), 2, n_positions};
   }
   void validate() const;
   /// Reads HF's config.json fields; unrelated HF keys are kept in `original` and ignored.

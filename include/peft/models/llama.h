@@ -40,7 +40,7 @@ struct LlamaConfig {
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   ModelGeometry geometry() const {
     return {num_hidden_layers, hidden_size, num_attention_heads, num_key_value_heads, head_dim(), vocab_size,
-            intermediate_size, 3};
+            intermediate_size, 3, max_position_embeddings};
   }
   void validate() const;
   static LlamaConfig from_json(const nlohmann::json& j);

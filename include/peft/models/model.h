@@ -2,7 +2,6 @@
 // and one forward taking Hugging Face's argument names.
 #pragma once
 
-#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -14,66 +13,13 @@
 #include <nlohmann/json.hpp>
 #include <torch/nn/module.h>
 
+#include "peft/models/io.h"
 #include "peft/nn/adaptable_linear.h"
 #include "peft/nn/attention.h"
 #include "peft/nn/attention_adapters.h"
 #include "peft/nn/block_adapters.h"
 
 namespace peft::models {
-
-/// Forward arguments, by Hugging Face's names. Undefined tensors are absent.
-struct ModelInputs {
-  at::Tensor input_ids;       ///< int64 [batch, seq] (text models)
-  at::Tensor attention_mask;  ///< int64/bool/float [batch, seq], 1 = attend, 0 = padding
-  at::Tensor token_type_ids;  ///< int64 [batch, seq] (BERT segments); zeros when absent
-  at::Tensor position_ids;    ///< int64 [batch, seq]; the model's default numbering when absent
-  at::Tensor pixel_values;    ///< float [batch, channels, height, width] (vision models)
-  /// Causal LM: int64 [batch, seq], -100 = ignore, shifted internally. Classification: int64
-  /// [batch] class indices, or float [batch] (regression) / [batch, num_labels] (multi-label).
-  at::Tensor labels;
-  bool output_hidden_states = false;
-
-  // Set by prompt methods (PeftModel fills them; a caller may too).
-  /// Virtual tokens [batch, p, hidden] put before the tokens' word embeddings (text; position,
-  /// segment and mask are extended over them) or right after the class token (ViT). Outputs then
-  /// cover p + seq positions; causal-LM labels get -100 for the virtual ones.
-  at::Tensor prompt_embeds;
-  /// One prefix per layer (see nn::AttentionPrefix), as if p tokens came before: text models
-  /// number the real tokens from p, as Hugging Face does with past_key_values.
-  std::vector<nn::AttentionPrefix> attention_prefix;
-
-  // Hidden-state taps (side networks such as LST read the backbone through these).
-  /// The embedding layer's output [batch, seq, hidden], given instead of computing it: the first
-  /// block reads it as is (input_ids / pixel_values may then be absent; attention_mask applies).
-  at::Tensor embedding_output;
-  /// Called with the residual stream before block i (i < layers) and after the last block
-  /// (i == layers, before any final norm); the stream continues with what it returns.
-  std::function<at::Tensor(int64_t block, const at::Tensor& stream)> stream_hook;
-  /// Called with last_hidden_state before a pooler or head reads it; the model continues with
-  /// what it returns.
-  std::function<at::Tensor(const at::Tensor& last_hidden_state)> final_hidden_hook;
-};
-
-/// Sizes the methods need without touching weights.
-struct ModelGeometry {
-  int64_t num_layers = 0;
-  int64_t hidden_size = 0;
-  int64_t num_heads = 0;
-  int64_t num_kv_heads = 0;  ///< grouped-query attention: fewer than num_heads
-  int64_t head_dim = 0;
-  int64_t vocab_size = 0;    ///< 0 for vision models
-  int64_t intermediate_size = 0;  ///< the feed-forward width
-  int64_t mlp_matrices = 2;       ///< feed-forward projections per block (3 for gated SwiGLU)
-};
-
-struct ModelOutput {
-  at::Tensor logits;  ///< undefined for a bare backbone (feature extraction)
-  at::Tensor loss;    ///< defined when labels were given
-  at::Tensor last_hidden_state;
-  at::Tensor pooler_output;  ///< BERT/RoBERTa/ViT backbones with a pooler
-  /// With output_hidden_states: embeddings, then each block's output (HF's tuple convention).
-  std::vector<at::Tensor> hidden_states;
-};
 
 class PretrainedModel : public torch::nn::Module {
  public:

@@ -39,7 +39,7 @@ struct ViTConfig {
   void validate() const;
   ModelGeometry geometry() const {
     return {num_hidden_layers, hidden_size,       num_attention_heads, num_attention_heads,
-            hidden_size / num_attention_heads, 0, intermediate_size, 2};
+            hidden_size / num_attention_heads, 0, intermediate_size, 2, num_patches() + 1};
   }
   static ViTConfig from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;

@@ -13,15 +13,27 @@
 
 #include <ATen/core/Tensor.h>
 #include <torch/nn/module.h>
+#include <torch/arg.h>
 #include <torch/nn/pimpl.h>
 
 #include "peft/nn/linear_delta.h"
 
 namespace peft::nn {
 
+struct AdaptableLinearOptions {
+  AdaptableLinearOptions(int64_t in_features, int64_t out_features)
+      : in_features_(in_features), out_features_(out_features) {}
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, out_features);
+  /// Whether the layer has a bias.
+  TORCH_ARG(bool, bias) = true;
+  /// The weight is stored [in, out] (GPT-2's Conv1D) instead of nn.Linear's [out, in].
+  TORCH_ARG(bool, fan_in_fan_out) = false;
+};
+
 class AdaptableLinearImpl : public torch::nn::Module {
  public:
-  AdaptableLinearImpl(int64_t in_features, int64_t out_features, bool with_bias, bool fan_in_fan_out);
+  explicit AdaptableLinearImpl(const AdaptableLinearOptions& options);
 
   at::Tensor forward(const at::Tensor& x);
   /// The frozen projection alone, ignoring every delta.

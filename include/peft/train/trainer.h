@@ -14,6 +14,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include "peft/data/batch_source.h"
 #include "peft/data/dataset.h"
 #include "peft/models/model.h"
 
@@ -56,7 +57,8 @@ struct Trainable {
   std::function<void(bool training)> set_training;
 };
 
-/// The active adapter of a PeftModel (its delta is what gets saved).
+/// The active adapter of a PeftModel: trained through forward_train (the method's loss terms
+/// included), saved through checkpoint::export_adapter (the form it ships in).
 Trainable trainable_delta(PeftModel& model);
 /// Every parameter of a model (full fine-tuning or pretraining); saved as a Hugging Face model directory.
 Trainable trainable_model(std::shared_ptr<models::PretrainedModel> model);
@@ -70,8 +72,7 @@ struct EvalResult {
   std::string to_json() const;
 };
 
-/// Moves every defined input tensor to `device`.
-models::ModelInputs to_device(models::ModelInputs inputs, c10::Device device);
+using data::to_device;
 
 /// Mean loss and task metrics over a dataset (classifier if its labels() are non-empty).
 EvalResult evaluate(const std::function<models::ModelOutput(const models::ModelInputs&)>& forward,

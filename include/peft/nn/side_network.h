@@ -1,0 +1,19 @@
+// A side network runs beside a frozen backbone and reads it only through the hidden-state taps
+// (ModelInputs::stream_hook / final_hidden_hook): no gradient path enters the backbone, so none
+// of its activations are kept for backward (LST).
+#pragma once
+
+#include <torch/nn/module.h>
+
+#include "peft/models/io.h"
+
+namespace peft::nn {
+
+class SideNetwork : public torch::nn::Module {
+ public:
+  using torch::nn::Module::Module;
+  /// The batch with the hooks that run this network beside the backbone's forward.
+  virtual models::ModelInputs prepare(const models::ModelInputs& inputs) = 0;
+};
+
+}  // namespace peft::nn

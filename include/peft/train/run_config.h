@@ -1,0 +1,55 @@
+// A training run described by one JSON object — model, method, data, trainer — as peft-train,
+// peft-eval and applications read it, with "a.b.c=value" overrides. Each part is read by its own
+// function, so an application can take one part (say, the trainer settings) from JSON alone.
+// Every bad value is an error naming the file and the key.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "peft/data/dataset.h"
+#include "peft/models/load.h"
+#include "peft/tokenizers/tokenizer.h"
+#include "peft/train/trainer.h"
+
+namespace peft::train {
+
+/// Reads `path` and applies each "a.b.c=value" (value parsed as JSON, else taken as a string).
+nlohmann::json load_run_config(const std::string& path, const std::vector<std::string>& overrides = {});
+/// Applies one "a.b.c=value" override to `config`; `where` names the file in errors.
+void apply_override(nlohmann::json& config, const std::string& assignment, const std::string& where);
+
+/// The run's "task", "num_labels", "device" and "dtype" keys.
+models::LoadOptions load_options_from_json(const nlohmann::json& config, const std::string& where);
+
+/// The datasets of a run's "data" object and the tokenizer they need.
+struct RunData {
+  std::shared_ptr<tokenizers::Tokenizer> tokenizer;  ///< null for image data
+  std::shared_ptr<data::Dataset> train, eval;
+  /// The label count a classification set implies (its training set's labels), if any.
+  std::optional<int64_t> num_labels;
+};
+/// `data.kind`: "jsonl_classification", "text" or "idx" (see the README); `tokenizer_dir` is
+/// read for the text kinds. `need_train`: whether the training set is required.
+RunData load_run_data(const nlohmann::json& data, const std::string& tokenizer_dir, const std::string& where,
+                      bool need_train);
+
+/// A run's "trainer" object over TrainerConfig's defaults (seed, device and output_dir are the run's).
+TrainerConfig trainer_config_from_json(const nlohmann::json& trainer, const std::string& where);
+
+struct RunParts {
+  std::shared_ptr<tokenizers::Tokenizer> tokenizer;  ///< null for image data
+  std::shared_ptr<models::PretrainedModel> model;
+  std::shared_ptr<data::Dataset> train, eval;
+  TrainerConfig trainer;
+};
+
+/// Seeds LibTorch with the run's "seed", then builds everything but the method: data, model
+/// ("init": "pretrained" loads weights, "config" draws them), trainer settings.
+RunParts build_run(const nlohmann::json& config, const std::string& where, bool need_train);
+
+}  // namespace peft::train

@@ -1,0 +1,55 @@
+// The parts of PeftModel that run a method's lifecycle hooks (methods/method.h): attaching with
+// or without data, data-dependent initialisation, and the training-loss terms.
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+#include "peft/data/batch_source.h"
+#include "peft/peft_model.h"
+
+namespace peft {
+namespace {
+constexpr const char* kC = "peft_model";
+}  // namespace
+
+void PeftModel::add_adapter(const std::string& name, const methods::MethodConfig& config) {
+  const auto needs = methods::data_needs(config);
+  PEFT_CHECK(!needs.init, kC,
+             "adapter '{}': {} with {} needs training batches to initialise; call add_adapter(name, config, batches) "
+             "(or add_adapter_without_data when its tensors are loaded next)",
+             name, config.peft_type(), needs.reason);
+  add_adapter_without_data(name, config);
+}
+
+void PeftModel::add_adapter(const std::string& name, const methods::MethodConfig& config,
+                            const data::BatchSource& batches) {
+  PEFT_CHECK(!has_adapter(name), kC, "adapter '{}' already exists; delete it first or pick another name", name);
+  const auto planned = methods::plan_config(*this, config, batches);
+  add_adapter_without_data(name, *planned);
+  try {
+    prepare_adapter(name, batches);
+  } catch (...) {
+    delete_adapter(name);
+    throw;
+  }
+}
+
+void PeftModel::prepare_adapter(const std::string& name, const data::BatchSource& batches) {
+  const auto& config = adapter_config(name);
+  if (!methods::data_needs(config).init) return;
+  const auto& method = methods::find_method(config.method());
+  PEFT_CHECK(method.prepare, kC, "method '{}' needs data to initialise but registers no prepare hook", method.name);
+  method.prepare(*this, name, batches);
+}
+
+models::ModelOutput PeftModel::forward_train(const models::ModelInputs& inputs) {
+  auto out = forward(inputs);
+  if (!base_->is_training() || !out.loss.defined() || !enabled_ || active_.empty()) return out;
+  const auto& method = methods::find_method(adapter(active_).config->method());
+  if (method.training_loss) {
+    at::Tensor extra = method.training_loss(*this, active_, inputs, out);
+    if (extra.defined()) out.loss = out.loss + extra;
+  }
+  return out;
+}
+
+}  // namespace peft

@@ -1,0 +1,65 @@
+#include "peft/nn/prompt_encoder.h"
+
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+
+namespace peft::nn {
+
+namespace {
+/// An embedding module whose weight is `table` [p, width].
+torch::nn::Embedding table_module(const at::Tensor& table) {
+  return torch::nn::Embedding(torch::nn::EmbeddingOptions(table.size(0), table.size(1))._weight(table));
+}
+}  // namespace
+
+PromptEncoder::PromptEncoder(at::Tensor table, torch::nn::Sequential transform, PromptPlacement placement,
+                             const models::ModelGeometry& geometry)
+    : torch::nn::Module("PromptEncoder"), placement_(placement), geometry_(geometry) {
+  embedding_ = register_module("embedding", table_module(table));
+  if (transform && !transform->is_empty()) transform_ = register_module("transform", transform);
+}
+
+at::Tensor PromptEncoder::prompt_embeddings() {
+  if (transform_.is_empty()) return embedding_->weight;
+  return transform_->forward(embedding_->weight);
+}
+
+void PromptEncoder::eject() {
+  if (transform_.is_empty()) return;
+  at::Tensor table;
+  {
+    torch::NoGradGuard no_grad;
+    table = prompt_embeddings().detach().clone();
+  }
+  const bool trains = embedding_->weight.requires_grad();
+  unregister_module("transform");
+  unregister_module("embedding");
+  transform_ = torch::nn::Sequential(nullptr);
+  embedding_ = register_module("embedding", table_module(table));
+  embedding_->weight.set_requires_grad(trains);
+}
+
+models::ModelInputs PromptEncoder::prepare(const models::ModelInputs& inputs) {
+  const at::Tensor& ref = inputs.input_ids.defined() ? inputs.input_ids : inputs.pixel_values;
+  PEFT_CHECK(ref.defined() && ref.dim() >= 2, "prompt", "a prompt needs input_ids or pixel_values to size the batch");
+  const int64_t B = ref.size(0);
+  models::ModelInputs out = inputs;
+  at::Tensor table = prompt_embeddings();
+  const int64_t p = table.size(0);
+  if (placement_ == PromptPlacement::kInputEmbeddings) {
+    out.prompt_embeds = table.unsqueeze(0).expand({B, p, table.size(1)});
+    return out;
+  }
+  // [p, 2L * Hkv * d] -> [2L, Hkv, p, d]: layer l's key is row 2l, its value 2l + 1 (HF's layout).
+  const auto& g = geometry_;
+  at::Tensor kv = table.view({p, 2 * g.num_layers, g.num_kv_heads, g.head_dim}).permute({1, 2, 0, 3});
+  out.attention_prefix.clear();
+  for (int64_t l = 0; l < g.num_layers; ++l) {
+    auto batch = [&](int64_t row) { return kv[row].unsqueeze(0).expand({B, g.num_kv_heads, p, g.head_dim}); };
+    out.attention_prefix.push_back({batch(2 * l), batch(2 * l + 1)});
+  }
+  return out;
+}
+
+}  // namespace peft::nn

@@ -1,0 +1,178 @@
+#include "peft/train/run_config.h"
+
+#include <filesystem>
+
+#include <torch/torch.h>
+
+#include "peft/core/dtype.h"
+#include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/data/idx_images.h"
+#include "peft/data/text_blocks.h"
+#include "peft/data/text_classification.h"
+
+namespace peft::train {
+namespace {
+constexpr const char* kC = "config";
+using core::get_or;
+}  // namespace
+
+void apply_override(nlohmann::json& config, const std::string& o, const std::string& where) {
+  const auto eq = o.find('=');
+  PEFT_CHECK(eq != std::string::npos && eq > 0, kC, "--set '{}': expected key.path=value", o);
+  const std::string key = o.substr(0, eq), raw = o.substr(eq + 1);
+  nlohmann::json value;
+  try {
+    value = nlohmann::json::parse(raw);
+  } catch (const nlohmann::json::exception&) {
+    value = raw;  // a bare string
+  }
+  nlohmann::json* node = &config;
+  size_t from = 0;
+  for (size_t dot = key.find('.');; dot = key.find('.', from)) {
+    const std::string part = key.substr(from, dot == std::string::npos ? std::string::npos : dot - from);
+    PEFT_CHECK(!part.empty(), kC, "--set '{}': empty key segment", o);
+    PEFT_CHECK(node->is_object() || node->is_null(), kC, "--set '{}': '{}' is not an object in {}", o, part, where);
+    if (dot == std::string::npos) {
+      (*node)[part] = value;
+      break;
+    }
+    node = &(*node)[part];
+    from = dot + 1;
+  }
+}
+
+nlohmann::json load_run_config(const std::string& path, const std::vector<std::string>& overrides) {
+  nlohmann::json j = core::read_json_file(path);
+  for (const auto& o : overrides) apply_override(j, o, path);
+  return j;
+}
+
+models::LoadOptions load_options_from_json(const nlohmann::json& config, const std::string& where) {
+  models::LoadOptions load;
+  load.task = get_or<std::string>(config, "task", "", kC, where);
+  if (config.contains("num_labels") && !config["num_labels"].is_null())
+    load.num_labels = get_or<int64_t>(config, "num_labels", 0, kC, where);
+  load.device = c10::Device(get_or<std::string>(config, "device", "cpu", kC, where));
+  load.dtype = core::dtype_from_name(get_or<std::string>(config, "dtype", "", kC, where), where + ": dtype");
+  return load;
+}
+
+RunData load_run_data(const nlohmann::json& d, const std::string& tok_dir, const std::string& where, bool need_train) {
+  const std::string dw = where + " data";
+  core::reject_unknown_keys(d, {"kind", "train", "eval", "max_length", "text_field", "label_field", "skip_bad_records",
+                                "block_size", "max_tokens", "train_images", "train_labels", "eval_images",
+                                "eval_labels", "image_size", "channels", "max_value"},
+                            kC, dw);
+  RunData parts;
+  const std::string kind = get_or<std::string>(d, "kind", "", kC, dw);
+  if (kind == "jsonl_classification" || kind == "text") parts.tokenizer = tokenizers::load_tokenizer(tok_dir);
+  const std::string train_path = get_or<std::string>(d, kind == "idx" ? "train_images" : "train", "", kC, dw);
+  const std::string eval_path = get_or<std::string>(d, kind == "idx" ? "eval_images" : "eval", "", kC, dw);
+  PEFT_CHECK(!need_train || !train_path.empty(), kC, "{}: data.{} is required", where,
+             kind == "idx" ? "train_images" : "train");
+  if (kind == "jsonl_classification") {
+    data::TextClassificationOptions o;
+    o.max_length = get_or<int64_t>(d, "max_length", o.max_length, kC, where);
+    o.text_field = get_or<std::string>(d, "text_field", o.text_field, kC, where);
+    o.label_field = get_or<std::string>(d, "label_field", o.label_field, kC, where);
+    o.skip_bad_records = get_or<bool>(d, "skip_bad_records", false, kC, where);
+    const auto& sp = parts.tokenizer->special();
+    o.pad_id = sp.pad.value_or(sp.eos.value_or(0));
+    if (!train_path.empty()) {
+      auto train = std::make_shared<data::TextClassificationDataset>(train_path, parts.tokenizer, o);
+      o.labels = train->labels();  // the eval set uses the training set's label ids
+      parts.train = train;
+    }
+    if (!eval_path.empty()) parts.eval = std::make_shared<data::TextClassificationDataset>(eval_path, parts.tokenizer, o);
+    if (const auto& labelled = parts.train ? parts.train : parts.eval)
+      parts.num_labels = static_cast<int64_t>(labelled->labels().size());
+  } else if (kind == "text") {
+    data::TextBlocksOptions o;
+    o.block_size = get_or<int64_t>(d, "block_size", o.block_size, kC, where);
+    o.max_tokens = get_or<int64_t>(d, "max_tokens", 0, kC, where);
+    if (!train_path.empty()) parts.train = std::make_shared<data::TextBlocksDataset>(train_path, parts.tokenizer, o);
+    if (!eval_path.empty()) parts.eval = std::make_shared<data::TextBlocksDataset>(eval_path, parts.tokenizer, o);
+  } else if (kind == "idx") {
+    data::IdxImagesOptions o;
+    o.image_size = get_or<int64_t>(d, "image_size", 0, kC, where);
+    o.channels = get_or<int64_t>(d, "channels", 1, kC, where);
+    o.max_value = get_or<double>(d, "max_value", 255.0, kC, where);
+    if (!train_path.empty())
+      parts.train = std::make_shared<data::IdxImagesDataset>(train_path, get_or<std::string>(d, "train_labels", "", kC, where), o);
+    if (!eval_path.empty())
+      parts.eval = std::make_shared<data::IdxImagesDataset>(eval_path, get_or<std::string>(d, "eval_labels", "", kC, where), o);
+  } else {
+    fail(kC, fmt::format("{}: data.kind must be jsonl_classification, text or idx, found '{}'", where, kind));
+  }
+  return parts;
+}
+
+TrainerConfig trainer_config_from_json(const nlohmann::json& t, const std::string& tw) {
+  core::reject_unknown_keys(t, {"max_steps", "batch_size", "grad_accum", "lr", "weight_decay", "beta1", "beta2", "eps",
+                                "schedule", "warmup_steps", "max_grad_norm", "eval_every", "eval_batches", "log_every",
+                                "save_every", "metric", "early_stopping_patience", "max_nonfinite", "progress"},
+                            kC, tw);
+  TrainerConfig tc;
+  tc.max_steps = get_or<int64_t>(t, "max_steps", tc.max_steps, kC, tw);
+  tc.batch_size = get_or<int64_t>(t, "batch_size", tc.batch_size, kC, tw);
+  tc.grad_accum = get_or<int64_t>(t, "grad_accum", tc.grad_accum, kC, tw);
+  tc.lr = get_or<double>(t, "lr", tc.lr, kC, tw);
+  tc.weight_decay = get_or<double>(t, "weight_decay", tc.weight_decay, kC, tw);
+  tc.beta1 = get_or<double>(t, "beta1", tc.beta1, kC, tw);
+  tc.beta2 = get_or<double>(t, "beta2", tc.beta2, kC, tw);
+  tc.eps = get_or<double>(t, "eps", tc.eps, kC, tw);
+  tc.schedule = get_or<std::string>(t, "schedule", tc.schedule, kC, tw);
+  tc.warmup_steps = get_or<int64_t>(t, "warmup_steps", tc.warmup_steps, kC, tw);
+  tc.max_grad_norm = get_or<double>(t, "max_grad_norm", tc.max_grad_norm, kC, tw);
+  tc.eval_every = get_or<int64_t>(t, "eval_every", tc.eval_every, kC, tw);
+  tc.eval_batches = get_or<int64_t>(t, "eval_batches", tc.eval_batches, kC, tw);
+  tc.log_every = get_or<int64_t>(t, "log_every", tc.log_every, kC, tw);
+  tc.save_every = get_or<int64_t>(t, "save_every", tc.save_every, kC, tw);
+  tc.metric = get_or<std::string>(t, "metric", tc.metric, kC, tw);
+  tc.early_stopping_patience = get_or<int64_t>(t, "early_stopping_patience", tc.early_stopping_patience, kC, tw);
+  tc.max_nonfinite = get_or<int64_t>(t, "max_nonfinite", tc.max_nonfinite, kC, tw);
+  tc.progress = get_or<bool>(t, "progress", tc.progress, kC, tw);
+  return tc;
+}
+
+RunParts build_run(const nlohmann::json& config, const std::string& where, bool need_train) {
+  core::reject_unknown_keys(config, {"model", "init", "task", "num_labels", "tokenizer", "method", "data", "trainer",
+                                     "output_dir", "threads", "device", "dtype", "seed", "resume", "adapter"},
+                            kC, where);
+  RunParts parts;
+  const std::string model_dir = get_or<std::string>(config, "model", "", kC, where);
+  PEFT_CHECK(!model_dir.empty(), kC, "{}: 'model' (a Hugging Face model directory) is required", where);
+  const std::string init = get_or<std::string>(config, "init", "pretrained", kC, where);
+  PEFT_CHECK(init == "pretrained" || init == "config", kC,
+             "{}: init must be \"pretrained\" (load weights) or \"config\" (random weights, for pretraining), found '{}'",
+             where, init);
+  const uint64_t seed = get_or<uint64_t>(config, "seed", 42, kC, where);
+  torch::manual_seed(seed);
+  models::LoadOptions load = load_options_from_json(config, where);
+
+  // Data first: a classification set decides the label count.
+  auto data = load_run_data(config.value("data", nlohmann::json::object()),
+                            get_or<std::string>(config, "tokenizer", model_dir, kC, where), where, need_train);
+  parts.tokenizer = data.tokenizer;
+  parts.train = data.train;
+  parts.eval = data.eval;
+  if (!load.num_labels) load.num_labels = data.num_labels;
+
+  if (init == "pretrained") {
+    parts.model = models::load_pretrained(model_dir, load);
+  } else {
+    const auto cfg_path = (std::filesystem::path(model_dir) / "config.json").string();
+    parts.model = models::create_model(core::read_json_file(cfg_path), load.task, load.num_labels);
+    if (load.dtype) parts.model->to(*load.dtype);
+    parts.model->to(load.device);
+  }
+
+  parts.trainer = trainer_config_from_json(config.value("trainer", nlohmann::json::object()), where + " trainer");
+  parts.trainer.seed = seed;
+  parts.trainer.device = load.device;
+  parts.trainer.output_dir = get_or<std::string>(config, "output_dir", "", kC, where);
+  return parts;
+}
+
+}  // namespace peft::train
