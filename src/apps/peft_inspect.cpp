@@ -106,7 +106,8 @@ int run(int argc, char** argv) {
     opts.is_trainable = true;
     peft::checkpoint::load_adapter(model, adapter_dir, "default", opts);
   } else if (!config_path.empty()) {
-    model.add_adapter("default", *peft::methods::parse_config(peft::core::read_json_file(config_path)));
+    // Where a method attaches does not depend on data: no batches are needed to show it.
+    model.add_adapter_without_data("default", *peft::methods::parse_config(peft::core::read_json_file(config_path)));
   }
 
   peft::TreeOptions options;

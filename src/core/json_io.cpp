@@ -1,5 +1,7 @@
 #include "peft/core/json_io.h"
 
+#include <algorithm>
+
 #include <fstream>
 #include <sstream>
 
@@ -28,16 +30,15 @@ void write_json_file(const std::string& path, const nlohmann::json& j) {
 
 void reject_unknown_keys(const nlohmann::json& j, std::initializer_list<const char*> known,
                          const std::string& component, const std::string& what) {
+  reject_unknown_keys(j, std::vector<std::string>(known.begin(), known.end()), component, what);
+}
+
+void reject_unknown_keys(const nlohmann::json& j, const std::vector<std::string>& known, const std::string& component,
+                         const std::string& what) {
   PEFT_CHECK(j.is_object(), component, "{}: expected a JSON object, found {}", what, j.type_name());
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    bool ok = false;
-    for (const char* k : known) ok = ok || it.key() == k;
-    if (!ok) {
-      std::string list;
-      for (const char* k : known) list += (list.empty() ? "" : ", ") + std::string(k);
-      fail(component, fmt::format("{}: unknown key '{}' (known keys: {})", what, it.key(), list));
-    }
-  }
+  for (auto it = j.begin(); it != j.end(); ++it)
+    if (std::find(known.begin(), known.end(), it.key()) == known.end())
+      fail(component, fmt::format("{}: unknown key '{}' (known keys: {})", what, it.key(), fmt::join(known, ", ")));
 }
 
 }  // namespace peft::core

@@ -1,6 +1,5 @@
-// A method config's fields declared once — JSON key, member, and (for fields whose JSON form is
-// not the member's own) how it reads and writes — giving from_json, to_json and the key list.
-// Defaults are the members' initializers: an absent or null key keeps them.
+// Method configs from their field tables (core/json_fields.h): the JSON forms HF PEFT's configs
+// use, and from_json / to_json over the common fields plus a table.
 #pragma once
 
 #include <functional>
@@ -11,39 +10,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/json_fields.h"
 #include "methods/method_helpers.h"
 #include "peft/core/json_io.h"
 #include "peft/methods/method.h"
 
 namespace peft::methods {
 
-/// An optional string as HF writes it: null when empty.
-inline nlohmann::json or_null(const std::string& s) { return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s); }
-
-template <class C>
-struct ConfigField {
-  std::string key;
-  /// Reads the field from the whole config object (called whatever the object holds).
-  std::function<void(C&, const nlohmann::json&, const std::string& component, const std::string& where)> read;
-  std::function<void(const C&, nlohmann::json&)> write;
-};
-
-/// A field read with core::get_or (wrong types named) and written as the member's value.
-template <class C, class T>
-ConfigField<C> field(const char* key, T C::*member) {
-  return {key,
-          [key, member](C& c, const nlohmann::json& j, const std::string& component, const std::string& where) {
-            c.*member = core::get_or<T>(j, key, c.*member, component, where);
-          },
-          [key, member](const C& c, nlohmann::json& j) { j[key] = c.*member; }};
-}
-
-/// A field read as `field` reads it, written by `write` (a computed or optional JSON form).
-template <class C, class Write>
-ConfigField<C> written_as(ConfigField<C> f, Write write) {
-  f.write = std::move(write);
-  return f;
-}
+using core::ConfigField;
+using core::field;
+using core::field_keys;
+using core::or_null;
+using core::written_as;
 
 /// A string or list-of-strings field, written as a list, or null when empty (HF's Optional[list]).
 template <class C>
@@ -83,13 +61,6 @@ ConfigField<C> pattern_field(const char* key, std::map<std::string, T> C::*membe
             j[key] = nlohmann::json::object();
             for (const auto& [k, v] : c.*member) j[key][k] = write_value(v);
           }};
-}
-
-template <class C>
-std::vector<std::string> field_keys(const std::vector<ConfigField<C>>& fields) {
-  std::vector<std::string> keys;
-  for (const auto& f : fields) keys.push_back(f.key);
-  return keys;
 }
 
 /// Checks the keys (unknown ones named with the known list) and the peft_type, then reads the

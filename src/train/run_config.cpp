@@ -4,6 +4,7 @@
 
 #include <torch/torch.h>
 
+#include "core/json_fields.h"
 #include "peft/core/dtype.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
@@ -108,31 +109,28 @@ RunData load_run_data(const nlohmann::json& d, const std::string& tok_dir, const
   return parts;
 }
 
+namespace {
+const std::vector<core::ConfigField<TrainerConfig>>& trainer_fields() {
+  using core::field;
+  using T = TrainerConfig;
+  static const std::vector<core::ConfigField<T>> f = {
+      field("max_steps", &T::max_steps),         field("batch_size", &T::batch_size),
+      field("grad_accum", &T::grad_accum),       field("lr", &T::lr),
+      field("weight_decay", &T::weight_decay),   field("beta1", &T::beta1),
+      field("beta2", &T::beta2),                 field("eps", &T::eps),
+      field("schedule", &T::schedule),           field("warmup_steps", &T::warmup_steps),
+      field("max_grad_norm", &T::max_grad_norm), field("eval_every", &T::eval_every),
+      field("eval_batches", &T::eval_batches),   field("log_every", &T::log_every),
+      field("save_every", &T::save_every),       field("metric", &T::metric),
+      field("early_stopping_patience", &T::early_stopping_patience),
+      field("max_nonfinite", &T::max_nonfinite), field("progress", &T::progress)};
+  return f;
+}
+}  // namespace
+
 TrainerConfig trainer_config_from_json(const nlohmann::json& t, const std::string& tw) {
-  core::reject_unknown_keys(t, {"max_steps", "batch_size", "grad_accum", "lr", "weight_decay", "beta1", "beta2", "eps",
-                                "schedule", "warmup_steps", "max_grad_norm", "eval_every", "eval_batches", "log_every",
-                                "save_every", "metric", "early_stopping_patience", "max_nonfinite", "progress"},
-                            kC, tw);
   TrainerConfig tc;
-  tc.max_steps = get_or<int64_t>(t, "max_steps", tc.max_steps, kC, tw);
-  tc.batch_size = get_or<int64_t>(t, "batch_size", tc.batch_size, kC, tw);
-  tc.grad_accum = get_or<int64_t>(t, "grad_accum", tc.grad_accum, kC, tw);
-  tc.lr = get_or<double>(t, "lr", tc.lr, kC, tw);
-  tc.weight_decay = get_or<double>(t, "weight_decay", tc.weight_decay, kC, tw);
-  tc.beta1 = get_or<double>(t, "beta1", tc.beta1, kC, tw);
-  tc.beta2 = get_or<double>(t, "beta2", tc.beta2, kC, tw);
-  tc.eps = get_or<double>(t, "eps", tc.eps, kC, tw);
-  tc.schedule = get_or<std::string>(t, "schedule", tc.schedule, kC, tw);
-  tc.warmup_steps = get_or<int64_t>(t, "warmup_steps", tc.warmup_steps, kC, tw);
-  tc.max_grad_norm = get_or<double>(t, "max_grad_norm", tc.max_grad_norm, kC, tw);
-  tc.eval_every = get_or<int64_t>(t, "eval_every", tc.eval_every, kC, tw);
-  tc.eval_batches = get_or<int64_t>(t, "eval_batches", tc.eval_batches, kC, tw);
-  tc.log_every = get_or<int64_t>(t, "log_every", tc.log_every, kC, tw);
-  tc.save_every = get_or<int64_t>(t, "save_every", tc.save_every, kC, tw);
-  tc.metric = get_or<std::string>(t, "metric", tc.metric, kC, tw);
-  tc.early_stopping_patience = get_or<int64_t>(t, "early_stopping_patience", tc.early_stopping_patience, kC, tw);
-  tc.max_nonfinite = get_or<int64_t>(t, "max_nonfinite", tc.max_nonfinite, kC, tw);
-  tc.progress = get_or<bool>(t, "progress", tc.progress, kC, tw);
+  core::read_fields(t, trainer_fields(), tc, kC, tw);
   return tc;
 }
 

@@ -3,6 +3,7 @@
 
 #include <initializer_list>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -18,6 +19,8 @@ void write_json_file(const std::string& path, const nlohmann::json& j);
 /// Rejects every key of `j` not in `known`; `what` names the object in the error.
 void reject_unknown_keys(const nlohmann::json& j, std::initializer_list<const char*> known,
                          const std::string& component, const std::string& what);
+void reject_unknown_keys(const nlohmann::json& j, const std::vector<std::string>& known, const std::string& component,
+                         const std::string& what);
 
 /// `j[key]` converted to T, or `fallback` when the key is absent or null. A value of the wrong
 /// type is an error naming `where` and the key.
