@@ -43,7 +43,8 @@ class PeftModel {
   // ---- adapters ----
   /// Attaches a freshly initialized adapter; the first one added becomes active. A config whose
   /// initialisation reads training data (SparseAdapter's snip / grasp scores, LST's Fisher side
-  /// init) is refused by name: give it batches with the overload below.
+  /// init) is refused by name: give it batches with the overload below. S3PET without a structure
+  /// attaches its gated search space here (what its search trains).
   void add_adapter(const std::string& name, const methods::MethodConfig& config);
   /// Attaches an adapter through its method's whole lifecycle: a plan from `batches` first where
   /// the method has one (S3PET without a structure: the search; the adapter then holds the found

@@ -3,7 +3,8 @@
 // without knowing the method: planning from data before attach (S3PET's structure search),
 // initialisation from data after attach (SNIP / GraSP scores, Fisher importance), a training-loss
 // term (AdaMix's consistency loss) and the form the delta ships in (AdaMix's expert average).
-// Adding a method = its header and source, one line in registry.cpp.
+// Adding a method = its header and source, one line in registry.cpp, a conformance row and its
+// own tests; nothing outside methods/ names it.
 #pragma once
 
 #include <functional>
