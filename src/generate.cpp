@@ -1,6 +1,7 @@
 #include "peft/generate.h"
 
 #include <algorithm>
+#include <limits>
 
 #include <torch/torch.h>
 
