@@ -41,6 +41,13 @@ void PeftModel::prepare_adapter(const std::string& name, const data::BatchSource
   method.prepare(*this, name, batches);
 }
 
+std::vector<std::pair<std::string, at::Tensor>> PeftModel::adapter_buffers() {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& b : base_->named_buffers(true))
+    if (!base_buffer_names_.count(b.key())) out.emplace_back(b.key(), b.value());
+  return out;
+}
+
 models::ModelOutput PeftModel::forward_train(const models::ModelInputs& inputs) {
   auto out = forward(inputs);
   if (!base_->is_training() || !out.loss.defined() || !enabled_ || active_.empty()) return out;

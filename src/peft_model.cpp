@@ -33,6 +33,7 @@ PeftModel::PeftModel(std::shared_ptr<models::PretrainedModel> base) : base_(std:
     base_names_.push_back(p.key());
     base_params_[p.key()] = p.value();
   }
+  for (const auto& b : base_->named_buffers(true)) base_buffer_names_.insert(b.key());
   for (auto& item : base_->adaptable_linears()) {
     PEFT_CHECK(item.second->adapters().empty(), kC, "layer '{}' already carries deltas; pass a bare backbone",
                item.first);

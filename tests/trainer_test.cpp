@@ -12,6 +12,7 @@
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
+#include "peft/data/batch_source.h"
 #include "peft/optim/adamw.h"
 #include "peft/optim/schedule.h"
 #include "peft/train/trainer.h"
@@ -164,6 +165,47 @@ TEST(Trainer, ResumeAfterSigintContinuesExactlyAsAnUninterruptedRun) {
   }
   EXPECT_GE(lines, 2);
   EXPECT_GE(step_lines, 1);
+}
+
+TEST(Trainer, ResumeRestoresTheDeltasBuffers) {
+  // SparseAdapter's masks live in buffers and come from SNIP scores on a batch; a resumed process
+  // attaches without data (dense masks) and must get the pruned pattern back from the state.
+  auto data = std::make_shared<RandomBlocks>(10);
+  const auto cfg = methods::parse_config({{"peft_type", "SPARSE_ADAPTER"}, {"score", "snip"}, {"pruned_fraction", 0.5},
+                                          {"adapter", {{"preset", "pfeiffer"}, {"bottleneck_size", 8}, {"init_weights", "houlsby"}}}});
+  auto make = [&](bool with_data) {
+    auto model = std::make_shared<PeftModel>(tiny_model("gpt2"));
+    if (with_data) model->add_adapter("default", *cfg, data::DatasetBatches(data, 4));
+    else model->add_adapter_without_data("default", *cfg);
+    return LoraRun{model, train::trainable_delta(*model)};
+  };
+  auto a = make(true);
+  auto straight = train::Trainer(a.target, small_config(), data).train();
+
+  TempDir dir;
+  auto b = make(true);
+  int calls = 0;
+  auto interrupting = b.target;
+  interrupting.forward = [&](const models::ModelInputs& in) {
+    if (++calls == 2 * 6) std::raise(SIGINT);  // during step 6: the state is saved after it
+    return b.target.forward(in);
+  };
+  auto first = train::Trainer(interrupting, small_config(dir.path()), data).train();
+  ASSERT_TRUE(first.interrupted);
+  ASSERT_TRUE(std::filesystem::exists(dir.file("state/buffers.safetensors")));
+
+  auto c = make(false);  // as peft-train --resume attaches it: dense masks until the state is read
+  train::Trainer resumed(c.target, small_config(dir.path()), data);
+  resumed.resume(dir.file("state"));
+  auto second = resumed.train();
+  ASSERT_EQ(first.losses.size() + second.losses.size(), 12u);
+  auto pa = a.model->adapter_state_dict("default"), pc = c.model->adapter_state_dict("default");
+  int64_t masks = 0;
+  for (auto& [k, t] : pa) {
+    EXPECT_TRUE(bit_equal(t, pc.at(k))) << k;
+    masks += k.find("mask_bits") != std::string::npos;
+  }
+  EXPECT_GT(masks, 0);
 }
 
 TEST(Trainer, NonFiniteLossesAreSkippedThenFatal) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <utility>
@@ -83,6 +84,9 @@ class PeftModel {
   std::vector<at::Tensor> trainable_parameters();
   /// An adapter's tensors under Hugging Face PEFT's checkpoint keys ("base_model.model.<path>.lora_A.weight").
   std::map<std::string, at::Tensor> adapter_state_dict(const std::string& name);
+  /// Every buffer the adapters added to the backbone (SparseAdapter's masks, any method state
+  /// kept outside parameters), by full name: what a training state must keep beside the weights.
+  std::vector<std::pair<std::string, at::Tensor>> adapter_buffers();
   ParameterCounts count_parameters();
   /// "trainable params: 1,234 || all params: 5,678 || trainable%: 21.73..." (HF's format).
   std::string trainable_parameters_report();
@@ -150,6 +154,7 @@ class PeftModel {
   std::shared_ptr<torch::nn::Module> prompt_holder_;  // registered in the base as "prompt_encoder" on first use
   std::shared_ptr<torch::nn::Module> side_holder_;    // registered in the base as "side_network" on first use
   std::vector<std::string> base_names_;
+  std::set<std::string> base_buffer_names_;  // the backbone's own buffers, collected once
   std::map<std::string, at::Tensor> base_params_;  // name -> the live parameter, collected once
   std::map<std::string, Adapter> adapters_;
   std::vector<std::string> order_;  // adapters in insertion order

@@ -130,6 +130,11 @@ void Trainer::save_state(const std::string& dir) const {
     safetensors::TensorMap params;
     for (const auto& [name, p] : m.params) params[name] = p.detach().cpu().contiguous();
     safetensors::save_file(staging + "/params.safetensors", params);
+    if (m.target.buffers) {
+      safetensors::TensorMap buffers;
+      for (const auto& [name, b] : m.target.buffers()) buffers[name] = b.detach().cpu().contiguous();
+      if (!buffers.empty()) safetensors::save_file(staging + "/buffers.safetensors", buffers);
+    }
     safetensors::TensorMap opt;
     for (auto& [k, t] : m.opt->state_dict()) opt[k] = t.detach().cpu().contiguous();
     safetensors::save_file(staging + "/optimizer.safetensors", opt);
@@ -159,15 +164,31 @@ void Trainer::resume(const std::string& dir) {
     PEFT_CHECK(j.at(it.key()) == it.value(), kC,
                "{}: saved with {} = {}, this run has {}; resume with the same setting", where, it.key(),
                j.at(it.key()).dump(), it.value().dump());
+  // Every tensor is checked before any is copied: a mismatched state changes nothing.
   auto params = safetensors::load_file(dir + "/params.safetensors");
-  torch::NoGradGuard no_grad;
-  for (auto& [name, p] : m.params) {
-    auto it = params.find(name);
-    PEFT_CHECK(it != params.end(), kC, "{}/params.safetensors: missing '{}' (a different method or model?)", dir, name);
-    PEFT_CHECK(it->second.sizes() == p.sizes(), kC, "{}/params.safetensors: '{}' has shape {}, expected {}", dir, name,
-               c10::str(it->second.sizes()), c10::str(p.sizes()));
-    p.copy_(it->second);
+  std::vector<std::pair<at::Tensor, at::Tensor>> copies;  // (destination, saved)
+  auto match = [&](const safetensors::TensorMap& saved, const std::string& file,
+                   const std::vector<std::pair<std::string, at::Tensor>>& live) {
+    for (const auto& [name, t] : live) {
+      auto it = saved.find(name);
+      PEFT_CHECK(it != saved.end(), kC, "{}/{}: missing '{}' (a different method or model?)", dir, file, name);
+      PEFT_CHECK(it->second.sizes() == t.sizes(), kC, "{}/{}: '{}' has shape {}, expected {}", dir, file, name,
+                 c10::str(it->second.sizes()), c10::str(t.sizes()));
+      copies.emplace_back(t, it->second);
+    }
+  };
+  match(params, "params.safetensors", m.params);
+  const auto live_buffers = m.target.buffers ? m.target.buffers() : std::vector<std::pair<std::string, at::Tensor>>{};
+  if (!live_buffers.empty()) {
+    const std::string file = dir + "/buffers.safetensors";
+    if (fs::exists(file))
+      match(safetensors::load_file(file), "buffers.safetensors", live_buffers);
+    else
+      log::warn("{}: no buffers.safetensors (a state saved before buffers were kept): the delta's {} buffers keep the "
+                "values they were attached with", dir, live_buffers.size());
   }
+  torch::NoGradGuard no_grad;
+  for (auto& [dst, saved] : copies) dst.copy_(saved);
   m.opt->load_state_dict(safetensors::load_file(dir + "/optimizer.safetensors"));
   set_cpu_rng_state(safetensors::load_file(dir + "/rng.safetensors").at("cpu"));
   m.step = j.at("step").get<int64_t>();

@@ -52,6 +52,9 @@ struct Trainable {
   std::function<models::ModelOutput(const models::ModelInputs&)> forward;
   /// The trainable tensors by stable name (the optimizer state is keyed by these names).
   std::function<std::vector<std::pair<std::string, at::Tensor>>()> parameters;
+  /// Optional: state tensors that are not trained but belong to what trains (masks, method
+  /// state), by stable name; the training state keeps them so that --resume restores them.
+  std::function<std::vector<std::pair<std::string, at::Tensor>>()> buffers;
   /// Writes the deliverable to a directory (the delta, or the whole model).
   std::function<void(const std::string& dir)> save;
   std::function<void(bool training)> set_training;
