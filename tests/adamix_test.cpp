@@ -1,5 +1,8 @@
 // AdaMix: random routing while training, the expert average at evaluation, the consistency
 // loss the trainer adds, and deployment as one adapter's worth of weights.
+#include <filesystem>
+
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "peft/methods/adamix.h"
@@ -74,6 +77,49 @@ TEST(AdaMix, TrainerAddsTheSymmetricKLConsistencyLoss) {
     extra = std::max(extra, with - ce);
   }
   EXPECT_GT(extra, 0.0) << "two routes disagree, so the KL term is positive";
+}
+
+/// The same labelled tiny batch at every index (made once: tiny_batch seeds the generator).
+class RepeatedBatch : public data::Dataset {
+ public:
+  int64_t size() const override { return 8; }
+  models::ModelInputs batch(const std::vector<int64_t>&) const override { return batch_; }
+  std::string describe() const override { return "one tiny batch"; }
+
+ private:
+  models::ModelInputs batch_ = tiny_batch("bert");
+};
+
+TEST(AdaMix, SavingTheDeltaLeavesTrainingRandomnessAlone) {
+  // Exporting the expert average builds a one-expert adapter; that must not draw from the
+  // generator that routes the experts: a run that saves best/ after every evaluation equals one
+  // that never saves, bit for bit.
+  auto losses = [](const std::string& out) {
+    PeftModel model(tiny_model("bert"));
+    model.add_adapter("default", *methods::parse_config({{"peft_type", "ADAMIX"}, {"num_experts", 4},
+                                                         {"bottleneck_size", 6}, {"sharing_up", false}}));
+    {
+      torch::NoGradGuard g;  // experts that differ, so that the route shows in the loss
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+      for (auto& [k, t] : model.adapter_state_dict("default"))
+        if (k.find(".adapters.") != std::string::npos) t.add_(torch::randn(t.sizes(), gen, t.options()) * 0.3);
+    }
+    train::TrainerConfig c;
+    c.max_steps = 6;
+    c.batch_size = 2;
+    c.lr = 1e-2;
+    c.eval_every = 1;
+    c.eval_batches = 1;
+    c.output_dir = out;
+    c.progress = false;
+    auto data = std::make_shared<RepeatedBatch>();
+    torch::manual_seed(0);
+    return train::Trainer(train::trainable_delta(model), c, data, data).train().losses;
+  };
+  TempDir dir;
+  const auto saving = losses(dir.path());
+  ASSERT_TRUE(std::filesystem::exists(dir.file("best/adapter_model.safetensors")));
+  EXPECT_EQ(saving, losses(""));
 }
 
 }  // namespace

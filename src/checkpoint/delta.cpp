@@ -1,5 +1,7 @@
 #include "peft/checkpoint/delta.h"
 
+#include "core/generator_state.h"
+
 #include <unistd.h>
 
 #include <filesystem>
@@ -59,6 +61,9 @@ void save_adapter(PeftModel& model, const std::string& dir, const std::string& a
 
 void export_adapter(PeftModel& model, const std::string& dir, const std::string& adapter) {
   const auto& method = methods::find_method(model.adapter_config(adapter).method());
+  // The deployable form is built as a fresh adapter and overwritten: its random init must not
+  // move the generators training draws from.
+  core::GeneratorStateGuard keep_generators;
   const std::string deployed = adapter + "-deployed";
   if (!method.deploy || !method.deploy(model, adapter, deployed)) return save_adapter(model, dir, adapter);
   try {
