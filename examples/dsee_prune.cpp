@@ -57,6 +57,7 @@ int run(int argc, char** argv) {
     tc.max_steps = steps;
     tc.warmup_steps = std::min(tc.warmup_steps, steps);
     tc.output_dir = out_dir + "/" + stage;
+    tc.overwrite = true;  // the example's own --out: each run replaces the last
     peft::train::Trainer(target, tc, parts.train, parts.eval).train();
   };
 

@@ -67,6 +67,7 @@ int run(int argc, char** argv) {
   }
   const int used = peft::core::configure_threads(threads);
   tc.output_dir = out_dir;
+  tc.overwrite = true;  // the example's own output directory: each run replaces the last
   const auto t0 = std::chrono::steady_clock::now();
 
   auto tokenizer = peft::tokenizers::load_tokenizer(model_dir);

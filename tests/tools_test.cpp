@@ -123,6 +123,38 @@ TEST(Tools, PromptMethodsTrainResumeAndGenerate) {
   EXPECT_NE(slurp(dir.file("g.log")).find("Mr. Speaker"), std::string::npos);
 }
 
+TEST(Tools, TrainRefusesAnEarlierRunUnlessResumedOrOverwritten) {
+  TempDir dir;
+  nlohmann::json cfg = {
+      {"model", source("examples/models/tiny-gpt2-en")},
+      {"task", "sequence_classification"},
+      {"method", {{"peft_type", "LORA"}, {"task_type", "SEQ_CLS"}, {"r", 2}}},
+      {"data", {{"kind", "jsonl_classification"}, {"train", source("examples/data/spam/train.jsonl")}, {"max_length", 16}}},
+      {"trainer", {{"max_steps", 2}, {"batch_size", 2}, {"log_every", 1}}},
+      {"output_dir", dir.file("run")}};
+  core::write_json_file(dir.file("run.json"), cfg);
+  const std::string train = std::string(PEFT_TRAIN_BIN) + " --threads 1 --config " + dir.file("run.json");
+  ASSERT_EQ(run(train, dir.file("a.log")), 0) << slurp(dir.file("a.log"));
+  const std::string first_delta = slurp(dir.file("run/final/adapter_model.safetensors"));
+  // A second fresh run into the same directory is refused before anything is written.
+  EXPECT_NE(run(train + " --set trainer.lr=0.5", dir.file("b.log")), 0);
+  EXPECT_NE(slurp(dir.file("b.log")).find("holds an earlier run (state, final, log.jsonl)"), std::string::npos)
+      << slurp(dir.file("b.log"));
+  EXPECT_EQ(slurp(dir.file("run/final/adapter_model.safetensors")), first_delta) << "nothing was lost";
+  EXPECT_EQ(core::read_json_file(dir.file("run/run_config.json"))["trainer"].value("lr", 0.0), 0.0)
+      << "the earlier run's config is still the one on disk";
+  // --overwrite replaces the earlier run: its log holds only the new run's steps.
+  ASSERT_EQ(run(train + " --set trainer.lr=0.5 --overwrite", dir.file("c.log")), 0) << slurp(dir.file("c.log"));
+  EXPECT_NE(slurp(dir.file("run/final/adapter_model.safetensors")), first_delta);
+  std::ifstream log(dir.file("run/log.jsonl"));
+  int steps = 0;
+  for (std::string l; std::getline(log, l);) steps += l.find("\"loss\"") != std::string::npos;
+  EXPECT_EQ(steps, 2);
+  // So does trainer.overwrite in the config; --resume continues as before.
+  EXPECT_EQ(run(train + " --set trainer.overwrite=true", dir.file("d.log")), 0) << slurp(dir.file("d.log"));
+  EXPECT_EQ(run(train + " --set trainer.max_steps=3 --resume", dir.file("e.log")), 0) << slurp(dir.file("e.log"));
+}
+
 TEST(Tools, GenerateWithEveryPromptMethodEqualsInProcessGreedy) {
   const std::string model_dir = source("examples/models/tiny-gpt2-en");
   auto tok = tokenizers::load_tokenizer(model_dir);

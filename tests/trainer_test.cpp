@@ -217,6 +217,22 @@ TEST(Trainer, ResumeRestoresTheDeltasBuffers) {
   }
 }
 
+TEST(Trainer, ANewRunDoesNotReplaceAnEarlierOneUnlessAsked) {
+  auto data = std::make_shared<RandomBlocks>(10);
+  TempDir dir;
+  auto config = small_config(dir.path());
+  config.max_steps = 2;
+  config.warmup_steps = 0;
+  auto a = lora_run();
+  train::Trainer(a.target, config, data).train();
+  ASSERT_TRUE(std::filesystem::exists(dir.file("final")));
+  auto b = lora_run();
+  const auto e = error_of([&] { train::Trainer(b.target, config, data).train(); });
+  EXPECT_NE(e.find("holds an earlier run (state, final, log.jsonl)"), std::string::npos) << e;
+  config.overwrite = true;
+  EXPECT_EQ(train::Trainer(b.target, config, data).train().losses.size(), 2u);
+}
+
 TEST(Trainer, NonFiniteLossesAreSkippedThenFatal) {
   auto data = std::make_shared<RandomBlocks>(10);
   /// The 5th and 7th forward passes (steps 3 and 4 with grad_accum 2) return NaN.

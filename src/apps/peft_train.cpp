@@ -26,6 +26,8 @@ int run(int argc, char** argv) {
   app.add_option("--config", config_path, "run config (JSON; see configs/)")->required();
   app.add_option("--set", sets, "override a config value: key.path=value (value as JSON, else a string); repeatable");
   app.add_flag("--resume", resume, "continue from <output_dir>/state");
+  bool overwrite = false;
+  app.add_flag("--overwrite", overwrite, "replace an earlier run's outputs in output_dir (state/, best/, final/, log.jsonl)");
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
   try {
     app.parse(argc, argv);
@@ -35,6 +37,8 @@ int run(int argc, char** argv) {
   const auto config = peft::train::load_run_config(config_path, sets);
   peft::core::configure_threads(config.value("threads", threads));
   auto parts = peft::train::build_run(config, config_path, /*need_train=*/true);
+  if (overwrite) parts.trainer.overwrite = true;
+  peft::train::prepare_output_dir(parts.trainer, resume);  // before anything is written
   fmt::print("train: {}\n", parts.train->describe());
   if (parts.eval) fmt::print("eval:  {}\n", parts.eval->describe());
 

@@ -123,7 +123,8 @@ const std::vector<core::ConfigField<TrainerConfig>>& trainer_fields() {
       field("eval_batches", &T::eval_batches),   field("log_every", &T::log_every),
       field("save_every", &T::save_every),       field("metric", &T::metric),
       field("early_stopping_patience", &T::early_stopping_patience),
-      field("max_nonfinite", &T::max_nonfinite), field("progress", &T::progress)};
+      field("max_nonfinite", &T::max_nonfinite), field("progress", &T::progress),
+      field("overwrite", &T::overwrite)};
   return f;
 }
 }  // namespace

@@ -58,7 +58,26 @@ void set_cpu_rng_state(const at::Tensor& state) {
   gen.set_state(state);
 }
 
+const std::vector<std::string>& run_outputs() {
+  static const std::vector<std::string> names = {"state", "best", "final", "log.jsonl"};
+  return names;
+}
+
 }  // namespace
+
+void prepare_output_dir(const TrainerConfig& c, bool resuming) {
+  if (c.output_dir.empty() || resuming) return;
+  std::vector<std::string> found;
+  for (const auto& name : run_outputs())
+    if (fs::exists(fs::path(c.output_dir) / name)) found.push_back(name);
+  if (found.empty()) return;
+  PEFT_CHECK(c.overwrite, kC,
+             "output_dir {} holds an earlier run ({}); continue it with --resume, replace it with --overwrite "
+             "(trainer.overwrite), or choose another output_dir",
+             c.output_dir, fmt::join(found, ", "));
+  for (const auto& name : found) fs::remove_all(fs::path(c.output_dir) / name);
+  log::info("overwrite: removed the earlier run's {} from {}", fmt::join(found, ", "), c.output_dir);
+}
 
 struct Trainer::Impl {
   Trainable target;
@@ -68,6 +87,7 @@ struct Trainer::Impl {
   std::unique_ptr<optim::AdamW> opt;
   std::unique_ptr<data::Sampler> sampler;
   int64_t step = 0;
+  bool resumed = false;
   std::optional<double> best;  // best value of the selection metric (higher is better)
   int64_t bad_evals = 0;
   int64_t nonfinite = 0;
@@ -196,12 +216,14 @@ void Trainer::resume(const std::string& dir) {
   m.bad_evals = j.at("bad_evals").get<int64_t>();
   m.nonfinite = j.at("nonfinite").get<int64_t>();
   if (!j.at("best").is_null()) m.best = j.at("best").get<double>();
+  m.resumed = true;
   log::info("resumed from {} at step {}", dir, m.step);
 }
 
 TrainResult Trainer::train() {
   auto& m = *impl_;
   const auto& c = m.config;
+  if (m.step == 0 && !m.resumed) prepare_output_dir(c, /*resuming=*/false);
   TrainResult result;
   SigintScope sigint;
   const bool tty = c.progress && ::isatty(STDERR_FILENO);

@@ -43,6 +43,9 @@ struct TrainerConfig {
   int64_t max_nonfinite = 10;      ///< non-finite losses tolerated (each step is skipped) before aborting
   uint64_t seed = 42;
   std::string output_dir;          ///< logs, state/, best/ and final/ go here ("" = nothing written)
+  /// A new (not resumed) run may replace an earlier run's outputs in output_dir (they are removed
+  /// when it starts); otherwise finding them is an error.
+  bool overwrite = false;
   bool progress = true;            ///< a progress line on stderr when it is a terminal
   c10::Device device = c10::Device(c10::kCPU);
 };
@@ -89,6 +92,11 @@ struct TrainResult {
   std::vector<double> losses;   ///< the loss of every optimizer step run in this call
   std::optional<EvalResult> last_eval, best_eval;
 };
+
+/// Before a run writes anything: an output_dir holding an earlier run's outputs (state/, best/,
+/// final/, log.jsonl) is an error naming them unless the run resumes, or `overwrite` is set —
+/// then those outputs are removed. The Trainer checks again when a run starts.
+void prepare_output_dir(const TrainerConfig& config, bool resuming);
 
 class Trainer {
  public:
