@@ -392,7 +392,7 @@ ParameterCounts PeftModel::count_parameters() {
 std::string PeftModel::trainable_parameters_report() {
   auto c = count_parameters();
   const double pct = c.total > 0 ? 100.0 * static_cast<double>(c.trainable) / static_cast<double>(c.total) : 0.0;
-  return fmt::format("trainable params: {} || all params: {} || trainable%: {}", core::with_thousands(c.trainable),
+  return fmt::format("trainable params: {} || all params: {} || trainable%: {:.4f}", core::with_thousands(c.trainable),
                      core::with_thousands(c.total), pct);
 }
 

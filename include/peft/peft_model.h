@@ -88,7 +88,7 @@ class PeftModel {
   /// kept outside parameters), by full name: what a training state must keep beside the weights.
   std::vector<std::pair<std::string, at::Tensor>> adapter_buffers();
   ParameterCounts count_parameters();
-  /// "trainable params: 1,234 || all params: 5,678 || trainable%: 21.73..." (HF's format).
+  /// "trainable params: 1,234 || all params: 5,678 || trainable%: 21.7316" (HF's format, 4 decimals).
   std::string trainable_parameters_report();
   /// The fingerprint of the base weights as loaded (see core/fingerprint.h).
   const std::string& base_fingerprint() const { return fingerprint_; }
