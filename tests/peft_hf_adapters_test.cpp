@@ -133,5 +133,22 @@ TEST(HFAdapters, IA3CountsOneScalePerScaledFeature) {
   EXPECT_EQ(element_count(model.trainable_parameters()), 2 * (192 + 256));
 }
 
+TEST(HFAdapters, IA3FeedForwardModulesComeFromTheModelsTableEvenWithExplicitTargets) {
+  // HF PEFT fills feedforward_modules from its per-model table whenever it is unset, whatever
+  // target_modules says: mlp.c_proj still scales its 256 inputs ([1, in]), c_attn its outputs.
+  PeftModel model(models::load_pretrained(fixture("hf/models/gpt2")));
+  model.add_adapter("default", *methods::parse_config({{"peft_type", "IA3"}, {"target_modules", {"c_attn", "mlp.c_proj"}}}));
+  auto state = model.adapter_state_dict("default");
+  EXPECT_EQ(state.at("base_model.model.transformer.h.0.mlp.c_proj.ia3_l").sizes(), (std::vector<int64_t>{1, 256}));
+  EXPECT_EQ(state.at("base_model.model.transformer.h.0.attn.c_attn.ia3_l").sizes(), (std::vector<int64_t>{192, 1}));
+  // Explicit feed-forward modules still win.
+  PeftModel other(models::load_pretrained(fixture("hf/models/gpt2")));
+  other.add_adapter("default", *methods::parse_config({{"peft_type", "IA3"}, {"target_modules", {"c_attn", "mlp.c_proj"}},
+                                                       {"feedforward_modules", {"c_attn"}}}));
+  auto explicit_ff = other.adapter_state_dict("default");
+  EXPECT_EQ(explicit_ff.at("base_model.model.transformer.h.0.mlp.c_proj.ia3_l").sizes(), (std::vector<int64_t>{64, 1}));
+  EXPECT_EQ(explicit_ff.at("base_model.model.transformer.h.0.attn.c_attn.ia3_l").sizes(), (std::vector<int64_t>{1, 64}));
+}
+
 }  // namespace
 }  // namespace peft::test

@@ -16,9 +16,11 @@ namespace {
 
 constexpr const char* kC = "ia3";
 
-/// HF PEFT's per-architecture defaults: (targets, feed-forward subset).
-std::pair<std::vector<std::string>, std::vector<std::string>> defaults_for(const std::string& model_type) {
-  static const std::map<std::string, std::pair<std::vector<std::string>, std::vector<std::string>>> d = {
+using Defaults = std::pair<std::vector<std::string>, std::vector<std::string>>;
+
+/// HF PEFT's per-architecture defaults: (targets, feed-forward subset); nullptr for other types.
+const Defaults* defaults_of(const std::string& model_type) {
+  static const std::map<std::string, Defaults> d = {
       {"gpt2", {{"c_attn", "mlp.c_proj"}, {"mlp.c_proj"}}},
       {"llama", {{"k_proj", "v_proj", "down_proj"}, {"down_proj"}}},
       {"mistral", {{"k_proj", "v_proj", "down_proj"}, {"down_proj"}}},
@@ -26,21 +28,23 @@ std::pair<std::vector<std::string>, std::vector<std::string>> defaults_for(const
       {"roberta", {{"key", "value", "output.dense"}, {"output.dense"}}},
       {"vit", {{"key", "value", "output.dense"}, {"output.dense"}}}};
   auto it = d.find(model_type);
-  PEFT_CHECK(it != d.end(), kC,
-             "target_modules is not set and there is no default for model_type '{}'; list the modules to adapt",
-             model_type);
-  return it->second;
+  return it == d.end() ? nullptr : &it->second;
 }
 
 void attach_ia3(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
   auto& cfg = dynamic_cast<IA3Config&>(base_cfg);
   cfg.validate();
   TargetModules targets = cfg.target_modules, feedforward = cfg.feedforward_modules;
+  // As HF PEFT: unset target_modules and unset feedforward_modules each come from the model's
+  // table, independently (explicit targets still get the table's feed-forward modules).
+  const std::string type = model.base_model().model_type();
+  const Defaults* defaults = defaults_of(type);
   if (targets.empty()) {
-    auto [t, f] = defaults_for(model.base_model().model_type());
-    targets.names = t;
-    if (feedforward.empty()) feedforward.names = f;
+    PEFT_CHECK(defaults != nullptr, kC,
+               "target_modules is not set and there is no default for model_type '{}'; list the modules to adapt", type);
+    targets.names = defaults->first;
   }
+  if (feedforward.empty() && defaults != nullptr) feedforward.names = defaults->second;
   const auto heads = model.implicit_modules_to_save(cfg);
   int matched = 0;
   for (auto& [name, lin] : model.linears()) {
