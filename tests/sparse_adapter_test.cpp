@@ -84,5 +84,35 @@ TEST(SparseAdapter, SnipUsesABatchAndMasksSurviveSaveLoad) {
   EXPECT_EQ(a.at("base_model.model.bert.encoder.layer.0.adapters.ffn.down.mask_bits").numel(), 8 * 64 / 8);
 }
 
+TEST(SparseAdapter, ANestedAdapterObjectKeepsTheDefaultsItDoesNotName) {
+  // {"bottleneck_size": 8} alone keeps the Houlsby init, so SNIP ranks by score: the cut spreads
+  // over every matrix instead of removing whole adapters of the lowest blocks by position.
+  auto cfg = methods::parse_config({{"peft_type", "SPARSE_ADAPTER"}, {"task_type", "SEQ_CLS"}, {"score", "snip"},
+                                    {"pruned_fraction", 0.5}, {"adapter", {{"preset", "pfeiffer"}, {"bottleneck_size", 8}}}});
+  EXPECT_EQ(cfg->to_json()["adapter"]["init_weights"], "houlsby");
+  EXPECT_EQ(cfg->to_json()["adapter"]["bottleneck_size"], 8);
+  PeftModel model(models::load_pretrained(fixture("hf/models/bert")));
+  auto batch = fixture_inputs("hf/models/bert/inputs.safetensors", false);
+  batch.labels = torch::tensor({0, 1}, torch::kLong);
+  model.add_adapter("default", *cfg, data::FixedBatches({batch}));
+  EXPECT_NEAR(methods::sparse_adapter_density(model, "default"), 0.5, 0.01);
+  int64_t matrices = 0;
+  for (auto& [k, t] : model.adapter_state_dict("default")) {
+    if (k.find(".adapters.") == std::string::npos || k.find(".weight") == std::string::npos) continue;
+    const double kept = (t != 0).to(torch::kDouble).mean().item<double>();
+    EXPECT_GT(kept, 0.1) << k << " lost almost every entry";
+    EXPECT_LT(kept, 0.9) << k << " kept almost every entry";
+    ++matrices;
+  }
+  EXPECT_EQ(matrices, 4) << "down and up of 2 layers";
+  // A zero-initialised up projection gives scores that rank nothing: refused by name.
+  const auto e = error_of([] {
+    methods::parse_config({{"peft_type", "SPARSE_ADAPTER"}, {"score", "mag"}, {"adapter", {{"init_weights", "zero_up"}}}});
+  });
+  EXPECT_NE(e.find("adapter.init_weights is 'zero_up'"), std::string::npos) << e;
+  EXPECT_NO_THROW(methods::parse_config(
+      {{"peft_type", "SPARSE_ADAPTER"}, {"score", "rand"}, {"adapter", {{"init_weights", "zero_up"}}}}));
+}
+
 }  // namespace
 }  // namespace peft::test

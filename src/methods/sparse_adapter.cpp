@@ -8,6 +8,7 @@
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
+#include "peft/core/log.h"
 #include "peft/data/batch_source.h"
 #include "peft/methods/bottleneck_adapter.h"
 #include "peft/peft_model.h"
@@ -54,9 +55,21 @@ std::vector<Masked> matrices(PeftModel& model, const std::string& adapter) {
 void apply_masks(std::vector<Masked>& mats, const std::vector<at::Tensor>& scores, const SparseAdapterConfig& cfg) {
   auto keep_of = [&](const at::Tensor& s) {
     const at::Tensor flat = s.flatten().to(torch::kDouble);
-    const int64_t k = static_cast<int64_t>(std::llround(cfg.pruned_fraction * static_cast<double>(flat.numel())));
-    at::Tensor keep = torch::ones({flat.numel()}, torch::kBool);
-    if (k > 0) keep.index_fill_(0, std::get<1>(flat.sort(/*stable=*/true, 0, false)).slice(0, 0, k), false);
+    const int64_t n = flat.numel();
+    const int64_t k = static_cast<int64_t>(std::llround(cfg.pruned_fraction * static_cast<double>(n)));
+    at::Tensor keep = torch::ones({n}, torch::kBool);
+    if (k <= 0 || k >= n) return keep.fill_(k <= 0);
+    auto [sorted, order] = flat.sort(/*stable=*/true, 0, false);
+    // Ties across the cut are broken by position, which the criterion does not rank.
+    const double at_cut = sorted[k - 1].item<double>();
+    if (at_cut == sorted[k].item<double>()) {
+      const int64_t tied = (flat == at_cut).sum().item<int64_t>();
+      PEFT_CHECK(tied < n, kC, "every '{}' score is {}: the criterion ranks nothing here (is a projection zero?)",
+                 cfg.score, at_cut);
+      log::warn("sparse_adapter: {} '{}' scores tie at the cut ({}); those pruned among them are chosen by position",
+                tied, cfg.score, at_cut);
+    }
+    keep.index_fill_(0, order.slice(0, 0, k), false);
     return keep;
   };
   std::vector<at::Tensor> keeps;
@@ -177,7 +190,13 @@ void SparseAdapterConfig::validate() const {
              "score must be rand, mag, snip or grasp, found '{}'", score);
   PEFT_CHECK(scope == "global" || scope == "local", kC, "scope must be global or local, found '{}'", scope);
   PEFT_CHECK(adapter.is_object(), kC, "'adapter' must be a bottleneck adapter config object, found {}", adapter.dump());
-  BottleneckAdapterConfig::from_json(adapter);  // validates the inner config
+  const auto inner = BottleneckAdapterConfig::from_json(adapter);  // validates the inner config
+  // Scores at a zero-initialised up projection say nothing: |W_up| = 0, and SNIP / GraSP see no
+  // gradient through W_down either, so the cut would fall by position.
+  PEFT_CHECK(score == "rand" || inner->init_weights != "zero_up", kC,
+             "score '{}' needs both projections non-zero at initialisation, but adapter.init_weights is 'zero_up'; "
+             "use 'houlsby' (the default) or score 'rand'",
+             score);
 }
 
 namespace {
@@ -187,7 +206,10 @@ const std::vector<ConfigField<SparseAdapterConfig>>& sparse_adapter_fields() {
       // the bottleneck adapter's own fields, written in full
       {"adapter",
        [](C& c, const nlohmann::json& j, const std::string&, const std::string&) {
-         if (j.contains("adapter") && !j["adapter"].is_null()) c.adapter = j["adapter"];
+         if (!j.contains("adapter") || j["adapter"].is_null()) return;
+         // Given keys over the defaults: {"bottleneck_size": 32} keeps the houlsby init.
+         if (j["adapter"].is_object()) c.adapter.update(j["adapter"]);
+         else c.adapter = j["adapter"];  // validate() names it
        },
        [](const C& c, nlohmann::json& j) {
          auto inner = BottleneckAdapterConfig::from_json(c.adapter)->to_json();
