@@ -14,6 +14,8 @@
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
 #include "peft/tokenizers/tokenizer.h"
+#include "peft/train/run_config.h"
+#include "peft/train/trainer.h"
 #include "peft/core/safetensors.h"
 #include "test_util.h"
 
@@ -65,7 +67,20 @@ TEST(Tools, TrainEvalMergeGenerateInspect) {
       << slurp(dir.file("e.log"));
   auto scores = nlohmann::json::parse(slurp(dir.file("eval.json")));
   EXPECT_EQ(scores["examples"], 400);
-  EXPECT_GE(scores["accuracy"].get<double>(), 0.0);
+  {
+    // peft-eval reports what the library computes for the same delta, data and settings.
+    auto eval_cfg = cfg;
+    eval_cfg["data"]["max_length"] = 16;
+    auto parts = train::build_run(eval_cfg, "eval", /*need_train=*/false);
+    PeftModel evaluated(parts.model);
+    checkpoint::load_adapter(evaluated, dir.file("run/final"));
+    evaluated.eval();
+    auto ours = train::evaluate([&](const models::ModelInputs& in) { return evaluated.forward(in); }, *parts.eval,
+                                parts.trainer.batch_size, 0, parts.trainer.device);
+    EXPECT_EQ(scores["accuracy"].get<double>(), ours.accuracy);
+    EXPECT_NEAR(scores["loss"].get<double>(), ours.loss, 1e-5);
+    EXPECT_GT(ours.accuracy, 0.5) << "6 LoRA steps on spam beat chance";
+  }
 
   ASSERT_EQ(run(std::string(PEFT_MERGE_BIN) + " --model " + model + " --adapter " + dir.file("run/final") +
                     " --task sequence_classification --num-labels 2 --out " + dir.file("merged"),
@@ -218,8 +233,11 @@ TEST(Tools, BenchReportsEveryMethodInItsOwnProcess) {
   EXPECT_NEAR(rows["full"]["step_gflop"].get<double>(), 3 * forward / 1e9, 1e-12);
   EXPECT_NEAR(rows["lora"]["step_gflop"].get<double>(), 2 * forward / 1e9, 1e-12);
   EXPECT_TRUE(rows["lst"]["step_gflop"].is_null());
-  EXPECT_NEAR(rows["full"]["gemm_fraction"].get<double>(),
-              rows["full"]["achieved_gflops"].get<double>() / rows["gemm"]["gemm_gflops"].get<double>(), 1e-9);
+  // A training step cannot outrun the machine's GEMM rate: a fraction above 1 is a counting error.
+  for (const char* m : {"full", "lora"}) {
+    EXPECT_GT(rows[m]["gemm_fraction"].get<double>(), 0.0) << m;
+    EXPECT_LT(rows[m]["gemm_fraction"].get<double>(), 1.0) << m;
+  }
   for (const char* m : {"full", "lora", "lst"}) {  // --profile: the timed steps' operators, per method
     const std::string trace = slurp(dir.file(std::string(m) + ".trace.json"));
     EXPECT_NE(trace.find("aten::"), std::string::npos) << m;
