@@ -4,6 +4,7 @@
 
 #include "peft/core/error.h"
 #include "peft/data/batch_source.h"
+#include "peft/optim/adamw.h"
 #include "peft/peft_model.h"
 
 namespace peft {
@@ -39,6 +40,16 @@ void PeftModel::prepare_adapter(const std::string& name, const data::BatchSource
   const auto& method = methods::find_method(config.method());
   PEFT_CHECK(method.prepare, kC, "method '{}' needs data to initialise but registers no prepare hook", method.name);
   method.prepare(*this, name, batches);
+}
+
+std::string PeftModel::parameter_role(const std::string& name, const at::Tensor& tensor) const {
+  for (const auto& [adapter_name, a] : adapters_) {
+    const auto& method = methods::find_method(a.config->method());
+    if (!method.parameter_role) continue;
+    std::string role = method.parameter_role(name);
+    if (!role.empty()) return role;
+  }
+  return optim::default_parameter_role(name, tensor);
 }
 
 std::vector<std::pair<std::string, at::Tensor>> PeftModel::adapter_buffers() {

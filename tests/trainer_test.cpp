@@ -4,6 +4,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <map>
 
 #include <torch/torch.h>
 
@@ -231,6 +232,49 @@ TEST(Trainer, ANewRunDoesNotReplaceAnEarlierOneUnlessAsked) {
   EXPECT_NE(e.find("holds an earlier run (state, final, log.jsonl)"), std::string::npos) << e;
   config.overwrite = true;
   EXPECT_EQ(train::Trainer(b.target, config, data).train().losses.size(), 2u);
+}
+
+TEST(Trainer, WeightDecayFollowsTheParameterRole) {
+  PeftModel roles(tiny_model("llama"));
+  roles.add_adapter("ia3", *methods::parse_config({{"peft_type", "IA3"}}));
+  roles.add_adapter("gate", *methods::parse_config({{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 2}, {"adapter_layers", 1}}));
+  roles.add_adapter("prompt", *methods::parse_config({{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 2}}));
+  roles.add_adapter("lora", *methods::parse_config({{"peft_type", "LORA"}, {"r", 2}}));
+  std::map<std::string, int> seen;
+  for (const auto& p : roles.base_model().named_parameters()) {
+    const std::string role = roles.parameter_role(p.key(), p.value());
+    if (p.key().find("ia3_l") != std::string::npos) EXPECT_EQ(role, "scale") << p.key();
+    if (p.key().find("adaption_gate") != std::string::npos) EXPECT_EQ(role, "gate") << p.key();
+    if (p.key().find("adaption_prompt") != std::string::npos || p.key().find("prompt_encoder") != std::string::npos)
+      EXPECT_EQ(role, "prompt") << p.key();
+    if (p.key().find("lora_A") != std::string::npos) EXPECT_EQ(role, "weight") << p.key();
+    if (p.key().find("norm") != std::string::npos) EXPECT_EQ(role, "norm") << p.key();
+    ++seen[role];
+  }
+  for (const char* r : {"scale", "gate", "prompt", "weight", "norm"}) EXPECT_GT(seen[r], 0) << r;
+
+  // One step with a huge decay: IA³ scales start at 1 and move by the Adam step alone (±lr, or 0
+  // where the gradient is 0); with no_decay emptied they shrink toward 0 as well.
+  auto data = std::make_shared<RandomBlocks>(4);
+  auto one_step = [&](std::vector<std::string> no_decay) {
+    auto model = std::make_shared<PeftModel>(tiny_model("gpt2"));
+    model->add_adapter("default", *methods::parse_config({{"peft_type", "IA3"}}));
+    auto c = small_config();
+    c.max_steps = 1;
+    c.warmup_steps = 0;
+    c.grad_accum = 1;
+    c.lr = 1e-3;
+    c.weight_decay = 10.0;
+    c.no_decay = std::move(no_decay);
+    train::Trainer(train::trainable_delta(*model), c, data).train();
+    double farthest = 0;
+    for (auto& [k, t] : model->adapter_state_dict("default"))
+      farthest = std::max(farthest, (t.to(torch::kDouble) - 1.0).abs().max().item<double>());
+    return farthest;
+  };
+  EXPECT_LE(one_step(train::TrainerConfig().no_decay), 1e-3 + 1e-6);
+  EXPECT_GT(one_step({}), 1e-2) << "1 - lr * 10 = 0.99: decayed";
+  EXPECT_NE(error_of([&] { one_step({"scales"}); }).find("no_decay: unknown role 'scales'"), std::string::npos);
 }
 
 TEST(Trainer, NonFiniteLossesAreSkippedThenFatal) {

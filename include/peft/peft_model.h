@@ -84,6 +84,9 @@ class PeftModel {
   std::vector<at::Tensor> trainable_parameters();
   /// An adapter's tensors under Hugging Face PEFT's checkpoint keys ("base_model.model.<path>.lora_A.weight").
   std::map<std::string, at::Tensor> adapter_state_dict(const std::string& name);
+  /// A trainable tensor's role for weight decay: what its adapter's method says ("scale", "gate",
+  /// "prompt"), else optim::default_parameter_role ("bias", "norm", "weight").
+  std::string parameter_role(const std::string& name, const at::Tensor& tensor) const;
   /// Every buffer the adapters added to the backbone (SparseAdapter's masks, any method state
   /// kept outside parameters), by full name: what a training state must keep beside the weights.
   std::vector<std::pair<std::string, at::Tensor>> adapter_buffers();

@@ -7,6 +7,7 @@
 #include "config_fields.h"
 #include "method_helpers.h"
 #include "peft/core/error.h"
+#include "peft/core/strings.h"
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
 #include "peft/peft_model.h"
@@ -143,6 +144,8 @@ Method ia3_method() {
   m.peft_type = "IA3";
   m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return IA3Config::from_json(j); };
   m.attach = attach_ia3;
+  // Scales start at 1 (the identity); decay would pull them toward 0.
+  m.parameter_role = [](const std::string& p) { return core::ends_with(p, ".ia3_l") ? std::string("scale") : std::string(); };
   return m;
 }
 

@@ -105,6 +105,10 @@ Method llama_adapter_method() {
   m.peft_type = "ADAPTION_PROMPT";
   m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return LlamaAdapterConfig::from_json(j); };
   m.attach = attach_llama_adapter;
+  m.parameter_role = [](const std::string& p) {
+    if (core::ends_with(p, ".adaption_gate")) return std::string("gate");
+    return core::ends_with(p, ".adaption_prompt") ? std::string("prompt") : std::string();
+  };
   m.count = count_llama_adapter;
   return m;
 }

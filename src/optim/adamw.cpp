@@ -16,6 +16,7 @@ AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> params, AdamWOption
     PEFT_CHECK(!exp_avg_.count(name), "train", "parameter name '{}' appears twice", name);
     exp_avg_[name] = torch::zeros_like(p, at::MemoryFormat::Preserve).detach();
     exp_avg_sq_[name] = torch::zeros_like(p, at::MemoryFormat::Preserve).detach();
+    decays_.push_back(options_.decays ? options_.decays(name, p) : p.dim() >= 2);  // decided once
   }
 }
 
@@ -29,10 +30,11 @@ void AdamW::step(double lr) {
   const double bias1 = 1.0 - std::pow(options_.beta1, static_cast<double>(steps_));
   const double bias2_sqrt = std::sqrt(1.0 - std::pow(options_.beta2, static_cast<double>(steps_)));
   const double step_size = lr / bias1;
-  for (auto& [name, p] : params_) {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto& [name, p] = params_[i];
     const at::Tensor& grad = p.grad();
     if (!grad.defined()) continue;
-    const double decay = p.dim() >= 2 ? options_.weight_decay : 0.0;
+    const double decay = decays_[i] ? options_.weight_decay : 0.0;
     if (decay != 0.0) p.mul_(1.0 - lr * decay);
     at::Tensor& m = exp_avg_.at(name);
     at::Tensor& v = exp_avg_sq_.at(name);
@@ -64,6 +66,18 @@ void AdamW::load_state_dict(const std::map<std::string, at::Tensor>& state) {
       table->at(name).copy_(it->second);
     }
   steps_ = state.at("step").item<int64_t>();
+}
+
+std::string default_parameter_role(const std::string& name, const at::Tensor& p) {
+  const auto dot = name.rfind('.');
+  const std::string last = dot == std::string::npos ? name : name.substr(dot + 1);
+  if (last.size() >= 4 && last.compare(last.size() - 4, 4, "bias") == 0) return "bias";
+  return p.dim() < 2 ? "norm" : "weight";
+}
+
+const std::vector<std::string>& parameter_roles() {
+  static const std::vector<std::string> roles = {"weight", "bias", "norm", "scale", "gate", "prompt"};
+  return roles;
 }
 
 }  // namespace peft::optim

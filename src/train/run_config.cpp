@@ -124,7 +124,7 @@ const std::vector<core::ConfigField<TrainerConfig>>& trainer_fields() {
       field("save_every", &T::save_every),       field("metric", &T::metric),
       field("early_stopping_patience", &T::early_stopping_patience),
       field("max_nonfinite", &T::max_nonfinite), field("progress", &T::progress),
-      field("overwrite", &T::overwrite)};
+      field("overwrite", &T::overwrite),         field("no_decay", &T::no_decay)};
   return f;
 }
 }  // namespace

@@ -20,6 +20,7 @@ Trainable trainable_delta(PeftModel& model) {
   t.forward = [&model](const models::ModelInputs& in) { return model.forward_train(in); };
   t.parameters = [&model] { return requiring_grad(model.base_model()); };
   t.buffers = [&model] { return model.adapter_buffers(); };
+  t.role = [&model](const std::string& name, const at::Tensor& p) { return model.parameter_role(name, p); };
   t.save = [&model](const std::string& dir) { checkpoint::export_adapter(model, dir, model.active_adapter()); };
   t.set_training = [&model](bool on) { model.train(on); };
   return t;

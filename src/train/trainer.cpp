@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -135,6 +136,13 @@ Trainer::Trainer(Trainable target, TrainerConfig config, std::shared_ptr<const d
   o.beta2 = c.beta2;
   o.eps = c.eps;
   o.weight_decay = c.weight_decay;
+  for (const auto& r : c.no_decay)
+    PEFT_CHECK(std::find(optim::parameter_roles().begin(), optim::parameter_roles().end(), r) != optim::parameter_roles().end(),
+               kC, "no_decay: unknown role '{}' (roles: {})", r, fmt::join(optim::parameter_roles(), ", "));
+  o.decays = [role = m.target.role, exempt = c.no_decay](const std::string& name, const at::Tensor& p) {
+    const std::string r = role ? role(name, p) : optim::default_parameter_role(name, p);
+    return std::find(exempt.begin(), exempt.end(), r) == exempt.end();
+  };
   m.opt = std::make_unique<optim::AdamW>(m.params, o);
   m.sampler = std::make_unique<data::Sampler>(m.train->size(), c.seed, /*shuffle=*/true);
   if (!c.output_dir.empty()) fs::create_directories(c.output_dir);

@@ -90,6 +90,10 @@ struct Method {
   /// The delta as shipped: adds `target`, the deployable form of `source` (AdaMix: its experts
   /// averaged into one), and returns true; false when `source` ships as it is.
   std::function<bool(PeftModel&, const std::string& source, const std::string& target)> deploy;
+  /// The role of one of the method's trainable tensors, by its name in the model — "scale"
+  /// (IA³), "gate", "prompt" — or "" to leave it to its name and shape (optim::default_parameter_role).
+  /// The trainer exempts roles from weight decay (TrainerConfig::no_decay).
+  std::function<std::string(const std::string& parameter)> parameter_role;
 };
 
 void register_method(Method method);

@@ -29,7 +29,11 @@ struct TrainerConfig {
   int64_t batch_size = 16;
   int64_t grad_accum = 1;          ///< micro-batches per optimizer step
   double lr = 1e-3;
-  double weight_decay = 0.01;      ///< never on 1-D tensors (biases, norms)
+  double weight_decay = 0.01;      ///< not on the roles in no_decay
+  /// Parameter roles exempt from weight decay (optim::parameter_roles(): weight, bias, norm, and
+  /// the methods' scale, gate, prompt): by default all but ordinary weights, whose identity or
+  /// zero values decay would pull away from (IA³ scales start at 1, gates at 0).
+  std::vector<std::string> no_decay = {"bias", "norm", "scale", "gate", "prompt"};
   double beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   std::string schedule = "linear"; ///< constant | linear | cosine
   int64_t warmup_steps = 0;
@@ -55,6 +59,8 @@ struct Trainable {
   std::function<models::ModelOutput(const models::ModelInputs&)> forward;
   /// The trainable tensors by stable name (the optimizer state is keyed by these names).
   std::function<std::vector<std::pair<std::string, at::Tensor>>()> parameters;
+  /// Optional: a tensor's role for weight decay (default: optim::default_parameter_role).
+  std::function<std::string(const std::string& name, const at::Tensor&)> role;
   /// Optional: state tensors that are not trained but belong to what trains (masks, method
   /// state), by stable name; the training state keeps them so that --resume restores them.
   std::function<std::vector<std::pair<std::string, at::Tensor>>()> buffers;

@@ -9,6 +9,7 @@
 #include "methods/config_fields.h"
 #include "methods/method_helpers.h"
 #include "peft/core/error.h"
+#include "peft/core/strings.h"
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
 #include "peft/data/batch_source.h"
@@ -314,6 +315,9 @@ Method lst_method() {
   m.peft_type = "LST";
   m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return LstConfig::from_json(j); };
   m.attach = attach_lst;
+  m.parameter_role = [](const std::string& p) {
+    return core::ends_with(p, ".gate_alphas") || core::ends_with(p, ".output_gate_alpha") ? std::string("gate") : std::string();
+  };
   m.data_needs = [](const MethodConfig& c) {
     DataNeeds needs;
     needs.init = dynamic_cast<const LstConfig&>(c).side_init == "fisher";

@@ -111,6 +111,7 @@ Method p_tuning_method() {
   m.peft_type = "P_TUNING";
   m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return PTuningConfig::from_json(j); };
   m.attach = attach_p_tuning;
+  m.parameter_role = prompt_parameter_role;
   m.count = count_p_tuning;
   return m;
 }

@@ -83,6 +83,7 @@ Method prefix_tuning_method() {
   m.peft_type = "PREFIX_TUNING";
   m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return PrefixTuningConfig::from_json(j); };
   m.attach = attach_prefix_tuning;
+  m.parameter_role = prompt_parameter_role;
   m.count = count_prefix_tuning;
   return m;
 }

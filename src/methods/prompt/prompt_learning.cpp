@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
+#include "peft/core/strings.h"
 #include "peft/core/json_io.h"
 #include "peft/peft_model.h"
 
@@ -27,6 +28,10 @@ void PromptLearningFields::resolve(const models::ModelGeometry& g, int64_t dim, 
   fill(token_dim, dim, "token_dim", heads == g.num_heads ? "its hidden size" : "key/value heads x head_dim");
   fill(num_attention_heads, heads, "num_attention_heads",
        heads == g.num_heads ? "its attention heads" : "its key/value heads");
+}
+
+std::string prompt_parameter_role(const std::string& p) {
+  return core::is_under(p, "prompt_encoder") && core::ends_with(p, ".embedding.weight") ? "prompt" : "";
 }
 
 at::TensorOptions base_tensor_options(PeftModel& model) {

@@ -109,6 +109,7 @@ Method prompt_tuning_method() {
   m.peft_type = "PROMPT_TUNING";
   m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return PromptTuningConfig::from_json(j); };
   m.attach = attach_prompt_tuning;
+  m.parameter_role = prompt_parameter_role;
   m.count = count_prompt_tuning;
   return m;
 }

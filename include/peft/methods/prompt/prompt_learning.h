@@ -33,6 +33,9 @@ struct PromptLearningFields {
   void resolve(const models::ModelGeometry& g, int64_t token_dim, int64_t heads, const std::string& component);
 };
 
+/// "prompt" for a prompt encoder's virtual-token table (exempt from weight decay by default), else "".
+std::string prompt_parameter_role(const std::string& parameter);
+
 /// The options new prompt tensors take (the base's dtype and device).
 at::TensorOptions base_tensor_options(PeftModel& model);
 
