@@ -1,5 +1,7 @@
 // The conformance suite: every registered method must pass these, on every backbone family. A
 // method joins with one line in kCases (a name, a config, and the families it applies to).
+#include <map>
+
 #include <torch/torch.h>
 
 #include "peft/checkpoint/delta.h"
@@ -275,6 +277,10 @@ TEST_P(Conformance, GradientsMatchFiniteDifferencesInFloat64) {
 
 TEST_P(Conformance, MatchesCpuOnCuda_CUDA) {
   ASSERT_TRUE(torch::cuda::is_available());
+  // Adapters draw their init from the device's own generator, so the CUDA model is built on the
+  // device (as an application would) and then given the CPU model's every tensor: both compute
+  // the same function, and only the device's arithmetic differs.
+  std::map<std::string, at::Tensor> cpu_tensors;
   auto run = [&](c10::Device device) {
     auto base = tiny_base();
     base->to(device);  // the base goes to the device first; adapters are created beside it
@@ -283,8 +289,15 @@ TEST_P(Conformance, MatchesCpuOnCuda_CUDA) {
     model.add_adapter("default", *config());
     {
       torch::NoGradGuard g;
-      auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
-      for (auto& p : model.trainable_parameters()) p.add_(torch::randn(p.sizes(), gen).to(p.device()) * 0.05);
+      if (device.is_cpu()) {
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+        for (auto& p : model.trainable_parameters()) p.add_(torch::randn(p.sizes(), gen) * 0.05);
+        for (const auto& p : base->named_parameters()) cpu_tensors[p.key()] = p.value().detach().clone();
+        for (const auto& b : base->named_buffers()) cpu_tensors[b.key()] = b.value().detach().clone();
+      } else {
+        for (auto& p : base->named_parameters()) p.value().copy_(cpu_tensors.at(p.key()));
+        for (auto& b : base->named_buffers()) b.value().copy_(cpu_tensors.at(b.key()));
+      }
     }
     model.eval();
     auto out = model.forward(train::to_device(batch(), device));

@@ -1,5 +1,7 @@
 #include "peft/train/trainer.h"
 
+#include "core/generator_state.h"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -10,7 +12,6 @@
 #include <filesystem>
 #include <fstream>
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "peft/core/atomic_file.h"
@@ -45,18 +46,6 @@ class SigintScope {
 std::string duration(double seconds) {
   const auto s = static_cast<int64_t>(seconds);
   return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
-}
-
-at::Tensor cpu_rng_state() {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  return gen.get_state();
-}
-
-void set_cpu_rng_state(const at::Tensor& state) {
-  auto gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(state);
 }
 
 const std::vector<std::string>& run_outputs() {
@@ -166,7 +155,9 @@ void Trainer::save_state(const std::string& dir) const {
     safetensors::TensorMap opt;
     for (auto& [k, t] : m.opt->state_dict()) opt[k] = t.detach().cpu().contiguous();
     safetensors::save_file(staging + "/optimizer.safetensors", opt);
-    safetensors::save_file(staging + "/rng.safetensors", {{"cpu", cpu_rng_state()}});
+    safetensors::TensorMap rng;
+    for (auto& [name, state] : core::generator_states()) rng[name] = state;
+    safetensors::save_file(staging + "/rng.safetensors", rng);
     nlohmann::json j = {{"step", m.step},
                         {"epoch", m.sampler->state().epoch},
                         {"cursor", m.sampler->state().cursor},
@@ -218,7 +209,17 @@ void Trainer::resume(const std::string& dir) {
   torch::NoGradGuard no_grad;
   for (auto& [dst, saved] : copies) dst.copy_(saved);
   m.opt->load_state_dict(safetensors::load_file(dir + "/optimizer.safetensors"));
-  set_cpu_rng_state(safetensors::load_file(dir + "/rng.safetensors").at("cpu"));
+  {
+    const auto saved = safetensors::load_file(dir + "/rng.safetensors");
+    PEFT_CHECK(saved.count("cpu"), kC, "{}/rng.safetensors: missing 'cpu' (the CPU generator's state)", dir);
+    std::map<std::string, at::Tensor> states(saved.begin(), saved.end());
+    const auto live = core::generator_states();
+    for (const auto& [name, state] : live)
+      if (!states.count(name)) log::warn("{}/rng.safetensors: no state for generator '{}' (saved without it)", dir, name);
+    const auto unknown = core::set_generator_states(states);
+    if (!unknown.empty())
+      log::warn("{}/rng.safetensors: this process has no generator {}: not restored", dir, fmt::join(unknown, ", "));
+  }
   m.step = j.at("step").get<int64_t>();
   m.sampler->restore({j.at("epoch").get<int64_t>(), j.at("cursor").get<int64_t>()});
   m.bad_evals = j.at("bad_evals").get<int64_t>();
