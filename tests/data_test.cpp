@@ -66,6 +66,12 @@ TEST(TextClassification, MalformedRecordsAreNamedByLineOrCounted) {
   EXPECT_NE(error_of([&] { data::TextClassificationDataset(dir.file("missing.jsonl"), gpt2_tokenizer(), {}); })
                 .find("missing.jsonl"),
             std::string::npos);
+  // A number JSON cannot hold is a bad record too, named by its line (found by fuzzing: it escaped
+  // as a bare nlohmann exception).
+  write(dir.file("huge.jsonl"), "{\"text\": \"ok\", \"label\": \"a\"}\n{\"text\": \"x\", \"label\": 1e309}\n");
+  msg = error_of([&] { data::TextClassificationDataset(dir.file("huge.jsonl"), gpt2_tokenizer(), {}); });
+  EXPECT_NE(msg.find("huge.jsonl:2: invalid JSON"), std::string::npos) << msg;
+  EXPECT_EQ(data::TextClassificationDataset(dir.file("huge.jsonl"), gpt2_tokenizer(), skip).skipped(), 1);
 }
 
 TEST(TextBlocks, PacksDocumentsWithEndOfText) {

@@ -24,7 +24,7 @@ Parsed parse_line(const std::string& line, const TextClassificationOptions& o) {
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // syntax, and numbers out of range (1e309)
     p.error = fmt::format("invalid JSON ({})", e.what());
     return p;
   }
