@@ -190,8 +190,10 @@ void PeftModel::detach_modules(const std::string& name, Adapter& a) {
   if (a.side) side_holder_->unregister_module(name);
 }
 
-void PeftModel::add_trainable_base_tensor(const std::string& adapter_name, const std::string& param_name) {
+void PeftModel::add_trainable_base_tensor(const std::string& adapter_name, const std::string& param_name,
+                                          const std::string& saved_as) {
   auto& a = adapter(adapter_name);
+  if (!saved_as.empty()) a.saved_as[param_name] = saved_as;
   if (a.base_copies.count(param_name)) return;
   auto orig = originals_.find(param_name);
   at::Tensor source = orig != originals_.end() ? orig->second : base_param(param_name);
@@ -362,7 +364,10 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
   std::map<std::string, at::Tensor> out;
   for (auto& [path, lin] : a.layers)
     for (auto& [rel, t] : lin->delta(name)->delta_state()) out[kKeyPrefix + path + "." + rel] = t;
-  for (auto& [pname, copy] : a.base_copies) out[kKeyPrefix + pname] = copy;
+  for (auto& [pname, copy] : a.base_copies) {
+    auto alias = a.saved_as.find(pname);
+    out[kKeyPrefix + (alias == a.saved_as.end() ? pname : alias->second)] = copy;
+  }
   for (auto& [path, block] : a.blocks)
     for (auto& [rel, t] : block->state(name)) out[kKeyPrefix + path + ".adapters." + rel] = t;
   for (auto& [path, holder] : a.attentions)
@@ -373,6 +378,14 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
   if (a.prompt) out["prompt_embeddings"] = a.prompt->has_encoder() ? a.prompt->prompt_embeddings().detach()
                                                                      : a.prompt->prompt_embeddings();
   return out;
+}
+
+std::string PeftModel::checkpoint_key_alias(const std::string& name, const std::string& key) const {
+  for (const auto& [pname, saved] : adapter(name).saved_as) {
+    if (key == kKeyPrefix + saved) return kKeyPrefix + pname;
+    if (key == kKeyPrefix + pname) return kKeyPrefix + saved;
+  }
+  return "";
 }
 
 ParameterCounts PeftModel::count_parameters() {

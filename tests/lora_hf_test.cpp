@@ -126,6 +126,45 @@ TEST(LoraHF, OneAdamWStepMatchesPeft) {
   EXPECT_NEAR(model->forward(batch).loss.item<double>(), loss_after_ref.at("loss").item<double>(), 1e-5);
 }
 
+TEST(LoraHF, TrainedBiasesUseTheKeysPeftLoads) {
+  // HF PEFT (0.7 on) wraps an adapted layer: its bias is "<layer>.base_layer.bias" in the model's
+  // state dict, the name bias="all" saves and load_state_dict fills; other biases keep their names.
+  const std::string p = "base_model.model.transformer.h.0.";
+  for (const std::string bias : {"all", "lora_only"}) {
+    PeftModel model(models::load_pretrained(fixture("hf/models/gpt2")));
+    model.add_adapter("default", *methods::parse_config({{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"c_attn"}},
+                                                         {"bias", bias}}));
+    {
+      torch::NoGradGuard g;
+      for (auto& t : model.trainable_parameters()) t.add_(torch::randn_like(t) * 0.1);
+    }
+    auto state = model.adapter_state_dict("default");
+    EXPECT_TRUE(state.count(p + "attn.c_attn.base_layer.bias")) << bias;
+    EXPECT_FALSE(state.count(p + "attn.c_attn.bias")) << bias;
+    EXPECT_EQ(state.count(p + "mlp.c_fc.bias"), bias == "all" ? 1u : 0u) << bias;
+    EXPECT_EQ(state.count(p + "ln_1.bias"), bias == "all" ? 1u : 0u) << bias;
+    TempDir dir;
+    checkpoint::save_adapter(model, dir.file("delta"));
+    PeftModel fresh(models::load_pretrained(fixture("hf/models/gpt2")));
+    checkpoint::load_adapter(fresh, dir.file("delta"));
+    auto input = fixture_inputs("hf/models/gpt2/inputs.safetensors", false);
+    model.eval();
+    fresh.eval();
+    torch::NoGradGuard g;
+    EXPECT_TRUE(bit_equal(model.forward(input).logits, fresh.forward(input).logits)) << bias;
+    // A file with the earlier spelling ("<layer>.bias") still loads, to the same function.
+    auto file = safetensors::load_file(dir.file("delta/adapter_model.safetensors"));
+    auto moved = file.extract(p + "attn.c_attn.base_layer.bias");
+    moved.key() = p + "attn.c_attn.bias";
+    file.insert(std::move(moved));
+    safetensors::save_file(dir.file("delta/adapter_model.safetensors"), file);
+    PeftModel old(models::load_pretrained(fixture("hf/models/gpt2")));
+    checkpoint::load_adapter(old, dir.file("delta"));
+    old.eval();
+    EXPECT_TRUE(bit_equal(model.forward(input).logits, old.forward(input).logits)) << bias;
+  }
+}
+
 TEST(LoraHF, WrongBaseIsRefusedWithTheReason) {
   auto model = hf_lora();
   TempDir dir;

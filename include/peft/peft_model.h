@@ -124,7 +124,13 @@ class PeftModel {
   /// The adapter's side network, or nullptr.
   std::shared_ptr<nn::SideNetwork> side_network(const std::string& adapter);
   /// Gives `adapter` its own trainable copy of a base parameter (modules_to_save, trainable biases).
-  void add_trainable_base_tensor(const std::string& adapter, const std::string& param_name);
+  /// `saved_as`: the parameter path its checkpoint key uses instead of `param_name` (HF PEFT keys
+  /// the bias of a layer it wraps as "<layer>.base_layer.bias"); loading accepts both spellings.
+  void add_trainable_base_tensor(const std::string& adapter, const std::string& param_name,
+                                 const std::string& saved_as = "");
+  /// The other spelling a delta file may use for one of `adapter`'s checkpoint keys (see
+  /// add_trainable_base_tensor's saved_as), or "" when there is none.
+  std::string checkpoint_key_alias(const std::string& adapter, const std::string& key) const;
   /// modules_to_save: every base parameter inside a named module; an unmatched name is an error.
   void add_modules_to_save(const std::string& adapter, const std::vector<std::string>& modules);
   /// The head modules a task_type trains and saves implicitly, as HF PEFT does: SEQ_CLS and
@@ -140,6 +146,7 @@ class PeftModel {
     std::shared_ptr<nn::PromptEncoder> prompt;
     std::shared_ptr<nn::SideNetwork> side;
     std::map<std::string, at::Tensor> base_copies;  // param name -> this adapter's values
+    std::map<std::string, std::string> saved_as;     // param name -> the path its checkpoint key uses
     bool trainable = true;
   };
   Adapter& adapter(const std::string& name);

@@ -114,11 +114,22 @@ void load_adapter(PeftModel& model, const std::string& dir, const std::string& a
     // A delta holds a prompt encoder's output only: the encoder (if the config builds one) goes.
     if (auto encoder = model.prompt_encoder(adapter)) encoder->eject();
     auto expected = model.adapter_state_dict(adapter);
-    for (const auto& t : file.tensors())
-      PEFT_CHECK(expected.count(t.name), kC, "{}: unexpected tensor '{}' (the config's {} adapter has no such tensor)",
-                 weights_path, t.name, config->method());
+    // A key may come in its other spelling (HF's "<layer>.base_layer.bias" or this library's
+    // earlier "<layer>.bias"): each file tensor is matched to its expected key.
+    auto in_file = [&](const std::string& key) {
+      if (file.contains(key)) return key;
+      const std::string alias = model.checkpoint_key_alias(adapter, key);
+      return !alias.empty() && file.contains(alias) ? alias : key;
+    };
+    for (const auto& t : file.tensors()) {
+      const std::string alias = model.checkpoint_key_alias(adapter, t.name);
+      PEFT_CHECK(expected.count(t.name) || (!alias.empty() && expected.count(alias)), kC,
+                 "{}: unexpected tensor '{}' (the config's {} adapter has no such tensor)", weights_path, t.name,
+                 config->method());
+    }
     torch::NoGradGuard no_grad;
-    for (auto& [key, target] : expected) {
+    for (auto& [expected_key, target] : expected) {
+      const std::string key = in_file(expected_key);
       PEFT_CHECK(file.contains(key), kC, "{}: missing tensor '{}' (expected shape {})", weights_path, key,
                  c10::str(target.sizes()));
       at::Tensor value = file.load(key);

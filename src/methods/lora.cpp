@@ -1,6 +1,7 @@
 #include "peft/methods/lora.h"
 
 #include <cmath>
+#include <set>
 
 #include <torch/torch.h>
 
@@ -145,14 +146,21 @@ void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& ad
                                              cfg.scaling_for(name), cfg.lora_dropout, cfg.init_lora_weights,
                                              lin->weight.options());
     model.attach_linear_delta(adapter, name, delta);
-    if (cfg.bias == "lora_only" && lin->bias.defined()) model.add_trainable_base_tensor(adapter, name + ".bias");
     ++matched;
+  }
+  // Biases train with bias "all" (every bias) or "lora_only" (those of the adapted layers). HF PEFT
+  // (0.7 on) keys an adapted layer's bias as "<layer>.base_layer.bias" — the name it loads.
+  std::set<std::string> adapted;
+  for (const auto& [name, lin] : model.linears())
+    if (lin->delta(adapter) && lin->bias.defined()) adapted.insert(name);
+  for (const auto& name : model.base_parameter_names()) {
+    if (cfg.bias == "none" || !core::ends_with(name, ".bias")) continue;
+    const std::string layer = name.substr(0, name.size() - 5);
+    if (adapted.count(layer)) model.add_trainable_base_tensor(adapter, name, layer + ".base_layer.bias");
+    else if (cfg.bias == "all") model.add_trainable_base_tensor(adapter, name);
   }
   PEFT_CHECK(matched > 0, kC, "target_modules {} matched no layer of this {} model; adaptable layers: {}",
              targets.to_json().dump(), model.base_model().model_type(), describe_linears(model));
-  if (cfg.bias == "all")
-    for (const auto& name : model.base_parameter_names())
-      if (core::ends_with(name, ".bias")) model.add_trainable_base_tensor(adapter, name);
   model.add_modules_to_save(adapter, cfg.modules_to_save);
 }
 
