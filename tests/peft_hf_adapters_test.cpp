@@ -133,6 +133,22 @@ TEST(HFAdapters, IA3CountsOneScalePerScaledFeature) {
   EXPECT_EQ(element_count(model.trainable_parameters()), 2 * (192 + 256));
 }
 
+TEST(HFAdapters, IA3ExcludeModulesLeavesTargetedLayersAlone) {
+  // HF PEFT's exclude_modules (a list: full names or suffixes; a string: a full-match regex).
+  for (const nlohmann::json exclude : {nlohmann::json({"h.0.attn.c_attn"}), nlohmann::json(".*h\\.0\\.attn\\.c_attn")}) {
+    PeftModel model(models::load_pretrained(fixture("hf/models/gpt2")));
+    auto cfg = methods::parse_config({{"peft_type", "IA3"}, {"exclude_modules", exclude}});
+    model.add_adapter("default", *cfg);
+    auto state = model.adapter_state_dict("default");
+    EXPECT_FALSE(state.count("base_model.model.transformer.h.0.attn.c_attn.ia3_l")) << exclude.dump();
+    EXPECT_TRUE(state.count("base_model.model.transformer.h.1.attn.c_attn.ia3_l")) << exclude.dump();
+    EXPECT_EQ(element_count(model.trainable_parameters()), 2 * (192 + 256) - 192) << exclude.dump();
+    EXPECT_EQ(cfg->to_json()["exclude_modules"], exclude);
+  }
+  // Unset, the key is not written (older HF PEFT refuses unknown keys).
+  EXPECT_FALSE(methods::parse_config({{"peft_type", "IA3"}})->to_json().contains("exclude_modules"));
+}
+
 TEST(HFAdapters, IA3FeedForwardModulesComeFromTheModelsTableEvenWithExplicitTargets) {
   // HF PEFT fills feedforward_modules from its per-model table whenever it is unset, whatever
   // target_modules says: mlp.c_proj still scales its 256 inputs ([1, in]), c_attn its outputs.

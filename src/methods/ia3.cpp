@@ -49,7 +49,7 @@ void attach_ia3(PeftModel& model, MethodConfig& base_cfg, const std::string& ada
   const auto heads = model.implicit_modules_to_save(cfg);
   int matched = 0;
   for (auto& [name, lin] : model.linears()) {
-    if (inside_any(name, cfg.modules_to_save) || inside_any(name, heads)) continue;
+    if (inside_any(name, cfg.modules_to_save) || inside_any(name, heads) || excluded(name, cfg.exclude_modules)) continue;
     if (!matches_target(name, targets, LayerSelection{})) continue;
     const bool ff = !feedforward.empty() && matches_target(name, feedforward, LayerSelection{});
     if (lin->fan_in_fan_out() && !cfg.fan_in_fan_out) {
@@ -89,6 +89,11 @@ const std::vector<ConfigField<IA3Config>>& ia3_fields() {
   static const std::vector<ConfigField<C>> f = {
       targets_field("target_modules", &C::target_modules),
       targets_field("feedforward_modules", &C::feedforward_modules),
+      // written only when set: older HF PEFT rejects the key
+      written_as(targets_field("exclude_modules", &C::exclude_modules),
+                 [](const C& c, nlohmann::json& j) {
+                   if (!c.exclude_modules.empty()) j["exclude_modules"] = c.exclude_modules.to_json();
+                 }),
       field("fan_in_fan_out", &C::fan_in_fan_out),
       string_list_field("modules_to_save", &C::modules_to_save),
       field("init_ia3_weights", &C::init_ia3_weights)};

@@ -17,6 +17,7 @@ namespace peft::methods {
 struct IA3Config : MethodConfig {
   TargetModules target_modules;       ///< empty: the model type's default (gpt2: c_attn, mlp.c_proj)
   TargetModules feedforward_modules;  ///< a subset of target_modules; empty: the model type's default
+  TargetModules exclude_modules;      ///< layers left alone even when targeted (HF PEFT's exclude_modules)
   bool fan_in_fan_out = false;        ///< informational: each layer knows its own layout
   std::vector<std::string> modules_to_save;
   bool init_ia3_weights = true;       ///< false: random vectors around 1 (tests, experiments)
