@@ -9,11 +9,28 @@
 
 namespace peft::data {
 namespace {
-/// How many of `n` units the held-out part gets: about `fraction`, at least 1, at most n - 1.
-int64_t held_count(double fraction, int64_t n, const char* unit) {
+/// Units 0..n-1 in a seeded order, cut into (kept, held out): the held-out part gets about
+/// `fraction` of them, at least 1, at most n - 1.
+std::pair<std::vector<int64_t>, std::vector<int64_t>> split_units(int64_t n, double fraction, uint64_t seed,
+                                                                  const char* unit) {
   PEFT_CHECK(n >= 2, "data", "splitting the training data needs at least 2 {}, found {}", unit, n);
   PEFT_CHECK(fraction > 0.0 && fraction < 1.0, "data", "the held-out fraction must be in (0, 1), found {}", fraction);
-  return std::clamp<int64_t>(std::llround(fraction * static_cast<double>(n)), 1, n - 1);
+  const int64_t held = std::clamp<int64_t>(std::llround(fraction * static_cast<double>(n)), 1, n - 1);
+  const auto order = permutation(n, seed);
+  return {{order.begin() + held, order.end()}, {order.begin(), order.begin() + held}};
+}
+
+/// An endless stream over `subset` in a seeded shuffled order: each draw takes `per_draw` of its
+/// units and makes a batch of them.
+BatchStream shuffled(std::vector<int64_t> subset, uint64_t seed, int64_t per_draw,
+                     std::function<models::ModelInputs(const std::vector<int64_t>&)> make) {
+  auto sampler = std::make_shared<Sampler>(static_cast<int64_t>(subset.size()), seed, true);
+  auto units = std::make_shared<std::vector<int64_t>>(std::move(subset));
+  return [sampler, units, per_draw, make = std::move(make)] {
+    std::vector<int64_t> pick;
+    for (int64_t i : sampler->next(per_draw)) pick.push_back((*units)[static_cast<size_t>(i)]);
+    return make(pick);
+  };
 }
 }  // namespace
 
@@ -42,25 +59,12 @@ std::vector<models::ModelInputs> DatasetBatches::first(int64_t count) const {
   return out;
 }
 
-BatchStream DatasetBatches::stream(std::vector<int64_t> subset, uint64_t seed) const {
-  auto sampler = std::make_shared<Sampler>(static_cast<int64_t>(subset.size()), seed, true);
-  auto indices = std::make_shared<std::vector<int64_t>>(std::move(subset));
-  auto dataset = dataset_;
-  const int64_t batch = batch_size_;
-  const c10::Device device = device_;
-  return [dataset, sampler, indices, batch, device] {
-    std::vector<int64_t> pick;
-    for (int64_t i : sampler->next(batch)) pick.push_back((*indices)[static_cast<size_t>(i)]);
-    return to_device(dataset->batch(pick), device);
-  };
-}
-
 std::pair<BatchStream, BatchStream> DatasetBatches::split(double held_fraction, uint64_t seed) const {
-  const int64_t n = dataset_->size();
-  const int64_t held = held_count(held_fraction, n, "training examples");
-  const auto order = permutation(n, seed);
-  std::vector<int64_t> kept(order.begin() + held, order.end()), held_out(order.begin(), order.begin() + held);
-  return {stream(std::move(kept), seed + 1), stream(std::move(held_out), seed + 2)};
+  auto [kept, held_out] = split_units(dataset_->size(), held_fraction, seed, "training examples");
+  auto make = [dataset = dataset_, device = device_](const std::vector<int64_t>& examples) {
+    return to_device(dataset->batch(examples), device);
+  };
+  return {shuffled(std::move(kept), seed + 1, batch_size_, make), shuffled(std::move(held_out), seed + 2, batch_size_, make)};
 }
 
 FixedBatches::FixedBatches(std::vector<models::ModelInputs> batches)
@@ -74,17 +78,9 @@ std::vector<models::ModelInputs> FixedBatches::first(int64_t count) const {
 }
 
 std::pair<BatchStream, BatchStream> FixedBatches::split(double held_fraction, uint64_t seed) const {
-  const auto n = static_cast<int64_t>(batches_->size());
-  const int64_t held = held_count(held_fraction, n, "batches");
-  const auto order = permutation(n, seed);
-  auto make = [batches = batches_](std::vector<int64_t> subset, uint64_t s) -> BatchStream {
-    auto sampler = std::make_shared<Sampler>(static_cast<int64_t>(subset.size()), s, true);
-    auto indices = std::make_shared<std::vector<int64_t>>(std::move(subset));
-    return [batches, sampler, indices] {
-      return (*batches)[static_cast<size_t>((*indices)[static_cast<size_t>(sampler->next(1).front())])];
-    };
-  };
-  return {make({order.begin() + held, order.end()}, seed + 1), make({order.begin(), order.begin() + held}, seed + 2)};
+  auto [kept, held_out] = split_units(static_cast<int64_t>(batches_->size()), held_fraction, seed, "batches");
+  auto make = [batches = batches_](const std::vector<int64_t>& one) { return (*batches)[static_cast<size_t>(one.front())]; };
+  return {shuffled(std::move(kept), seed + 1, 1, make), shuffled(std::move(held_out), seed + 2, 1, make)};
 }
 
 }  // namespace peft::data

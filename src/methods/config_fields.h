@@ -45,6 +45,15 @@ ConfigField<C> targets_field(const char* key, TargetModules C::*member) {
           [key, member](const C& c, nlohmann::json& j) { j[key] = (c.*member).to_json(); }};
 }
 
+/// A targets field written only when set: older HF PEFT releases refuse keys they do not know
+/// (exclude_modules).
+template <class C>
+ConfigField<C> optional_targets_field(const char* key, TargetModules C::*member) {
+  return written_as(targets_field(key, member), [key, member](const C& c, nlohmann::json& j) {
+    if (!(c.*member).empty()) j[key] = (c.*member).to_json();
+  });
+}
+
 /// A {module pattern: number} object (rank_pattern / alpha_pattern); absent or null: empty.
 template <class C, class T, class Write>
 ConfigField<C> pattern_field(const char* key, std::map<std::string, T> C::*member, Write write_value) {

@@ -89,11 +89,7 @@ const std::vector<ConfigField<IA3Config>>& ia3_fields() {
   static const std::vector<ConfigField<C>> f = {
       targets_field("target_modules", &C::target_modules),
       targets_field("feedforward_modules", &C::feedforward_modules),
-      // written only when set: older HF PEFT rejects the key
-      written_as(targets_field("exclude_modules", &C::exclude_modules),
-                 [](const C& c, nlohmann::json& j) {
-                   if (!c.exclude_modules.empty()) j["exclude_modules"] = c.exclude_modules.to_json();
-                 }),
+      optional_targets_field("exclude_modules", &C::exclude_modules),
       field("fan_in_fan_out", &C::fan_in_fan_out),
       string_list_field("modules_to_save", &C::modules_to_save),
       field("init_ia3_weights", &C::init_ia3_weights)};

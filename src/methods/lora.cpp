@@ -63,10 +63,7 @@ const std::vector<ConfigField<LoraConfig>>& lora_fields() {
       written_as(field("lora_alpha", &C::lora_alpha), [](const C& c, nlohmann::json& j) { j["lora_alpha"] = number(c.lora_alpha); }),
       field("lora_dropout", &C::lora_dropout),
       targets_field("target_modules", &C::target_modules),
-      written_as(targets_field("exclude_modules", &C::exclude_modules),
-                 [](const C& c, nlohmann::json& j) {
-                   if (!c.exclude_modules.empty()) j["exclude_modules"] = c.exclude_modules.to_json();
-                 }),
+      optional_targets_field("exclude_modules", &C::exclude_modules),
       field("fan_in_fan_out", &C::fan_in_fan_out),
       field("bias", &C::bias),
       // written only when set: older HF PEFT rejects the key
@@ -130,6 +127,7 @@ void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& ad
       cfg.target_modules.empty() ? default_targets(model.base_model().model_type()) : cfg.target_modules;
   const LayerSelection layers{cfg.layers_to_transform, cfg.layers_pattern};
   int matched = 0;
+  std::set<std::string> adapted;  // adapted layers that have a bias
   const auto heads = model.implicit_modules_to_save(cfg);
   for (auto& [name, lin] : model.linears()) {
     if (inside_any(name, cfg.modules_to_save) || inside_any(name, heads) || excluded(name, cfg.exclude_modules))
@@ -146,21 +144,19 @@ void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& ad
                                              cfg.scaling_for(name), cfg.lora_dropout, cfg.init_lora_weights,
                                              lin->weight.options());
     model.attach_linear_delta(adapter, name, delta);
+    if (lin->bias.defined()) adapted.insert(name);
     ++matched;
   }
+  PEFT_CHECK(matched > 0, kC, "target_modules {} matched no layer of this {} model; adaptable layers: {}",
+             targets.to_json().dump(), model.base_model().model_type(), describe_linears(model));
   // Biases train with bias "all" (every bias) or "lora_only" (those of the adapted layers). HF PEFT
   // (0.7 on) keys an adapted layer's bias as "<layer>.base_layer.bias" — the name it loads.
-  std::set<std::string> adapted;
-  for (const auto& [name, lin] : model.linears())
-    if (lin->delta(adapter) && lin->bias.defined()) adapted.insert(name);
   for (const auto& name : model.base_parameter_names()) {
     if (cfg.bias == "none" || !core::ends_with(name, ".bias")) continue;
     const std::string layer = name.substr(0, name.size() - 5);
     if (adapted.count(layer)) model.add_trainable_base_tensor(adapter, name, layer + ".base_layer.bias");
     else if (cfg.bias == "all") model.add_trainable_base_tensor(adapter, name);
   }
-  PEFT_CHECK(matched > 0, kC, "target_modules {} matched no layer of this {} model; adaptable layers: {}",
-             targets.to_json().dump(), model.base_model().model_type(), describe_linears(model));
   model.add_modules_to_save(adapter, cfg.modules_to_save);
 }
 

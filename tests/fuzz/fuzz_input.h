@@ -16,10 +16,11 @@
 
 namespace peft::fuzz {
 
-/// A path under the temp directory holding exactly `data`.
+/// A path under the system temp directory (TMPDIR) holding exactly `data`.
 inline const std::string& write_input(const uint8_t* data, size_t size, const std::string& name) {
   static const std::string dir = [] {
-    std::string d = "/tmp/peft-fuzz-" + std::to_string(::getpid());
+    const std::string d =
+        (std::filesystem::temp_directory_path() / ("peft-fuzz-" + std::to_string(::getpid()))).string();
     std::filesystem::create_directories(d);
     return d;
   }();

@@ -39,7 +39,6 @@ class DatasetBatches : public BatchSource {
   std::pair<BatchStream, BatchStream> split(double held_fraction, uint64_t seed) const override;
 
  private:
-  BatchStream stream(std::vector<int64_t> subset, uint64_t seed) const;
   std::shared_ptr<const Dataset> dataset_;
   int64_t batch_size_;
   c10::Device device_;

@@ -172,17 +172,19 @@ std::shared_ptr<S3petConfig> s3pet_find_structure(PeftModel& model, const S3petC
     const std::string search = "s3pet-search";
     model.add_adapter(search, cfg);
     const std::string active = model.active_adapter();
+    auto restore = [&] {  // the model as it was: no search adapter, the same one active
+      model.delete_adapter(search);
+      if (!active.empty() && active != search) model.set_adapter(active);
+    };
     model.set_adapter(search);
     S3petSearchResult result;
     try {
       result = s3pet_search(model, search, train_batches, held_batches);
     } catch (...) {
-      model.delete_adapter(search);
-      if (!active.empty() && active != search) model.set_adapter(active);
+      restore();
       throw;
     }
-    model.delete_adapter(search);
-    if (!active.empty() && active != search) model.set_adapter(active);
+    restore();
     for (size_t i = 0; i < std::min<size_t>(10, result.ranking.size()); ++i) {
       const auto& [c, p] = result.ranking[i];
       log::info("s3pet: p = {:.3f}  {} {}{} ({} params)", p, c.kind, c.module, c.slot.empty() ? "" : " " + c.slot,
