@@ -58,7 +58,8 @@ int run(int argc, char** argv) {
     tc.warmup_steps = std::min(tc.warmup_steps, steps);
     tc.output_dir = out_dir + "/" + stage;
     tc.overwrite = true;  // the example's own --out: each run replaces the last
-    peft::train::Trainer(target, tc, parts.train, parts.eval).train();
+    const auto sets = peft::train::evaluation_sets(parts);
+    peft::train::Trainer(target, tc, parts.train, sets.selection, sets.test).train();
   };
 
   nlohmann::json report;

@@ -3,9 +3,13 @@
 
 Runs `peft-train` for each (task, method, seed) of configs/results/plan.json — SpamAssassin and
 Brown 15-genre classification and Moby Dick perplexity on the bundled tiny GPT-2, MNIST-ViT ->
-Fashion-MNIST — several runs at once, one thread each. Each run's directory keeps its log and a
-result.json; a finished run with the same command is not run again, so an interrupted table
-continues where it stopped (--force reruns everything). Then writes:
+Fashion-MNIST — several runs at once, one thread each. Nothing is chosen on the test split:
+every task holds a validation split out of its training data; each run keeps the delta of its
+best validation evaluation and the test split scores only that one; and each method's learning
+rate is the value of its grid with the best validation score on its family's selection task
+(seed 1), found first. Each run's directory keeps its log and a result.json; a finished run with
+the same command is not run again, so an interrupted table continues where it stopped (--force
+reruns everything). Then writes:
 
   docs/results.md    one table per task: method, trainable %, score ± spread over seeds,
                      score / full fine-tuning's, delta bytes, step time, peak memory
@@ -53,18 +57,27 @@ def atomic_write(path, text):
     os.replace(tmp, path)
 
 
+def better(metric, a, b):
+    """Whether score a beats score b (perplexity: lower is better)."""
+    return a < b if metric == "perplexity" else a > b
+
+
 def parse_run(run_dir, stdout, task):
-    """The numbers of one finished run: final evaluation, parameter counts, step time, delta size."""
-    evals, step_ms = [], []
+    """The numbers of one finished run: the test score of the delta chosen on validation, the best
+    validation score, parameter counts, step time, delta size."""
+    evals, step_ms, test = [], [], None
     with open(os.path.join(run_dir, "log.jsonl"), encoding="utf-8") as f:
         for line in f:
             rec = json.loads(line)
             if "eval" in rec:
                 evals.append(rec["eval"])
+            elif "test" in rec:
+                test = rec
             elif "step_ms" in rec:
                 step_ms.append(rec["step_ms"])
-    if not evals:
-        raise RuntimeError(f"{run_dir}/log.jsonl: no evaluation")
+    if not evals or test is None:
+        raise RuntimeError(f"{run_dir}/log.jsonl: no validation evaluation or no test score "
+                           "(does the task's config give data.validation_fraction and an eval set?)")
     m = re.search(r"trainable params: ([\d,]+) \|\| all params: ([\d,]+)", stdout)
     if m:
         trainable = int(m.group(1).replace(",", ""))
@@ -73,8 +86,13 @@ def parse_run(run_dir, stdout, task):
         if not m:
             raise RuntimeError(f"{run_dir}: peft-train printed no parameter count")
         trainable = int(m.group(1))
-    final = evals[-1]
-    return {"score": final[task["metric"]], "eval": final, "trainable_params": trainable,
+    metric = task["metric"]
+    best = evals[0]
+    for e in evals[1:]:
+        if better(metric, e[metric], best[metric]):
+            best = e
+    return {"score": test["test"][metric], "test": test["test"], "selected_step": test["selected_step"],
+            "validation_score": best[metric], "trainable_params": trainable,
             "step_ms": statistics.median(step_ms[1:] or step_ms),  # the first window holds warm-up
             "delta_bytes": directory_bytes(os.path.join(run_dir, "final"))}
 
@@ -93,7 +111,7 @@ def run_one(job, args):
     """Runs one peft-train job unless an identical finished run is on disk; returns its record."""
     run_dir, cmd = os.path.join(ROOT, job["dir"]), job["cmd"]
     result_path = os.path.join(run_dir, "result.json")
-    done = None if args.force else finished(job)
+    done = None if args.force and job["dir"] not in args.ran else finished(job)
     if done:
         return done
     if os.path.exists(run_dir):
@@ -108,10 +126,30 @@ def run_one(job, args):
         stdout = f.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout[-2000:]}")
-    rec = {"task": job["task"], "method": job["method"], "seed": job["seed"], "cmd": cmd,
+    rec = {"task": job["task"], "method": job["method"], "seed": job["seed"], "lr": job["lr"], "cmd": cmd,
            "peak_rss_mib": usage.ru_maxrss / 1024.0, **parse_run(run_dir, stdout, job["task_spec"])}
     atomic_write(result_path, json.dumps(rec, indent=1) + "\n")
+    args.ran.add(job["dir"])
     return rec
+
+
+def run_all(jobs, args):
+    """Runs the jobs, args.jobs at once; returns (records, failed jobs). One failure does not stop the others."""
+    records, failed = [], []
+    with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        pending = {pool.submit(run_one, j, args): j for j in jobs}
+        for done in futures.as_completed(pending):
+            j = pending[done]
+            try:
+                rec = done.result()
+                records.append(rec)
+                print(f"[{len(records) + len(failed)}/{len(jobs)}] {j['task']:<9} {j['method']:<20} lr {j['lr']:<7g} "
+                      f"seed {j['seed']}: test {rec['score']:.4f}, validation {rec['validation_score']:.4f}  "
+                      f"({rec['trainable_params']:,} trainable, {rec['step_ms']:.0f} ms/step)", flush=True)
+            except Exception as e:
+                failed.append(j)
+                print(f"FAILED {j['task']} {j['method']} lr {j['lr']:g} seed {j['seed']}: {e}", file=sys.stderr, flush=True)
+    return records, failed
 
 
 def summarize(records, plan, tasks):
@@ -149,12 +187,17 @@ def summarize(records, plan, tasks):
     return rows
 
 
-def markdown(rows, plan, args):
+def markdown(rows, plan, args, chosen):
     lines = ["# Results: every method against full fine-tuning", "",
              f"Generated by `scripts/results_table.py --jobs {args.jobs}` from `configs/results/plan.json` (each",
              "task's settings are below); do not edit by hand.",
-             "Each task runs every method for the same number of steps from the same base; the score is the",
-             "mean over seeds ± their standard deviation. *vs full* is the score over full fine-tuning's",
+             "Each task runs every method for the same number of steps from the same base. Nothing is chosen on",
+             "the test split: every task holds 10 % of its training data out as a validation split; a run",
+             "evaluates on it periodically, keeps the delta of its best validation score, and the test split",
+             "scores that delta once. Each method's learning rate (*lr*) is the value of its grid with the best",
+             "validation score on its family's selection task (" +
+             ", ".join(f"{f}: {t}" for f, t in plan["selection"].items()) + ", seed 1; grids and scores at the end).",
+             "The score is the test score's mean over seeds ± their standard deviation. *vs full* is the score over full fine-tuning's",
              "(for perplexity, full fine-tuning's perplexity over the method's: above 1 is better). Trainable %",
              "is of the base model's parameters and includes the new classification head. Delta = the saved",
              "directory (for full fine-tuning: the whole model). Step time is the median training step",
@@ -169,17 +212,26 @@ def markdown(rows, plan, args):
         lines += [f"## {spec['title']}", "",
                   f"`{spec['config']}`: {tr['max_steps']} steps × batch {tr['batch_size']}, {tr['schedule']} schedule, "
                   f"{spec['seeds']} seed(s).", "",
-                  f"| method | trainable | trainable % | {spec['metric']} | vs full | delta | step | peak memory |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"| method | lr | trainable | trainable % | {spec['metric']} | vs full | delta | step | peak memory |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in out:
             score = (f"{r['score']:.2f}" if spec["metric"] == "perplexity" else f"{r['score']:.3f}")
             if r["runs"] > 1:
                 score += f" ± {r['spread']:.3f}"
             pct = f"{r['trainable_pct']:.2f} %" if r["trainable_pct"] is not None else ""
             vs = f"{r['vs_full']:.3f}" if "vs_full" in r else ""
-            lines.append(f"| {r['method']} | {r['trainable_params']:,} | {pct} | {score} | {vs} | "
+            lr = chosen[(spec["family"], r["method"])]["lr"]
+            lines.append(f"| {r['method']} | {lr:g} | {r['trainable_params']:,} | {pct} | {score} | {vs} | "
                          f"{human_bytes(r['delta_bytes'])} | {r['step_ms']:.0f} ms | {r['peak_rss_mib']:.0f} MiB |")
         lines.append("")
+    lines += ["## Learning-rate selection", "",
+              "Validation score of seed 1 on the family's selection task for each grid value; the chosen one in bold.", "",
+              "| family (task) | method | validation score by lr |", "|---|---|---|"]
+    for (family, name), c in sorted(chosen.items()):
+        metric = plan["tasks"][plan["selection"][family]]["metric"]
+        cells = [(f"**{lr:g}: {v:.4f}**" if lr == c["lr"] else f"{lr:g}: {v:.4f}") for lr, v in c["validation"].items()]
+        lines.append(f"| {family} ({plan['selection'][family]}, {metric}) | {name} | {', '.join(cells)} |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -240,6 +292,7 @@ def main():
     ap.add_argument("--threads-per-job", type=int, default=1)
     ap.add_argument("--force", action="store_true", help="rerun finished runs too")
     args = ap.parse_args()
+    args.ran = set()  # run directories this invocation ran (--force reruns each once)
 
     with open(args.plan, encoding="utf-8") as f:
         plan = json.load(f)
@@ -256,49 +309,67 @@ def main():
 
     # Paths relative to the project root (the runs' working directory) keep the records portable.
     train, runs = os.path.relpath(args.train, ROOT), os.path.relpath(args.runs, ROOT)
-    jobs, everything = [], []
-    for t in plan["tasks"]:
-        spec = plan["tasks"][t]
-        for name in plan["methods"]:
-            entry = plan["methods"][name]
-            for seed in range(1, (args.seeds or spec["seeds"]) + 1):
-                run_dir = os.path.join(runs, t, slug(name), f"seed{seed}")
-                cmd = [train, "--config", spec["config"],
-                       "--set", "method=" + json.dumps(method_config(entry, t, spec)),
-                       "--set", f"trainer.lr={entry['lr'][spec['family']]}",
-                       "--set", f"seed={seed}", "--set", f"output_dir={run_dir}",
-                       "--set", f"threads={args.threads_per_job}"]
-                job = {"task": t, "method": name, "seed": seed, "dir": run_dir, "cmd": cmd, "task_spec": spec}
-                everything.append(job)
-                if t in tasks and name in methods:
-                    jobs.append(job)
 
-    records, failed = [], []
-    with futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        pending = {pool.submit(run_one, j, args): j for j in jobs}
-        for done in futures.as_completed(pending):
-            j = pending[done]
-            try:
-                rec = done.result()
-                records.append(rec)
-                print(f"[{len(records) + len(failed)}/{len(jobs)}] {j['task']:<9} {j['method']:<20} seed {j['seed']}: "
-                      f"{rec['score']:.4f}  ({rec['trainable_params']:,} trainable, {rec['step_ms']:.0f} ms/step)",
-                      flush=True)
-            except Exception as e:  # one failed run is reported, the others go on
-                failed.append(j)
-                print(f"FAILED {j['task']} {j['method']} seed {j['seed']}: {e}", file=sys.stderr, flush=True)
+    def job(t, name, seed, lr):
+        spec, entry = plan["tasks"][t], plan["methods"][name]
+        run_dir = os.path.join(runs, t, slug(name), f"lr{lr:g}", f"seed{seed}")
+        cmd = [train, "--config", spec["config"],
+               "--set", "method=" + json.dumps(method_config(entry, t, spec)),
+               "--set", f"trainer.lr={lr}",
+               "--set", f"seed={seed}", "--set", f"output_dir={run_dir}",
+               "--set", f"threads={args.threads_per_job}"]
+        return {"task": t, "method": name, "seed": seed, "lr": lr, "dir": run_dir, "cmd": cmd, "task_spec": spec}
+
+    def grid(name):
+        return plan["methods"][name].get("lr_grid", plan["lr_grid"])
+
+    # 1. Learning rates: every grid value on each family's selection task, seed 1, scored on validation.
+    families = sorted({plan["tasks"][t]["family"] for t in tasks})
+    selection_jobs = [job(plan["selection"][f], name, 1, lr) for f in families for name in methods for lr in grid(name)]
+    records, failed = run_all(selection_jobs, args)
+    chosen = {}  # (family, method) -> {"lr", "validation": {lr: score}}
+    for f in plan["selection"]:
+        sel = plan["selection"][f]
+        metric = plan["tasks"][sel]["metric"]
+        for name in plan["methods"]:
+            scores = {}
+            for lr in grid(name):
+                rec = next((r for r in records if r["task"] == sel and r["method"] == name and r["lr"] == lr), None)
+                rec = rec or finished(job(sel, name, 1, lr))
+                if rec:
+                    scores[lr] = rec["validation_score"]
+            if len(scores) == len(grid(name)):  # ties go to the earlier (smaller) grid value
+                best = grid(name)[0]
+                for lr in grid(name)[1:]:
+                    if better(metric, scores[lr], scores[best]):
+                        best = lr
+                chosen[(f, name)] = {"lr": best, "validation": scores}
+    missing = [(f, n) for f in families for n in methods if (f, n) not in chosen]
+    if missing:
+        sys.exit(f"no learning rate chosen for {missing}: a selection run failed")
+
+    # 2. The table: every task and seed at the chosen learning rate (the selection run is reused).
+    everything = [job(t, name, seed, chosen[(plan["tasks"][t]["family"], name)]["lr"])
+                  for t in plan["tasks"] for name in plan["methods"]
+                  if (plan["tasks"][t]["family"], name) in chosen
+                  for seed in range(1, (args.seeds or plan["tasks"][t]["seeds"]) + 1)]
+    jobs = [j for j in everything if j["task"] in tasks and j["method"] in methods]
+    records, more_failed = run_all(jobs, args)
+    failed += more_failed
 
     # The table holds every finished run of the plan, not only the ones selected this time.
-    for job in everything:
-        if job not in jobs:
-            rec = finished(job)
+    for j in everything:
+        if j not in jobs:
+            rec = finished(j)
             if rec:
                 records.append(rec)
     os.makedirs(args.out, exist_ok=True)
     rows = summarize(records, plan, [t for t in plan["tasks"] if any(r["task"] == t for r in records)])
-    atomic_write(os.path.join(args.out, "results.md"), markdown(rows, plan, args) + "\n")
+    lrs = [{"family": f, "method": n, **c} for (f, n), c in sorted(chosen.items())]
+    atomic_write(os.path.join(args.out, "results.md"), markdown(rows, plan, args, chosen) + "\n")
     atomic_write(os.path.join(args.out, "results.json"),
-                 json.dumps({"summary": rows, "runs": sorted(records, key=lambda r: (r["task"], r["method"], r["seed"]))},
+                 json.dumps({"summary": rows, "learning_rates": [{**c, "validation": {f"{k:g}": v for k, v in c["validation"].items()}} for c in lrs],
+                             "runs": sorted(records, key=lambda r: (r["task"], r["method"], r["seed"]))},
                             indent=1) + "\n")
     plot(rows, plan, args.out)
     print(f"wrote {args.out}/results.md, results.json, results.svg, results.png", flush=True)

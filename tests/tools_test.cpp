@@ -104,6 +104,52 @@ TEST(Tools, TrainEvalMergeGenerateInspect) {
   EXPECT_NE(inspect.find("base_model.model.score.weight"), std::string::npos) << inspect;
 }
 
+TEST(Tools, TrainSelectsOnValidationAndScoresTheTestSetOnce) {
+  // With data.validation_fraction, validation picks best/ and the test set scores only that delta:
+  // the logged test score is what the library computes for best/ on the test set.
+  TempDir dir;
+  const std::string model = source("examples/models/tiny-gpt2-en");
+  nlohmann::json cfg = {
+      {"model", model},
+      {"task", "sequence_classification"},
+      {"method", {{"peft_type", "LORA"}, {"task_type", "SEQ_CLS"}, {"r", 4}, {"fan_in_fan_out", true}}},
+      {"data",
+       {{"kind", "jsonl_classification"}, {"train", source("examples/data/spam/train.jsonl")},
+        {"eval", source("examples/data/spam/test.jsonl")}, {"validation_fraction", 0.05}, {"max_length", 16}}},
+      {"trainer", {{"max_steps", 6}, {"batch_size", 8}, {"lr", 0.02}, {"eval_every", 2}, {"log_every", 2}}},
+      {"output_dir", dir.file("run")}};
+  core::write_json_file(dir.file("run.json"), cfg);
+  ASSERT_EQ(run(std::string(PEFT_TRAIN_BIN) + " --threads 1 --config " + dir.file("run.json"), dir.file("a.log")), 0)
+      << slurp(dir.file("a.log"));
+  const auto out = slurp(dir.file("a.log"));
+  EXPECT_NE(out.find("validation (selects best/): validation part of the training set: 80 of 1600 examples"),
+            std::string::npos)
+      << out;
+  nlohmann::json test;
+  int64_t evaluations = 0;
+  std::ifstream log(dir.file("run/log.jsonl"));
+  for (std::string line; std::getline(log, line);) {
+    auto rec = nlohmann::json::parse(line);
+    if (rec.contains("eval")) {
+      ++evaluations;
+      EXPECT_EQ(rec["eval"]["examples"], 80);
+    }
+    if (rec.contains("test")) test = rec;
+  }
+  EXPECT_EQ(evaluations, 3);
+  ASSERT_TRUE(test.contains("selected_step")) << slurp(dir.file("run/log.jsonl"));
+  EXPECT_EQ(test["test"]["examples"], 400);
+
+  auto parts = train::build_run(cfg, "run.json", /*need_train=*/false);
+  PeftModel chosen(parts.model);
+  checkpoint::load_adapter(chosen, dir.file("run/best"));
+  chosen.eval();
+  auto ours = train::evaluate([&](const models::ModelInputs& in) { return chosen.forward(in); }, *parts.eval,
+                              parts.trainer.batch_size, 0, parts.trainer.device);
+  EXPECT_NEAR(test["test"]["accuracy"].get<double>(), ours.accuracy, 1e-6);
+  EXPECT_NEAR(test["test"]["loss"].get<double>(), ours.loss, 1e-5);
+}
+
 TEST(Tools, PromptMethodsTrainResumeAndGenerate) {
   // The reparameterization MLP trains and survives a resume (it is in the training state), the
   // delta holds only the prefix, and peft-generate runs it.

@@ -40,7 +40,9 @@ int run(int argc, char** argv) {
   if (overwrite) parts.trainer.overwrite = true;
   peft::train::prepare_output_dir(parts.trainer, resume);  // before anything is written
   fmt::print("train: {}\n", parts.train->describe());
-  if (parts.eval) fmt::print("eval:  {}\n", parts.eval->describe());
+  const auto eval_sets = peft::train::evaluation_sets(parts);
+  if (parts.validation) fmt::print("validation (selects best/): {}\n", parts.validation->describe());
+  if (parts.eval) fmt::print("{}: {}\n", eval_sets.test ? "test (scored once, at the end)" : "eval", parts.eval->describe());
 
   const nlohmann::json method = config.value("method", nlohmann::json("full"));
   std::unique_ptr<peft::PeftModel> peft_model;
@@ -64,13 +66,18 @@ int run(int argc, char** argv) {
     std::filesystem::create_directories(parts.trainer.output_dir);
     peft::core::write_json_file(parts.trainer.output_dir + "/run_config.json", config);
   }
-  peft::train::Trainer trainer(target, parts.trainer, parts.train, parts.eval);
+  peft::train::Trainer trainer(target, parts.trainer, parts.train, eval_sets.selection, eval_sets.test);
   if (resume) {
     PEFT_CHECK(!parts.trainer.output_dir.empty(), "config", "--resume needs output_dir");
     trainer.resume(parts.trainer.output_dir + "/state");
   }
   auto result = trainer.train();
-  if (result.last_eval) fmt::print("eval after step {}: {}\n", result.steps, result.last_eval->to_json());
+  if (result.last_eval)
+    fmt::print("{} after step {}: {}\n", parts.validation ? "validation" : "eval", result.steps,
+               result.last_eval->to_json());
+  if (result.test_eval)
+    fmt::print("test of the delta of step {} (the best on validation): {}\n", result.selected_step,
+               result.test_eval->to_json());
   if (result.interrupted) {
     fmt::print("interrupted; continue with: peft-train --config {} --resume\n", config_path);
     return 130;

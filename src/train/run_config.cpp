@@ -9,6 +9,7 @@
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
 #include "peft/data/idx_images.h"
+#include "peft/data/subset.h"
 #include "peft/data/text_blocks.h"
 #include "peft/data/text_classification.h"
 
@@ -63,13 +64,22 @@ RunData load_run_data(const nlohmann::json& d, const std::string& tok_dir, const
   const std::string dw = where + " data";
   core::reject_unknown_keys(d, {"kind", "train", "eval", "max_length", "text_field", "label_field", "skip_bad_records",
                                 "block_size", "max_tokens", "train_images", "train_labels", "eval_images",
-                                "eval_labels", "image_size", "channels", "max_value"},
+                                "eval_labels", "image_size", "channels", "max_value", "validation", "validation_images",
+                                "validation_labels", "validation_fraction", "validation_seed"},
                             kC, dw);
   RunData parts;
   const std::string kind = get_or<std::string>(d, "kind", "", kC, dw);
   if (kind == "jsonl_classification" || kind == "text") parts.tokenizer = tokenizers::load_tokenizer(tok_dir);
   const std::string train_path = get_or<std::string>(d, kind == "idx" ? "train_images" : "train", "", kC, dw);
   const std::string eval_path = get_or<std::string>(d, kind == "idx" ? "eval_images" : "eval", "", kC, dw);
+  const std::string validation_key = kind == "idx" ? "validation_images" : "validation";
+  const std::string validation_path = get_or<std::string>(d, validation_key.c_str(), "", kC, dw);
+  const double validation_fraction = get_or<double>(d, "validation_fraction", 0.0, kC, dw);
+  PEFT_CHECK(validation_path.empty() || validation_fraction == 0.0, kC,
+             "{}: data.{} and data.validation_fraction both name a validation set; give one", where, validation_key);
+  PEFT_CHECK(validation_fraction == 0.0 || (validation_fraction > 0.0 && validation_fraction < 1.0), kC,
+             "{}: data.validation_fraction must be in (0, 1) (the share of the training set held out), found {}",
+             where, validation_fraction);
   PEFT_CHECK(!need_train || !train_path.empty(), kC, "{}: data.{} is required", where,
              kind == "idx" ? "train_images" : "train");
   if (kind == "jsonl_classification") {
@@ -86,6 +96,8 @@ RunData load_run_data(const nlohmann::json& d, const std::string& tok_dir, const
       parts.train = train;
     }
     if (!eval_path.empty()) parts.eval = std::make_shared<data::TextClassificationDataset>(eval_path, parts.tokenizer, o);
+    if (!validation_path.empty())
+      parts.validation = std::make_shared<data::TextClassificationDataset>(validation_path, parts.tokenizer, o);
     if (const auto& labelled = parts.train ? parts.train : parts.eval)
       parts.num_labels = static_cast<int64_t>(labelled->labels().size());
   } else if (kind == "text") {
@@ -94,6 +106,8 @@ RunData load_run_data(const nlohmann::json& d, const std::string& tok_dir, const
     o.max_tokens = get_or<int64_t>(d, "max_tokens", 0, kC, where);
     if (!train_path.empty()) parts.train = std::make_shared<data::TextBlocksDataset>(train_path, parts.tokenizer, o);
     if (!eval_path.empty()) parts.eval = std::make_shared<data::TextBlocksDataset>(eval_path, parts.tokenizer, o);
+    if (!validation_path.empty())
+      parts.validation = std::make_shared<data::TextBlocksDataset>(validation_path, parts.tokenizer, o);
   } else if (kind == "idx") {
     data::IdxImagesOptions o;
     o.image_size = get_or<int64_t>(d, "image_size", 0, kC, where);
@@ -103,8 +117,19 @@ RunData load_run_data(const nlohmann::json& d, const std::string& tok_dir, const
       parts.train = std::make_shared<data::IdxImagesDataset>(train_path, get_or<std::string>(d, "train_labels", "", kC, where), o);
     if (!eval_path.empty())
       parts.eval = std::make_shared<data::IdxImagesDataset>(eval_path, get_or<std::string>(d, "eval_labels", "", kC, where), o);
+    if (!validation_path.empty())
+      parts.validation = std::make_shared<data::IdxImagesDataset>(
+          validation_path, get_or<std::string>(d, "validation_labels", "", kC, where), o);
   } else {
     fail(kC, fmt::format("{}: data.kind must be jsonl_classification, text or idx, found '{}'", where, kind));
+  }
+  if (validation_fraction > 0.0 && parts.train) {
+    // A text's blocks are consecutive: its tail keeps the validation text apart from the training text.
+    auto split = data::split_validation(parts.train, validation_fraction,
+                                        get_or<uint64_t>(d, "validation_seed", 0, kC, dw),
+                                        kind == "text" ? data::HoldOut::kTail : data::HoldOut::kRandom);
+    parts.train = split.train;
+    parts.validation = split.validation;
   }
   return parts;
 }
@@ -156,6 +181,7 @@ RunParts build_run(const nlohmann::json& config, const std::string& where, bool 
   parts.tokenizer = data.tokenizer;
   parts.train = data.train;
   parts.eval = data.eval;
+  parts.validation = data.validation;
   if (!load.num_labels) load.num_labels = data.num_labels;
 
   if (init == "pretrained") {
@@ -172,6 +198,11 @@ RunParts build_run(const nlohmann::json& config, const std::string& where, bool 
   parts.trainer.device = load.device;
   parts.trainer.output_dir = get_or<std::string>(config, "output_dir", "", kC, where);
   return parts;
+}
+
+EvaluationSets evaluation_sets(const RunParts& parts) {
+  if (parts.validation) return {parts.validation, parts.eval};
+  return {parts.eval, nullptr};
 }
 
 }  // namespace peft::train

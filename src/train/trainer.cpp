@@ -72,8 +72,12 @@ void prepare_output_dir(const TrainerConfig& c, bool resuming) {
 struct Trainer::Impl {
   Trainable target;
   TrainerConfig config;
-  std::shared_ptr<const data::Dataset> train, eval;
+  std::shared_ptr<const data::Dataset> train, eval, test;
   std::vector<std::pair<std::string, at::Tensor>> params;
+  // With a test set: the tensors of the best evaluation (parameters, then buffers), kept to be
+  // scored on it at the end; in the training state as best.safetensors.
+  safetensors::TensorMap best_tensors;
+  int64_t best_step = 0;
   std::unique_ptr<optim::AdamW> opt;
   std::unique_ptr<data::Sampler> sampler;
   int64_t step = 0;
@@ -89,6 +93,20 @@ struct Trainer::Impl {
     return -r.loss;
   }
 
+  /// Every tensor of the delta (parameters, then buffers) under "param/…" and "buffer/…".
+  std::vector<std::pair<std::string, at::Tensor>> tracked() const {
+    std::vector<std::pair<std::string, at::Tensor>> all;
+    for (const auto& [name, p] : params) all.emplace_back("param/" + name, p);
+    if (target.buffers)
+      for (const auto& [name, b] : target.buffers()) all.emplace_back("buffer/" + name, b);
+    return all;
+  }
+  void keep_best() {
+    best_tensors.clear();
+    for (const auto& [name, t] : tracked()) best_tensors[name] = t.detach().cpu().clone();
+    best_step = step;
+  }
+
   void log_line(const std::string& json) const {
     if (config.output_dir.empty()) return;
     std::ofstream out(config.output_dir + "/log.jsonl", std::ios::app);
@@ -97,13 +115,14 @@ struct Trainer::Impl {
 };
 
 Trainer::Trainer(Trainable target, TrainerConfig config, std::shared_ptr<const data::Dataset> train,
-                 std::shared_ptr<const data::Dataset> eval)
+                 std::shared_ptr<const data::Dataset> eval, std::shared_ptr<const data::Dataset> test)
     : impl_(std::make_unique<Impl>()) {
   auto& m = *impl_;
   m.target = std::move(target);
   m.config = std::move(config);
   m.train = std::move(train);
   m.eval = std::move(eval);
+  m.test = std::move(test);
   const auto& c = m.config;
   PEFT_CHECK(m.train, kC, "no training data");
   PEFT_CHECK(c.max_steps > 0 && c.batch_size > 0 && c.grad_accum > 0, kC,
@@ -152,6 +171,7 @@ void Trainer::save_state(const std::string& dir) const {
       for (const auto& [name, b] : m.target.buffers()) buffers[name] = b.detach().cpu().contiguous();
       if (!buffers.empty()) safetensors::save_file(staging + "/buffers.safetensors", buffers);
     }
+    if (!m.best_tensors.empty()) safetensors::save_file(staging + "/best.safetensors", m.best_tensors);
     safetensors::TensorMap opt;
     for (auto& [k, t] : m.opt->state_dict()) opt[k] = t.detach().cpu().contiguous();
     safetensors::save_file(staging + "/optimizer.safetensors", opt);
@@ -163,6 +183,7 @@ void Trainer::save_state(const std::string& dir) const {
                         {"cursor", m.sampler->state().cursor},
                         {"bad_evals", m.bad_evals},
                         {"nonfinite", m.nonfinite},
+                        {"best_step", m.best_step},
                         {"metric", m.metric},
                         {"seed", m.config.seed},
                         {"batch_size", m.config.batch_size},
@@ -225,6 +246,21 @@ void Trainer::resume(const std::string& dir) {
   m.bad_evals = j.at("bad_evals").get<int64_t>();
   m.nonfinite = j.at("nonfinite").get<int64_t>();
   if (!j.at("best").is_null()) m.best = j.at("best").get<double>();
+  m.best_step = j.value("best_step", int64_t{0});
+  m.best_tensors.clear();
+  if (m.test && m.best) {
+    const std::string file = dir + "/best.safetensors";
+    if (fs::exists(file)) {
+      m.best_tensors = safetensors::load_file(file);
+      for (const auto& [name, t] : m.tracked())
+        PEFT_CHECK(m.best_tensors.count(name) && m.best_tensors.at(name).sizes() == t.sizes(), kC,
+                   "{}: '{}' is missing or has another shape (a different method or model?)", file, name);
+    } else {
+      // Without the kept tensors the earlier best cannot be scored; best/ keeps it all the same.
+      log::warn("{}: no best.safetensors (saved without a test set): the test scores the last step's delta "
+                "unless a later evaluation beats the best so far", dir);
+    }
+  }
   m.resumed = true;
   log::info("resumed from {} at step {}", dir, m.step);
 }
@@ -252,6 +288,7 @@ TrainResult Trainer::train() {
       m.best = s;
       m.bad_evals = 0;
       result.best_eval = r;
+      if (m.test) m.keep_best();
       if (!c.output_dir.empty()) m.target.save(c.output_dir + "/best");
     } else {
       ++m.bad_evals;
@@ -334,6 +371,18 @@ TrainResult Trainer::train() {
     if (!c.output_dir.empty()) {
       save_state(c.output_dir + "/state");
       m.target.save(c.output_dir + "/final");
+    }
+    if (m.test) {
+      result.selected_step = m.step;
+      if (!m.best_tensors.empty()) {
+        torch::NoGradGuard no_grad;
+        for (const auto& [name, t] : m.tracked()) t.copy_(m.best_tensors.at(name));
+        result.selected_step = m.best_step;
+      }
+      m.target.set_training(false);
+      result.test_eval = evaluate(m.target.forward, *m.test, c.batch_size, /*max_batches=*/0, c.device);
+      m.log_line(fmt::format("{{\"step\": {}, \"selected_step\": {}, \"test\": {}}}", m.step, result.selected_step,
+                             result.test_eval->to_json()));
     }
   }
   m.target.set_training(false);

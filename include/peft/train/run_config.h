@@ -30,6 +30,9 @@ models::LoadOptions load_options_from_json(const nlohmann::json& config, const s
 struct RunData {
   std::shared_ptr<tokenizers::Tokenizer> tokenizer;  ///< null for image data
   std::shared_ptr<data::Dataset> train, eval;
+  /// data.validation (a file) or data.validation_fraction (held out of train, seeded by
+  /// data.validation_seed, default 0); null when neither is given.
+  std::shared_ptr<data::Dataset> validation;
   /// The label count a classification set implies (its training set's labels), if any.
   std::optional<int64_t> num_labels;
 };
@@ -44,9 +47,17 @@ TrainerConfig trainer_config_from_json(const nlohmann::json& trainer, const std:
 struct RunParts {
   std::shared_ptr<tokenizers::Tokenizer> tokenizer;  ///< null for image data
   std::shared_ptr<models::PretrainedModel> model;
-  std::shared_ptr<data::Dataset> train, eval;
+  std::shared_ptr<data::Dataset> train, eval, validation;
   TrainerConfig trainer;
 };
+
+/// Which set selects (periodic evaluation, best/, early stopping) and which is scored once, at
+/// the end, on the delta selection chose: with a validation set, validation selects and eval is
+/// the test set; without one, eval selects and there is no separate test.
+struct EvaluationSets {
+  std::shared_ptr<const data::Dataset> selection, test;
+};
+EvaluationSets evaluation_sets(const RunParts& parts);
 
 /// Seeds LibTorch with the run's "seed", then builds everything but the method: data, model
 /// ("init": "pretrained" loads weights, "config" draws them), trainer settings.

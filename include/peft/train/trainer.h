@@ -97,6 +97,10 @@ struct TrainResult {
   int64_t nonfinite_steps = 0;
   std::vector<double> losses;   ///< the loss of every optimizer step run in this call
   std::optional<EvalResult> last_eval, best_eval;
+  /// With a test set: its scores for the tensors of the best evaluation (step selected_step), or
+  /// of the last step when nothing was evaluated.
+  std::optional<EvalResult> test_eval;
+  int64_t selected_step = 0;
 };
 
 /// Before a run writes anything: an output_dir holding an earlier run's outputs (state/, best/,
@@ -106,8 +110,13 @@ void prepare_output_dir(const TrainerConfig& config, bool resuming);
 
 class Trainer {
  public:
+  /// `eval` selects: it is evaluated every eval_every steps and at the end, its best result's
+  /// delta is saved to best/, and early stopping watches it. `test`, when given, is scored once
+  /// when training ends, on the tensors best/ holds (which the live model then keeps, as Hugging
+  /// Face's load_best_model_at_end does) — so the reported test score is of the delta chosen
+  /// without looking at the test set.
   Trainer(Trainable target, TrainerConfig config, std::shared_ptr<const data::Dataset> train,
-          std::shared_ptr<const data::Dataset> eval = nullptr);
+          std::shared_ptr<const data::Dataset> eval = nullptr, std::shared_ptr<const data::Dataset> test = nullptr);
   ~Trainer();
   /// Continues from a state directory written by save_state (output_dir/state by default).
   void resume(const std::string& state_dir);
