@@ -16,6 +16,9 @@ namespace {
 
 constexpr const char* kC = "peft_model";
 const std::string kKeyPrefix = "base_model.model.";
+// HF PEFT's PeftModel holds a prompt method's base model directly, not through a tuner wrapper,
+// so that method's trained copies of base modules (a classifier head) are keyed "base_model.<path>".
+const std::string kPromptKeyPrefix = "base_model.";
 
 void check_adapter_name(const std::string& name) {
   static const std::regex valid("[A-Za-z0-9_\\-]+");
@@ -364,9 +367,10 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
   std::map<std::string, at::Tensor> out;
   for (auto& [path, lin] : a.layers)
     for (auto& [rel, t] : lin->delta(name)->delta_state()) out[kKeyPrefix + path + "." + rel] = t;
+  const std::string& copy_prefix = a.prompt ? kPromptKeyPrefix : kKeyPrefix;
   for (auto& [pname, copy] : a.base_copies) {
     auto alias = a.saved_as.find(pname);
-    out[kKeyPrefix + (alias == a.saved_as.end() ? pname : alias->second)] = copy;
+    out[copy_prefix + (alias == a.saved_as.end() ? pname : alias->second)] = copy;
   }
   for (auto& [path, block] : a.blocks)
     for (auto& [rel, t] : block->state(name)) out[kKeyPrefix + path + ".adapters." + rel] = t;
@@ -381,10 +385,18 @@ std::map<std::string, at::Tensor> PeftModel::adapter_state_dict(const std::strin
 }
 
 std::string PeftModel::checkpoint_key_alias(const std::string& name, const std::string& key) const {
-  for (const auto& [pname, saved] : adapter(name).saved_as) {
-    if (key == kKeyPrefix + saved) return kKeyPrefix + pname;
-    if (key == kKeyPrefix + pname) return kKeyPrefix + saved;
+  const auto& a = adapter(name);
+  const std::string& prefix = a.prompt ? kPromptKeyPrefix : kKeyPrefix;
+  for (const auto& [pname, saved] : a.saved_as) {
+    if (key == prefix + saved) return prefix + pname;
+    if (key == prefix + pname) return prefix + saved;
   }
+  // Deltas of prompt methods written before their copies took HF's "base_model." keys.
+  if (a.prompt)
+    for (const auto& [pname, copy] : a.base_copies) {
+      if (key == kPromptKeyPrefix + pname) return kKeyPrefix + pname;
+      if (key == kKeyPrefix + pname) return kPromptKeyPrefix + pname;
+    }
   return "";
 }
 

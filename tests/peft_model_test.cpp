@@ -57,6 +57,14 @@ TEST(TargetModules, FollowHFRules) {
   EXPECT_TRUE(methods::matches_target("transformer.h.1.mlp.c_proj", list, layer1));
   methods::LayerSelection pattern{{0}, {"h"}};
   EXPECT_TRUE(methods::matches_target("transformer.h.0.mlp.c_proj", list, pattern));
+  // The layer is the first numbered segment (HF PEFT), not a nested index such as an expert's.
+  methods::TargetModules experts;
+  experts.names = {"down_proj"};
+  EXPECT_TRUE(methods::matches_target("model.layers.1.mlp.experts.0.down_proj", experts, layer1));
+  EXPECT_FALSE(methods::matches_target("model.layers.0.mlp.experts.1.down_proj", experts, layer1));
+  methods::LayerSelection layers_pattern{{1}, {"layers"}};
+  EXPECT_TRUE(methods::matches_target("model.layers.1.mlp.experts.0.down_proj", experts, layers_pattern));
+  EXPECT_FALSE(methods::matches_target("model.layers.0.mlp.experts.1.down_proj", experts, layers_pattern));
   EXPECT_EQ(methods::pattern_key("transformer.h.0.attn.c_attn", {"mlp", "attn.c_attn"}), std::string("attn.c_attn"));
 }
 

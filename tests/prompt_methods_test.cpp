@@ -2,6 +2,8 @@
 // (positions, masks, RoPE, grouped-query heads), a prompt is exactly earlier input embeddings,
 // reparameterization encoders are dropped at save, LLaMA-Adapter's gates and autograd reach,
 // and parameter counts from geometry alone (LLaMA-7B) equal the paper's.
+#include <filesystem>
+
 #include <torch/torch.h>
 
 #include "peft/checkpoint/delta.h"
@@ -212,6 +214,78 @@ INSTANTIATE_TEST_SUITE_P(
         Reparameterized{"p_tuning_mlp", {{"peft_type", "P_TUNING"}, {"num_virtual_tokens", 4}, {"encoder_hidden_size", 40}}},
         Reparameterized{"p_tuning_lstm", {{"peft_type", "P_TUNING"}, {"num_virtual_tokens", 4}, {"encoder_reparameterization_type", "LSTM"}, {"encoder_num_layers", 2}, {"encoder_dropout", 0.1}}}),
     [](const auto& info) { return info.param.name; });
+
+TEST(PromptMethods, ModulesToSaveTrainAndSaveUnderHFKeys) {
+  // HF PEFT's PeftModel holds a prompt method's base model directly: trained module copies are
+  // keyed "base_model.<path>", not the tuners' "base_model.model.<path>".
+  auto cfg = tiny_config("gpt2");
+  cfg["architectures"] = {"GPT2ForSequenceClassification"};
+  cfg["num_labels"] = 2;
+  cfg["pad_token_id"] = 0;
+  const nlohmann::json method = {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 3}, {"task_type", "SEQ_CLS"},
+                                 {"modules_to_save", {"ln_f"}}};
+  EXPECT_EQ(config(method)->to_json()["modules_to_save"], nlohmann::json({"ln_f"}));
+  EXPECT_FALSE(config({{"peft_type", "PROMPT_TUNING"}})->to_json().contains("modules_to_save"))
+      << "HF PEFT releases before the field refuse the key";
+  torch::manual_seed(2);
+  auto base = models::create_model(cfg);
+  base->eval();
+  PeftModel model(base);
+  model.add_adapter("default", *config(method));
+  auto state = model.adapter_state_dict("default");
+  std::vector<std::string> keys;
+  for (const auto& [k, t] : state) keys.push_back(k);
+  EXPECT_EQ(keys, (std::vector<std::string>{"base_model.score.weight", "base_model.transformer.ln_f.bias",
+                                            "base_model.transformer.ln_f.weight", "prompt_embeddings"}));
+  {
+    torch::NoGradGuard g;
+    for (auto& [k, t] : state) t.add_(torch::randn_like(t) * 0.1);  // as if trained
+  }
+  auto batch = tiny_batch("gpt2");
+  batch.labels = torch::tensor({1, 0}, torch::kLong);
+  torch::NoGradGuard g;
+  const auto expected = model.forward(batch).logits;
+  TempDir dir;
+  checkpoint::save_adapter(model, dir.file("delta"));
+  auto reload = [&](const std::string& delta) {
+    torch::manual_seed(2);
+    auto fresh_base = models::create_model(cfg);
+    fresh_base->eval();
+    PeftModel fresh(fresh_base);
+    checkpoint::load_adapter(fresh, delta);
+    return fresh.forward(batch).logits;
+  };
+  EXPECT_TRUE(bit_equal(reload(dir.file("delta")), expected));
+  // A delta written with the tuners' spelling still loads.
+  std::filesystem::create_directories(dir.file("old"));
+  std::filesystem::copy_file(dir.file("delta/adapter_config.json"), dir.file("old/adapter_config.json"));
+  safetensors::TensorMap old;
+  for (const auto& [k, t] : safetensors::load_file(dir.file("delta/adapter_model.safetensors")))
+    old[k == "prompt_embeddings" ? k : "base_model.model." + k.substr(std::string("base_model.").size())] = t;
+  safetensors::save_file(dir.file("old/adapter_model.safetensors"), old);
+  EXPECT_TRUE(bit_equal(reload(dir.file("old")), expected));
+}
+
+TEST(PrefixTuning, ZeroInitWeightsStartsFromAZeroPrefix) {
+  for (bool projection : {false, true}) {
+    nlohmann::json j = {{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 3}, {"prefix_projection", projection},
+                        {"init_weights", "zero"}};
+    PeftModel model(tiny_model("gpt2"));
+    model.add_adapter("default", *config(j));
+    const auto table = model.adapter_state_dict("default").at("prompt_embeddings");
+    EXPECT_EQ(table.abs().max().item<float>(), 0.0f) << "projection " << projection;
+    EXPECT_GT(element_count(model.trainable_parameters()), 0);
+    EXPECT_EQ(config(j)->to_json()["init_weights"], "zero");
+    PeftModel random(tiny_model("gpt2"));
+    j.erase("init_weights");
+    random.add_adapter("default", *config(j));
+    EXPECT_GT(random.adapter_state_dict("default").at("prompt_embeddings").abs().max().item<float>(), 0.0f);
+    EXPECT_FALSE(config(j)->to_json().contains("init_weights")) << "HF PEFT releases before the field refuse the key";
+  }
+  EXPECT_NE(error_of([] { config({{"peft_type", "PREFIX_TUNING"}, {"init_weights", "ones"}})->validate(); })
+                .find("init_weights must be null (random) or \"zero\", found 'ones'"),
+            std::string::npos);
+}
 
 TEST(PrefixTuning, GroupedQueryModelsUseTheKeyValueGeometry) {
   PeftModel model(tiny_model("llama"));  // 6 heads, 2 key/value heads, head_dim 4, 2 layers

@@ -82,7 +82,8 @@ class PeftModel {
   // ---- parameters ----
   /// The active adapter's trainable tensors (what an optimizer should get).
   std::vector<at::Tensor> trainable_parameters();
-  /// An adapter's tensors under Hugging Face PEFT's checkpoint keys ("base_model.model.<path>.lora_A.weight").
+  /// An adapter's tensors under Hugging Face PEFT's checkpoint keys ("base_model.model.<path>.lora_A.weight";
+  /// a prompt method's: "prompt_embeddings", and "base_model.<path>" for its trained head copies).
   std::map<std::string, at::Tensor> adapter_state_dict(const std::string& name);
   /// A trainable tensor's role for weight decay: what its adapter's method says ("scale", "gate",
   /// "prompt"), else optim::default_parameter_role ("bias", "norm", "weight").

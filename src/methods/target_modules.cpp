@@ -19,15 +19,17 @@ std::regex compile(const std::string& pattern, const std::string& what) {
   }
 }
 
+// HF PEFT's rule: the first numbered segment after a named one is the layer index (a lazy match:
+// in "layers.1.experts.0.w" the layer is 1, not the expert number 0).
 std::optional<int64_t> layer_index(const std::string& name, const std::vector<std::string>& patterns) {
   std::smatch m;
   if (patterns.empty()) {
-    static const std::regex any(R"(.*\.[^.]*\.(\d+)\..*)");
+    static const std::regex any(R"(.*?\.[^.]*\.(\d+)\..*)");
     if (std::regex_match(name, m, any)) return std::stoll(m[1].str());
     return std::nullopt;
   }
   for (const auto& p : patterns) {
-    std::regex re(".*\\." + p + "\\.(\\d+)\\..*");
+    std::regex re(".*?\\." + p + "\\.(\\d+)\\..*");
     if (std::regex_match(name, m, re)) return std::stoll(m[1].str());
   }
   return std::nullopt;

@@ -50,6 +50,7 @@ void attach_p_tuning(PeftModel& model, MethodConfig& base_cfg, const std::string
   at::Tensor table = torch::randn({cfg.prompt.num_virtual_tokens, cfg.prompt.token_dim}, opts);
   model.attach_prompt_encoder(adapter,
                               std::make_shared<nn::PromptEncoder>(table, encoder, nn::PromptPlacement::kInputEmbeddings, g));
+  model.add_modules_to_save(adapter, cfg.prompt.modules_to_save);
 }
 
 int64_t count_p_tuning(const MethodConfig& base_cfg, const models::ModelGeometry& g) {

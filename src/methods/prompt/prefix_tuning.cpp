@@ -35,11 +35,16 @@ void attach_prefix_tuning(PeftModel& model, MethodConfig& base_cfg, const std::s
     transform->push_back(torch::nn::Tanh());
     transform->push_back(torch::nn::Linear(cfg.encoder_hidden_size, width));
     transform->to(opts.device(), opts.dtype().toScalarType());
+    if (cfg.init_weights == "zero") {
+      torch::NoGradGuard no_grad;
+      for (auto& t : transform[2]->parameters()) t.zero_();
+    }
   } else {
-    table = torch::randn({p, width}, opts);
+    table = cfg.init_weights == "zero" ? torch::zeros({p, width}, opts) : torch::randn({p, width}, opts);
   }
   model.attach_prompt_encoder(
       adapter, std::make_shared<nn::PromptEncoder>(table, transform, nn::PromptPlacement::kAttentionPrefix, g));
+  model.add_modules_to_save(adapter, cfg.prompt.modules_to_save);
 }
 
 int64_t count_prefix_tuning(const MethodConfig& base_cfg, const models::ModelGeometry& g) {
@@ -60,7 +65,11 @@ const std::vector<ConfigField<PrefixTuningConfig>>& prefix_tuning_fields() {
       written_as(field("encoder_hidden_size", &C::encoder_hidden_size), [](const C& c, nlohmann::json& j) {
          j["encoder_hidden_size"] = c.encoder_hidden_size > 0 ? nlohmann::json(c.encoder_hidden_size) : nlohmann::json(nullptr);
        }),
-      field("prefix_projection", &C::prefix_projection)});
+      field("prefix_projection", &C::prefix_projection),
+      // Written only when set: HF PEFT releases before init_weights refuse the key.
+      written_as(field("init_weights", &C::init_weights), [](const C& c, nlohmann::json& j) {
+        if (!c.init_weights.empty()) j["init_weights"] = c.init_weights;
+      })});
   return f;
 }
 }  // namespace
@@ -74,6 +83,8 @@ nlohmann::json PrefixTuningConfig::to_json() const { return write_config(*this, 
 
 void PrefixTuningConfig::validate() const {
   prompt.validate(kC);
+  PEFT_CHECK(init_weights.empty() || init_weights == "zero", kC,
+             "init_weights must be null (random) or \"zero\", found '{}'", init_weights);
   PEFT_CHECK(encoder_hidden_size >= 0, kC, "encoder_hidden_size must be positive or null, found {}", encoder_hidden_size);
 }
 

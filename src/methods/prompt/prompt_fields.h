@@ -21,10 +21,20 @@ std::vector<ConfigField<C>> prompt_learning_fields() {
               j[key] = null_when_zero && v <= 0 ? nlohmann::json(nullptr) : nlohmann::json(v);
             }};
   };
+  // Written only when set: HF PEFT releases before prompt methods took modules_to_save refuse the key.
+  ConfigField<C> modules_to_save = {
+      "modules_to_save",
+      [](C& c, const nlohmann::json& j, const std::string&, const std::string& where) {
+        c.prompt.modules_to_save = string_list(j, "modules_to_save", where);
+      },
+      [](const C& c, nlohmann::json& j) {
+        if (!c.prompt.modules_to_save.empty()) j["modules_to_save"] = c.prompt.modules_to_save;
+      }};
   using P = PromptLearningFields;
   return {member("num_virtual_tokens", &P::num_virtual_tokens, false), member("token_dim", &P::token_dim, true),
           member("num_transformer_submodules", &P::num_transformer_submodules, false),
-          member("num_attention_heads", &P::num_attention_heads, true), member("num_layers", &P::num_layers, true)};
+          member("num_attention_heads", &P::num_attention_heads, true), member("num_layers", &P::num_layers, true),
+          modules_to_save};
 }
 
 /// The prompt-learning fields, then the method's own.

@@ -39,6 +39,7 @@ void attach_prompt_tuning(PeftModel& model, MethodConfig& base_cfg, const std::s
   torch::nn::Sequential none{nullptr};
   model.attach_prompt_encoder(adapter,
                               std::make_shared<nn::PromptEncoder>(table, none, nn::PromptPlacement::kInputEmbeddings, g));
+  model.add_modules_to_save(adapter, cfg.prompt.modules_to_save);
 }
 
 int64_t count_prompt_tuning(const MethodConfig& base_cfg, const models::ModelGeometry& g) {

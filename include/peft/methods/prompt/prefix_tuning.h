@@ -17,6 +17,9 @@ struct PrefixTuningConfig : MethodConfig {
   PromptLearningFields prompt;
   int64_t encoder_hidden_size = 0;  ///< the MLP's width (0: token_dim, as HF fills it)
   bool prefix_projection = false;
+  /// HF's init_weights: "" draws the prefix at random; "zero" starts it at zero (with projection:
+  /// the MLP's last layer), so each layer's first steps see zero keys and values.
+  std::string init_weights;
 
   std::string method() const override { return "prefix_tuning"; }
   std::string peft_type() const override { return "PREFIX_TUNING"; }

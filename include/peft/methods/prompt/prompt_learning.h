@@ -27,6 +27,9 @@ struct PromptLearningFields {
   int64_t num_transformer_submodules = 1;
   int64_t num_attention_heads = 0;
   int64_t num_layers = 0;
+  /// Base modules trained and saved whole with the prompt (HF's PromptLearningConfig field; a
+  /// SEQ_CLS / TOKEN_CLS head is added implicitly either way).
+  std::vector<std::string> modules_to_save;
 
   void validate(const std::string& component) const;
   /// Fills unset fields from the model, and checks set ones against it (a mismatch names the key).
