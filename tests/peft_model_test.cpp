@@ -1,4 +1,6 @@
 // PeftModel and LoraConfig behaviour: target selection, errors, adapter management, reports.
+#include <fstream>
+
 #include <torch/torch.h>
 
 #include "peft/checkpoint/delta.h"
@@ -66,6 +68,36 @@ TEST(TargetModules, FollowHFRules) {
   EXPECT_TRUE(methods::matches_target("model.layers.1.mlp.experts.0.down_proj", experts, layers_pattern));
   EXPECT_FALSE(methods::matches_target("model.layers.0.mlp.experts.1.down_proj", experts, layers_pattern));
   EXPECT_EQ(methods::pattern_key("transformer.h.0.attn.c_attn", {"mlp", "attn.c_attn"}), std::string("attn.c_attn"));
+}
+
+TEST(LoraConfig, PatternKeysAreTriedInTheFilesOrder) {
+  // Both keys match transformer.h.1.mlp.c_fc; HF PEFT takes the first in the dict's (the file's)
+  // order. Here the file lists the narrower key first, against sorted order.
+  TempDir dir;
+  {
+    std::ofstream out(dir.file("adapter_config.json"));
+    out << R"({"peft_type": "LORA", "r": 4, "target_modules": ["c_fc"],
+               "rank_pattern": {"h.1.mlp.c_fc": 2, "c_fc": 6}, "alpha_pattern": {"h.1.mlp.c_fc": 1, "c_fc": 12}})";
+  }
+  auto from_file = std::dynamic_pointer_cast<methods::LoraConfig>(methods::parse_config_file(dir.file("adapter_config.json")));
+  ASSERT_TRUE(from_file);
+  EXPECT_EQ(from_file->rank_for("transformer.h.1.mlp.c_fc"), 2);
+  EXPECT_EQ(from_file->rank_for("transformer.h.0.mlp.c_fc"), 6);
+  EXPECT_DOUBLE_EQ(from_file->scaling_for("transformer.h.1.mlp.c_fc"), 1.0 / 2.0);
+  EXPECT_DOUBLE_EQ(from_file->scaling_for("transformer.h.0.mlp.c_fc"), 12.0 / 6.0);
+  // The same object built in code has no order but the sorted one ("c_fc" first).
+  auto in_code = std::dynamic_pointer_cast<methods::LoraConfig>(methods::parse_config(
+      {{"peft_type", "LORA"}, {"rank_pattern", {{"h.1.mlp.c_fc", 2}, {"c_fc", 6}}}}));
+  EXPECT_EQ(in_code->rank_for("transformer.h.1.mlp.c_fc"), 6);
+  // A delta saved and loaded keeps the shapes it was trained with.
+  auto model = gpt2();
+  model->add_adapter("default", *from_file);
+  const std::string a = "base_model.model.transformer.h.1.mlp.c_fc.lora_A.weight";
+  EXPECT_EQ(model->adapter_state_dict("default").at(a).size(0), 2);
+  checkpoint::save_adapter(*model, dir.file("delta"));
+  auto again = gpt2();
+  checkpoint::load_adapter(*again, dir.file("delta"));
+  EXPECT_EQ(again->adapter_state_dict("default").at(a).size(0), 2);
 }
 
 TEST(LoraConfig, RankAndAlphaPatternsAndLayers) {

@@ -46,7 +46,7 @@ int count_from_geometry(const std::string& model_dir, const std::string& config_
   const auto cfg = (std::filesystem::path(model_dir) / "config.json").string();
   PEFT_CHECK(std::filesystem::exists(cfg), "cli", "{}: missing config.json", model_dir);
   const auto g = peft::models::model_geometry(peft::core::read_json_file(cfg));
-  auto method_config = peft::methods::parse_config(peft::core::read_json_file(config_path));
+  auto method_config = peft::methods::parse_config_file(config_path);
   method_config->validate();
   const auto& method = peft::methods::find_method(method_config->method());
   PEFT_CHECK(static_cast<bool>(method.count), "cli",
@@ -107,7 +107,7 @@ int run(int argc, char** argv) {
     peft::checkpoint::load_adapter(model, adapter_dir, "default", opts);
   } else if (!config_path.empty()) {
     // Where a method attaches does not depend on data: no batches are needed to show it.
-    model.add_adapter_without_data("default", *peft::methods::parse_config(peft::core::read_json_file(config_path)));
+    model.add_adapter_without_data("default", *peft::methods::parse_config_file(config_path));
   }
 
   peft::TreeOptions options;

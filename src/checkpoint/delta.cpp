@@ -23,7 +23,7 @@ namespace {
 constexpr const char* kC = "checkpoint";
 
 void write_files(PeftModel& model, const std::string& dir, const std::string& adapter) {
-  nlohmann::json config = model.adapter_config(adapter).to_json();
+  const auto config = model.adapter_config(adapter).to_file_json();
   safetensors::Metadata meta = {{"format", "pt"},
                                 {"peft_cpp_version", version()},
                                 {"peft_cpp_method", model.adapter_config(adapter).method()},
@@ -31,7 +31,7 @@ void write_files(PeftModel& model, const std::string& dir, const std::string& ad
   // Weights first: a crash between the two renames leaves the old config beside new weights of
   // the same adapter, never a config that promises tensors the directory lacks.
   safetensors::save_file((fs::path(dir) / kWeightsFile).string(), model.adapter_state_dict(adapter), meta);
-  core::write_json_file((fs::path(dir) / kConfigFile).string(), config);
+  core::write_ordered_json_file((fs::path(dir) / kConfigFile).string(), config);
 }
 
 }  // namespace
@@ -83,12 +83,7 @@ void save_pretrained(PeftModel& model, const std::string& dir) {
 std::shared_ptr<methods::MethodConfig> read_adapter_config(const std::string& dir) {
   const auto path = (fs::path(dir) / kConfigFile).string();
   PEFT_CHECK(fs::exists(path), kC, "{}: missing {} (is '{}' an adapter directory?)", dir, kConfigFile, dir);
-  auto j = core::read_json_file(path);
-  try {
-    return methods::parse_config(j);
-  } catch (const Error& e) {
-    fail(kC, fmt::format("{}: {}", path, e.what()));
-  }
+  return methods::parse_config_file(path);
 }
 
 void load_adapter(PeftModel& model, const std::string& dir, const std::string& adapter, const LoadOptions& options) {

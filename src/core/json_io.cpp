@@ -12,19 +12,32 @@
 
 namespace peft::core {
 
-nlohmann::json read_json_file(const std::string& path) {
+namespace {
+template <class Json>
+Json parse_json_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   PEFT_CHECK(in.good(), "json", "{}: cannot open the file", path);
   std::stringstream buf;
   buf << in.rdbuf();
   try {
-    return nlohmann::json::parse(buf.str());
+    return Json::parse(buf.str());
   } catch (const nlohmann::json::exception& e) {
     fail("json", fmt::format("{}: bad JSON: {}", path, e.what()));
   }
 }
+}  // namespace
+
+nlohmann::json read_json_file(const std::string& path) { return parse_json_file<nlohmann::json>(path); }
+
+nlohmann::ordered_json read_ordered_json_file(const std::string& path) {
+  return parse_json_file<nlohmann::ordered_json>(path);
+}
 
 void write_json_file(const std::string& path, const nlohmann::json& j) {
+  write_file_atomic(path, j.dump(2) + "\n");
+}
+
+void write_ordered_json_file(const std::string& path, const nlohmann::ordered_json& j) {
   write_file_atomic(path, j.dump(2) + "\n");
 }
 

@@ -56,14 +56,15 @@ ConfigField<C> optional_targets_field(const char* key, TargetModules C::*member)
 
 /// A {module pattern: number} object (rank_pattern / alpha_pattern); absent or null: empty.
 template <class C, class T, class Write>
-ConfigField<C> pattern_field(const char* key, std::map<std::string, T> C::*member, Write write_value) {
+ConfigField<C> pattern_field(const char* key, std::vector<std::pair<std::string, T>> C::*member, Write write_value) {
   return {key,
           [key, member](C& c, const nlohmann::json& j, const std::string& component, const std::string& where) {
             if (!j.contains(key) || j[key].is_null()) return;
             PEFT_CHECK(j[key].is_object(), component, "{}: '{}' must be an object, found {}", where, key, j[key].dump());
+            (c.*member).clear();
             for (auto it = j[key].begin(); it != j[key].end(); ++it) {
               PEFT_CHECK(it.value().is_number(), component, "{}: {}['{}'] must be a number", where, key, it.key());
-              (c.*member)[it.key()] = it.value().template get<T>();
+              (c.*member).emplace_back(it.key(), it.value().template get<T>());
             }
           },
           [key, member, write_value](const C& c, nlohmann::json& j) {

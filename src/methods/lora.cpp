@@ -1,6 +1,7 @@
 #include "peft/methods/lora.h"
 
 #include <cmath>
+#include <optional>
 #include <set>
 
 #include <torch/torch.h>
@@ -120,6 +121,48 @@ TargetModules default_targets(const std::string& model_type) {
   return t;
 }
 
+/// The value of the first key (in order) matching the module, HF PEFT's get_pattern_key rule.
+template <class T>
+std::optional<T> pattern_value(const std::vector<std::pair<std::string, T>>& pattern, const std::string& module) {
+  std::vector<std::string> keys;
+  for (const auto& kv : pattern) keys.push_back(kv.first);
+  const auto k = pattern_key(module, keys);
+  if (!k) return std::nullopt;
+  for (const auto& [key, value] : pattern)
+    if (key == *k) return value;
+  return std::nullopt;
+}
+
+/// Puts `pattern`'s keys into the order of the object source[key] (keys it lacks go last).
+template <class T>
+void reorder(std::vector<std::pair<std::string, T>>& pattern, const nlohmann::ordered_json& source, const char* key) {
+  if (!source.is_object() || !source.contains(key) || !source[key].is_object()) return;
+  std::vector<std::pair<std::string, T>> ordered;
+  for (auto it = source[key].begin(); it != source[key].end(); ++it)
+    for (const auto& kv : pattern)
+      if (kv.first == it.key()) ordered.push_back(kv);
+  for (const auto& kv : pattern)
+    if (!source[key].contains(kv.first)) ordered.push_back(kv);
+  pattern = std::move(ordered);
+}
+
+/// Two keys matching one layer with different values: the first in order wins (HF PEFT's rule);
+/// HF PEFT saves configs with sorted keys, so a hand-made order may not survive a save there.
+template <class T>
+void note_order_dependence(const std::vector<std::pair<std::string, T>>& pattern, const char* field,
+                           const std::string& layer, std::set<std::string>& notes) {
+  std::vector<std::string> keys;
+  for (const auto& kv : pattern) keys.push_back(kv.first);
+  const auto first = pattern_key(layer, keys);
+  if (!first) return;
+  const T chosen = *pattern_value(pattern, layer);
+  for (const auto& [key, value] : pattern)
+    if (key != *first && value != chosen && pattern_key(layer, {key}))
+      notes.insert(fmt::format("lora: {} keys '{}' and '{}' both match '{}' (and maybe more layers); '{}', first in "
+                               "the config's order, decides; make the keys disjoint so that order does not matter",
+                               field, *first, key, layer, *first));
+}
+
 void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
   auto& cfg = dynamic_cast<LoraConfig&>(base_cfg);
   cfg.validate();
@@ -128,6 +171,7 @@ void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& ad
   const LayerSelection layers{cfg.layers_to_transform, cfg.layers_pattern};
   int matched = 0;
   std::set<std::string> adapted;  // adapted layers that have a bias
+  std::set<std::string> order_notes;
   const auto heads = model.implicit_modules_to_save(cfg);
   for (auto& [name, lin] : model.linears()) {
     if (inside_any(name, cfg.modules_to_save) || inside_any(name, heads) || excluded(name, cfg.exclude_modules))
@@ -140,6 +184,8 @@ void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& ad
                 name);
       cfg.fan_in_fan_out = true;
     }
+    note_order_dependence(cfg.rank_pattern, "rank_pattern", name, order_notes);
+    note_order_dependence(cfg.alpha_pattern, "alpha_pattern", name, order_notes);
     auto delta = std::make_shared<LoraDelta>(lin->in_features(), lin->out_features(), cfg.rank_for(name),
                                              cfg.scaling_for(name), cfg.lora_dropout, cfg.init_lora_weights,
                                              lin->weight.options());
@@ -147,6 +193,7 @@ void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& ad
     if (lin->bias.defined()) adapted.insert(name);
     ++matched;
   }
+  for (const auto& note : order_notes) log::warn("{}", note);
   PEFT_CHECK(matched > 0, kC, "target_modules {} matched no layer of this {} model; adaptable layers: {}",
              targets.to_json().dump(), model.base_model().model_type(), describe_linears(model));
   // Biases train with bias "all" (every bias) or "lora_only" (those of the adapted layers). HF PEFT
@@ -214,18 +261,30 @@ nlohmann::json LoraConfig::to_json() const {
   return j;
 }
 
+
+void LoraConfig::follow_key_order(const nlohmann::ordered_json& source) {
+  reorder(rank_pattern, source, "rank_pattern");
+  reorder(alpha_pattern, source, "alpha_pattern");
+}
+
+nlohmann::ordered_json LoraConfig::to_file_json() const {
+  auto j = nlohmann::ordered_json(to_json());
+  auto in_order = [](const auto& pattern, auto write) {
+    auto o = nlohmann::ordered_json::object();
+    for (const auto& [k, v] : pattern) o[k] = write(v);
+    return o;
+  };
+  j["rank_pattern"] = in_order(rank_pattern, [](int64_t v) { return nlohmann::ordered_json(v); });
+  j["alpha_pattern"] = in_order(alpha_pattern, [](double v) { return nlohmann::ordered_json(number(v)); });
+  return j;
+}
+
 int64_t LoraConfig::rank_for(const std::string& module_name) const {
-  std::vector<std::string> keys;
-  for (const auto& kv : rank_pattern) keys.push_back(kv.first);
-  auto k = pattern_key(module_name, keys);
-  return k ? rank_pattern.at(*k) : r;
+  return pattern_value(rank_pattern, module_name).value_or(r);
 }
 
 double LoraConfig::scaling_for(const std::string& module_name) const {
-  std::vector<std::string> keys;
-  for (const auto& kv : alpha_pattern) keys.push_back(kv.first);
-  auto k = pattern_key(module_name, keys);
-  const double alpha = k ? alpha_pattern.at(*k) : lora_alpha;
+  const double alpha = pattern_value(alpha_pattern, module_name).value_or(lora_alpha);
   const double rank = static_cast<double>(rank_for(module_name));
   return use_rslora ? alpha / std::sqrt(rank) : alpha / rank;
 }

@@ -63,6 +63,17 @@ std::shared_ptr<MethodConfig> parse_config(const nlohmann::json& j) {
   return find_method(j[key].get<std::string>()).parse(j);
 }
 
+std::shared_ptr<MethodConfig> parse_config_file(const std::string& path) {
+  const auto ordered = core::read_ordered_json_file(path);
+  try {
+    auto config = parse_config(nlohmann::json(ordered));
+    config->follow_key_order(ordered);
+    return config;
+  } catch (const Error& e) {
+    fail("methods", fmt::format("{}: {}", path, e.what()));
+  }
+}
+
 DataNeeds data_needs(const MethodConfig& config) {
   const auto& method = find_method(config.method());
   return method.data_needs ? method.data_needs(config) : DataNeeds{};

@@ -22,7 +22,7 @@ std::shared_ptr<methods::MethodConfig> add_training_adapter(PeftModel& model, co
       PEFT_CHECK(!plan_path.empty() && std::filesystem::exists(plan_path), "train",
                  "--resume: {} is missing (the {} config planned before training)",
                  plan_path.empty() ? method.name + " plan" : plan_path, method.name);
-      attach = methods::parse_config(core::read_json_file(plan_path));
+      attach = methods::parse_config_file(plan_path);
     } else {
       attach = config.clone();
     }
@@ -32,7 +32,7 @@ std::shared_ptr<methods::MethodConfig> add_training_adapter(PeftModel& model, co
   attach = methods::plan_config(model, config, batches);
   if (planned && !output_dir.empty() && !plan_path.empty()) {
     std::filesystem::create_directories(output_dir);
-    core::write_json_file(plan_path, attach->to_json());
+    core::write_ordered_json_file(plan_path, attach->to_file_json());
     log::info("planned {} config: {}", method.name, plan_path);
   }
   model.add_adapter(adapter, *attach, batches);

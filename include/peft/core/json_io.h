@@ -13,8 +13,11 @@ namespace peft::core {
 
 /// Parses a JSON file; a missing file or bad JSON is a peft::Error naming the file.
 nlohmann::json read_json_file(const std::string& path);
+/// The same, keeping every object's keys in the file's order.
+nlohmann::ordered_json read_ordered_json_file(const std::string& path);
 /// Writes `j` (2-space indent, sorted keys) atomically.
 void write_json_file(const std::string& path, const nlohmann::json& j);
+void write_ordered_json_file(const std::string& path, const nlohmann::ordered_json& j);
 
 /// Rejects every key of `j` not in `known`; `what` names the object in the error.
 void reject_unknown_keys(const nlohmann::json& j, std::initializer_list<const char*> known,

@@ -30,8 +30,11 @@ struct LoraConfig : MethodConfig {
   std::vector<int64_t> layers_to_transform;
   std::vector<std::string> layers_pattern;
   std::vector<std::string> modules_to_save;
-  std::map<std::string, int64_t> rank_pattern;
-  std::map<std::string, double> alpha_pattern;
+  /// {module pattern: value}, in the order keys are tried: HF PEFT takes the first key that
+  /// matches, in its dict's order — the file's, for an adapter_config.json (which HF writes with
+  /// sorted keys; follow_key_order keeps a hand-written file's order).
+  std::vector<std::pair<std::string, int64_t>> rank_pattern;
+  std::vector<std::pair<std::string, double>> alpha_pattern;
 
   std::string method() const override { return "lora"; }
   std::string peft_type() const override { return "LORA"; }
@@ -39,6 +42,8 @@ struct LoraConfig : MethodConfig {
   void validate() const override;
   std::shared_ptr<MethodConfig> clone() const override { return std::make_shared<LoraConfig>(*this); }
   static std::shared_ptr<LoraConfig> from_json(const nlohmann::json& j);
+  void follow_key_order(const nlohmann::ordered_json& source) override;
+  nlohmann::ordered_json to_file_json() const override;
 
   /// Rank and scaling for one module (rank_pattern / alpha_pattern applied).
   int64_t rank_for(const std::string& module_name) const;

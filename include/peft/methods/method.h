@@ -48,6 +48,12 @@ class MethodConfig {
   /// Throws peft::Error naming the offending field.
   virtual void validate() const = 0;
   virtual std::shared_ptr<MethodConfig> clone() const = 0;
+  /// For a config read from text: puts whatever depends on the order of keys in the text into
+  /// `source`'s order (nlohmann::json objects sort their keys). Most configs have nothing such.
+  virtual void follow_key_order(const nlohmann::ordered_json& /*source*/) {}
+  /// What an adapter_config.json holds: to_json() with its keys sorted (as HF PEFT writes them),
+  /// except objects whose key order carries meaning, which keep the config's order.
+  virtual nlohmann::ordered_json to_file_json() const { return nlohmann::ordered_json(to_json()); }
 
   CommonConfig common;
 };
@@ -102,6 +108,9 @@ const Method& find_method(const std::string& name_or_peft_type);
 std::vector<std::string> method_names();
 /// Parses a config by its "peft_type" (or "method") field.
 std::shared_ptr<MethodConfig> parse_config(const nlohmann::json& j);
+/// Parses an adapter_config.json-style file, keeping what depends on its key order in the
+/// file's order (MethodConfig::follow_key_order); errors name the file.
+std::shared_ptr<MethodConfig> parse_config_file(const std::string& path);
 /// What `config`'s method needs from data (nothing when it has no data_needs hook).
 DataNeeds data_needs(const MethodConfig& config);
 /// The config to attach: the method's plan from `batches` when it needs one, else a copy.
