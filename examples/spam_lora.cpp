@@ -11,6 +11,7 @@
 #include <peft/checkpoint/delta.h>
 #include <peft/core/error.h>
 #include <peft/core/json_io.h>
+#include <peft/data/subset.h>
 #include <peft/data/text_classification.h>
 #include <peft/methods/method.h>
 #include <peft/models/load.h>
@@ -74,11 +75,13 @@ int run(int argc, char** argv) {
   peft::data::TextClassificationOptions dopt;
   dopt.max_length = max_length;
   dopt.pad_id = tokenizer->special().pad.value_or(tokenizer->special().eos.value_or(0));
-  auto train = std::make_shared<peft::data::TextClassificationDataset>(train_path, tokenizer, dopt);
-  dopt.labels = train->labels();
+  auto mails = std::make_shared<peft::data::TextClassificationDataset>(train_path, tokenizer, dopt);
+  dopt.labels = mails->labels();
   auto test = std::make_shared<peft::data::TextClassificationDataset>(test_path, tokenizer, dopt);
-  fmt::print("data   train {} records, test {} records, labels {} (from {})\n", train->size(), test->size(),
-             fmt::join(train->labels(), "/"), train_path);
+  // 10 % of the training mails choose the delta (best/); the test mails only score the choice.
+  const auto split = peft::data::split_validation(mails, 0.1, /*seed=*/0);
+  fmt::print("data   train {} + validation {} records, test {} records, labels {} (from {})\n", split.train->size(),
+             split.validation->size(), test->size(), fmt::join(mails->labels(), "/"), train_path);
 
   auto base = load_base(model_dir, tc.seed);
   peft::PeftModel model(base);
@@ -93,28 +96,30 @@ int run(int argc, char** argv) {
   auto lora = peft::methods::parse_config(peft::core::read_json_file(config_path));
   model.add_adapter("default", *lora);
   fmt::print("lora   {}\n", model.trainable_parameters_report());
-  peft::train::Trainer trainer(peft::train::trainable_delta(model), tc, train, test);
+  peft::train::Trainer trainer(peft::train::trainable_delta(model), tc, split.train, split.validation, test);
   auto result = trainer.train();
-  const auto& after = *result.last_eval;
-  fmt::print("data   {} of {} training mails were longer than {} tokens and cut\n", train->truncated(), train->size(),
+  const auto& after = *result.test_eval;
+  fmt::print("data   {} of {} training mails were longer than {} tokens and cut\n", mails->truncated(), mails->size(),
              max_length);
-  fmt::print("tuned  after {} steps: accuracy {:.3f}  macro-F1 {:.3f}  (loss {:.4f} -> {:.4f} on the test mails)\n",
-             result.steps, after.accuracy, after.macro_f1, before.loss, after.loss);
+  fmt::print("tuned  {} steps; the delta of step {} (best validation accuracy, {:.3f}) on the test mails: accuracy "
+             "{:.3f}  macro-F1 {:.3f}  (loss {:.4f} -> {:.4f})\n",
+             result.steps, result.selected_step, result.best_eval->accuracy, after.accuracy, after.macro_f1,
+             before.loss, after.loss);
 
-  const auto delta_bytes = fs::file_size(out_dir + "/final/adapter_model.safetensors");
+  const auto delta_bytes = fs::file_size(out_dir + "/best/adapter_model.safetensors");
   const auto base_bytes = fs::file_size(model_dir + "/model.safetensors");
   fmt::print("size   delta {:.1f} KiB (LoRA + head) vs base {:.1f} KiB: {:.1f}% of the base\n", delta_bytes / 1024.0,
              base_bytes / 1024.0, 100.0 * static_cast<double>(delta_bytes) / static_cast<double>(base_bytes));
 
   // A fresh process would do this: the bare base (another random head) + the delta.
   peft::PeftModel reloaded(load_base(model_dir, tc.seed + 1));
-  peft::checkpoint::load_adapter(reloaded, out_dir + "/final");
+  peft::checkpoint::load_adapter(reloaded, out_dir + "/best");
   reloaded.eval();
   auto reforward = [&](const peft::models::ModelInputs& in) { return reloaded.forward(in); };
   const auto again = peft::train::evaluate(reforward, *test, 32, 0, tc.device);
   PEFT_CHECK(again.accuracy == after.accuracy, "example", "the reloaded delta scores {} instead of {}", again.accuracy,
              after.accuracy);
-  fmt::print("reload {}/final onto a fresh base: accuracy {:.3f} (identical)\n", out_dir, again.accuracy);
+  fmt::print("reload {}/best onto a fresh base: accuracy {:.3f} (identical)\n", out_dir, again.accuracy);
 
   // A few held-back mails, both kinds, classified by the reloaded delta.
   std::vector<int64_t> picks;
