@@ -195,7 +195,7 @@ def markdown(rows, plan, args, chosen):
              "the test split: every task holds 10 % of its training data out as a validation split; a run",
              "evaluates on it periodically, keeps the delta of its best validation score, and the test split",
              "scores that delta once. Each method's learning rate (*lr*) is the value of its grid with the best",
-             "validation score on its family's selection task (" +
+             "validation score on its family's selection task (a best value on the grid's edge extends the grid; " +
              ", ".join(f"{f}: {t}" for f, t in plan["selection"].items()) + ", seed 1; grids and scores at the end).",
              "The score is the test score's mean over seeds ± their standard deviation. *vs full* is the score over full fine-tuning's",
              "(for perplexity, full fine-tuning's perplexity over the method's: above 1 is better). Trainable %",
@@ -229,7 +229,7 @@ def markdown(rows, plan, args, chosen):
               "| family (task) | method | validation score by lr |", "|---|---|---|"]
     for (family, name), c in sorted(chosen.items()):
         metric = plan["tasks"][plan["selection"][family]]["metric"]
-        cells = [(f"**{lr:g}: {v:.4f}**" if lr == c["lr"] else f"{lr:g}: {v:.4f}") for lr, v in c["validation"].items()]
+        cells = [(f"**{lr:g}: {v:.4f}**" if lr == c["lr"] else f"{lr:g}: {v:.4f}") for lr, v in sorted(c["validation"].items())]
         lines.append(f"| {family} ({plan['selection'][family]}, {metric}) | {name} | {', '.join(cells)} |")
     lines.append("")
     return "\n".join(lines)
@@ -323,25 +323,53 @@ def main():
     def grid(name):
         return plan["methods"][name].get("lr_grid", plan["lr_grid"])
 
-    # 1. Learning rates: every grid value on each family's selection task, seed 1, scored on validation.
+    # 1. Learning rates: every grid value on each family's selection task, seed 1, scored on
+    # validation. A best value on the grid's edge extends the grid one step that way (at most
+    # max_extensions times), so that the choice is not the grid's bound.
     families = sorted({plan["tasks"][t]["family"] for t in tasks})
-    selection_jobs = [job(plan["selection"][f], name, 1, lr) for f in families for name in methods for lr in grid(name)]
-    records, failed = run_all(selection_jobs, args)
+    grids = {(f, name): list(grid(name)) for f in plan["selection"] for name in plan["methods"]}
+    records, failed = [], []
     chosen = {}  # (family, method) -> {"lr", "validation": {lr: score}}
-    for f in plan["selection"]:
-        sel = plan["selection"][f]
-        metric = plan["tasks"][sel]["metric"]
-        for name in plan["methods"]:
+    for _ in range(plan.get("max_extensions", 2) + 1):
+        todo = [job(plan["selection"][f], name, 1, lr) for f in families for name in methods
+                if (f, name) not in chosen for lr in grids[(f, name)]]
+        more, more_failed = run_all(todo, args)
+        records += more
+        failed += more_failed
+        for (f, name), values in grids.items():
+            if (f, name) in chosen:
+                continue
+            sel = plan["selection"][f]
+            metric = plan["tasks"][sel]["metric"]
             scores = {}
-            for lr in grid(name):
+            for lr in values:
                 rec = next((r for r in records if r["task"] == sel and r["method"] == name and r["lr"] == lr), None)
                 rec = rec or finished(job(sel, name, 1, lr))
                 if rec:
                     scores[lr] = rec["validation_score"]
-            if len(scores) == len(grid(name)):  # ties go to the earlier (smaller) grid value
-                best = grid(name)[0]
-                for lr in grid(name)[1:]:
-                    if better(metric, scores[lr], scores[best]):
+            if len(scores) < len(values):
+                continue  # not run (not selected this time) or failed
+            best = values[0]  # ties go to the smaller learning rate
+            for lr in values[1:]:
+                if better(metric, scores[lr], scores[best]):
+                    best = lr
+            step = values[-1] / values[-2] if len(values) > 1 else 3.0
+            if best == values[-1]:
+                values.append(float(f"{best * step:.1g}"))
+            elif best == values[0]:
+                values.insert(0, float(f"{best / step:.1g}"))
+            else:
+                chosen[(f, name)] = {"lr": best, "validation": scores}
+    for (f, name), values in grids.items():  # out of extensions: the best value tried
+        if (f, name) not in chosen:
+            sel = plan["selection"][f]
+            done = [(lr, finished(job(sel, name, 1, lr))) for lr in values]
+            scores = {lr: r["validation_score"] for lr, r in done if r}
+            tried = sorted(scores)
+            if len(tried) == len(values) - 1:  # all but the last extension, never run
+                best = tried[0]
+                for lr in tried[1:]:
+                    if better(plan["tasks"][sel]["metric"], scores[lr], scores[best]):
                         best = lr
                 chosen[(f, name)] = {"lr": best, "validation": scores}
     missing = [(f, n) for f in families for n in methods if (f, n) not in chosen]
