@@ -62,6 +62,16 @@ def better(metric, a, b):
     return a < b if metric == "perplexity" else a > b
 
 
+def best_lr(scores, metric):
+    """The learning rate of the best score; ties go to the smaller rate."""
+    values = sorted(scores)
+    best = values[0]
+    for lr in values[1:]:
+        if better(metric, scores[lr], scores[best]):
+            best = lr
+    return best
+
+
 def parse_run(run_dir, stdout, task):
     """The numbers of one finished run: the test score of the delta chosen on validation, the best
     validation score, parameter counts, step time, delta size."""
@@ -349,10 +359,7 @@ def main():
                     scores[lr] = rec["validation_score"]
             if len(scores) < len(values):
                 continue  # not run (not selected this time) or failed
-            best = values[0]  # ties go to the smaller learning rate
-            for lr in values[1:]:
-                if better(metric, scores[lr], scores[best]):
-                    best = lr
+            best = best_lr(scores, metric)
             step = values[-1] / values[-2] if len(values) > 1 else 3.0
             if best == values[-1]:
                 values.append(float(f"{best * step:.1g}"))
@@ -365,13 +372,8 @@ def main():
             sel = plan["selection"][f]
             done = [(lr, finished(job(sel, name, 1, lr))) for lr in values]
             scores = {lr: r["validation_score"] for lr, r in done if r}
-            tried = sorted(scores)
-            if len(tried) == len(values) - 1:  # all but the last extension, never run
-                best = tried[0]
-                for lr in tried[1:]:
-                    if better(plan["tasks"][sel]["metric"], scores[lr], scores[best]):
-                        best = lr
-                chosen[(f, name)] = {"lr": best, "validation": scores}
+            if len(scores) == len(values) - 1:  # all but the last extension, never run
+                chosen[(f, name)] = {"lr": best_lr(scores, plan["tasks"][sel]["metric"]), "validation": scores}
     missing = [(f, n) for f in families for n in methods if (f, n) not in chosen]
     if missing:
         sys.exit(f"no learning rate chosen for {missing}: a selection run failed")

@@ -33,18 +33,27 @@ std::string slurp(const std::string& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
+/// A run config: LoRA r=4 with a new head on the bundled tiny GPT-2, bundled spam mails (train,
+/// test as eval), `data` merged over those keys, `trainer` as given, output in dir/run.
+nlohmann::json spam_lora_run(const TempDir& dir, const nlohmann::json& data, const nlohmann::json& trainer) {
+  nlohmann::json d = {{"kind", "jsonl_classification"},
+                      {"train", source("examples/data/spam/train.jsonl")},
+                      {"eval", source("examples/data/spam/test.jsonl")}};
+  d.update(data);
+  return {{"model", source("examples/models/tiny-gpt2-en")},
+          {"task", "sequence_classification"},
+          {"method", {{"peft_type", "LORA"}, {"task_type", "SEQ_CLS"}, {"r", 4}, {"fan_in_fan_out", true}}},
+          {"data", d},
+          {"trainer", trainer},
+          {"output_dir", dir.file("run")}};
+}
+
 TEST(Tools, TrainEvalMergeGenerateInspect) {
   TempDir dir;
   const std::string model = source("examples/models/tiny-gpt2-en");
-  nlohmann::json cfg = {
-      {"model", model},
-      {"task", "sequence_classification"},
-      {"method", {{"peft_type", "LORA"}, {"task_type", "SEQ_CLS"}, {"r", 4}, {"fan_in_fan_out", true}}},
-      {"data",
-       {{"kind", "jsonl_classification"}, {"train", source("examples/data/spam/train.jsonl")},
-        {"eval", source("examples/data/spam/test.jsonl")}, {"max_length", 32}}},
-      {"trainer", {{"max_steps", 6}, {"batch_size", 4}, {"lr", 0.01}, {"eval_batches", 2}, {"log_every", 1}}},
-      {"output_dir", dir.file("run")}};
+  const auto cfg = spam_lora_run(
+      dir, {{"max_length", 32}},
+      {{"max_steps", 6}, {"batch_size", 4}, {"lr", 0.01}, {"eval_batches", 2}, {"log_every", 1}});
   core::write_json_file(dir.file("run.json"), cfg);
   const std::string train = PEFT_TRAIN_BIN;
   ASSERT_EQ(run(train + " --threads 1 --config " + dir.file("run.json") + " --set trainer.max_steps=3", dir.file("a.log")), 0)
@@ -108,16 +117,8 @@ TEST(Tools, TrainSelectsOnValidationAndScoresTheTestSetOnce) {
   // With data.validation_fraction, validation picks best/ and the test set scores only that delta:
   // the logged test score is what the library computes for best/ on the test set.
   TempDir dir;
-  const std::string model = source("examples/models/tiny-gpt2-en");
-  nlohmann::json cfg = {
-      {"model", model},
-      {"task", "sequence_classification"},
-      {"method", {{"peft_type", "LORA"}, {"task_type", "SEQ_CLS"}, {"r", 4}, {"fan_in_fan_out", true}}},
-      {"data",
-       {{"kind", "jsonl_classification"}, {"train", source("examples/data/spam/train.jsonl")},
-        {"eval", source("examples/data/spam/test.jsonl")}, {"validation_fraction", 0.05}, {"max_length", 16}}},
-      {"trainer", {{"max_steps", 6}, {"batch_size", 8}, {"lr", 0.02}, {"eval_every", 2}, {"log_every", 2}}},
-      {"output_dir", dir.file("run")}};
+  const auto cfg = spam_lora_run(dir, {{"validation_fraction", 0.05}, {"max_length", 16}},
+                                 {{"max_steps", 6}, {"batch_size", 8}, {"lr", 0.02}, {"eval_every", 2}, {"log_every", 2}});
   core::write_json_file(dir.file("run.json"), cfg);
   ASSERT_EQ(run(std::string(PEFT_TRAIN_BIN) + " --threads 1 --config " + dir.file("run.json"), dir.file("a.log")), 0)
       << slurp(dir.file("a.log"));

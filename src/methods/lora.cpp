@@ -121,16 +121,19 @@ TargetModules default_targets(const std::string& model_type) {
   return t;
 }
 
-/// The value of the first key (in order) matching the module, HF PEFT's get_pattern_key rule.
+/// The first entry (in order) whose key matches the module, HF PEFT's get_pattern_key rule; null if none.
+template <class T>
+const std::pair<std::string, T>* pattern_entry(const std::vector<std::pair<std::string, T>>& pattern,
+                                               const std::string& module) {
+  for (const auto& kv : pattern)
+    if (pattern_key(module, {kv.first})) return &kv;
+  return nullptr;
+}
+
 template <class T>
 std::optional<T> pattern_value(const std::vector<std::pair<std::string, T>>& pattern, const std::string& module) {
-  std::vector<std::string> keys;
-  for (const auto& kv : pattern) keys.push_back(kv.first);
-  const auto k = pattern_key(module, keys);
-  if (!k) return std::nullopt;
-  for (const auto& [key, value] : pattern)
-    if (key == *k) return value;
-  return std::nullopt;
+  const auto* entry = pattern_entry(pattern, module);
+  return entry ? std::optional<T>(entry->second) : std::nullopt;
 }
 
 /// Puts `pattern`'s keys into the order of the object source[key] (keys it lacks go last).
@@ -151,16 +154,13 @@ void reorder(std::vector<std::pair<std::string, T>>& pattern, const nlohmann::or
 template <class T>
 void note_order_dependence(const std::vector<std::pair<std::string, T>>& pattern, const char* field,
                            const std::string& layer, std::set<std::string>& notes) {
-  std::vector<std::string> keys;
-  for (const auto& kv : pattern) keys.push_back(kv.first);
-  const auto first = pattern_key(layer, keys);
+  const auto* first = pattern_entry(pattern, layer);
   if (!first) return;
-  const T chosen = *pattern_value(pattern, layer);
   for (const auto& [key, value] : pattern)
-    if (key != *first && value != chosen && pattern_key(layer, {key}))
+    if (key != first->first && value != first->second && pattern_key(layer, {key}))
       notes.insert(fmt::format("lora: {} keys '{}' and '{}' both match '{}' (and maybe more layers); '{}', first in "
                                "the config's order, decides; make the keys disjoint so that order does not matter",
-                               field, *first, key, layer, *first));
+                               field, first->first, key, layer, first->first));
 }
 
 void attach_lora(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
@@ -260,7 +260,6 @@ nlohmann::json LoraConfig::to_json() const {
   j["megatron_core"] = "megatron.core";
   return j;
 }
-
 
 void LoraConfig::follow_key_order(const nlohmann::ordered_json& source) {
   reorder(rank_pattern, source, "rank_pattern");
