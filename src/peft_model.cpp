@@ -63,7 +63,13 @@ models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs) {
   if (enabled_ && !active_.empty()) {
     auto& a = adapter(active_);
     if (a.prompt) return base_->forward(a.prompt->prepare(inputs));
-    if (a.side) return base_->forward(a.side->prepare(inputs));
+    if (a.side) {
+      if (base_->gradient_checkpointing() && base_->is_training() && a.trainable) {
+        const std::string conflict = a.side->checkpointing_conflict();
+        PEFT_CHECK(conflict.empty(), kC, "adapter '{}': {}", active_, conflict);
+      }
+      return base_->forward(a.side->prepare(inputs));
+    }
   }
   return base_->forward(inputs);
 }

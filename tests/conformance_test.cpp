@@ -24,6 +24,9 @@ struct MethodCase {
   bool mergeable = true;              ///< false: merging must be refused with a clear reason
   bool identity_at_init = true;       ///< false: the method changes the output from the start (prompts)
   bool reparameterized = false;       ///< trains an encoder, saves only its output
+  /// Gradient checkpointing: "exact" (bit-identical gradients), "close" (a tensor shared across
+  /// blocks sums its per-block gradients in another order), "refused" (a clear error).
+  std::string checkpointing = "exact";
 };
 
 const std::vector<MethodCase> kCases = {
@@ -33,8 +36,8 @@ const std::vector<MethodCase> kCases = {
     {"bitfit_added", {{"peft_type", "BITFIT"}, {"add_missing_biases", true}, {"bias_modules", {"q_proj", "down_proj"}}}, {"llama"}, false},
     {"adapter_pfeiffer", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "pfeiffer"}, {"reduction_factor", 4}}, {}, false},
     {"adapter_houlsby", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "houlsby"}, {"bottleneck_size", 5}}, {}, false},
-    {"compacter", {{"peft_type", "COMPACTER"}, {"bottleneck_size", 4}, {"phm_dim", 2}}, {}, false},
-    {"compacter_pp_full", {{"peft_type", "COMPACTER"}, {"variant", "compacter++"}, {"bottleneck_size", 6}, {"phm_dim", 2}, {"factorized_phm", false}}, {}, false},
+    {"compacter", {{"peft_type", "COMPACTER"}, {"bottleneck_size", 4}, {"phm_dim", 2}}, {}, false, true, false, "close"},
+    {"compacter_pp_full", {{"peft_type", "COMPACTER"}, {"variant", "compacter++"}, {"bottleneck_size", 6}, {"phm_dim", 2}, {"factorized_phm", false}}, {}, false, true, false, "close"},
     {"sparse_adapter", {{"peft_type", "SPARSE_ADAPTER"}, {"pruned_fraction", 0.0},
                         {"adapter", {{"preset", "houlsby"}, {"reduction_factor", 4}, {"init_weights", "zero_up"}}}}, {}, false},
     {"adamix", {{"peft_type", "ADAMIX"}, {"num_experts", 3}, {"bottleneck_size", 4}, {"sharing_up", false}}, {}, false},
@@ -48,13 +51,13 @@ const std::vector<MethodCase> kCases = {
     {"llama_adapter_per_head", {{"peft_type", "ADAPTION_PROMPT"}, {"adapter_len", 2}, {"gate", "per_head_tanh"}}, {}, false},
     {"kadaptation", {{"peft_type", "KADAPTATION"}, {"phm_dim", 4}, {"scaling", 2.0}}, {}},
     {"kadaptation_weight_dropout", {{"peft_type", "KADAPTATION"}, {"phm_dim", 2}, {"weight_dropout", 0.5}, {"train_bias", false}}, {"vit", "gpt2"}},
-    {"fact_tt", {{"peft_type", "FACT"}, {"rank", 3}, {"scaling", 2.0}}, {}},
-    {"fact_tk", {{"peft_type", "FACT"}, {"variant", "tk"}, {"rank", 3}, {"dropout", 0.1}}, {}},
+    {"fact_tt", {{"peft_type", "FACT"}, {"rank", 3}, {"scaling", 2.0}}, {}, true, true, false, "close"},
+    {"fact_tk", {{"peft_type", "FACT"}, {"variant", "tk"}, {"rank", 3}, {"dropout", 0.1}}, {}, true, true, false, "close"},
     {"dsee", {{"peft_type", "DSEE"}, {"r", 2}, {"num_sparse", 20}, {"grebsmo_iterations", 5}}, {}},
     {"dsee_random", {{"peft_type", "DSEE"}, {"r", 3}, {"lora_alpha", 6}, {"num_sparse", 7}, {"sparse_init", "random"}, {"target_modules", {"c_fc"}}}, {"gpt2"}},
     {"lst", {{"peft_type", "LST"}, {"reduction_factor", 2}}, {}, false, false},
     {"lst_gated_dropping_random", {{"peft_type", "LST"}, {"reduction_factor", 2}, {"output", "gated"}, {"side_layers", {1}}, {"side_init", "random"}}, {}, false, false},
-    {"s3pet_search_space", {{"peft_type", "S3PET"}, {"budget", 0.05}, {"shift_gradient", "implicit"}}, {}, false},
+    {"s3pet_search_space", {{"peft_type", "S3PET"}, {"budget", 0.05}, {"shift_gradient", "implicit"}}, {}, false, true, false, "refused"},
     {"s3pet_structure_gpt2", {{"peft_type", "S3PET"}, {"structure", {{{"kind", "lora"}, {"module", "h.0.attn.c_attn"}}, {{"kind", "bias"}, {"module", "h.1.mlp.c_fc"}},
                               {{"kind", "ln"}, {"module", "h.0.ln_2"}}, {{"kind", "lora"}, {"module", "h.1.mlp.c_proj"}}}}}, {"gpt2"}},
     {"s3pet_structure_bert", {{"peft_type", "S3PET"}, {"adapter_size", 2}, {"structure", {{{"kind", "lora"}, {"module", "layer.0.attention.self.query"}}, {{"kind", "bias"}, {"module", "layer.1.output.dense"}},
@@ -271,6 +274,51 @@ TEST_P(Conformance, GradientsMatchFiniteDifferencesInFloat64) {
       double numeric = (up - down) / (2 * h);
       double analytic = grads[i].reshape(-1)[idx].item<double>();
       EXPECT_NEAR(analytic, numeric, 1e-6 + 1e-5 * std::abs(numeric)) << "param " << i << " index " << idx;
+    }
+  }
+}
+
+TEST_P(Conformance, GradientCheckpointingKeepsGradientsBitIdentical) {
+  for (const bool dropout : {false, true}) {
+    std::vector<at::Tensor> reference;
+    double reference_loss = 0, reference_draw = 0;
+    for (const bool checkpointing : {false, true}) {
+      auto base = tiny_model(GetParam().family, c10::kFloat, 7,
+                             dropout ? tiny_dropout(GetParam().family) : nlohmann::json::object());
+      PeftModel model(base);
+      torch::manual_seed(5);
+      model.add_adapter("default", *config());
+      perturb(model);
+      model.train();
+      model.set_gradient_checkpointing(checkpointing);
+      torch::manual_seed(21);  // the same dropout draws in both runs
+      if (checkpointing && GetParam().method.checkpointing == "refused") {
+        EXPECT_THROW(model.forward_train(batch()), Error);
+        return;
+      }
+      auto loss = model.forward_train(batch()).loss;
+      loss.backward();
+      const double draw = torch::rand({1}).item<double>();  // the recompute leaves the generator where it was
+      std::vector<at::Tensor> grads;
+      for (auto& p : model.trainable_parameters()) grads.push_back(p.grad().defined() ? p.grad().clone() : at::Tensor());
+      if (!checkpointing) {
+        reference = grads;
+        reference_loss = loss.item<double>();
+        reference_draw = draw;
+        continue;
+      }
+      EXPECT_EQ(loss.item<double>(), reference_loss) << "dropout " << dropout;
+      EXPECT_EQ(draw, reference_draw);
+      ASSERT_EQ(grads.size(), reference.size());
+      for (size_t i = 0; i < grads.size(); ++i) {
+        ASSERT_EQ(grads[i].defined(), reference[i].defined()) << i;
+        if (!grads[i].defined()) continue;
+        if (GetParam().method.checkpointing == "close")
+          EXPECT_LE(max_abs_diff(grads[i], reference[i]), 1e-6 * (1.0 + reference[i].abs().max().item<double>())) << i;
+        else
+          EXPECT_TRUE(bit_equal(grads[i], reference[i])) << "dropout " << dropout << " tensor " << i << " max diff "
+                                                         << max_abs_diff(grads[i], reference[i]);
+      }
     }
   }
 }

@@ -38,9 +38,18 @@ nlohmann::json tiny_config(const std::string& family) {
   throw std::invalid_argument("unknown tiny family " + family);
 }
 
-std::shared_ptr<models::PretrainedModel> tiny_model(const std::string& family, c10::ScalarType dtype, uint64_t seed) {
+nlohmann::json tiny_dropout(const std::string& family) {
+  if (family == "gpt2") return {{"resid_pdrop", 0.1}, {"embd_pdrop", 0.1}, {"attn_pdrop", 0.1}};
+  if (family == "llama") return {{"attention_dropout", 0.1}};
+  return {{"hidden_dropout_prob", 0.1}, {"attention_probs_dropout_prob", 0.1}};
+}
+
+std::shared_ptr<models::PretrainedModel> tiny_model(const std::string& family, c10::ScalarType dtype, uint64_t seed,
+                                                    const nlohmann::json& overrides) {
   torch::manual_seed(seed);
-  auto model = models::create_model(tiny_config(family));
+  auto config = tiny_config(family);
+  if (overrides.is_object()) config.update(overrides);
+  auto model = models::create_model(config);
   torch::NoGradGuard g;
   for (auto& p : model->parameters()) p.add_(torch::randn_like(p) * 0.02);
   model->to(dtype);

@@ -19,8 +19,11 @@ const std::vector<std::string>& tiny_families();
 bool is_classifier(const std::string& family);
 nlohmann::json tiny_config(const std::string& family);
 /// Random weights with every norm and bias perturbed, so each tensor matters.
+/// `overrides`: config.json keys to change (e.g. tiny_dropout's).
 std::shared_ptr<models::PretrainedModel> tiny_model(const std::string& family, c10::ScalarType dtype = c10::kFloat,
-                                                    uint64_t seed = 7);
+                                                    uint64_t seed = 7, const nlohmann::json& overrides = {});
+/// The family's dropout keys at 0.1 (every tiny config has dropout off).
+nlohmann::json tiny_dropout(const std::string& family);
 /// Two rows (the second one padded for text models) with labels for the family's head.
 models::ModelInputs tiny_batch(const std::string& family);
 

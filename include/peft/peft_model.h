@@ -40,6 +40,8 @@ class PeftModel {
   std::shared_ptr<models::PretrainedModel> base_model_ptr() { return base_; }
   void train(bool on = true) { base_->train(on); }
   void eval() { base_->eval(); }
+  /// Activation checkpointing of the backbone's blocks (see PretrainedModel::set_gradient_checkpointing).
+  void set_gradient_checkpointing(bool on) { base_->set_gradient_checkpointing(on); }
 
   // ---- adapters ----
   /// Attaches a freshly initialized adapter; the first one added becomes active. A config whose

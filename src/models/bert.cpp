@@ -227,8 +227,16 @@ ModelOutput BertModelImpl::forward(const ModelInputs& inputs) {
   ModelOutput out;
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   const int64_t L = static_cast<int64_t>(encoder->layer->size());
+  const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
+  const auto params = ckpt ? nn::tensors_requiring_grad(parameters()) : std::vector<at::Tensor>{};
   for (int64_t i = 0; i < L; ++i) {
-    hidden = encoder->layer->ptr<BertLayerImpl>(i)->forward(tap_stream(inputs, i, hidden), additive, layer_prefix(inputs, i));
+    auto layer = encoder->layer->ptr<BertLayerImpl>(i);
+    const auto& prefix = layer_prefix(inputs, i);
+    const at::Tensor x = tap_stream(inputs, i, hidden);
+    hidden = ckpt ? nn::checkpointed([layer, additive](const std::vector<at::Tensor>& in) {
+                      return layer->forward(in[0], additive, {in[1], in[2]});
+                    }, {x, prefix.key, prefix.value}, params)
+                  : layer->forward(x, additive, prefix);
     if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   }
   out.last_hidden_state = tap_final(inputs, tap_stream(inputs, L, hidden));

@@ -212,8 +212,16 @@ ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
   ModelOutput out;
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   const int64_t L = static_cast<int64_t>(h->size());
+  const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
+  const auto params = ckpt ? nn::tensors_requiring_grad(parameters()) : std::vector<at::Tensor>{};
   for (int64_t i = 0; i < L; ++i) {
-    hidden = h->ptr<GPT2BlockImpl>(i)->forward(tap_stream(inputs, i, hidden), additive, layer_prefix(inputs, i));
+    auto block = h->ptr<GPT2BlockImpl>(i);
+    const auto& prefix = layer_prefix(inputs, i);
+    const at::Tensor x = tap_stream(inputs, i, hidden);
+    hidden = ckpt ? nn::checkpointed([block, additive](const std::vector<at::Tensor>& in) {
+                      return block->forward(in[0], additive, {in[1], in[2]});
+                    }, {x, prefix.key, prefix.value}, params)
+                  : block->forward(x, additive, prefix);
     if (inputs.output_hidden_states && i + 1 < L) out.hidden_states.push_back(hidden);
   }
   out.last_hidden_state = tap_final(inputs, ln_f->forward(tap_stream(inputs, L, hidden)));

@@ -212,9 +212,16 @@ ModelOutput LlamaModelImpl::forward(const ModelInputs& inputs) {
                                              hidden.scalar_type(), hidden.device());
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   const int64_t L = static_cast<int64_t>(layers->size());
+  const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
+  const auto params = ckpt ? nn::tensors_requiring_grad(parameters()) : std::vector<at::Tensor>{};
   for (int64_t i = 0; i < L; ++i) {
-    hidden = layers->ptr<LlamaDecoderLayerImpl>(i)->forward(tap_stream(inputs, i, hidden), mask, cos, sin,
-                                                            layer_prefix(inputs, i));
+    auto layer = layers->ptr<LlamaDecoderLayerImpl>(i);
+    const auto& prefix = layer_prefix(inputs, i);
+    const at::Tensor x = tap_stream(inputs, i, hidden);
+    hidden = ckpt ? nn::checkpointed([layer, mask, cos = cos, sin = sin](const std::vector<at::Tensor>& in) {
+                      return layer->forward(in[0], mask, cos, sin, {in[1], in[2]});
+                    }, {x, prefix.key, prefix.value}, params)
+                  : layer->forward(x, mask, cos, sin, prefix);
     if (inputs.output_hidden_states && i + 1 < L) out.hidden_states.push_back(hidden);
   }
   out.last_hidden_state = tap_final(inputs, norm->forward(tap_stream(inputs, L, hidden)));

@@ -1,5 +1,8 @@
 #include "peft/models/model.h"
 
+#include "peft/core/error.h"
+#include "peft/nn/checkpoint.h"
+
 namespace peft::models {
 
 std::vector<std::pair<std::string, nn::AdaptableLinear>> PretrainedModel::adaptable_linears() {
@@ -31,6 +34,18 @@ std::vector<std::pair<std::string, nn::BlockAdapters>> PretrainedModel::block_ad
 
 std::vector<std::pair<std::string, nn::AttentionAdapters>> PretrainedModel::attention_adapters() {
   return holders<nn::AttentionAdapters, nn::AttentionAdaptersImpl>(*this);
+}
+
+void PretrainedModel::set_gradient_checkpointing(bool on) {
+  int stacks = 0;
+  for (const auto& m : modules(/*include_self=*/true))
+    if (auto stack = std::dynamic_pointer_cast<nn::BlockStack>(m)) {
+      stack->checkpoint_blocks = on;
+      ++stacks;
+    }
+  PEFT_CHECK(stacks > 0 || !on, "models", "{} ({}) has no block stack that supports gradient checkpointing",
+             architecture(), model_type());
+  gradient_checkpointing_ = on;
 }
 
 }  // namespace peft::models

@@ -162,8 +162,16 @@ ModelOutput ViTModelImpl::forward(const ModelInputs& inputs) {
   at::Tensor hidden = given ? inputs.embedding_output : embeddings->forward(inputs.pixel_values, inputs.prompt_embeds);
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   const int64_t L = static_cast<int64_t>(encoder->layer->size());
+  const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
+  const auto params = ckpt ? nn::tensors_requiring_grad(parameters()) : std::vector<at::Tensor>{};
   for (int64_t i = 0; i < L; ++i) {
-    hidden = encoder->layer->ptr<ViTLayerImpl>(i)->forward(tap_stream(inputs, i, hidden), layer_prefix(inputs, i));
+    auto layer = encoder->layer->ptr<ViTLayerImpl>(i);
+    const auto& prefix = layer_prefix(inputs, i);
+    const at::Tensor x = tap_stream(inputs, i, hidden);
+    hidden = ckpt ? nn::checkpointed([layer](const std::vector<at::Tensor>& in) {
+                      return layer->forward(in[0], {in[1], in[2]});
+                    }, {x, prefix.key, prefix.value}, params)
+                  : layer->forward(x, prefix);
     if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   }
   out.last_hidden_state = tap_final(inputs, layernorm->forward(tap_stream(inputs, L, hidden)));

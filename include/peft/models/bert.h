@@ -15,6 +15,7 @@
 
 #include "peft/models/heads.h"
 #include "peft/models/model.h"
+#include "peft/nn/checkpoint.h"
 #include "peft/nn/activations.h"
 #include "peft/nn/self_attention.h"
 
@@ -134,7 +135,7 @@ class BertPoolerImpl : public torch::nn::Module {
 TORCH_MODULE(BertPooler);
 
 /// The encoder stack: embeddings, encoder, optional pooler.
-class BertModelImpl : public torch::nn::Module {
+class BertModelImpl : public torch::nn::Module, public nn::BlockStack {
  public:
   BertModelImpl(const BertConfig& config, bool add_pooling_layer);
   /// Fills last_hidden_state, pooler_output and (optionally) hidden_states.

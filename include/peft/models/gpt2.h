@@ -12,6 +12,7 @@
 
 #include "peft/models/heads.h"
 #include "peft/models/model.h"
+#include "peft/nn/checkpoint.h"
 #include "peft/nn/activations.h"
 
 namespace peft::models {
@@ -89,7 +90,7 @@ class GPT2BlockImpl : public torch::nn::Module {
 };
 TORCH_MODULE(GPT2Block);
 
-class GPT2ModelImpl : public torch::nn::Module {
+class GPT2ModelImpl : public torch::nn::Module, public nn::BlockStack {
  public:
   explicit GPT2ModelImpl(const GPT2Config& config);
   /// Fills last_hidden_state (after ln_f) and, when asked, hidden_states.

@@ -12,6 +12,7 @@
 
 #include "peft/models/heads.h"
 #include "peft/models/model.h"
+#include "peft/nn/checkpoint.h"
 #include "peft/nn/activations.h"
 #include "peft/nn/rms_norm.h"
 #include "peft/nn/rotary.h"
@@ -95,7 +96,7 @@ class LlamaDecoderLayerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(LlamaDecoderLayer);
 
-class LlamaModelImpl : public torch::nn::Module {
+class LlamaModelImpl : public torch::nn::Module, public nn::BlockStack {
  public:
   explicit LlamaModelImpl(const LlamaConfig& config);
   /// Fills last_hidden_state (after the final norm) and, when asked, hidden_states.

@@ -56,6 +56,12 @@ class PretrainedModel : public torch::nn::Module {
   /// Checkpoint tensors that are known to be safe to ignore (non-persistent buffers).
   virtual bool ignorable_checkpoint_key(const std::string&) const { return false; }
 
+  /// Activation checkpointing: while training with gradients, each transformer block keeps only
+  /// its inputs and recomputes its activations in backward (dropout masks replayed). Gradients
+  /// are unchanged; memory falls from every block's activations to one block's.
+  void set_gradient_checkpointing(bool on);
+  bool gradient_checkpointing() const { return gradient_checkpointing_; }
+
   /// Parameters the loader initialized because the checkpoint lacked them (a new task head).
   /// They are not part of the base's identity (fingerprint): a delta carries them.
   const std::set<std::string>& newly_initialized() const { return newly_initialized_; }
@@ -70,6 +76,7 @@ class PretrainedModel : public torch::nn::Module {
 
  private:
   std::set<std::string> newly_initialized_;
+  bool gradient_checkpointing_ = false;
 };
 
 }  // namespace peft::models

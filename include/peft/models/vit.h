@@ -13,6 +13,7 @@
 
 #include "peft/models/heads.h"
 #include "peft/models/model.h"
+#include "peft/nn/checkpoint.h"
 #include "peft/nn/activations.h"
 #include "peft/nn/self_attention.h"
 
@@ -135,7 +136,7 @@ class ViTPoolerImpl : public torch::nn::Module {
 };
 TORCH_MODULE(ViTPooler);
 
-class ViTModelImpl : public torch::nn::Module {
+class ViTModelImpl : public torch::nn::Module, public nn::BlockStack {
  public:
   ViTModelImpl(const ViTConfig& config, bool add_pooling_layer);
   /// last_hidden_state = layernorm(last block output); hidden_states exclude that final norm.

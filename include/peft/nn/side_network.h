@@ -3,6 +3,8 @@
 // of its activations are kept for backward (LST).
 #pragma once
 
+#include <string>
+
 #include <torch/nn/module.h>
 
 #include "peft/models/io.h"
@@ -14,6 +16,9 @@ class SideNetwork : public torch::nn::Module {
   using torch::nn::Module::Module;
   /// The batch with the hooks that run this network beside the backbone's forward.
   virtual models::ModelInputs prepare(const models::ModelInputs& inputs) = 0;
+  /// Why the backbone's blocks must not be checkpointed while this network trains (it feeds
+  /// tensors computed outside the blocks into them), or "" when they may be.
+  virtual std::string checkpointing_conflict() const { return {}; }
 };
 
 }  // namespace peft::nn

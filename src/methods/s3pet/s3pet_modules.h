@@ -73,6 +73,10 @@ class S3petController : public nn::SideNetwork {
                   int64_t budget, std::shared_ptr<GateBank> bank, at::TensorOptions options);
   ~S3petController() override;
   models::ModelInputs prepare(const models::ModelInputs& inputs) override;
+  std::string checkpointing_conflict() const override {
+    return "s3pet: the structure search feeds gates and norm weights computed outside the blocks into them; "
+           "search without gradient checkpointing (the retrain of the found structure may use it)";
+  }
   /// p_i = σ((α_i − b)/β) with Σ p_i n_i = B, carrying the configured gradient.
   at::Tensor probabilities();
   const std::vector<S3petCandidate>& candidates() const { return candidates_; }
