@@ -1,5 +1,7 @@
 #include "peft/peft_model.h"
 
+#include "peft/nn/module_dtype.h"
+
 #include <algorithm>
 #include <regex>
 
@@ -111,6 +113,7 @@ void PeftModel::add_adapter_without_data(const std::string& name, const methods:
     throw;
   }
   try {
+    cast_new_adapter(name);
     add_modules_to_save(name, implicit_modules_to_save(config));
   } catch (...) {
     delete_adapter(name);
@@ -119,6 +122,24 @@ void PeftModel::add_adapter_without_data(const std::string& name, const methods:
   if (active_.empty()) active_ = name;
   base_->train(base_->is_training());  // new modules take the model's train / eval mode
   apply_state();
+}
+
+void PeftModel::cast_new_adapter(const std::string& name) {
+  auto& a = adapter(name);
+  auto cast = [&](torch::nn::Module& m) {
+    std::optional<c10::ScalarType> to = precision_.delta_dtype;
+    auto half = [](const at::Tensor& t) { return nn::is_half_precision(t.scalar_type()); };
+    for (const auto& t : m.parameters()) to = to ? to : (half(t) ? std::optional(c10::kFloat) : std::nullopt);
+    for (const auto& t : m.buffers()) to = to ? to : (half(t) ? std::optional(c10::kFloat) : std::nullopt);
+    if (to) nn::to_floating_dtype(m, *to);
+  };
+  for (auto& [path, lin] : a.layers) cast(*lin->delta(name));
+  for (auto& [path, block] : a.blocks)
+    for (auto& m : block->modules_of(name)) cast(*m);
+  for (auto& [path, holder] : a.attentions)
+    for (auto& m : holder->modules_of(name)) cast(*m);
+  if (a.prompt) cast(*a.prompt);
+  if (a.side) cast(*a.side);
 }
 
 std::vector<std::string> PeftModel::implicit_modules_to_save(const methods::MethodConfig& config) const {

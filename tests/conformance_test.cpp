@@ -1,6 +1,7 @@
 // The conformance suite: every registered method must pass these, on every backbone family. A
 // method joins with one line in kCases (a name, a config, and the families it applies to).
 #include <map>
+#include <set>
 
 #include <torch/torch.h>
 
@@ -320,6 +321,41 @@ TEST_P(Conformance, GradientCheckpointingKeepsGradientsBitIdentical) {
                                                          << max_abs_diff(grads[i], reference[i]);
       }
     }
+  }
+}
+
+TEST_P(Conformance, HalfPrecisionBaseTrainsFloat32Deltas) {
+  auto base = tiny_base(torch::kBFloat16);
+  PeftModel model(base);
+  auto before = clone_base(*base, model.base_parameter_names());
+  model.add_adapter("default", *config());
+  perturb(model);
+  std::set<const c10::TensorImpl*> base_tensors;
+  auto named = base->named_parameters();
+  for (const auto& name : model.base_parameter_names()) base_tensors.insert(named[name].unsafeGetTensorImpl());
+  auto check_dtypes = [&] {
+    for (const auto& p : model.trainable_parameters()) {
+      // Trainable copies of base tensors (heads, norms, biases) keep the base's dtype.
+      const bool copy = base_tensors.count(p.unsafeGetTensorImpl()) != 0;
+      EXPECT_EQ(p.scalar_type(), copy ? torch::kBFloat16 : torch::kFloat) << "a " << c10::str(p.sizes()) << " tensor";
+    }
+  };
+  check_dtypes();
+  model.train();
+  torch::optim::AdamW opt(model.trainable_parameters(), torch::optim::AdamWOptions(1e-2));
+  for (int step = 0; step < 3; ++step) {
+    opt.zero_grad();
+    auto loss = model.forward_train(batch()).loss;
+    ASSERT_TRUE(std::isfinite(loss.item<double>()));
+    loss.backward();
+    opt.step();
+  }
+  check_dtypes();
+  model.disable_adapters();
+  auto after = base->named_parameters();
+  for (auto& [name, t] : before) {
+    EXPECT_EQ(after[name].scalar_type(), torch::kBFloat16) << name;
+    EXPECT_TRUE(bit_equal(after[name], t)) << name;
   }
 }
 

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include "peft/models/load.h"
 
 namespace peft::test {
@@ -55,6 +57,32 @@ std::shared_ptr<models::PretrainedModel> tiny_model(const std::string& family, c
   model->to(dtype);
   return model;
 }
+
+namespace {
+class RandomBlocks final : public data::Dataset {
+ public:
+  explicit RandomBlocks(int64_t n) : n_(n) {}
+  int64_t size() const override { return n_; }
+  models::ModelInputs batch(const std::vector<int64_t>& idx) const override {
+    std::vector<at::Tensor> rows;
+    for (auto i : idx) {
+      auto g = at::make_generator<at::CPUGeneratorImpl>(1000 + i);
+      rows.push_back(torch::randint(0, 61, {12}, g, torch::kLong));
+    }
+    models::ModelInputs in;
+    in.input_ids = torch::stack(rows);
+    in.labels = in.input_ids;
+    return in;
+  }
+  std::string describe() const override { return "random blocks"; }
+
+ private:
+  int64_t n_;
+};
+
+}  // namespace
+
+std::shared_ptr<data::Dataset> random_blocks(int64_t n) { return std::make_shared<RandomBlocks>(n); }
 
 models::ModelInputs tiny_batch(const std::string& family) {
   torch::manual_seed(11);

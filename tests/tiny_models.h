@@ -9,6 +9,7 @@
 #include <c10/core/ScalarType.h>
 #include <nlohmann/json.hpp>
 
+#include "peft/data/dataset.h"
 #include "peft/models/model.h"
 
 namespace peft::test {
@@ -24,6 +25,8 @@ std::shared_ptr<models::PretrainedModel> tiny_model(const std::string& family, c
                                                     uint64_t seed = 7, const nlohmann::json& overrides = {});
 /// The family's dropout keys at 0.1 (every tiny config has dropout off).
 nlohmann::json tiny_dropout(const std::string& family);
+/// `n` rows of 12 random tokens (< 61) with causal-LM labels, each drawn from its own index's seed.
+std::shared_ptr<data::Dataset> random_blocks(int64_t n);
 /// Two rows (the second one padded for text models) with labels for the family's head.
 models::ModelInputs tiny_batch(const std::string& family);
 

@@ -76,27 +76,6 @@ TEST(Schedule, WarmupThenLinearOrCosine) {
 }
 
 /// Deterministic random blocks for the tiny GPT-2 (vocabulary 61).
-class RandomBlocks : public data::Dataset {
- public:
-  explicit RandomBlocks(int64_t n) : n_(n) {}
-  int64_t size() const override { return n_; }
-  models::ModelInputs batch(const std::vector<int64_t>& idx) const override {
-    std::vector<at::Tensor> rows;
-    for (auto i : idx) {
-      auto g = at::make_generator<at::CPUGeneratorImpl>(1000 + i);
-      rows.push_back(torch::randint(0, 61, {12}, g, torch::kLong));
-    }
-    models::ModelInputs in;
-    in.input_ids = torch::stack(rows);
-    in.labels = in.input_ids;
-    return in;
-  }
-  std::string describe() const override { return "random blocks"; }
-
- private:
-  int64_t n_;
-};
-
 struct LoraRun {
   std::shared_ptr<PeftModel> model;
   train::Trainable target;
@@ -122,7 +101,7 @@ train::TrainerConfig small_config(const std::string& out = "") {
 }
 
 TEST(Trainer, ResumeAfterSigintContinuesExactlyAsAnUninterruptedRun) {
-  auto data = std::make_shared<RandomBlocks>(10);
+  auto data = random_blocks(10);
   auto a = lora_run();
   auto straight = train::Trainer(a.target, small_config(), data).train();
   ASSERT_EQ(straight.losses.size(), 12u);
@@ -172,7 +151,7 @@ TEST(Trainer, ResumeRestoresTheDeltasBuffers) {
   // Method state in buffers must come back from the training state, not be re-derived: SparseAdapter's
   // SNIP masks (a resumed process attaches without data: dense masks) and DSEE's random sparse
   // support (drawn again, here from another generator state).
-  auto data = std::make_shared<RandomBlocks>(10);
+  auto data = random_blocks(10);
   const std::vector<nlohmann::json> configs = {
       {{"peft_type", "SPARSE_ADAPTER"}, {"score", "snip"}, {"pruned_fraction", 0.5},
        {"adapter", {{"preset", "pfeiffer"}, {"bottleneck_size", 8}, {"init_weights", "houlsby"}}}},
@@ -219,7 +198,7 @@ TEST(Trainer, ResumeRestoresTheDeltasBuffers) {
 }
 
 TEST(Trainer, ANewRunDoesNotReplaceAnEarlierOneUnlessAsked) {
-  auto data = std::make_shared<RandomBlocks>(10);
+  auto data = random_blocks(10);
   TempDir dir;
   auto config = small_config(dir.path());
   config.max_steps = 2;
@@ -255,7 +234,7 @@ TEST(Trainer, WeightDecayFollowsTheParameterRole) {
 
   // One step with a huge decay: IA³ scales start at 1 and move by the Adam step alone (±lr, or 0
   // where the gradient is 0); with no_decay emptied they shrink toward 0 as well.
-  auto data = std::make_shared<RandomBlocks>(4);
+  auto data = random_blocks(4);
   auto one_step = [&](std::vector<std::string> no_decay) {
     auto model = std::make_shared<PeftModel>(tiny_model("gpt2"));
     model->add_adapter("default", *methods::parse_config({{"peft_type", "IA3"}}));
@@ -278,7 +257,7 @@ TEST(Trainer, WeightDecayFollowsTheParameterRole) {
 }
 
 TEST(Trainer, NonFiniteLossesAreSkippedThenFatal) {
-  auto data = std::make_shared<RandomBlocks>(10);
+  auto data = random_blocks(10);
   /// The 5th and 7th forward passes (steps 3 and 4 with grad_accum 2) return NaN.
   auto poisoned = [](LoraRun& r, int& calls) {
     auto t = r.target;
@@ -310,7 +289,7 @@ TEST(Trainer, NonFiniteLossesAreSkippedThenFatal) {
 }
 
 TEST(Trainer, EarlyStoppingKeepsTheBestDelta) {
-  auto data = std::make_shared<RandomBlocks>(10);
+  auto data = random_blocks(10);
   auto r = lora_run();
   TempDir dir;
   auto config = small_config(dir.path());
@@ -327,7 +306,7 @@ TEST(Trainer, EarlyStoppingKeepsTheBestDelta) {
 }
 
 TEST(Trainer, FullTrainingSavesAModelThatReloadsExactly) {
-  auto data = std::make_shared<RandomBlocks>(10);
+  auto data = random_blocks(10);
   auto model = tiny_model("gpt2");
   TempDir dir;
   auto config = small_config(dir.path());

@@ -3,11 +3,14 @@
 #pragma once
 
 #include <map>
+#include <optional>
 #include <set>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <c10/core/ScalarType.h>
 
 #include "peft/methods/method.h"
 #include "peft/models/model.h"
@@ -27,6 +30,17 @@ struct ParameterCounts {
   int64_t total = 0;
 };
 
+/// The precision of what trains and what is saved, independent of the frozen base's dtype.
+struct DeltaPrecision {
+  /// The dtype of a new adapter's tensors. Unset: tensors the base made bfloat16 / float16 become
+  /// float32 (HF PEFT's autocast_adapter_dtype), others keep the base's dtype. Trainable copies
+  /// of base tensors (modules_to_save, trained biases and norms) always keep the base's dtype.
+  std::optional<c10::ScalarType> delta_dtype;
+  /// The dtype of a saved delta's floating tensors. Unset: bfloat16 / float16 are saved as
+  /// float32 (exactly), others as they are. Loading casts to the live tensors' dtype.
+  std::optional<c10::ScalarType> save_dtype;
+};
+
 class PeftModel {
  public:
   /// Takes the backbone and freezes every one of its parameters.
@@ -42,6 +56,10 @@ class PeftModel {
   void eval() { base_->eval(); }
   /// Activation checkpointing of the backbone's blocks (see PretrainedModel::set_gradient_checkpointing).
   void set_gradient_checkpointing(bool on) { base_->set_gradient_checkpointing(on); }
+
+  /// Applies to adapters added afterwards (delta_dtype) and to every later save (save_dtype).
+  void set_precision(const DeltaPrecision& precision) { precision_ = precision; }
+  const DeltaPrecision& precision() const { return precision_; }
 
   // ---- adapters ----
   /// Attaches a freshly initialized adapter; the first one added becomes active. A config whose
@@ -157,6 +175,8 @@ class PeftModel {
   /// Makes the model compute with the active adapter (or none) and sets requires_grad accordingly.
   void apply_state();
   at::Tensor base_param(const std::string& name);
+  /// Gives a newly attached adapter's modules the delta dtype (see DeltaPrecision).
+  void cast_new_adapter(const std::string& name);
   /// Detaches every module of the adapter from the model (no merge).
   void detach_modules(const std::string& name, Adapter& a);
 
@@ -176,6 +196,7 @@ class PeftModel {
   bool enabled_ = true;
   std::vector<std::string> merged_;
   std::string fingerprint_;
+  DeltaPrecision precision_;
 };
 
 }  // namespace peft

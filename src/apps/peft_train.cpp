@@ -56,6 +56,7 @@ int run(int argc, char** argv) {
     fmt::print("full training: {} parameters\n", n);
   } else {
     peft_model = std::make_unique<peft::PeftModel>(parts.model);
+    peft_model->set_precision({parts.delta_dtype, parts.save_dtype});
     const peft::data::DatasetBatches batches(parts.train, parts.trainer.batch_size, parts.trainer.device);
     peft::train::add_training_adapter(*peft_model, "default", *peft::methods::parse_config(method), batches,
                                       parts.trainer.output_dir, resume);

@@ -15,6 +15,7 @@
 #include "peft/core/safetensors.h"
 #include "peft/core/version.h"
 #include "peft/methods/prompt/prompt_learning.h"
+#include "peft/nn/module_dtype.h"
 
 namespace peft::checkpoint {
 namespace fs = std::filesystem;
@@ -30,7 +31,14 @@ void write_files(PeftModel& model, const std::string& dir, const std::string& ad
                                 {"peft_cpp_base_fingerprint", model.base_fingerprint()}};
   // Weights first: a crash between the two renames leaves the old config beside new weights of
   // the same adapter, never a config that promises tensors the directory lacks.
-  safetensors::save_file((fs::path(dir) / kWeightsFile).string(), model.adapter_state_dict(adapter), meta);
+  auto tensors = model.adapter_state_dict(adapter);
+  const auto& save_dtype = model.precision().save_dtype;
+  for (auto& [key, t] : tensors) {
+    if (!t.is_floating_point()) continue;
+    if (save_dtype) t = t.to(*save_dtype);
+    else if (nn::is_half_precision(t.scalar_type())) t = t.to(torch::kFloat);  // exact
+  }
+  safetensors::save_file((fs::path(dir) / kWeightsFile).string(), tensors, meta);
   core::write_ordered_json_file((fs::path(dir) / kConfigFile).string(), config);
 }
 

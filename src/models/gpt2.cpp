@@ -106,19 +106,29 @@ at::Tensor GPT2AttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
   at::Tensor q = heads(qkv[0]);
   at::Tensor k = nn::with_prefix(prefix.key, heads(qkv[1])), v = nn::with_prefix(prefix.value, heads(qkv[2]));
 
-  // The reference order of operations: scores, scale, causal fill with the dtype's min, add
-  // the padding mask, softmax. Keeping it makes padded rows agree with HF too.
-  at::Tensor scores = torch::matmul(q, k.transpose(-1, -2));
-  if (scale_) scores = scores / std::sqrt(static_cast<double>(head_dim_));
-  if (scale_by_layer_) scores = scores / static_cast<double>(layer_idx_ + 1);
-  const double min_value = nn::lowest_value(scores.scalar_type());
   // Query i sees the prefix and tokens up to itself (HF's causal window after P cached tokens).
-  at::Tensor causal = torch::ones({T, P + T}, scores.options().dtype(torch::kBool)).tril(P);
-  scores = torch::where(causal, scores, torch::full({}, min_value, scores.options()));
-  if (additive_mask.defined()) scores = scores + additive_mask;
-  at::Tensor probs = torch::softmax(scores, -1).to(v.scalar_type());
-  probs = F::dropout(probs, F::DropoutFuncOptions().p(attn_pdrop_).training(is_training()));
-  at::Tensor context = torch::matmul(probs, v);
+  at::Tensor causal = torch::ones({T, P + T}, q.options().dtype(torch::kBool)).tril(P);
+  const double min_value = nn::lowest_value(q.scalar_type());
+  nn::AttentionOptions fused;
+  fused.score_divisor = std::sqrt(static_cast<double>(head_dim_));
+  fused.dropout = attn_pdrop_;
+  fused.training = is_training();
+  at::Tensor context;
+  if (scale_ && !scale_by_layer_ && nn::fused_attention_applies(fused, head_dim_)) {
+    at::Tensor mask = torch::where(causal, torch::zeros({}, q.options()), torch::full({}, min_value, q.options()));
+    context = nn::attention(q, k, v, additive_mask.defined() ? mask + additive_mask : mask, fused);
+  } else {
+    // The reference order of operations: scores, scale, causal fill with the dtype's min, add
+    // the padding mask, softmax. Keeping it makes padded rows agree with HF too.
+    at::Tensor scores = torch::matmul(q, k.transpose(-1, -2));
+    if (scale_) scores = scores / std::sqrt(static_cast<double>(head_dim_));
+    if (scale_by_layer_) scores = scores / static_cast<double>(layer_idx_ + 1);
+    scores = torch::where(causal, scores, torch::full({}, min_value, scores.options()));
+    if (additive_mask.defined()) scores = scores + additive_mask;
+    at::Tensor probs = torch::softmax(scores, -1).to(v.scalar_type());
+    probs = F::dropout(probs, F::DropoutFuncOptions().p(attn_pdrop_).training(is_training()));
+    context = torch::matmul(probs, v);
+  }
   if (adapters->any_active()) {
     nn::AttentionView view;
     view.queries = q;

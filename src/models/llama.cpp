@@ -129,7 +129,7 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& hidden, const at::Tenso
   opts.training = is_training();
   opts.softmax_in_float32 = true;
   const int64_t rep = heads_ / kv_heads_;
-  at::Tensor context = nn::eager_attention(q, nn::repeat_kv(k, rep), nn::repeat_kv(v, rep), additive_mask, opts);
+  at::Tensor context = nn::attention(q, nn::repeat_kv(k, rep), nn::repeat_kv(v, rep), additive_mask, opts);
   if (adapters->any_active()) {
     nn::AttentionView view;
     view.queries = q;

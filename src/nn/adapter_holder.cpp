@@ -47,4 +47,11 @@ std::map<std::string, at::Tensor> AdapterHolder::state(const std::string& adapte
   return out;
 }
 
+std::vector<std::shared_ptr<torch::nn::Module>> AdapterHolder::modules_of(const std::string& adapter) const {
+  std::vector<std::shared_ptr<torch::nn::Module>> out;
+  for (const auto& e : entries_)
+    if (e.adapter == adapter) out.push_back(e.module);
+  return out;
+}
+
 }  // namespace peft::nn

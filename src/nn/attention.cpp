@@ -1,6 +1,11 @@
 #include "peft/nn/attention.h"
 
+#include <atomic>
+#include <cmath>
+
 #include <torch/torch.h>
+
+#include "core/torch_compat.h"
 
 namespace peft::nn {
 
@@ -32,6 +37,25 @@ at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::T
   at::Tensor probs = upcast ? torch::softmax(scores, -1, torch::kFloat).to(q.scalar_type()) : torch::softmax(scores, -1);
   if (options.dropout > 0.0 && options.training) probs = torch::dropout(probs, options.dropout, true);
   return torch::matmul(probs, v);
+}
+
+namespace {
+std::atomic<bool> g_fused{true};
+}
+
+void set_fused_attention(bool enabled) { g_fused = enabled; }
+bool fused_attention_enabled() { return g_fused; }
+
+bool fused_attention_applies(const AttentionOptions& options, int64_t head_dim) {
+  const double default_divisor = std::sqrt(static_cast<double>(head_dim));
+  return g_fused && core::has_fused_attention() && std::abs(options.score_divisor - default_divisor) <= 1e-9 * default_divisor;
+}
+
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& additive_mask,
+                     const AttentionOptions& options) {
+  if (fused_attention_applies(options, q.size(-1)))
+    return core::fused_attention(q, k, v, additive_mask, options.training ? options.dropout : 0.0);
+  return eager_attention(q, k, v, additive_mask, options);
 }
 
 }  // namespace peft::nn

@@ -29,7 +29,7 @@ at::Tensor SelfAttentionImpl::forward(const at::Tensor& hidden, const at::Tensor
   opts.score_divisor = std::sqrt(static_cast<double>(head_dim_));
   opts.dropout = dropout_;
   opts.training = is_training();
-  at::Tensor context = eager_attention(q, k, v, additive_mask, opts);
+  at::Tensor context = attention(q, k, v, additive_mask, opts);
   if (adapters->any_active()) {
     AttentionView view;
     view.queries = q;

@@ -12,6 +12,7 @@
 #include "peft/data/subset.h"
 #include "peft/data/text_blocks.h"
 #include "peft/data/text_classification.h"
+#include "peft/nn/module_dtype.h"
 
 namespace peft::train {
 namespace {
@@ -149,7 +150,10 @@ const std::vector<core::ConfigField<TrainerConfig>>& trainer_fields() {
       field("save_every", &T::save_every),       field("metric", &T::metric),
       field("early_stopping_patience", &T::early_stopping_patience),
       field("max_nonfinite", &T::max_nonfinite), field("progress", &T::progress),
-      field("overwrite", &T::overwrite),         field("no_decay", &T::no_decay)};
+      field("overwrite", &T::overwrite),         field("no_decay", &T::no_decay),
+      field("mixed_precision", &T::mixed_precision), field("loss_scaling", &T::loss_scaling),
+      field("loss_scale_init", &T::loss_scale_init),
+      field("loss_scale_growth_interval", &T::loss_scale_growth_interval)};
   return f;
 }
 }  // namespace
@@ -162,7 +166,8 @@ TrainerConfig trainer_config_from_json(const nlohmann::json& t, const std::strin
 
 RunParts build_run(const nlohmann::json& config, const std::string& where, bool need_train) {
   core::reject_unknown_keys(config, {"model", "init", "task", "num_labels", "tokenizer", "method", "data", "trainer",
-                                     "output_dir", "threads", "device", "dtype", "seed", "resume", "adapter"},
+                                     "output_dir", "threads", "device", "dtype", "seed", "resume", "adapter",
+                                     "delta_dtype", "save_dtype", "gradient_checkpointing"},
                             kC, where);
   RunParts parts;
   const std::string model_dir = get_or<std::string>(config, "model", "", kC, where);
@@ -189,9 +194,13 @@ RunParts build_run(const nlohmann::json& config, const std::string& where, bool 
   } else {
     const auto cfg_path = (std::filesystem::path(model_dir) / "config.json").string();
     parts.model = models::create_model(core::read_json_file(cfg_path), load.task, load.num_labels);
-    if (load.dtype) parts.model->to(*load.dtype);
+    if (load.dtype) nn::to_floating_dtype(*parts.model, *load.dtype);
     parts.model->to(load.device);
   }
+
+  parts.delta_dtype = core::dtype_from_name(get_or<std::string>(config, "delta_dtype", "", kC, where), where + ": delta_dtype");
+  parts.save_dtype = core::dtype_from_name(get_or<std::string>(config, "save_dtype", "", kC, where), where + ": save_dtype");
+  if (get_or<bool>(config, "gradient_checkpointing", false, kC, where)) parts.model->set_gradient_checkpointing(true);
 
   parts.trainer = trainer_config_from_json(config.value("trainer", nlohmann::json::object()), where + " trainer");
   parts.trainer.seed = seed;

@@ -1,6 +1,7 @@
 #include "peft/train/trainer.h"
 
 #include "core/generator_state.h"
+#include "core/torch_compat.h"
 
 #include <unistd.h>
 
@@ -20,6 +21,7 @@
 #include "peft/core/log.h"
 #include "peft/core/safetensors.h"
 #include "peft/optim/adamw.h"
+#include "peft/optim/grad_scaler.h"
 #include "peft/optim/schedule.h"
 
 namespace peft::train {
@@ -47,6 +49,30 @@ std::string duration(double seconds) {
   const auto s = static_cast<int64_t>(seconds);
   return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, s / 60 % 60) : fmt::format("{}m{:02}s", s / 60, s % 60);
 }
+
+/// Autocast on one device type for a scope (nothing when dtype is unset); restores what it found.
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType device, std::optional<c10::ScalarType> dtype) : device_(device), active_(dtype.has_value()) {
+    if (!active_) return;
+    was_enabled_ = core::autocast_enabled(device_);
+    was_dtype_ = core::autocast_dtype(device_);
+    core::set_autocast(device_, true, *dtype);
+  }
+  ~AutocastScope() {
+    if (!active_) return;
+    core::set_autocast(device_, was_enabled_, was_dtype_);
+    core::clear_autocast_cache();
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool active_;
+  bool was_enabled_ = false;
+  c10::ScalarType was_dtype_ = c10::kFloat;
+};
 
 const std::vector<std::string>& run_outputs() {
   static const std::vector<std::string> names = {"state", "best", "final", "log.jsonl"};
@@ -79,6 +105,8 @@ struct Trainer::Impl {
   safetensors::TensorMap best_tensors;
   int64_t best_step = 0;
   std::unique_ptr<optim::AdamW> opt;
+  std::unique_ptr<optim::GradScaler> scaler;  // loss scaling, when on
+  std::optional<c10::ScalarType> autocast;     // the forward's autocast dtype, when on
   std::unique_ptr<data::Sampler> sampler;
   int64_t step = 0;
   bool resumed = false;
@@ -86,6 +114,11 @@ struct Trainer::Impl {
   int64_t bad_evals = 0;
   int64_t nonfinite = 0;
   std::string metric;
+
+  models::ModelOutput forward(const models::ModelInputs& inputs) const {
+    AutocastScope scope(config.device.type(), autocast);
+    return target.forward(inputs);
+  }
 
   double score(const EvalResult& r) const {
     if (metric == "accuracy") return r.accuracy;
@@ -152,6 +185,21 @@ Trainer::Trainer(Trainable target, TrainerConfig config, std::shared_ptr<const d
     return std::find(exempt.begin(), exempt.end(), r) == exempt.end();
   };
   m.opt = std::make_unique<optim::AdamW>(m.params, o);
+  PEFT_CHECK(c.mixed_precision == "no" || c.mixed_precision == "bf16" || c.mixed_precision == "fp16", kC,
+             "mixed_precision must be \"no\", \"bf16\" or \"fp16\", found '{}'", c.mixed_precision);
+  PEFT_CHECK(c.mixed_precision != "fp16" || c.device.is_cuda(), kC,
+             "mixed_precision \"fp16\" autocasts on CUDA only (device is {}); use \"bf16\" on CPU", c.device.str());
+  PEFT_CHECK(c.mixed_precision == "no" || c.device.is_cpu() || c.device.is_cuda(), kC,
+             "mixed_precision needs a CPU or CUDA device, found {}", c.device.str());
+  if (c.mixed_precision != "no") m.autocast = c.mixed_precision == "bf16" ? c10::kBFloat16 : c10::kHalf;
+  PEFT_CHECK(c.loss_scaling == "auto" || c.loss_scaling == "dynamic" || c.loss_scaling == "none", kC,
+             "loss_scaling must be \"auto\", \"dynamic\" or \"none\", found '{}'", c.loss_scaling);
+  if (c.loss_scaling == "dynamic" || (c.loss_scaling == "auto" && c.mixed_precision == "fp16")) {
+    optim::GradScalerOptions so;
+    so.init_scale = c.loss_scale_init;
+    so.growth_interval = c.loss_scale_growth_interval;
+    m.scaler = std::make_unique<optim::GradScaler>(so);
+  }
   m.sampler = std::make_unique<data::Sampler>(m.train->size(), c.seed, /*shuffle=*/true);
   if (!c.output_dir.empty()) fs::create_directories(c.output_dir);
 }
@@ -189,6 +237,10 @@ void Trainer::save_state(const std::string& dir) const {
                         {"batch_size", m.config.batch_size},
                         {"grad_accum", m.config.grad_accum}};
     j["best"] = m.best ? nlohmann::json(*m.best) : nlohmann::json(nullptr);
+    if (m.scaler) {
+      j["loss_scale"] = m.scaler->state().scale;
+      j["loss_scale_growth_tracker"] = m.scaler->state().growth_tracker;
+    }
     core::write_json_file(staging + "/trainer_state.json", j);
   });
 }
@@ -247,6 +299,12 @@ void Trainer::resume(const std::string& dir) {
   m.nonfinite = j.at("nonfinite").get<int64_t>();
   if (!j.at("best").is_null()) m.best = j.at("best").get<double>();
   m.best_step = j.value("best_step", int64_t{0});
+  if (m.scaler) {
+    if (j.contains("loss_scale"))
+      m.scaler->load_state({j.at("loss_scale").get<double>(), j.value("loss_scale_growth_tracker", int64_t{0})});
+    else
+      log::warn("{}: no loss scale (saved without loss scaling): starting from loss_scale_init", where);
+  }
   m.best_tensors.clear();
   if (m.test && m.best) {
     const std::string file = dir + "/best.safetensors";
@@ -279,7 +337,8 @@ TrainResult Trainer::train() {
   auto run_eval = [&]() -> std::optional<EvalResult> {
     if (!m.eval) return std::nullopt;
     m.target.set_training(false);
-    auto r = evaluate(m.target.forward, *m.eval, c.batch_size, c.eval_batches, c.device);
+    auto r = evaluate([&m](const models::ModelInputs& in) { return m.forward(in); }, *m.eval, c.batch_size,
+                      c.eval_batches, c.device);
     m.target.set_training(true);
     m.log_line(fmt::format("{{\"step\": {}, \"eval\": {}}}", m.step, r.to_json()));
     result.last_eval = r;
@@ -313,14 +372,15 @@ TrainResult Trainer::train() {
       auto batch = to_device(m.train->batch(m.sampler->next(c.batch_size)), c.device);
       tokens += batch.attention_mask.defined() ? batch.attention_mask.sum().item<int64_t>()
                                                : (batch.input_ids.defined() ? batch.input_ids.numel() : batch.pixel_values.size(0));
-      auto out = m.target.forward(batch);
+      auto out = m.forward(batch);  // autocast covers the forward only, as PyTorch advises
       PEFT_CHECK(out.loss.defined(), kC, "the model returned no loss (does the batch carry labels?)");
       const double value = out.loss.item<double>();
       if (!std::isfinite(value)) {
         finite = false;
         break;
       }
-      (out.loss / static_cast<double>(c.grad_accum)).backward();
+      at::Tensor loss = out.loss.to(torch::kFloat) / static_cast<double>(c.grad_accum);
+      (m.scaler ? m.scaler->scale(loss) : loss).backward();
       loss_sum += value / static_cast<double>(c.grad_accum);
     }
     ++m.step;
@@ -334,6 +394,19 @@ TrainResult Trainer::train() {
                  "aborting: {} non-finite losses (max_nonfinite = {}); lower the learning rate or check the data",
                  m.nonfinite, c.max_nonfinite);
       continue;
+    }
+    if (m.scaler) {
+      std::vector<at::Tensor> tensors;
+      for (const auto& [name, p] : m.params) tensors.push_back(p);
+      const bool clean = m.scaler->unscale(tensors);
+      m.scaler->update(!clean);
+      if (!clean) {
+        ++result.overflow_steps;
+        m.opt->zero_grad();
+        m.log_line(fmt::format("{{\"step\": {}, \"overflow\": true, \"loss_scale\": {}}}", m.step,
+                               m.scaler->current_scale()));
+        continue;
+      }
     }
     const double norm = optim::clip_grad_norm(m.params, c.max_grad_norm);
     m.opt->step(lr);
@@ -380,7 +453,8 @@ TrainResult Trainer::train() {
         result.selected_step = m.best_step;
       }
       m.target.set_training(false);
-      result.test_eval = evaluate(m.target.forward, *m.test, c.batch_size, /*max_batches=*/0, c.device);
+      result.test_eval = evaluate([&m](const models::ModelInputs& in) { return m.forward(in); }, *m.test,
+                                  c.batch_size, /*max_batches=*/0, c.device);
       m.log_line(fmt::format("{{\"step\": {}, \"selected_step\": {}, \"test\": {}}}", m.step, result.selected_step,
                              result.test_eval->to_json()));
     }

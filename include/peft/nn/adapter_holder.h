@@ -21,6 +21,8 @@ class AdapterHolder : public torch::nn::Module {
   bool has(const std::string& adapter) const { return containers_.count(adapter) != 0; }
   /// An adapter's tensors, "<slot>.<name>" (or "<name>" for a slot-less holder).
   std::map<std::string, at::Tensor> state(const std::string& adapter) const;
+  /// The adapter's modules (one per slot it fills).
+  std::vector<std::shared_ptr<torch::nn::Module>> modules_of(const std::string& adapter) const;
 
  protected:
   struct Entry {

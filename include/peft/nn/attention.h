@@ -37,4 +37,16 @@ at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep);
 at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const at::Tensor& additive_mask, const AttentionOptions& options);
 
+/// Whether `attention` takes LibTorch's fused kernel (at::scaled_dot_product_attention: flash /
+/// memory-efficient on CUDA, fused on CPU) for these options: LibTorch 2.1 or later, fused
+/// attention not switched off, and the default 1/sqrt(head_dim) scaling.
+bool fused_attention_applies(const AttentionOptions& options, int64_t head_dim);
+/// Process-wide switch (default on) to compare the two paths or to force the reference order.
+void set_fused_attention(bool enabled);
+bool fused_attention_enabled();
+
+/// eager_attention's result, through the fused kernel where fused_attention_applies.
+at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& additive_mask,
+                     const AttentionOptions& options);
+
 }  // namespace peft::nn

@@ -49,6 +49,9 @@ struct RunParts {
   std::shared_ptr<models::PretrainedModel> model;
   std::shared_ptr<data::Dataset> train, eval, validation;
   TrainerConfig trainer;
+  /// "delta_dtype" / "save_dtype" (see DeltaPrecision: a PeftModel of this run takes them);
+  /// "gradient_checkpointing" is already applied to `model`.
+  std::optional<c10::ScalarType> delta_dtype, save_dtype;
 };
 
 /// Which set selects (periodic evaluation, best/, early stopping) and which is scored once, at

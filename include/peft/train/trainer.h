@@ -52,6 +52,14 @@ struct TrainerConfig {
   bool overwrite = false;
   bool progress = true;            ///< a progress line on stderr when it is a terminal
   c10::Device device = c10::Device(c10::kCPU);
+  /// Autocast of every forward: "no", "bf16" (CPU or CUDA) or "fp16" (CUDA). The base's storage
+  /// dtype is the model's (LoadOptions::dtype); deltas keep theirs (DeltaPrecision).
+  std::string mixed_precision = "no";
+  /// "auto" (dynamic loss scaling with fp16, none otherwise), "dynamic" or "none". A step whose
+  /// scaled gradients overflow is skipped and the scale halves (optim::GradScaler).
+  std::string loss_scaling = "auto";
+  double loss_scale_init = 65536.0;
+  int64_t loss_scale_growth_interval = 2000;
 };
 
 /// What the trainer optimizes and how it is saved.
@@ -95,6 +103,7 @@ struct TrainResult {
   bool interrupted = false;     ///< SIGINT: state saved, stopped early
   bool early_stopped = false;
   int64_t nonfinite_steps = 0;
+  int64_t overflow_steps = 0;   ///< skipped by the loss scaler (inf / nan gradients)
   std::vector<double> losses;   ///< the loss of every optimizer step run in this call
   std::optional<EvalResult> last_eval, best_eval;
   /// With a test set: its scores for the tensors of the best evaluation (step selected_step), or

@@ -15,6 +15,7 @@
 #include "peft/data/batch_source.h"
 #include "peft/methods/prompt/prompt_learning.h"
 #include "peft/models/load.h"
+#include "peft/nn/module_dtype.h"
 #include "peft/peft_model.h"
 #include "peft/nn/side_network.h"
 
@@ -122,21 +123,28 @@ class LstSideNetworkImpl : public nn::SideNetwork {
                           const at::Tensor& backbone_final) {
     PEFT_CHECK(taps.front().defined() && taps.back().defined(), kC,
                "the backbone did not report its hidden states (its family lacks hidden-state taps)");
+    // The side network computes in its own dtype (float32 beside a half-precision backbone).
+    const auto dtype = first_downsample->weight.scalar_type();
+    for (const auto& p : side_model_->parameters())  // its unregistered parts too (see to() below)
+      if (p.is_floating_point() && p.scalar_type() != dtype) {
+        nn::to_floating_dtype(*side_model_, dtype);
+        break;
+      }
     models::ModelInputs s;
     s.attention_mask = inputs.attention_mask;
     s.position_ids = inputs.position_ids;
-    s.embedding_output = first_downsample->forward(taps.front());
+    s.embedding_output = first_downsample->forward(taps.front().to(dtype));
     const int64_t n = static_cast<int64_t>(layers_.size());
     s.stream_hook = [&](int64_t j, const at::Tensor& h) {
       if (j >= n) return h;
       at::Tensor mu = torch::sigmoid(gate_alphas[j] / temperature_);
-      at::Tensor ladder = downsamples->ptr<torch::nn::LinearImpl>(j)->forward(taps.at(layers_[j] + 1));
+      at::Tensor ladder = downsamples->ptr<torch::nn::LinearImpl>(j)->forward(taps.at(layers_[j] + 1).to(dtype));
       return mu * h + (1 - mu) * ladder;
     };
     at::Tensor up = upsample->forward(side_model_->forward(s).last_hidden_state);
-    if (!gated_) return up;
+    if (!gated_) return up.to(backbone_final.scalar_type());
     at::Tensor mu = torch::sigmoid(output_gate_alpha / temperature_);
-    return mu * backbone_final + (1 - mu) * up;
+    return (mu * backbone_final.to(dtype) + (1 - mu) * up).to(backbone_final.scalar_type());
   }
 
   std::shared_ptr<models::PretrainedModel> side_model_;  // its embeddings stay unregistered: never used

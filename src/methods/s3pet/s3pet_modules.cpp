@@ -46,12 +46,14 @@ void S3petLinearDelta::add_bias(int64_t gate) {
 }
 
 at::Tensor S3petLinearDelta::adapt_output(const at::Tensor& x, const at::Tensor& y) {
+  // Computed in the delta's dtype (float32 beside a half-precision base), added in the base's.
   at::Tensor out = y;
   if (lora_A.defined()) {
-    at::Tensor d = torch::matmul(torch::matmul(x, lora_A.t()), lora_B.t()) * scale_;
-    out = out + (bank_ && lora_gate_ >= 0 ? d * bank_->gate(lora_gate_) : d);
+    at::Tensor d = torch::matmul(torch::matmul(x.to(lora_A.scalar_type()), lora_A.t()), lora_B.t()) * scale_;
+    out = out + (bank_ && lora_gate_ >= 0 ? d * bank_->gate(lora_gate_) : d).to(y.scalar_type());
   }
-  if (bias_delta.defined()) out = out + (bank_ && bias_gate_ >= 0 ? bias_delta * bank_->gate(bias_gate_) : bias_delta);
+  if (bias_delta.defined())
+    out = out + (bank_ && bias_gate_ >= 0 ? bias_delta * bank_->gate(bias_gate_) : bias_delta).to(y.scalar_type());
   return out;
 }
 
@@ -79,8 +81,8 @@ S3petAdapter::S3petAdapter(int64_t hidden, int64_t size, std::shared_ptr<GateBan
 }
 
 at::Tensor S3petAdapter::forward(const at::Tensor&, const at::Tensor& output) {
-  at::Tensor d = up->forward(torch::relu(down->forward(output)));
-  return output + (bank_ && gate_ >= 0 ? d * bank_->gate(gate_) : d);
+  at::Tensor d = up->forward(torch::relu(down->forward(output.to(down->weight.scalar_type()))));
+  return output + (bank_ && gate_ >= 0 ? d * bank_->gate(gate_) : d).to(output.scalar_type());
 }
 
 // ---- controller --------------------------------------------------------------
@@ -160,8 +162,8 @@ models::ModelInputs S3petController::prepare(const models::ModelInputs& inputs) 
   for (size_t i = 0; i < norms_.size(); ++i) {
     auto& slot = norms_[i];
     auto delta = norm_deltas->ptr<NormDeltaImpl>(i);
-    *slot.weight_member = slot.weight + z[slot.gate] * delta->weight;
-    if (slot.bias_member) *slot.bias_member = slot.bias + z[slot.gate] * delta->bias;
+    *slot.weight_member = (slot.weight + z[slot.gate] * delta->weight).to(slot.weight.scalar_type());
+    if (slot.bias_member) *slot.bias_member = (slot.bias + z[slot.gate] * delta->bias).to(slot.bias.scalar_type());
   }
   models::ModelInputs out = inputs;
   auto previous = inputs.final_hidden_hook;
