@@ -8,6 +8,9 @@
 #include "peft/core/json_io.h"
 #include "peft/core/safetensors.h"
 #include "peft/methods/method.h"
+#include "peft/models/load.h"
+#include "peft/nn/attention.h"
+#include "peft/nn/module_dtype.h"
 #include "peft/optim/grad_scaler.h"
 #include "peft/peft_model.h"
 #include "peft/train/run_config.h"
@@ -197,6 +200,91 @@ TEST(Trainer, MixedPrecisionSettingsAreChecked) {
   EXPECT_NE(error_of([] { train::trainer_config_from_json({{"loss_scale_init", "big"}}, "run.json"); })
                 .find("loss_scale_init"),
             std::string::npos);
+}
+
+}  // namespace
+}  // namespace peft::test
+
+namespace peft::test {
+namespace {
+
+TEST(CreateModelOn, DrawsCreateModelsWeightsOrTheSameDistributionInTheAskedDtype) {
+  const auto config = tiny_config("llama");
+  torch::manual_seed(4);
+  auto host = models::create_model(config);
+  torch::manual_seed(4);
+  auto same = models::create_model_on(config, c10::Device(c10::kCPU), std::nullopt);
+  auto expected = host->named_parameters();
+  for (const auto& p : same->named_parameters()) EXPECT_TRUE(bit_equal(p.value(), expected[p.key()])) << p.key();
+  auto half = models::create_model_on(config, c10::Device(c10::kCPU), torch::kBFloat16);
+  for (const auto& p : half->named_parameters()) {
+    const auto v = p.value().to(torch::kFloat);
+    EXPECT_EQ(p.value().scalar_type(), torch::kBFloat16) << p.key();
+    if (p.key().find("norm") != std::string::npos) {
+      EXPECT_TRUE(bit_equal(v, torch::ones_like(v))) << p.key();
+    } else {
+      EXPECT_NEAR(v.std().item<double>(), 0.02, 0.004) << p.key();  // initializer_range
+    }
+  }
+}
+
+TEST(FusedAttention, MatchesTheEagerPathOnEveryFamily) {
+  nn::AttentionOptions defaults;
+  defaults.score_divisor = 2.0;  // head_dim 4
+  if (!nn::fused_attention_applies(defaults, 4)) GTEST_SKIP() << "this LibTorch has no fused attention kernel";
+  for (const auto& family : tiny_families()) {
+    auto model = tiny_model(family);
+    model->eval();
+    nn::set_fused_attention(false);
+    auto eager = model->forward(tiny_batch(family)).logits;
+    nn::set_fused_attention(true);
+    auto fused = model->forward(tiny_batch(family)).logits;
+    EXPECT_LT(max_abs_diff(fused, eager), 1e-5) << family;
+  }
+}
+
+TEST(MixedPrecision, Fp16AutocastWithLossScalingTrainsOnCuda_CUDA) {
+  ASSERT_TRUE(torch::cuda::is_available());
+  auto base = tiny_model("llama");
+  base->to(torch::kCUDA);
+  auto model = std::make_shared<PeftModel>(base);
+  model->add_adapter("default", *lora("llama"));
+  auto config = scaled_config("");
+  config.device = c10::Device(c10::kCUDA);
+  config.loss_scaling = "auto";
+  config.loss_scale_init = 65536;
+  config.mixed_precision = "fp16";
+  train::Trainer trainer(train::trainable_delta(*model), config, random_blocks(8));
+  auto r = trainer.train();
+  EXPECT_EQ(static_cast<int64_t>(r.losses.size()) + r.overflow_steps, config.max_steps);
+  for (double l : r.losses) EXPECT_TRUE(std::isfinite(l));
+  for (const auto& p : model->trainable_parameters()) EXPECT_EQ(p.scalar_type(), torch::kFloat);
+}
+
+TEST(MixedPrecision, CheckpointedBf16StepMatchesOnCuda_CUDA) {
+  ASSERT_TRUE(torch::cuda::is_available());
+  std::vector<at::Tensor> reference;
+  for (const bool checkpointing : {false, true}) {
+    auto base = tiny_model("gpt2", torch::kFloat, 7, tiny_dropout("gpt2"));
+    base->to(torch::kCUDA);
+    nn::to_floating_dtype(*base, torch::kBFloat16);
+    PeftModel model(base);
+    torch::manual_seed(5);
+    model.add_adapter("default", *lora("gpt2"));
+    model.train();
+    model.set_gradient_checkpointing(checkpointing);
+    torch::manual_seed(21);
+    model.forward(train::to_device(tiny_batch("gpt2"), c10::Device(c10::kCUDA))).loss.backward();
+    std::vector<at::Tensor> grads;
+    for (auto& p : model.trainable_parameters()) grads.push_back(p.grad().cpu().to(torch::kFloat));
+    if (!checkpointing) {
+      reference = grads;
+      continue;
+    }
+    ASSERT_EQ(grads.size(), reference.size());
+    for (size_t i = 0; i < grads.size(); ++i)
+      EXPECT_LE(max_abs_diff(grads[i], reference[i]), 1e-6 + 1e-3 * reference[i].abs().max().item<double>()) << i;
+  }
 }
 
 }  // namespace

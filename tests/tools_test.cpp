@@ -151,6 +151,30 @@ TEST(Tools, TrainSelectsOnValidationAndScoresTheTestSetOnce) {
   EXPECT_NEAR(test["test"]["loss"].get<double>(), ours.loss, 1e-5);
 }
 
+TEST(Tools, TrainsABf16BaseWithCheckpointingAutocastAndFloat32Deltas) {
+  TempDir dir;
+  nlohmann::json cfg = {
+      {"model", source("examples/models/tiny-gpt2-en")},
+      {"task", "causal_lm"},
+      {"dtype", "bfloat16"},
+      {"gradient_checkpointing", true},
+      {"method", {{"peft_type", "LORA"}, {"task_type", "CAUSAL_LM"}, {"r", 4}, {"lora_dropout", 0.1}}},
+      {"data", {{"kind", "text"}, {"train", source("examples/data/sotu/train.txt")},
+                {"eval", source("examples/data/sotu/test.txt")}, {"block_size", 32}}},
+      {"trainer", {{"max_steps", 3}, {"batch_size", 4}, {"eval_batches", 1}, {"mixed_precision", "bf16"}}},
+      {"output_dir", dir.file("run")}};
+  core::write_json_file(dir.file("run.json"), cfg);
+  const std::string train = PEFT_TRAIN_BIN;
+  ASSERT_EQ(run(train + " --threads 1 --config " + dir.file("run.json"), dir.file("a.log")), 0) << slurp(dir.file("a.log"));
+  for (const auto& t : safetensors::File(dir.file("run/final/adapter_model.safetensors")).tensors())
+    EXPECT_EQ(t.dtype, safetensors::DType::F32) << t.name;
+  auto parts = train::build_run(cfg, "run.json", /*need_train=*/false);
+  EXPECT_TRUE(parts.model->gradient_checkpointing());
+  for (const auto& p : parts.model->parameters()) EXPECT_EQ(p.scalar_type(), torch::kBFloat16);
+  cfg["delta_dtype"] = "bf15";
+  EXPECT_NE(error_of([&] { train::build_run(cfg, "run.json", false); }).find("run.json: delta_dtype"), std::string::npos);
+}
+
 TEST(Tools, PromptMethodsTrainResumeAndGenerate) {
   // The reparameterization MLP trains and survives a resume (it is in the training state), the
   // delta holds only the prefix, and peft-generate runs it.

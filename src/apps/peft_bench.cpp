@@ -22,7 +22,10 @@
 #include "peft/core/process.h"
 #include "peft/checkpoint/delta.h"
 #include "peft/core/atomic_file.h"
+#include "peft/core/dtype.h"
 #include "peft/core/error.h"
+#include "peft/core/json_io.h"
+#include "peft/core/memory.h"
 #include "peft/models/save.h"
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
@@ -38,21 +41,59 @@ constexpr const char* kC = "peft-bench";
 struct Geometry {
   std::string family = "gpt2";
   int64_t layers = 4, hidden = 256, heads = 4, vocab = 8000, seq = 128, batch = 8;
+  int64_t kv_heads = 0;      ///< llama: 0 = heads
+  int64_t intermediate = 0;  ///< 0 = the family's default (gpt2 4·hidden, llama 8/3·hidden rounded to 256)
+  int64_t ffn() const {
+    if (intermediate > 0) return intermediate;
+    return family == "gpt2" ? 4 * hidden : (8 * hidden / 3 + 255) / 256 * 256;
+  }
+  int64_t kv() const { return kv_heads > 0 ? kv_heads : heads; }
+};
+
+/// How a run is set up beyond the geometry.
+struct Setup {
+  std::string model_dir;  ///< load this model (its config.json gives the geometry) instead of drawing one
+  std::string dtype = "float32";
+  std::string device = "cpu";
+  bool checkpointing = false;
 };
 
 nlohmann::json model_config(const Geometry& g) {
-  PEFT_CHECK(g.family == "gpt2", kC, "--family: only gpt2 is benchmarked, found '{}'", g.family);
   // Room for up to 16 virtual tokens before the sequence (prompt and prefix methods).
-  return {{"model_type", "gpt2"}, {"vocab_size", g.vocab}, {"n_positions", g.seq + 16},
-          {"n_embd", g.hidden}, {"n_layer", g.layers}, {"n_head", g.heads},
-          {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0}, {"attn_pdrop", 0.0}};
+  if (g.family == "gpt2")
+    return {{"model_type", "gpt2"}, {"vocab_size", g.vocab}, {"n_positions", g.seq + 16},
+            {"n_embd", g.hidden}, {"n_layer", g.layers}, {"n_head", g.heads}, {"n_inner", g.ffn()},
+            {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0}, {"attn_pdrop", 0.0}};
+  PEFT_CHECK(g.family == "llama", kC, "--family must be gpt2 or llama, found '{}'", g.family);
+  return {{"model_type", "llama"}, {"vocab_size", g.vocab}, {"max_position_embeddings", g.seq + 16},
+          {"hidden_size", g.hidden}, {"num_hidden_layers", g.layers}, {"num_attention_heads", g.heads},
+          {"num_key_value_heads", g.kv()}, {"intermediate_size", g.ffn()}, {"rms_norm_eps", 1e-5},
+          {"architectures", {"LlamaForCausalLM"}}};
+}
+
+/// The geometry a model directory's config.json describes (batch and seq stay the run's).
+Geometry geometry_of(const std::string& dir, Geometry g) {
+  const auto c = peft::core::read_json_file((std::filesystem::path(dir) / "config.json").string());
+  const auto m = peft::models::model_geometry(c);
+  g.family = c.at("model_type").get<std::string>();
+  PEFT_CHECK(g.family == "gpt2" || g.family == "llama", kC, "--model: {} is a {} model; gpt2 and llama are benchmarked",
+             dir, g.family);
+  g.layers = m.num_layers;
+  g.hidden = m.hidden_size;
+  g.heads = m.num_heads;
+  g.kv_heads = m.num_kv_heads;
+  g.vocab = m.vocab_size;
+  g.intermediate = m.intermediate_size;
+  return g;
 }
 
 /// The method configurations benchmarked by name ("full" trains every weight); the same
 /// settings as bench/torch_reference.py uses for the Python side.
-nlohmann::json method_config(const std::string& name) {
+nlohmann::json method_config(const std::string& name, const std::string& family = "gpt2") {
   static const std::map<std::string, nlohmann::json> presets = {
       {"lora", {{"peft_type", "LORA"}, {"r", 8}, {"lora_alpha", 16}}},
+      // r = 16 on every projection of a block (QLoRA's recipe).
+      {"lora_all", {{"peft_type", "LORA"}, {"r", 16}, {"lora_alpha", 32}}},
       {"adapter", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"preset", "houlsby"}, {"bottleneck_size", 16}, {"non_linearity", "gelu"}}},
       {"lst", {{"peft_type", "LST"}, {"reduction_factor", 8}}},
       {"ia3", {{"peft_type", "IA3"}}},
@@ -61,19 +102,16 @@ nlohmann::json method_config(const std::string& name) {
       {"prompt_tuning", {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 10}}},
   };
   auto it = presets.find(name);
-  if (it != presets.end()) return it->second;
+  if (it != presets.end()) {
+    nlohmann::json j = it->second;
+    if (name == "lora_all")
+      j["target_modules"] = family == "llama" ? nlohmann::json{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+                                              : nlohmann::json{"c_attn", "c_proj", "c_fc"};
+    return j;
+  }
   std::vector<std::string> names = {"full"};
   for (const auto& [n, j] : presets) names.push_back(n);
   peft::fail(kC, fmt::format("--methods: unknown method '{}' (known: {})", name, fmt::join(names, ", ")));
-}
-
-/// A /proc/self/status field in MiB (VmRSS: now, VmHWM: peak).
-double status_mib(const std::string& field) {
-  std::ifstream in("/proc/self/status");
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(field + ":", 0) == 0) return std::stod(line.substr(field.size() + 1)) / 1024.0;
-  return -1;
 }
 
 double median(std::vector<double> v) {
@@ -109,12 +147,32 @@ double gemm_gflops(const Geometry& g, int runs) {
   return 2.0 * static_cast<double>(m * k * n) / (ms * 1e6);
 }
 
-/// Multiply-add FLOPs of one forward pass: the block projections (12·d² per token and layer), the
-/// attention scores and mixing (4·T·d per token and layer) and the tied LM head (2·d·V per token).
+/// FLOPs (2 per multiply-add) of one forward pass: the block projections, the attention scores
+/// and mixing (4·T·d per token and layer) and the LM head (2·d·V per token).
 double forward_flops(const Geometry& g) {
   const double n = static_cast<double>(g.batch * g.seq), d = static_cast<double>(g.hidden);
-  return static_cast<double>(g.layers) * (24.0 * n * d * d + 4.0 * n * static_cast<double>(g.seq) * d) +
+  const double f = static_cast<double>(g.ffn()), kv = d / static_cast<double>(g.heads) * static_cast<double>(g.kv());
+  const double per_token = g.family == "llama" ? 2.0 * d * d + 2.0 * d * kv + 3.0 * d * f : 4.0 * d * d + 2.0 * d * f;
+  return static_cast<double>(g.layers) * (2.0 * n * per_token + 4.0 * n * static_cast<double>(g.seq) * d) +
          2.0 * n * d * static_cast<double>(g.vocab);
+}
+
+/// A rough model of the activation bytes one training step keeps for backward (for the
+/// "predicted" column): per block, the inputs of its projections and of the attention product,
+/// the scores and probabilities, the norms' float32 intermediates and the float32 copies a
+/// float32 delta makes of its inputs; with checkpointing, one input per block plus one block's
+/// worth; then the logits with their float32 softmax and gradient.
+double predicted_activation_bytes(const Geometry& g, double elt, bool checkpointing, bool float32_delta_inputs) {
+  const double n = static_cast<double>(g.batch * g.seq), d = static_cast<double>(g.hidden);
+  const double f = static_cast<double>(g.ffn()), t = static_cast<double>(g.seq);
+  const double scores = static_cast<double>(g.batch * g.heads) * t * t * (2.0 * elt + 4.0);
+  const double projections = g.family == "llama" ? n * (6.0 * d + 4.0 * f) * elt : n * (6.0 * d + 2.0 * f) * elt;
+  const double norms = 4.0 * n * d * 4.0;
+  const double delta_copies = float32_delta_inputs ? n * (7.0 * d + f) * 4.0 : 0.0;
+  const double block = scores + projections + norms + delta_copies;
+  const double layers = static_cast<double>(g.layers);
+  const double logits = n * static_cast<double>(g.vocab) * (elt + 8.0);
+  return (checkpointing ? layers * n * d * elt + block : layers * block) + logits;
 }
 
 /// FLOPs a training step needs: forward, input gradients, and weight gradients where weights train
@@ -126,15 +184,39 @@ std::optional<double> step_flops(peft::PeftModel* model, const Geometry& g) {
   return 2.0 * forward_flops(g);
 }
 
+int64_t bytes_of(const std::vector<at::Tensor>& tensors) {
+  int64_t n = 0;
+  for (const auto& t : tensors) n += static_cast<int64_t>(t.numel() * t.element_size());
+  return n;
+}
+
+double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
+
 /// Runs one method in this process and returns its measurements.
-nlohmann::json measure(const std::string& method, const Geometry& g, int steps, int warmup,
+nlohmann::json measure(const std::string& method, Geometry g, const Setup& setup, int steps, int warmup,
                        const std::string& profile_dir) {
-  const double rss_start = status_mib("VmRSS");
+  const double rss_start = peft::core::resident_mib();
+  const c10::Device device(setup.device);
+  const auto dtype = peft::core::dtype_from_name(setup.dtype, "--dtype").value_or(torch::kFloat);
   torch::manual_seed(0);
-  auto base = peft::models::create_model(model_config(g), "causal_lm");
+  std::shared_ptr<peft::models::PretrainedModel> base;
+  const auto t_load = std::chrono::steady_clock::now();
+  if (!setup.model_dir.empty()) {
+    peft::models::LoadOptions load;
+    load.dtype = dtype;
+    load.device = device;
+    load.task = "causal_lm";
+    base = peft::models::load_pretrained(setup.model_dir, load);
+  } else {
+    base = peft::models::create_model_on(model_config(g), device, dtype, "causal_lm");
+  }
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
+  const double rss_loaded = peft::core::peak_resident_mib();
+  base->set_gradient_checkpointing(setup.checkpointing);
   std::unique_ptr<peft::PeftModel> peft_model;
   std::vector<std::pair<std::string, at::Tensor>> params;
   int64_t total = 0;
+  const int64_t weight_bytes = bytes_of(base->parameters());
   for (auto& p : base->parameters()) total += p.numel();
   if (method == "full") {
     for (auto& p : base->named_parameters()) {
@@ -143,36 +225,51 @@ nlohmann::json measure(const std::string& method, const Geometry& g, int steps, 
     }
   } else {
     peft_model = std::make_unique<peft::PeftModel>(base);
-    peft_model->add_adapter("default", *peft::methods::parse_config(method_config(method)));
+    peft_model->add_adapter("default", *peft::methods::parse_config(method_config(method, g.family)));
     for (auto& p : base->named_parameters())
       if (p.value().requires_grad()) params.emplace_back(p.key(), p.value());
   }
   int64_t trainable = 0;
-  for (auto& [n, p] : params) trainable += p.numel();
+  std::vector<at::Tensor> trained;
+  for (auto& [n, p] : params) {
+    trainable += p.numel();
+    trained.push_back(p);
+  }
+  const int64_t delta_bytes = method == "full" ? 0 : bytes_of(trained);
   base->train();
   auto forward = [&](const peft::models::ModelInputs& in) {
     return peft_model ? peft_model->forward(in) : base->forward(in);
   };
+  auto sync = [&] {
+    if (device.is_cuda()) torch::cuda::synchronize();
+  };
   peft::optim::AdamW opt(params, {1e-4, 0.9, 0.999, 1e-8, /*weight_decay=*/0.0});
   peft::models::ModelInputs batch;
-  batch.input_ids = torch::randint(0, g.vocab, {g.batch, g.seq}, torch::kLong);
+  batch.input_ids = torch::randint(0, g.vocab, {g.batch, g.seq}, torch::kLong).to(device);
   batch.labels = batch.input_ids;
-  const double rss_setup = status_mib("VmRSS");  // weights, optimizer state, batch
+  const double rss_setup = peft::core::resident_mib();  // weights, delta, batch
+  if (device.is_cuda()) peft::core::reset_cuda_peak_bytes(device.index() < 0 ? 0 : device.index());
   std::vector<double> times;
   std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
   for (int s = 0; s < warmup + steps; ++s) {
     if (s == warmup && !profile_dir.empty())  // the timed steps, as a chrome://tracing file
       profile = std::make_unique<torch::autograd::profiler::RecordProfile>(
           (std::filesystem::path(profile_dir) / (method + ".trace.json")).string());
+    sync();
     const auto t0 = std::chrono::steady_clock::now();
     forward(batch).loss.backward();
     opt.step(1e-4);
     opt.zero_grad();
+    sync();
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (s >= warmup) times.push_back(ms);
   }
   profile.reset();
-  const double peak = status_mib("VmHWM"), step_ms = median(times);
+  const double peak = peft::core::peak_resident_mib(), step_ms = median(times);
+  const int64_t cuda_peak = device.is_cuda() ? peft::core::cuda_peak_bytes(device.index() < 0 ? 0 : device.index()) : -1;
+  int64_t optimizer_bytes = 0;
+  for (auto& [k, t] : opt.state_dict()) optimizer_bytes += static_cast<int64_t>(t.numel() * t.element_size());
+  const int64_t grad_bytes = bytes_of(trained);  // zero_grad keeps the buffers (as torch does)
 
   // Inference (eval, no autograd): the base alone, with the delta, and with the delta merged.
   base->eval();
@@ -181,14 +278,18 @@ nlohmann::json measure(const std::string& method, const Geometry& g, int steps, 
     torch::NoGradGuard no_grad;
     peft::models::ModelInputs x;
     x.input_ids = batch.input_ids;
-    infer["with_delta_ms"] = median_ms([&] { forward(x); }, steps);
+    auto timed = [&] {
+      forward(x);
+      sync();
+    };
+    infer["with_delta_ms"] = median_ms(timed, steps);
     if (peft_model) {
       peft_model->disable_adapters();
-      infer["base_ms"] = median_ms([&] { forward(x); }, steps);
+      infer["base_ms"] = median_ms(timed, steps);
       peft_model->enable_adapters();
       try {
         peft_model->merge_adapter();
-        infer["merged_ms"] = median_ms([&] { forward(x); }, steps);
+        infer["merged_ms"] = median_ms(timed, steps);
         peft_model->unmerge_adapter();
       } catch (const peft::Error&) {
         infer["merged_ms"] = nullptr;  // not mergeable
@@ -196,12 +297,20 @@ nlohmann::json measure(const std::string& method, const Geometry& g, int steps, 
     }
   }
   // What a user ships: the delta directory, or the whole model for full fine-tuning.
-  const auto dir = std::filesystem::temp_directory_path() / ("peft-bench-" + std::to_string(getpid()));
-  if (peft_model) peft::checkpoint::save_adapter(*peft_model, dir.string());
-  else peft::models::save_pretrained(*base, dir.string());
-  const int64_t saved_bytes = directory_bytes(dir.string());
-  std::filesystem::remove_all(dir);
+  int64_t saved_bytes = -1;
+  if (peft_model || setup.model_dir.empty()) {
+    const auto dir = std::filesystem::temp_directory_path() / ("peft-bench-" + std::to_string(getpid()));
+    if (peft_model) peft::checkpoint::save_adapter(*peft_model, dir.string());
+    else peft::models::save_pretrained(*base, dir.string());
+    saved_bytes = directory_bytes(dir.string());
+    std::filesystem::remove_all(dir);
+  }
 
+  const double elt = static_cast<double>(c10::elementSize(dtype));
+  const bool f32_delta_inputs = peft_model && method.rfind("lora", 0) == 0 && elt < 4;
+  const double predicted_act = predicted_activation_bytes(g, elt, setup.checkpointing, f32_delta_inputs);
+  // What the steps added beyond weights, delta and batch: optimizer state, gradients, activations.
+  const double measured_act = (peak - rss_setup) - mib(static_cast<double>(optimizer_bytes + grad_bytes));
   const auto flops = step_flops(peft_model.get(), g);
   return {{"method", method},
           {"step_gflop", flops ? nlohmann::json(*flops / 1e9) : nlohmann::json(nullptr)},
@@ -216,9 +325,22 @@ nlohmann::json measure(const std::string& method, const Geometry& g, int steps, 
           {"setup_mib", rss_setup - rss_start},
           {"training_mib", peak - rss_setup},
           {"memory_mib", peak - rss_start},
+          {"load_s", load_s},
+          {"load_peak_rss_mib", rss_loaded},
+          {"cuda_peak_mib", cuda_peak >= 0 ? nlohmann::json(mib(static_cast<double>(cuda_peak))) : nlohmann::json(nullptr)},
+          {"memory_breakdown_mib",
+           {{"weights", mib(static_cast<double>(weight_bytes))},
+            {"delta", mib(static_cast<double>(delta_bytes))},
+            {"gradients", mib(static_cast<double>(grad_bytes))},
+            {"optimizer_state", mib(static_cast<double>(optimizer_bytes))},
+            {"activations_measured", measured_act},
+            {"activations_predicted", mib(predicted_act)}}},
           {"threads", torch::get_num_threads()},
+          {"setup", {{"model", setup.model_dir}, {"dtype", setup.dtype}, {"device", setup.device},
+                     {"checkpointing", setup.checkpointing}}},
           {"geometry", {{"family", g.family}, {"layers", g.layers}, {"hidden", g.hidden}, {"heads", g.heads},
-                        {"vocab", g.vocab}, {"seq", g.seq}, {"batch", g.batch}}}};
+                        {"kv_heads", g.kv()}, {"intermediate", g.ffn()}, {"vocab", g.vocab}, {"seq", g.seq},
+                        {"batch", g.batch}}}};
 }
 
 /// Runs `args` as a child process and returns its stdout.
@@ -253,6 +375,14 @@ int run(int argc, char** argv) {
   Geometry g;
   std::string methods = "full,lora,adapter,lst", child, json_path, profile_dir;
   int steps = 5, warmup = 1, threads = 0;
+  Setup setup;
+  app.add_option("--family", g.family, "gpt2 or llama (a model drawn at random)");
+  app.add_option("--model", setup.model_dir, "benchmark this model directory instead (its config.json gives the geometry)");
+  app.add_option("--dtype", setup.dtype, "the frozen base's dtype: float32, bfloat16 or float16");
+  app.add_option("--device", setup.device, "cpu or cuda");
+  app.add_flag("--checkpointing", setup.checkpointing, "activation checkpointing of every block");
+  app.add_option("--kv-heads", g.kv_heads, "llama: key/value heads (grouped-query attention; default: --heads)");
+  app.add_option("--intermediate", g.intermediate, "feed-forward width (default: the family's)");
   app.add_option("--layers", g.layers, "transformer blocks");
   app.add_option("--hidden", g.hidden, "hidden size");
   app.add_option("--heads", g.heads, "attention heads");
@@ -275,8 +405,10 @@ int run(int argc, char** argv) {
   }
   PEFT_CHECK(steps >= 1 && warmup >= 0, kC, "--steps must be >= 1 and --warmup >= 0, found {} and {}", steps, warmup);
   const int used_threads = peft::core::configure_threads(threads);
+  peft::core::dtype_from_name(setup.dtype, "--dtype");  // a bad name fails before any run
+  if (!setup.model_dir.empty()) g = geometry_of(setup.model_dir, g);
   if (!child.empty()) {
-    fmt::print("{}\n", measure(child, g, steps, warmup, profile_dir).dump());
+    fmt::print("{}\n", measure(child, g, setup, steps, warmup, profile_dir).dump());
     return 0;
   }
   std::vector<nlohmann::json> rows;
@@ -287,15 +419,19 @@ int run(int argc, char** argv) {
   std::vector<std::string> names;
   std::stringstream list(methods);
   for (std::string m; std::getline(list, m, ',');) {
-    if (m != "full") method_config(m);  // unknown names fail before any run
+    if (m != "full") method_config(m, g.family);  // unknown names fail before any run
     names.push_back(m);
   }
   for (const auto& m : names) {
     std::vector<std::string> args = {argv[0]};
     for (auto [flag, value] : std::vector<std::pair<std::string, int64_t>>{
              {"--layers", g.layers}, {"--hidden", g.hidden}, {"--heads", g.heads}, {"--vocab", g.vocab},
-             {"--seq", g.seq}, {"--batch", g.batch}, {"--steps", steps}, {"--warmup", warmup}, {"--threads", used_threads}})
+             {"--seq", g.seq}, {"--batch", g.batch}, {"--steps", steps}, {"--warmup", warmup}, {"--threads", used_threads},
+             {"--kv-heads", g.kv_heads}, {"--intermediate", g.intermediate}})
       args.insert(args.end(), {flag, std::to_string(value)});
+    args.insert(args.end(), {"--family", g.family, "--dtype", setup.dtype, "--device", setup.device});
+    if (!setup.model_dir.empty()) args.insert(args.end(), {"--model", setup.model_dir});
+    if (setup.checkpointing) args.push_back("--checkpointing");
     if (!profile_dir.empty()) args.insert(args.end(), {"--profile", profile_dir});
     args.insert(args.end(), {"--child", m});
     rows.push_back(nlohmann::json::parse(run_child(args)));

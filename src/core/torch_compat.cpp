@@ -6,6 +6,13 @@
 
 #include "peft/core/error.h"
 
+#if defined(__has_include)
+#if __has_include(<c10/cuda/CUDACachingAllocator.h>) && __has_include(<cuda_runtime_api.h>)
+#include <c10/cuda/CUDACachingAllocator.h>
+#define PEFT_HAS_CUDA_ALLOCATOR 1
+#endif
+#endif
+
 #define PEFT_TORCH_AT_LEAST(major, minor) \
   (TORCH_VERSION_MAJOR > (major) || (TORCH_VERSION_MAJOR == (major) && TORCH_VERSION_MINOR >= (minor)))
 
@@ -56,6 +63,26 @@ at::Tensor fused_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 #else
   (void)q, (void)k, (void)v, (void)additive_mask, (void)dropout;
   fail("core", "fused attention needs LibTorch 2.1 or later; this is " TORCH_VERSION);
+#endif
+}
+
+int64_t cuda_peak_allocated_bytes(int device) {
+#ifdef PEFT_HAS_CUDA_ALLOCATOR
+  if (!torch::cuda::is_available()) return -1;
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(static_cast<c10::DeviceIndex>(device));
+  return stats.allocated_bytes[static_cast<size_t>(c10::cuda::CUDACachingAllocator::StatType::AGGREGATE)].peak;
+#else
+  (void)device;
+  return -1;
+#endif
+}
+
+void reset_cuda_peak(int device) {
+#ifdef PEFT_HAS_CUDA_ALLOCATOR
+  if (torch::cuda::is_available())
+    c10::cuda::CUDACachingAllocator::resetPeakStats(static_cast<c10::DeviceIndex>(device));
+#else
+  (void)device;
 #endif
 }
 

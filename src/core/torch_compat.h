@@ -22,4 +22,9 @@ bool has_fused_attention();
 at::Tensor fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& additive_mask,
                            double dropout);
 
+/// Peak bytes the CUDA caching allocator handed out on `device` since the last reset, or -1
+/// when this LibTorch has no CUDA.
+int64_t cuda_peak_allocated_bytes(int device);
+void reset_cuda_peak(int device);
+
 }  // namespace peft::core

@@ -268,7 +268,7 @@ BertForFeatureExtraction::BertForFeatureExtraction(const BertConfig& config) : B
   register_module("embeddings", backbone_->embeddings);
   register_module("encoder", backbone_->encoder);
   register_module("pooler", backbone_->pooler);
-  init_weights();
+  if (!weights_will_be_loaded()) init_weights();
   freeze_all(*this);
 }
 
@@ -302,7 +302,7 @@ BertForSequenceClassification::BertForSequenceClassification(const BertConfig& c
   else
     classifier = register_module("classifier",
                                  nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.hidden_size, config_.head.num_labels)));
-  init_weights();
+  if (!weights_will_be_loaded()) init_weights();
   freeze_all(*this);
 }
 

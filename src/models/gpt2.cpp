@@ -271,7 +271,7 @@ GPT2ForFeatureExtraction::GPT2ForFeatureExtraction(const GPT2Config& config) : G
   register_module("wpe", backbone_->wpe);
   register_module("h", backbone_->h);
   register_module("ln_f", backbone_->ln_f);
-  init_weights();
+  if (!weights_will_be_loaded()) init_weights();
   freeze_all(*this);
 }
 
@@ -285,7 +285,7 @@ GPT2LMHeadModel::GPT2LMHeadModel(const GPT2Config& config) : GPT2FamilyModel(con
   transformer = register_module("transformer", GPT2Model(config_));
   if (!config_.tie_word_embeddings)
     lm_head = register_module("lm_head", nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.n_embd, config_.vocab_size).bias(false)));
-  init_weights();
+  if (!weights_will_be_loaded()) init_weights();
   freeze_all(*this);
 }
 
@@ -306,7 +306,7 @@ GPT2ForSequenceClassification::GPT2ForSequenceClassification(const GPT2Config& c
   config_.validate();
   transformer = register_module("transformer", GPT2Model(config_));
   score = register_module("score", nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.n_embd, config_.head.num_labels).bias(false)));
-  init_weights();
+  if (!weights_will_be_loaded()) init_weights();
   freeze_all(*this);
 }
 

@@ -28,6 +28,14 @@ void init_standard(torch::nn::Module& root, double std) {
   }
 }
 
+namespace {
+thread_local bool t_weights_will_be_loaded = false;
+}
+
+bool weights_will_be_loaded() { return t_weights_will_be_loaded; }
+WeightsWillBeLoaded::WeightsWillBeLoaded() : previous_(t_weights_will_be_loaded) { t_weights_will_be_loaded = true; }
+WeightsWillBeLoaded::~WeightsWillBeLoaded() { t_weights_will_be_loaded = previous_; }
+
 void freeze_all(torch::nn::Module& root) {
   for (auto& p : root.parameters()) p.set_requires_grad(false);
 }

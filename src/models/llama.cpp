@@ -252,7 +252,7 @@ LlamaForFeatureExtraction::LlamaForFeatureExtraction(const LlamaConfig& config) 
   register_module("embed_tokens", backbone_->embed_tokens);
   register_module("layers", backbone_->layers);
   register_module("norm", backbone_->norm);
-  init_weights();
+  if (!weights_will_be_loaded()) init_weights();
   freeze_all(*this);
 }
 
@@ -266,7 +266,7 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& config) : LlamaFamilyModel
   model = register_module("model", LlamaModel(config_));
   if (!config_.tie_word_embeddings)
     lm_head = register_module("lm_head", nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.hidden_size, config_.vocab_size).bias(false)));
-  init_weights();
+  if (!weights_will_be_loaded()) init_weights();
   freeze_all(*this);
 }
 
@@ -287,7 +287,7 @@ LlamaForSequenceClassification::LlamaForSequenceClassification(const LlamaConfig
   config_.validate();
   model = register_module("model", LlamaModel(config_));
   score = register_module("score", nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.hidden_size, config_.head.num_labels).bias(false)));
-  init_weights();
+  if (!weights_will_be_loaded()) init_weights();
   freeze_all(*this);
 }
 

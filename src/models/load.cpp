@@ -16,6 +16,8 @@
 #include "peft/models/gpt2.h"
 #include "peft/models/llama.h"
 #include "peft/models/vit.h"
+#include "init_weights.h"
+#include "peft/nn/module_dtype.h"
 
 namespace peft::models {
 namespace fs = std::filesystem;
@@ -118,6 +120,8 @@ std::map<std::string, std::string> weight_files(const std::string& dir) {
   return out;
 }
 
+void load_weights_into(PretrainedModel& model, const std::string& dir, const LoadOptions& options, bool initialized);
+
 }  // namespace
 
 void register_architecture(const std::string& model_type, const std::string& architecture, const std::string& task,
@@ -216,16 +220,38 @@ std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config, cons
   return chosen->factory(cfg);
 }
 
+std::shared_ptr<PretrainedModel> create_model_on(const nlohmann::json& config, c10::Device device,
+                                                 std::optional<c10::ScalarType> dtype, const std::string& task) {
+  std::shared_ptr<PretrainedModel> model;
+  {
+    WeightsWillBeLoaded skip_random_init;  // the host tensors stay untouched (no resident pages)
+    model = create_model(config, task);
+  }
+  model->to(device);
+  if (dtype) nn::to_floating_dtype(*model, *dtype);
+  model->init_weights();
+  return model;
+}
+
 std::shared_ptr<PretrainedModel> load_pretrained(const std::string& dir, const LoadOptions& options) {
   const fs::path cfg = fs::path(dir) / "config.json";
   PEFT_CHECK(fs::is_directory(dir), kComponent, "'{}' is not a model directory", dir);
   PEFT_CHECK(fs::exists(cfg), kComponent, "{}: missing config.json", dir);
-  auto model = create_model(core::read_json_file(cfg.string()), options.task, options.num_labels);
-  load_weights(*model, dir, options);
+  std::shared_ptr<PretrainedModel> model;
+  {
+    WeightsWillBeLoaded skip_random_init;
+    model = create_model(core::read_json_file(cfg.string()), options.task, options.num_labels);
+  }
+  load_weights_into(*model, dir, options, /*initialized=*/false);
   return model;
 }
 
 void load_weights(PretrainedModel& model, const std::string& dir, const LoadOptions& options) {
+  load_weights_into(model, dir, options, /*initialized=*/true);
+}
+
+namespace {
+void load_weights_into(PretrainedModel& model, const std::string& dir, const LoadOptions& options, bool initialized) {
   auto files = weight_files(dir);
   std::map<std::string, at::Tensor> expected;
   for (const auto& p : model.named_parameters(true)) expected[p.key()] = p.value();
@@ -268,35 +294,43 @@ void load_weights(PretrainedModel& model, const std::string& dir, const LoadOpti
   if (!dropped.empty())
     log::info("{}: dropped the {} head ({}) to build {}", dir, checkpoint_arch, some(dropped), model.architecture());
 
-  std::map<std::string, std::unique_ptr<safetensors::File>> open;
   std::vector<std::string> fresh;
-  std::optional<c10::ScalarType> loaded_dtype = options.dtype;
-  torch::NoGradGuard no_grad;
+  std::map<std::string, std::vector<std::string>> by_file;  // shard -> our names it holds
   for (auto& [name, target] : expected) {
     auto src = source_of.find(name);
-    if (src == source_of.end()) {
-      bool in_head = false;
-      for (const auto& h : model.head_modules()) in_head = in_head || core::is_under(name, h);
-      PEFT_CHECK(in_head, kComponent, "{}: missing tensor '{}' (expected shape {})", dir, name,
-                 c10::str(target.sizes()));
-      fresh.push_back(name);
+    if (src != source_of.end()) {
+      by_file[files.at(src->second)].push_back(name);
       continue;
     }
-    const std::string& file = files.at(src->second);
-    auto& f = open[file];
-    if (!f) {
-      PEFT_CHECK(fs::exists(file), kComponent, "{}: shard '{}' listed in the index does not exist", dir, file);
-      f = std::make_unique<safetensors::File>(file);
+    bool in_head = false;
+    for (const auto& h : model.head_modules()) in_head = in_head || core::is_under(name, h);
+    PEFT_CHECK(in_head, kComponent, "{}: missing tensor '{}' (expected shape {})", dir, name, c10::str(target.sizes()));
+    fresh.push_back(name);
+  }
+  // A model built without its random init gets it now, when a new head needs it.
+  if (!initialized && !fresh.empty()) model.init_weights();
+
+  // One shard at a time, each closed once read: resident memory stays the weights plus one
+  // shard's mapped pages.
+  std::optional<c10::ScalarType> loaded_dtype = options.dtype;
+  torch::NoGradGuard no_grad;
+  for (const auto& [file, names] : by_file) {
+    PEFT_CHECK(fs::exists(file), kComponent, "{}: shard '{}' listed in the index does not exist", dir, file);
+    safetensors::File f(file);
+    for (const auto& name : names) {
+      at::Tensor& target = expected.at(name);
+      const std::string& key = source_of.at(name);
+      PEFT_CHECK(f.contains(key), kComponent, "{}: tensor '{}' is listed in the index but missing from {}", dir, key,
+                 file);
+      const auto& info = f.info(key);
+      PEFT_CHECK(c10::IntArrayRef(info.shape) == target.sizes(), kComponent,
+                 "{}: tensor '{}' has shape {} in {}, expected {}", dir, key, c10::str(c10::IntArrayRef(info.shape)),
+                 file, c10::str(target.sizes()));
+      at::Tensor value = f.load(key);
+      if (value.is_floating_point() && options.dtype) value = value.to(*options.dtype);
+      if (value.is_floating_point() && !loaded_dtype) loaded_dtype = value.scalar_type();
+      target.set_data(value.to(options.device));
     }
-    PEFT_CHECK(f->contains(src->second), kComponent, "{}: tensor '{}' is listed in the index but missing from {}",
-               dir, src->second, file);
-    at::Tensor value = f->load(src->second);
-    PEFT_CHECK(value.sizes() == target.sizes(), kComponent,
-               "{}: tensor '{}' has shape {} in {}, expected {}", dir, src->second, c10::str(value.sizes()), file,
-               c10::str(target.sizes()));
-    if (value.is_floating_point() && options.dtype) value = value.to(*options.dtype);
-    if (value.is_floating_point() && !loaded_dtype) loaded_dtype = value.scalar_type();
-    target.set_data(value.to(options.device));
   }
   // A new head follows the checkpoint's dtype and the requested device.
   for (const auto& name : fresh) {
@@ -308,6 +342,7 @@ void load_weights(PretrainedModel& model, const std::string& dir, const LoadOpti
     log::warn("{}: {} is newly initialized (not in the checkpoint): {}; train it (e.g. modules_to_save) before use",
               dir, model.architecture(), some(fresh));
 }
+}  // namespace
 
 ModelGeometry model_geometry(const nlohmann::json& config) {
   PEFT_CHECK(config.is_object() && config.contains("model_type") && config["model_type"].is_string(), kComponent,

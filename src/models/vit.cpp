@@ -205,7 +205,7 @@ ViTForFeatureExtraction::ViTForFeatureExtraction(const ViTConfig& config) : ViTF
   register_module("encoder", backbone_->encoder);
   register_module("layernorm", backbone_->layernorm);
   register_module("pooler", backbone_->pooler);
-  init_weights();
+  if (!weights_will_be_loaded()) init_weights();
   freeze_all(*this);
 }
 
@@ -219,7 +219,7 @@ ViTForImageClassification::ViTForImageClassification(const ViTConfig& config) : 
   vit = register_module("vit", ViTModel(config_, /*add_pooling_layer=*/false));
   classifier = register_module("classifier",
                                nn::AdaptableLinear(nn::AdaptableLinearOptions(config_.hidden_size, config_.head.num_labels)));
-  init_weights();
+  if (!weights_will_be_loaded()) init_weights();
   freeze_all(*this);
 }
 

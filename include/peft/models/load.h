@@ -48,6 +48,11 @@ std::string canonical_task(const std::string& task);
 /// A randomly initialized model from a config (HF's config.json content), for `task` (see LoadOptions).
 std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config, const std::string& task = "",
                                               std::optional<int64_t> num_labels = std::nullopt);
+/// create_model's model with its random weights drawn on `device` in `dtype` (the floating
+/// tensors): nothing is initialized on the host first, so a billion-parameter model for a
+/// benchmark costs neither host memory nor host time.
+std::shared_ptr<PretrainedModel> create_model_on(const nlohmann::json& config, c10::Device device,
+                                                 std::optional<c10::ScalarType> dtype, const std::string& task = "");
 /// Layer counts and attention shapes from a config alone (nothing is allocated for built-in types).
 ModelGeometry model_geometry(const nlohmann::json& config);
 /// config.json + weights from `dir`; every base parameter frozen.
