@@ -272,9 +272,15 @@ at::Tensor File::load(const std::string& name) const {
   const TensorInfo& t = info(name);
   auto options = at::TensorOptions().dtype(to_scalar_type(t.dtype)).device(at::kCPU);
   at::Tensor out = at::empty(t.shape, options);
-  if (t.nbytes() > 0)
-    std::memcpy(out.data_ptr(), static_cast<const char*>(map_->addr) + data_start_ + t.begin,
-                t.nbytes());
+  if (t.nbytes() == 0) return out;
+  const char* src = static_cast<const char*>(map_->addr) + data_start_ + t.begin;
+  std::memcpy(out.data_ptr(), src, t.nbytes());
+  // The copy is what stays: hand the file's pages back (a later read maps them in again), so that
+  // loading a checkpoint costs its size once, not twice, in resident memory.
+  static const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto first = (reinterpret_cast<uintptr_t>(src) + page - 1) / page * page;
+  const auto last = (reinterpret_cast<uintptr_t>(src) + t.nbytes()) / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
   return out;
 }
 

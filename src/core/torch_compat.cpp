@@ -1,5 +1,7 @@
 #include "core/torch_compat.h"
 
+#include <optional>
+
 #include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 #include <torch/version.h>
@@ -56,8 +58,13 @@ bool has_fused_attention() { return PEFT_TORCH_AT_LEAST(2, 1); }
 
 at::Tensor fused_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& additive_mask,
                            double dropout) {
-#if PEFT_TORCH_AT_LEAST(2, 1)
+#if PEFT_TORCH_AT_LEAST(2, 4)
+  std::optional<at::Tensor> mask;  // c10::optional is std::optional from 2.4 on
+#endif
+#if PEFT_TORCH_AT_LEAST(2, 1) && !PEFT_TORCH_AT_LEAST(2, 4)
   c10::optional<at::Tensor> mask;
+#endif
+#if PEFT_TORCH_AT_LEAST(2, 1)
   if (additive_mask.defined()) mask = additive_mask.to(q.scalar_type());
   return at::scaled_dot_product_attention(q, k, v, mask, dropout, /*is_causal=*/false);
 #else
