@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "peft/checkpoint/delta.h"
+#include "core/torch_compat.h"
 #include "peft/core/json_io.h"
 #include "peft/core/safetensors.h"
 #include "peft/methods/method.h"
@@ -225,6 +226,33 @@ TEST(CreateModelOn, DrawsCreateModelsWeightsOrTheSameDistributionInTheAskedDtype
     } else {
       EXPECT_NEAR(v.std().item<double>(), 0.02, 0.004) << p.key();  // initializer_range
     }
+  }
+}
+
+TEST(MixedPrecision, CheckpointingRecomputesUnderTheForwardsAutocast) {
+  std::vector<at::Tensor> reference;
+  for (const bool checkpointing : {false, true}) {
+    PeftModel model(tiny_model("llama"));
+    torch::manual_seed(5);
+    model.add_adapter("default", *lora("llama"));
+    {
+      torch::NoGradGuard g;
+      for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * 0.05);
+    }
+    model.train();
+    model.set_gradient_checkpointing(checkpointing);
+    core::set_autocast(c10::kCPU, true, torch::kBFloat16);
+    auto loss = model.forward(tiny_batch("llama")).loss;
+    core::set_autocast(c10::kCPU, false, torch::kBFloat16);
+    core::clear_autocast_cache();
+    loss.backward();  // outside autocast, as the trainer runs it
+    std::vector<at::Tensor> grads;
+    for (auto& p : model.trainable_parameters()) grads.push_back(p.grad().clone());
+    if (!checkpointing) {
+      reference = grads;
+      continue;
+    }
+    for (size_t i = 0; i < grads.size(); ++i) EXPECT_TRUE(bit_equal(grads[i], reference[i])) << i;
   }
 }
 

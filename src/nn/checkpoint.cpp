@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "core/generator_state.h"
+#include "core/torch_compat.h"
 #include "peft/core/error.h"
 
 namespace peft::nn {
@@ -14,7 +15,24 @@ struct Recompute : torch::CustomClassHolder {
   std::vector<bool> defined;  // which of the caller's inputs were defined (only those are passed on)
   size_t num_inputs = 0;      // leading entries of the tensor list that are inputs; the rest are params
   std::map<std::string, at::Tensor> rng;
+  // Autocast as the forward ran (backward runs outside it): the recompute must cast the same way.
+  struct Autocast {
+    c10::DeviceType device;
+    bool enabled;
+    c10::ScalarType dtype;
+  };
+  std::vector<Autocast> autocast;
 };
+
+/// Sets each device type's autocast as recorded; returns what it replaced.
+std::vector<Recompute::Autocast> set_autocast(const std::vector<Recompute::Autocast>& states) {
+  std::vector<Recompute::Autocast> previous;
+  for (const auto& a : states) {
+    previous.push_back({a.device, core::autocast_enabled(a.device), core::autocast_dtype(a.device)});
+    core::set_autocast(a.device, a.enabled, a.dtype);
+  }
+  return previous;
+}
 
 std::vector<at::Tensor> with_undefined(const std::vector<at::Tensor>& given, const std::vector<bool>& defined) {
   std::vector<at::Tensor> out;
@@ -29,6 +47,8 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     std::vector<at::Tensor> inputs(tensors.begin(), tensors.begin() + static_cast<int64_t>(r->num_inputs));
     ctx->save_for_backward(std::vector<at::Tensor>(tensors.begin(), tensors.end()));
     r->rng = core::generator_states();
+    for (const auto device : {c10::kCPU, c10::kCUDA})
+      r->autocast.push_back({device, core::autocast_enabled(device), core::autocast_dtype(device)});
     at::Tensor out = r->block(with_undefined(inputs, r->defined));
     ctx->saved_data["recompute"] = c10::IValue::make_capsule(r);
     return out;
@@ -56,8 +76,16 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
       // Replay the forward's random draws, then leave the generators as backward found them.
       core::GeneratorStateGuard keep;
       core::set_generator_states(r->rng);
+      const auto outside = set_autocast(r->autocast);
       torch::AutoGradMode grad_on(true);
-      out = r->block(with_undefined(inputs, r->defined));
+      try {
+        out = r->block(with_undefined(inputs, r->defined));
+      } catch (...) {
+        set_autocast(outside);
+        throw;
+      }
+      set_autocast(outside);
+      core::clear_autocast_cache();
     }
     torch::autograd::variable_list grads(saved.size());
     if (out.requires_grad() && !targets.empty()) {
