@@ -1,0 +1,140 @@
+#include "peft/nn/quantization.h"
+
+#include <algorithm>
+
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+
+namespace peft::nn {
+namespace {
+constexpr const char* kC = "quantization";
+
+at::Tensor levels_tensor(const at::Device& device) {
+  return torch::tensor(std::vector<float>(nf4_levels().begin(), nf4_levels().end()),
+                       at::TensorOptions().dtype(torch::kFloat).device(device));
+}
+
+void check_matrix(const at::Tensor& w) {
+  PEFT_CHECK(w.defined() && w.dim() == 2 && w.is_floating_point() && w.numel() > 0, kC,
+             "expected a non-empty floating-point [out, in] weight, found {}",
+             w.defined() ? c10::str(w.sizes(), " ", w.scalar_type()) : "none");
+}
+}  // namespace
+
+QuantType quant_type_from_name(const std::string& name, const std::string& what) {
+  if (name == "int8") return QuantType::kInt8;
+  if (name == "nf4") return QuantType::kNF4;
+  fail(kC, fmt::format("{}: unknown quantization '{}' (expected int8 or nf4)", what, name));
+}
+
+std::string quant_type_name(QuantType type) { return type == QuantType::kInt8 ? "int8" : "nf4"; }
+
+const std::array<float, 16>& nf4_levels() {
+  // The quantiles of N(0, 1) normalized to [-1, 1], with an exact zero (the paper's construction).
+  static const std::array<float, 16> levels = {
+      -1.0f,
+      -0.6961928009986877f,
+      -0.5250730514526367f,
+      -0.39491748809814453f,
+      -0.28444138169288635f,
+      -0.18477343022823334f,
+      -0.09105003625154495f,
+      0.0f,
+      0.07958029955625534f,
+      0.16093020141124725f,
+      0.24611230194568634f,
+      0.33791524171829224f,
+      0.44070982933044434f,
+      0.5626170039176941f,
+      0.7229568362236023f,
+      1.0f};
+  return levels;
+}
+
+at::Tensor QuantizedWeight::block_absmax() const {
+  if (!double_quant()) return absmax;
+  const int64_t blocks = absmax_codes.numel();
+  at::Tensor scale = absmax_scale.repeat_interleave(kAbsmaxBlock).narrow(0, 0, blocks);
+  return absmax_codes.to(torch::kFloat) * scale + absmax_offset;
+}
+
+at::Tensor QuantizedWeight::dequantize(c10::ScalarType dtype) const {
+  const int64_t out = shape.at(0), in = shape.at(1);
+  if (type == QuantType::kInt8) return (codes.to(torch::kFloat) * absmax.unsqueeze(1)).to(dtype);
+  // Unpack: the high nibble holds the even position.
+  at::Tensor packed = codes.to(torch::kLong);
+  at::Tensor high = torch::div(packed, 16, "floor");
+  at::Tensor idx = torch::stack({high, packed - high * 16}, 1).reshape({-1});
+  const int64_t n = out * in, padded = (n + block_size - 1) / block_size * block_size;
+  at::Tensor values = levels_tensor(codes.device()).index_select(0, idx);
+  if (values.numel() < padded) values = torch::cat({values, torch::zeros({padded - values.numel()}, values.options())});
+  values = values.narrow(0, 0, padded).view({-1, block_size}) * block_absmax().unsqueeze(1);
+  return values.reshape({-1}).narrow(0, 0, n).view({out, in}).to(dtype);
+}
+
+int64_t QuantizedWeight::bytes() const {
+  int64_t n = 0;
+  for (const auto* t : {&codes, &absmax, &absmax_codes, &absmax_scale})
+    if (t->defined()) n += static_cast<int64_t>(t->numel() * t->element_size());
+  return n + (double_quant() ? static_cast<int64_t>(sizeof(float)) : 0);  // the offset
+}
+
+QuantizedWeight quantize_int8(const at::Tensor& weight) {
+  check_matrix(weight);
+  torch::NoGradGuard no_grad;
+  QuantizedWeight q;
+  q.type = QuantType::kInt8;
+  q.shape = weight.sizes().vec();
+  at::Tensor w = weight.to(torch::kFloat);
+  at::Tensor absmax = w.abs().amax(1) / 127.0;  // the scale of one code step
+  q.absmax = absmax;
+  at::Tensor safe = torch::where(absmax > 0, absmax, torch::ones_like(absmax));
+  q.codes = torch::round(w / safe.unsqueeze(1)).clamp(-127, 127).to(torch::kChar);
+  return q;
+}
+
+QuantizedWeight quantize_nf4(const at::Tensor& weight, bool double_quant, int64_t block_size) {
+  check_matrix(weight);
+  PEFT_CHECK(block_size > 0 && block_size % 2 == 0, kC, "NF4 block size must be positive and even, found {}",
+             block_size);
+  torch::NoGradGuard no_grad;
+  QuantizedWeight q;
+  q.type = QuantType::kNF4;
+  q.shape = weight.sizes().vec();
+  q.block_size = block_size;
+  const int64_t n = weight.numel(), blocks = (n + block_size - 1) / block_size;
+  at::Tensor flat = weight.to(torch::kFloat).reshape({-1});
+  if (blocks * block_size > n) flat = torch::cat({flat, torch::zeros({blocks * block_size - n}, flat.options())});
+  at::Tensor grouped = flat.view({blocks, block_size});
+  at::Tensor absmax = grouped.abs().amax(1);
+  if (double_quant) {
+    // The second level: absmax − mean, 8-bit symmetric per 256 blocks; the codes quantize what
+    // that level gives back, so the two errors do not add up.
+    q.absmax_offset = absmax.mean().item<double>();
+    at::Tensor centered = absmax - q.absmax_offset;
+    const int64_t groups = (blocks + QuantizedWeight::kAbsmaxBlock - 1) / QuantizedWeight::kAbsmaxBlock;
+    at::Tensor padded = torch::cat({centered, torch::zeros({groups * QuantizedWeight::kAbsmaxBlock - blocks}, centered.options())})
+                            .view({groups, QuantizedWeight::kAbsmaxBlock});
+    at::Tensor scale = padded.abs().amax(1) / 127.0;
+    q.absmax_scale = scale;
+    at::Tensor safe = torch::where(scale > 0, scale, torch::ones_like(scale));
+    q.absmax_codes = torch::round(padded / safe.unsqueeze(1)).clamp(-127, 127).to(torch::kChar).reshape({-1}).narrow(0, 0, blocks).contiguous();
+    absmax = q.block_absmax();
+  } else {
+    q.absmax = absmax;
+  }
+  at::Tensor safe = torch::where(absmax > 0, absmax, torch::ones_like(absmax));
+  at::Tensor normalized = (grouped / safe.unsqueeze(1)).clamp(-1.0, 1.0).reshape({-1});
+  // Nearest level: the interval between consecutive midpoints.
+  at::Tensor levels = levels_tensor(weight.device());
+  at::Tensor midpoints = (levels.narrow(0, 0, 15) + levels.narrow(0, 1, 15)) / 2;
+  const int64_t even = (n + 1) / 2 * 2;
+  at::Tensor idx = torch::bucketize(normalized, midpoints).narrow(0, 0, std::min(even, normalized.numel()));
+  if (idx.numel() < even) idx = torch::cat({idx, torch::zeros({even - idx.numel()}, idx.options())});
+  at::Tensor pairs = idx.view({-1, 2});
+  q.codes = (pairs.select(1, 0) * 16 + pairs.select(1, 1)).to(torch::kByte).contiguous();
+  return q;
+}
+
+}  // namespace peft::nn
