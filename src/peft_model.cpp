@@ -223,6 +223,10 @@ void PeftModel::detach_modules(const std::string& name, Adapter& a) {
 void PeftModel::add_trainable_base_tensor(const std::string& adapter_name, const std::string& param_name,
                                           const std::string& saved_as) {
   auto& a = adapter(adapter_name);
+  for (const auto& [path, lin] : linears_)
+    PEFT_CHECK(!(lin->quantized() && param_name == path + ".weight"), kC,
+               "'{}' is stored quantized ({}): it cannot be trained or saved as a copy; leave '{}' unquantized",
+               param_name, nn::quant_type_name(lin->quantized_weight()->type), path);
   if (!saved_as.empty()) a.saved_as[param_name] = saved_as;
   if (a.base_copies.count(param_name)) return;
   auto orig = originals_.find(param_name);

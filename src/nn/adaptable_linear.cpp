@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
+#include "peft/nn/quantized_linear.h"
 
 namespace peft::nn {
 
@@ -20,9 +21,25 @@ AdaptableLinearImpl::AdaptableLinearImpl(const AdaptableLinearOptions& options)
   if (options.bias()) bias = register_parameter("bias", torch::zeros({out_features}), false);
 }
 
-at::Tensor AdaptableLinearImpl::weight_out_in() const { return fan_in_fan_out_ ? weight.t() : weight; }
+at::Tensor AdaptableLinearImpl::weight_out_in() const {
+  if (quantized_) return quantized_->dequantize(compute_dtype_);
+  return fan_in_fan_out_ ? weight.t() : weight;
+}
+
+void AdaptableLinearImpl::quantize(QuantType type, bool double_quant, c10::ScalarType compute_dtype) {
+  PEFT_CHECK(!quantized_, "nn", "layer is already quantized ({})", quant_type_name(quantized_->type));
+  PEFT_CHECK(merged_.empty(), "nn", "unmerge every adapter before quantizing a layer");
+  torch::NoGradGuard no_grad;
+  at::Tensor w = weight_out_in().contiguous();
+  quantized_ = std::make_shared<const QuantizedWeight>(type == QuantType::kInt8 ? quantize_int8(w)
+                                                                                : quantize_nf4(w, double_quant));
+  compute_dtype_ = compute_dtype;
+  weight.set_data(torch::empty({0}, weight.options().dtype(compute_dtype)));
+  if (bias.defined()) bias.set_data(bias.to(compute_dtype));
+}
 
 at::Tensor AdaptableLinearImpl::base_forward(const at::Tensor& x) const {
+  if (quantized_) return quantized_linear(x, quantized_, bias, compute_dtype_);
   if (!fan_in_fan_out_) return torch::nn::functional::linear(x, weight, bias);
   // Conv1D layout: x @ W (+ b) without materializing a transpose.
   auto out = bias.defined() ? torch::addmm(bias, x.reshape({-1, in_features_}), weight)
@@ -81,6 +98,8 @@ void AdaptableLinearImpl::merge(const std::string& adapter) {
   PEFT_CHECK(d != nullptr, "nn", "no delta for adapter '{}' on this layer", adapter);
   PEFT_CHECK(!merged(adapter), "nn", "adapter '{}' is already merged", adapter);
   PEFT_CHECK(d->mergeable(), "nn", "adapter '{}' ({}) cannot be merged", adapter, d->name());
+  PEFT_CHECK(!quantized_, "nn", "adapter '{}': this layer's weight is quantized ({}); merge on the unquantized base",
+             adapter, quant_type_name(quantized_ ? quantized_->type : QuantType::kNF4));
   torch::NoGradGuard no_grad;
   at::Tensor w = weight_out_in();
   d->merge_into(w, bias);

@@ -17,6 +17,7 @@
 #include <torch/nn/pimpl.h>
 
 #include "peft/nn/linear_delta.h"
+#include "peft/nn/quantization.h"
 
 namespace peft::nn {
 
@@ -42,8 +43,16 @@ class AdaptableLinearImpl : public torch::nn::Module {
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
   bool fan_in_fan_out() const { return fan_in_fan_out_; }
-  /// The weight as [out, in], whatever the storage layout (a view: writes go to the weight).
+  /// The weight as [out, in], whatever the storage layout (a view: writes go to the weight; for a
+  /// quantized layer, a dequantized copy).
   at::Tensor weight_out_in() const;
+
+  /// Stores the frozen weight quantized (weight-only; `compute_dtype` is what forward computes
+  /// in). `weight` then holds an empty tensor of the compute dtype; a merged delta is refused.
+  void quantize(QuantType type, bool double_quant, c10::ScalarType compute_dtype);
+  bool quantized() const { return quantized_ != nullptr; }
+  /// nullptr unless quantized.
+  const QuantizedWeight* quantized_weight() const { return quantized_.get(); }
 
   void add_delta(const std::string& adapter, std::shared_ptr<LinearDelta> delta);
   /// Detaches a delta. A merged delta is refused unless `keep_merged_weights` (merge_and_unload),
@@ -70,6 +79,8 @@ class AdaptableLinearImpl : public torch::nn::Module {
   std::vector<std::pair<std::string, std::shared_ptr<LinearDelta>>> deltas_;
   std::vector<std::string> active_;
   std::set<std::string> merged_;
+  std::shared_ptr<const QuantizedWeight> quantized_;
+  c10::ScalarType compute_dtype_ = c10::kFloat;
 };
 
 TORCH_MODULE(AdaptableLinear);

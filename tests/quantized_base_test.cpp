@@ -1,0 +1,94 @@
+// A quantized frozen base computes the function of the base whose weights are its dequantized
+// tensors, and LoRA trains through it with the same gradients.
+#include <ATen/CPUGeneratorImpl.h>
+#include <torch/torch.h>
+
+#include "peft/core/strings.h"
+#include "peft/methods/method.h"
+#include "peft/nn/quantization.h"
+#include "peft/peft_model.h"
+#include "test_util.h"
+#include "tiny_models.h"
+
+namespace peft::test {
+namespace {
+
+/// Quantizes every block projection of `quantized` (heads stay) and gives `reference` the
+/// dequantized weights, so both compute the same function.
+void quantize_pair(models::PretrainedModel& quantized, models::PretrainedModel& reference, nn::QuantType type) {
+  auto heads = quantized.head_modules();
+  auto targets = reference.adaptable_linears();
+  size_t i = 0;
+  torch::NoGradGuard g;
+  for (auto& [name, lin] : quantized.adaptable_linears()) {
+    auto& [ref_name, ref] = targets.at(i++);
+    ASSERT_EQ(name, ref_name);
+    bool head = false;
+    for (const auto& h : heads) head = head || name == h || core::is_under(name, h);
+    if (head) continue;
+    lin->quantize(type, /*double_quant=*/true, torch::kFloat);
+    ref->weight_out_in().copy_(lin->weight_out_in());
+  }
+}
+
+TEST(QuantizedBase, ForwardEqualsTheDequantizedBaseOnEveryFamily) {
+  for (const auto type : {nn::QuantType::kNF4, nn::QuantType::kInt8})
+    for (const auto& family : tiny_families()) {
+      auto q = tiny_model(family), ref = tiny_model(family);
+      quantize_pair(*q, *ref, type);
+      q->eval();
+      ref->eval();
+      auto a = q->forward(tiny_batch(family)), b = ref->forward(tiny_batch(family));
+      EXPECT_LT(max_abs_diff(a.logits, b.logits), 1e-5) << family << " " << nn::quant_type_name(type);
+      EXPECT_GT(max_abs_diff(a.logits, tiny_model(family)->forward(tiny_batch(family)).logits), 0.0)
+          << "quantization changes the weights a little";
+    }
+}
+
+TEST(QuantizedBase, LoraGradientsEqualThoseThroughTheDequantizedBase) {
+  for (const auto& family : tiny_families()) {
+    auto q = tiny_model(family), ref = tiny_model(family);
+    quantize_pair(*q, *ref, nn::QuantType::kNF4);
+    std::vector<std::vector<at::Tensor>> grads;
+    for (auto base : {q, ref}) {
+      PeftModel model(base);
+      auto cfg = methods::parse_config({{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"bias", "all"},
+                                        {"task_type", is_classifier(family) ? "SEQ_CLS" : "CAUSAL_LM"}});
+      torch::manual_seed(5);  // the same LoRA init on both
+      model.add_adapter("default", *cfg);
+      {
+        torch::NoGradGuard g;
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(3);
+        for (auto& p : model.trainable_parameters()) p.add_(torch::randn(p.sizes(), gen) * 0.05);
+      }
+      model.eval();
+      model.forward(tiny_batch(family)).loss.backward();
+      std::vector<at::Tensor> g;
+      for (auto& p : model.trainable_parameters()) {
+        EXPECT_TRUE(p.grad().defined()) << family << " " << c10::str(p.sizes());
+        g.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+      }
+      grads.push_back(g);
+    }
+    ASSERT_EQ(grads[0].size(), grads[1].size());
+    for (size_t i = 0; i < grads[0].size(); ++i)
+      EXPECT_LE(max_abs_diff(grads[0][i], grads[1][i]), 1e-5 * (1 + grads[1][i].abs().max().item<double>()))
+          << family << " " << i << " " << c10::str(grads[1][i].sizes());
+  }
+}
+
+TEST(QuantizedBase, MergingIntoAQuantizedWeightIsRefusedByName) {
+  auto base = tiny_model("llama");
+  for (auto& [name, lin] : base->adaptable_linears())
+    if (core::ends_with(name, "q_proj")) lin->quantize(nn::QuantType::kNF4, false, torch::kFloat);
+  PeftModel model(base);
+  model.add_adapter("default", *methods::parse_config({{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"q_proj"}}}));
+  EXPECT_NE(error_of([&] { model.merge_adapter(); }).find("quantized (nf4)"), std::string::npos);
+  auto copy = methods::parse_config({{"peft_type", "LORA"}, {"r", 2}, {"target_modules", {"v_proj"}},
+                                     {"modules_to_save", {"model.layers.0.self_attn.q_proj"}}});
+  EXPECT_NE(error_of([&] { model.add_adapter("other", *copy); }).find("stored quantized (nf4)"), std::string::npos);
+  EXPECT_FALSE(model.has_adapter("other"));
+}
+
+}  // namespace
+}  // namespace peft::test
