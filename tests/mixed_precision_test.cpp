@@ -83,12 +83,13 @@ TEST(MixedPrecision, SavedDeltasAreFloat32UnlessSaveDtypeSaysOtherwise) {
     for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * 0.1);
   }
   checkpoint::save_adapter(model, (dir / "f32").string());
-  for (const auto& t : safetensors::File((dir / "f32" / checkpoint::kWeightsFile).string()).tensors())
+  const safetensors::File f32((dir / "f32" / checkpoint::kWeightsFile).string());
+  for (const auto& t : f32.tensors())
     EXPECT_EQ(t.dtype, safetensors::DType::F32) << t.name << ": half precisions are saved as float32";
   model.set_precision({torch::kBFloat16, torch::kBFloat16});
   checkpoint::save_adapter(model, (dir / "bf16").string());
-  for (const auto& t : safetensors::File((dir / "bf16" / checkpoint::kWeightsFile).string()).tensors())
-    EXPECT_EQ(t.dtype, safetensors::DType::BF16) << t.name;
+  const safetensors::File bf16((dir / "bf16" / checkpoint::kWeightsFile).string());
+  for (const auto& t : bf16.tensors()) EXPECT_EQ(t.dtype, safetensors::DType::BF16) << t.name;
 
   // ...loads into a float32 delta exactly (bf16 -> f32 -> f32).
   PeftModel reloaded(tiny_model("gpt2"));

@@ -166,8 +166,8 @@ TEST(Tools, TrainsABf16BaseWithCheckpointingAutocastAndFloat32Deltas) {
   core::write_json_file(dir.file("run.json"), cfg);
   const std::string train = PEFT_TRAIN_BIN;
   ASSERT_EQ(run(train + " --threads 1 --config " + dir.file("run.json"), dir.file("a.log")), 0) << slurp(dir.file("a.log"));
-  for (const auto& t : safetensors::File(dir.file("run/final/adapter_model.safetensors")).tensors())
-    EXPECT_EQ(t.dtype, safetensors::DType::F32) << t.name;
+  const safetensors::File delta(dir.file("run/final/adapter_model.safetensors"));
+  for (const auto& t : delta.tensors()) EXPECT_EQ(t.dtype, safetensors::DType::F32) << t.name;
   auto parts = train::build_run(cfg, "run.json", /*need_train=*/false);
   EXPECT_TRUE(parts.model->gradient_checkpointing());
   for (const auto& p : parts.model->parameters()) EXPECT_EQ(p.scalar_type(), torch::kBFloat16);
