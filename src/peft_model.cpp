@@ -56,7 +56,10 @@ PeftModel::PeftModel(std::shared_ptr<models::PretrainedModel> base) : base_(std:
     PEFT_CHECK(!(child.key() == "prompt_encoder" || child.key() == "side_network") || child.value()->children().empty(),
                kC, "the backbone already carries a {} of another PeftModel; pass a bare backbone", child.key());
   }
-  auto identity = base_params_;
+  std::map<std::string, core::TensorIdentity> identity;
+  for (const auto& [name, t] : base_params_) identity[name] = core::tensor_identity(t);
+  for (const auto& [path, lin] : linears_)  // a quantized base fingerprints as the one it was quantized from
+    if (lin->quantized()) identity[path + ".weight"] = lin->original_weight_identity();
   for (const auto& name : base_->newly_initialized()) identity.erase(name);
   fingerprint_ = core::fingerprint(identity);
 }
@@ -323,7 +326,7 @@ void PeftModel::set_trainable(const std::string& name, bool trainable) {
   apply_state();
 }
 
-void PeftModel::merge_adapter() {
+nn::RequantizationError PeftModel::merge_adapter(bool requantize) {
   PEFT_CHECK(!active_.empty(), kC, "no adapter to merge");
   PEFT_CHECK(merged_.empty(), kC, "adapter '{}' is already merged", active_);
   PEFT_CHECK(enabled_, kC, "adapters are disabled; enable them before merging");
@@ -340,27 +343,42 @@ void PeftModel::merge_adapter() {
              "adapter '{}' ({}) cannot be merged: it adds keys and values (or virtual tokens) that attention mixes "
              "through a softmax, which no weight can absorb; run it unmerged",
              active_, a.config->method());
+  if (!requantize)  // refuse before any layer changes
+    for (auto& [path, lin] : a.layers)
+      PEFT_CHECK(!lin->quantized(), kC,
+                 "adapter '{}': layer '{}' is quantized ({}); merge with requantization (lossy: dequantize, add, "
+                 "quantize again), or load the base unquantized (e.g. peft-merge --dtype bfloat16) to merge exactly",
+                 active_, path, nn::quant_type_name(lin->quantized_weight()->type));
   std::vector<nn::AdaptableLinear> done;
+  nn::RequantizationError error;
   try {
     for (auto& [path, lin] : a.layers) {
-      lin->merge(active_);
+      error.add(lin->merge(active_, requantize));
       done.push_back(lin);
     }
   } catch (...) {
-    for (auto& lin : done) lin->unmerge(active_);
+    for (auto& lin : done) lin->unmerge(active_, requantize);
     throw;
   }
   merged_ = {active_};
+  merged_requantized_ = requantize;
+  return error;
 }
 
-void PeftModel::unmerge_adapter() {
+nn::RequantizationError PeftModel::unmerge_adapter() {
   PEFT_CHECK(!merged_.empty(), kC, "no adapter is merged");
-  for (auto& [path, lin] : adapter(merged_.front()).layers) lin->unmerge(merged_.front());
+  nn::RequantizationError error;
+  for (auto& [path, lin] : adapter(merged_.front()).layers)
+    error.add(lin->unmerge(merged_.front(), merged_requantized_));
   merged_.clear();
+  return error;
 }
 
-std::shared_ptr<models::PretrainedModel> PeftModel::merge_and_unload() {
-  if (!active_.empty() && enabled_ && merged_.empty()) merge_adapter();
+std::shared_ptr<models::PretrainedModel> PeftModel::merge_and_unload(bool requantize, nn::RequantizationError* error) {
+  if (!active_.empty() && enabled_ && merged_.empty()) {
+    auto e = merge_adapter(requantize);
+    if (error) *error = e;
+  }
   torch::NoGradGuard no_grad;
   for (auto& [name, a] : adapters_) {
     for (auto& [path, lin] : a.layers) lin->remove_delta(name, /*keep_merged_weights=*/true);
@@ -437,6 +455,8 @@ ParameterCounts PeftModel::count_parameters() {
     c.total += p.numel();
     if (p.requires_grad()) c.trainable += p.numel();
   }
+  for (const auto& [path, lin] : linears_)  // its `weight` is empty; the codes hold the weights
+    if (lin->quantized()) c.total += lin->quantized_weight()->numel();
   // Like HF's ModulesToSaveWrapper: the original module and every adapter's copy all count.
   for (auto& [pname, t] : originals_) c.total += t.numel();
   for (auto& [name, a] : adapters_)

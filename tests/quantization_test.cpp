@@ -1,5 +1,8 @@
 // Weight-only quantization: the NF4 table, each format's error bound, double quantization's
 // extra error, and the bytes each format holds.
+#include <algorithm>
+#include <cmath>
+
 #include <torch/torch.h>
 
 #include "peft/models/load.h"
@@ -20,12 +23,27 @@ TEST(Quantization, Nf4LevelsAreThePublishedTable) {
   for (size_t i = 0; i < published.size(); ++i) EXPECT_EQ(nn::nf4_levels()[i], static_cast<float>(published[i])) << i;
 }
 
-/// Half the widest gap between adjacent NF4 levels: the largest rounding error per unit absmax.
-double nf4_half_gap() {
+TEST(Quantization, Fp4LevelsAreBitsandbytesE2m1Table) {
+  // Sign, two exponent bits (bias 3), one mantissa bit; exponent 0 is the subnormal ±0.0625;
+  // normalized by the largest value, 12 (bitsandbytes' dequantization tree).
+  for (int code = 0; code < 16; ++code) {
+    const int sign = code >> 3, e = (code >> 1) & 3, m = code & 1;
+    double v = e == 0 ? (m ? 0.0625 : 0.0) : std::pow(2.0, -e + 4) * (m ? 1.5 : 1.0);
+    v = (sign ? -v : v) / 12.0;
+    EXPECT_FLOAT_EQ(nn::fp4_levels()[static_cast<size_t>(code)], static_cast<float>(v)) << code;
+  }
+}
+
+/// Half the widest gap between adjacent levels of a 4-bit table: the largest rounding error per
+/// unit absmax.
+double half_gap(nn::QuantType type) {
+  auto levels = nn::levels_of(type);
+  std::sort(levels.begin(), levels.end());
   double gap = 0;
-  for (size_t i = 1; i < 16; ++i) gap = std::max(gap, double(nn::nf4_levels()[i] - nn::nf4_levels()[i - 1]));
+  for (size_t i = 1; i < 16; ++i) gap = std::max(gap, double(levels[i] - levels[i - 1]));
   return gap / 2;
 }
+double nf4_half_gap() { return half_gap(nn::QuantType::kNF4); }
 
 /// |w − dequantized| ≤ absmax · (half the widest level gap) per block, plus — with double
 /// quantization — how far the stored absmax is from the block's true one (values beyond it clamp).
@@ -34,7 +52,7 @@ void expect_nf4_bound(const at::Tensor& w, const nn::QuantizedWeight& q) {
   at::Tensor flat = w.to(torch::kFloat).reshape({-1});
   at::Tensor padded = torch::cat({flat, torch::zeros({blocks * b - n})}).view({blocks, b});
   at::Tensor used = q.block_absmax(), truth = padded.abs().amax(1);
-  at::Tensor per_block = used * (nf4_half_gap() + 1e-6) + (truth - used).abs() + 1e-7;
+  at::Tensor per_block = used * (half_gap(q.type) + 1e-6) + (truth - used).abs() + 1e-7;
   at::Tensor err = (q.dequantize().reshape({-1}) - flat).abs();
   at::Tensor bound = per_block.repeat_interleave(b).narrow(0, 0, n);
   EXPECT_TRUE((err <= bound).all().item<bool>()) << "max excess " << (err - bound).max().item<double>();
@@ -50,6 +68,27 @@ TEST(Quantization, Nf4RoundTripStaysWithinHalfALevelGapPerBlock) {
     // Each block's largest weight is a level exactly (±1 · absmax).
     EXPECT_LE((q.dequantize().abs().max() - w.abs().max()).abs().item<double>(), 1e-7);
   }
+}
+
+TEST(Quantization, Fp4RoundTripStaysWithinHalfALevelGapAndPicksTheNearestLevel) {
+  torch::manual_seed(4);
+  for (auto shape : {std::vector<int64_t>{32, 128}, {5, 27}}) {
+    at::Tensor w = torch::randn(shape) * 0.05;
+    auto q = nn::quantize_4bit(w, nn::QuantType::kFP4, /*double_quant=*/false);
+    EXPECT_EQ(q.type, nn::QuantType::kFP4);
+    expect_nf4_bound(w, q);
+    // Nearest: no other level of the block is closer than the chosen one.
+    at::Tensor levels = torch::tensor(std::vector<float>(nn::fp4_levels().begin(), nn::fp4_levels().end()));
+    const int64_t n = w.numel(), blocks = (n + 63) / 64;
+    at::Tensor flat = w.reshape({-1});
+    at::Tensor absmax = q.block_absmax().repeat_interleave(64).narrow(0, 0, n);
+    at::Tensor normalized = flat / absmax;
+    at::Tensor best = (normalized.unsqueeze(1) - levels.unsqueeze(0)).abs().amin(1);
+    at::Tensor chosen = (q.dequantize().reshape({-1}) / absmax - normalized).abs();
+    EXPECT_LE((chosen - best).max().item<double>(), 1e-6) << blocks;
+  }
+  auto dq = nn::quantize_4bit(torch::randn({64, 256}), nn::QuantType::kFP4, true);
+  EXPECT_NEAR(8.0 * dq.bytes() / (64.0 * 256), nn::bits_per_weight(nn::QuantType::kFP4, true, 64, 256), 1e-9);
 }
 
 TEST(Quantization, Int8RoundTripStaysWithinHalfAStepPerRow) {
@@ -82,6 +121,8 @@ TEST(Quantization, Nf4BytesFollowTheFormatsArithmetic) {
   EXPECT_NEAR(8.0 * nn::quantize_nf4(w, false).bytes() / n, 4.0 + 32.0 / 64, 1e-9);
   const double bits = 8.0 * nn::quantize_nf4(w, true).bytes() / n;
   EXPECT_NEAR(bits, 4.127, 0.02 * 4.127);  // 4 + 8/64 + 32/(64·256)
+  EXPECT_NEAR(bits, nn::bits_per_weight(nn::QuantType::kNF4, true, 1024, 1024), 1e-9);
+  EXPECT_NEAR(8.0 * nn::quantize_int8(w).bytes() / n, nn::bits_per_weight(nn::QuantType::kInt8, false, 1024, 1024), 1e-9);
 }
 
 TEST(Quantization, RealWeightsStayWithinTheBound) {

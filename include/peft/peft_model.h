@@ -90,12 +90,17 @@ class PeftModel {
   void set_trainable(const std::string& name, bool trainable);
 
   // ---- merging ----
-  /// Folds the active adapter into the base weights (its deltas stop running).
-  void merge_adapter();
-  void unmerge_adapter();
+  /// Folds the active adapter into the base weights (its deltas stop running). Quantized layers
+  /// refuse unless `requantize` (dequantize → add → quantize again, lossy); the error that adds
+  /// is returned (zero layers when nothing was quantized).
+  nn::RequantizationError merge_adapter(bool requantize = false);
+  /// Undoes merge_adapter (requantizing again where it requantized).
+  nn::RequantizationError unmerge_adapter();
   bool merged() const { return !merged_.empty(); }
-  /// Merges the active adapter for good, removes every adapter and returns the plain backbone.
-  std::shared_ptr<models::PretrainedModel> merge_and_unload();
+  /// Merges the active adapter for good, removes every adapter and returns the plain backbone
+  /// (`requantize`: as merge_adapter; `error`, when given, receives what requantizing added).
+  std::shared_ptr<models::PretrainedModel> merge_and_unload(bool requantize = false,
+                                                             nn::RequantizationError* error = nullptr);
   /// Removes every adapter without merging and returns the plain backbone.
   std::shared_ptr<models::PretrainedModel> unload();
 
@@ -195,6 +200,7 @@ class PeftModel {
   std::string active_;
   bool enabled_ = true;
   std::vector<std::string> merged_;
+  bool merged_requantized_ = false;
   std::string fingerprint_;
   DeltaPrecision precision_;
 };

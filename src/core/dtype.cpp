@@ -13,4 +13,14 @@ std::optional<c10::ScalarType> dtype_from_name(const std::string& name, const st
   fail("cli", fmt::format("{}: expected float32, bfloat16, float16 or float64, found '{}'", what, name));
 }
 
+std::string dtype_name(c10::ScalarType dtype) {
+  switch (dtype) {
+    case c10::kFloat: return "float32";
+    case c10::kBFloat16: return "bfloat16";
+    case c10::kHalf: return "float16";
+    case c10::kDouble: return "float64";
+    default: return c10::toString(dtype);
+  }
+}
+
 }  // namespace peft::core

@@ -22,25 +22,32 @@ struct Fnv1a {
 
 }  // namespace
 
-std::string fingerprint(const std::map<std::string, at::Tensor>& named_tensors) {
+TensorIdentity tensor_identity(const at::Tensor& tensor) {
   constexpr int64_t kSample = 256;
+  TensorIdentity id;
+  id.shape = tensor.sizes().vec();
+  at::Tensor flat = tensor.detach().reshape(-1);
+  const int64_t n = flat.numel();
+  at::Tensor sample = n <= 2 * kSample ? flat : at::cat({flat.slice(0, 0, kSample), flat.slice(0, n - kSample, n)});
+  sample = sample.to(at::kCPU);
+  id.sample = (sample.is_floating_point() ? sample.to(at::kBFloat16) : sample.to(at::kLong)).contiguous();
+  return id;
+}
+
+std::string fingerprint(const std::map<std::string, TensorIdentity>& named_identities) {
   Fnv1a f;
-  for (const auto& [name, t] : named_tensors) {
+  for (const auto& [name, id] : named_identities) {
     f.add(name);
-    for (int64_t d : t.sizes()) f.add(&d, sizeof d);
-    at::Tensor flat = t.detach().reshape(-1);
-    const int64_t n = flat.numel();
-    at::Tensor sample = n <= 2 * kSample ? flat
-                                         : at::cat({flat.slice(0, 0, kSample), flat.slice(0, n - kSample, n)});
-    sample = sample.to(at::kCPU);
-    if (sample.is_floating_point()) {
-      sample = sample.to(at::kBFloat16).contiguous();
-    } else {
-      sample = sample.to(at::kLong).contiguous();
-    }
-    f.add(sample.data_ptr(), sample.numel() * sample.element_size());
+    for (int64_t d : id.shape) f.add(&d, sizeof d);
+    f.add(id.sample.data_ptr(), id.sample.numel() * id.sample.element_size());
   }
   return fmt::format("{:016x}", f.h);
+}
+
+std::string fingerprint(const std::map<std::string, at::Tensor>& named_tensors) {
+  std::map<std::string, TensorIdentity> ids;
+  for (const auto& [name, t] : named_tensors) ids[name] = tensor_identity(t);
+  return fingerprint(ids);
 }
 
 }  // namespace peft::core

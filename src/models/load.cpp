@@ -221,15 +221,34 @@ std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config, cons
 }
 
 std::shared_ptr<PretrainedModel> create_model_on(const nlohmann::json& config, c10::Device device,
-                                                 std::optional<c10::ScalarType> dtype, const std::string& task) {
+                                                 std::optional<c10::ScalarType> dtype, const std::string& task,
+                                                 const std::optional<QuantizationConfig>& quantization) {
   std::shared_ptr<PretrainedModel> model;
   {
     WeightsWillBeLoaded skip_random_init;  // the host tensors stay untouched (no resident pages)
     model = create_model(config, task);
   }
+  if (quantization) {
+    // Layer by layer: draw one linear's weight where it will live, quantize it, drop it.
+    const double std = config.value("initializer_range", 0.02);
+    const auto chosen = linears_to_quantize(*model, *quantization);
+    const std::set<std::string> names(chosen.begin(), chosen.end());
+    torch::NoGradGuard no_grad;
+    for (auto& [name, lin] : model->adaptable_linears()) {
+      if (!names.count(name)) continue;
+      at::Tensor w = torch::empty(lin->weight.sizes(), lin->weight.options().device(device).dtype(dtype.value_or(
+                                                          lin->weight.scalar_type())));
+      w.normal_(0.0, std);
+      lin->quantize_from(w, quantization->type, quantization->double_quant, quantization->compute_dtype);
+    }
+    if (!dtype) dtype = quantization->compute_dtype;
+  }
   model->to(device);
   if (dtype) nn::to_floating_dtype(*model, *dtype);
-  model->init_weights();
+  model->init_weights();  // quantized layers hold empty weights: only their biases are set
+  if (quantization)
+    for (auto& [name, lin] : model->adaptable_linears())
+      if (lin->quantized() && lin->bias.defined()) lin->bias.set_data(lin->bias.to(lin->compute_dtype()));
   return model;
 }
 
@@ -310,9 +329,24 @@ void load_weights_into(PretrainedModel& model, const std::string& dir, const Loa
   // A model built without its random init gets it now, when a new head needs it.
   if (!initialized && !fresh.empty()) model.init_weights();
 
+  // Quantized storage: the linears' weights are quantized straight from the checkpoint tensors.
+  std::map<std::string, nn::AdaptableLinear> quantize_into;  // weight name -> its layer
+  std::optional<c10::ScalarType> dtype = options.dtype;
+  if (options.quantization) {
+    if (!dtype) dtype = options.quantization->compute_dtype;
+    const auto chosen = linears_to_quantize(model, *options.quantization);
+    const std::set<std::string> names(chosen.begin(), chosen.end());
+    for (auto& [name, lin] : model.adaptable_linears())
+      if (names.count(name) && source_of.count(name + ".weight")) {  // a new head trains: never quantized
+        PEFT_CHECK(!lin->quantized(), kComponent, "{}: layer '{}' is already quantized; load into an unquantized model",
+                   dir, name);
+        quantize_into.emplace(name + ".weight", lin);
+      }
+  }
+
   // One shard at a time, each closed once read: resident memory stays the weights plus one
   // shard's mapped pages.
-  std::optional<c10::ScalarType> loaded_dtype = options.dtype;
+  std::optional<c10::ScalarType> loaded_dtype = dtype;
   torch::NoGradGuard no_grad;
   for (const auto& [file, names] : by_file) {
     PEFT_CHECK(fs::exists(file), kComponent, "{}: shard '{}' listed in the index does not exist", dir, file);
@@ -327,11 +361,21 @@ void load_weights_into(PretrainedModel& model, const std::string& dir, const Loa
                  "{}: tensor '{}' has shape {} in {}, expected {}", dir, key, c10::str(c10::IntArrayRef(info.shape)),
                  file, c10::str(target.sizes()));
       at::Tensor value = f.load(key);
-      if (value.is_floating_point() && options.dtype) value = value.to(*options.dtype);
+      if (auto q = quantize_into.find(name); q != quantize_into.end()) {
+        PEFT_CHECK(value.is_floating_point(), kComponent, "{}: tensor '{}' in {} is {}, expected a floating-point weight to quantize",
+                   dir, key, file, c10::toString(value.scalar_type()));
+        const auto& qc = *options.quantization;
+        q->second->quantize_from(value.to(options.device), qc.type, qc.double_quant, qc.compute_dtype);
+        continue;
+      }
+      if (value.is_floating_point() && dtype) value = value.to(*dtype);
       if (value.is_floating_point() && !loaded_dtype) loaded_dtype = value.scalar_type();
       target.set_data(value.to(options.device));
     }
   }
+  // Biases of quantized layers compute with them (they were read in the model's dtype).
+  for (auto& [weight_name, lin] : quantize_into)
+    if (lin->bias.defined()) lin->bias.set_data(lin->bias.to(lin->compute_dtype()));
   // A new head follows the checkpoint's dtype and the requested device.
   for (const auto& name : fresh) {
     at::Tensor& t = expected.at(name);

@@ -27,15 +27,40 @@ at::Tensor AdaptableLinearImpl::weight_out_in() const {
 }
 
 void AdaptableLinearImpl::quantize(QuantType type, bool double_quant, c10::ScalarType compute_dtype) {
+  quantize_from(weight, type, double_quant, compute_dtype);
+}
+
+void AdaptableLinearImpl::quantize_from(const at::Tensor& source, QuantType type, bool double_quant,
+                                        c10::ScalarType compute_dtype) {
   PEFT_CHECK(!quantized_, "nn", "layer is already quantized ({})", quant_type_name(quantized_->type));
   PEFT_CHECK(merged_.empty(), "nn", "unmerge every adapter before quantizing a layer");
+  PEFT_CHECK(source.sizes() == weight.sizes(), "nn", "quantizing from a weight of shape {}, expected {}",
+             c10::str(source.sizes()), c10::str(weight.sizes()));
+  PEFT_CHECK(c10::isFloatingType(compute_dtype), "nn", "compute dtype must be floating-point, found {}",
+             c10::toString(compute_dtype));
   torch::NoGradGuard no_grad;
-  at::Tensor w = weight_out_in().contiguous();
-  quantized_ = std::make_shared<const QuantizedWeight>(type == QuantType::kInt8 ? quantize_int8(w)
-                                                                                : quantize_nf4(w, double_quant));
+  original_identity_ = core::tensor_identity(source);
+  const at::Tensor w = (fan_in_fan_out_ ? source.t() : source).contiguous();
+  quantized_ = std::make_shared<const QuantizedWeight>(quantize_weight(w, type, double_quant));
   compute_dtype_ = compute_dtype;
-  weight.set_data(torch::empty({0}, weight.options().dtype(compute_dtype)));
-  if (bias.defined()) bias.set_data(bias.to(compute_dtype));
+  weight.set_data(torch::empty({0}, weight.options().dtype(compute_dtype).device(source.device())));
+  if (bias.defined()) bias.set_data(bias.to(source.device(), compute_dtype));
+}
+
+template <typename Change>
+RequantizationError AdaptableLinearImpl::requantize_with(Change&& change) {
+  at::Tensor w = quantized_->dequantize(torch::kFloat);
+  change(w);
+  auto requantized = std::make_shared<const QuantizedWeight>(quantized_->requantized(w));
+  at::Tensor error = requantized->dequantize(torch::kFloat) - w;
+  RequantizationError e;
+  e.layers = 1;
+  e.weights = w.numel();
+  e.max_abs = error.abs().max().item<double>();
+  e.rms = error.pow(2).mean().sqrt().item<double>();
+  e.weight_rms = w.pow(2).mean().sqrt().item<double>();
+  quantized_ = std::move(requantized);
+  return e;
 }
 
 at::Tensor AdaptableLinearImpl::base_forward(const at::Tensor& x) const {
@@ -93,25 +118,42 @@ std::vector<std::string> AdaptableLinearImpl::adapters() const {
 
 void AdaptableLinearImpl::set_active(const std::vector<std::string>& adapters) { active_ = adapters; }
 
-void AdaptableLinearImpl::merge(const std::string& adapter) {
+RequantizationError AdaptableLinearImpl::merge(const std::string& adapter, bool requantize) {
   auto d = delta(adapter);
   PEFT_CHECK(d != nullptr, "nn", "no delta for adapter '{}' on this layer", adapter);
   PEFT_CHECK(!merged(adapter), "nn", "adapter '{}' is already merged", adapter);
   PEFT_CHECK(d->mergeable(), "nn", "adapter '{}' ({}) cannot be merged", adapter, d->name());
-  PEFT_CHECK(!quantized_, "nn", "adapter '{}': this layer's weight is quantized ({}); merge on the unquantized base",
+  PEFT_CHECK(!quantized_ || requantize, "nn",
+             "adapter '{}': this layer's weight is quantized ({}); merge with requantization (lossy), or load the "
+             "base unquantized to merge exactly",
              adapter, quant_type_name(quantized_ ? quantized_->type : QuantType::kNF4));
   torch::NoGradGuard no_grad;
-  at::Tensor w = weight_out_in();
-  d->merge_into(w, bias);
+  RequantizationError e;
+  if (quantized_) {
+    e = requantize_with([&](at::Tensor& w) { d->merge_into(w, bias); });
+  } else {
+    at::Tensor w = weight_out_in();
+    d->merge_into(w, bias);
+  }
   merged_.insert(adapter);
+  return e;
 }
 
-void AdaptableLinearImpl::unmerge(const std::string& adapter) {
+RequantizationError AdaptableLinearImpl::unmerge(const std::string& adapter, bool requantize) {
   PEFT_CHECK(merged(adapter), "nn", "adapter '{}' is not merged", adapter);
+  PEFT_CHECK(!quantized_ || requantize, "nn",
+             "adapter '{}': this layer's weight is quantized ({}); unmerging requantizes it (lossy): ask for it",
+             adapter, quant_type_name(quantized_ ? quantized_->type : QuantType::kNF4));
   torch::NoGradGuard no_grad;
-  at::Tensor w = weight_out_in();
-  delta(adapter)->unmerge_from(w, bias);
+  RequantizationError e;
+  if (quantized_) {
+    e = requantize_with([&](at::Tensor& w) { delta(adapter)->unmerge_from(w, bias); });
+  } else {
+    at::Tensor w = weight_out_in();
+    delta(adapter)->unmerge_from(w, bias);
+  }
   merged_.erase(adapter);
+  return e;
 }
 
 }  // namespace peft::nn

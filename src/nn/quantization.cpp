@@ -1,6 +1,7 @@
 #include "peft/nn/quantization.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include <torch/torch.h>
 
@@ -10,8 +11,9 @@ namespace peft::nn {
 namespace {
 constexpr const char* kC = "quantization";
 
-at::Tensor levels_tensor(const at::Device& device) {
-  return torch::tensor(std::vector<float>(nf4_levels().begin(), nf4_levels().end()),
+at::Tensor levels_tensor(QuantType type, const at::Device& device) {
+  const auto& levels = levels_of(type);
+  return torch::tensor(std::vector<float>(levels.begin(), levels.end()),
                        at::TensorOptions().dtype(torch::kFloat).device(device));
 }
 
@@ -25,10 +27,18 @@ void check_matrix(const at::Tensor& w) {
 QuantType quant_type_from_name(const std::string& name, const std::string& what) {
   if (name == "int8") return QuantType::kInt8;
   if (name == "nf4") return QuantType::kNF4;
-  fail(kC, fmt::format("{}: unknown quantization '{}' (expected int8 or nf4)", what, name));
+  if (name == "fp4") return QuantType::kFP4;
+  fail(kC, fmt::format("{}: unknown quantization '{}' (expected int8, nf4 or fp4)", what, name));
 }
 
-std::string quant_type_name(QuantType type) { return type == QuantType::kInt8 ? "int8" : "nf4"; }
+std::string quant_type_name(QuantType type) {
+  switch (type) {
+    case QuantType::kInt8: return "int8";
+    case QuantType::kNF4: return "nf4";
+    case QuantType::kFP4: return "fp4";
+  }
+  return "?";
+}
 
 const std::array<float, 16>& nf4_levels() {
   // The quantiles of N(0, 1) normalized to [-1, 1], with an exact zero (the paper's construction).
@@ -52,6 +62,29 @@ const std::array<float, 16>& nf4_levels() {
   return levels;
 }
 
+const std::array<float, 16>& fp4_levels() {
+  // Code bits: sign, two exponent bits, one mantissa bit; 0b0001 is the subnormal 0.0625 / 12.
+  static const std::array<float, 16> levels = {
+      0.0f, 0.0625f / 12, 8.0f / 12, 1.0f, 4.0f / 12, 6.0f / 12, 2.0f / 12, 3.0f / 12,
+      -0.0f, -0.0625f / 12, -8.0f / 12, -1.0f, -4.0f / 12, -6.0f / 12, -2.0f / 12, -3.0f / 12};
+  return levels;
+}
+
+const std::array<float, 16>& levels_of(QuantType type) {
+  PEFT_CHECK(type != QuantType::kInt8, kC, "int8 has no 4-bit level table");
+  return type == QuantType::kFP4 ? fp4_levels() : nf4_levels();
+}
+
+double bits_per_weight(QuantType type, bool double_quant, int64_t out, int64_t in, int64_t block_size) {
+  const double n = static_cast<double>(out) * static_cast<double>(in);
+  if (type == QuantType::kInt8) return 8.0 + 32.0 * static_cast<double>(out) / n;
+  const double blocks = std::ceil(n / static_cast<double>(block_size));
+  const double packed = 8.0 * std::ceil(n / 2.0);
+  const double scales = double_quant ? 8.0 * blocks + 32.0 * std::ceil(blocks / QuantizedWeight::kAbsmaxBlock) + 32.0
+                                     : 32.0 * blocks;
+  return (packed + scales) / n;
+}
+
 at::Tensor QuantizedWeight::block_absmax() const {
   if (!double_quant()) return absmax;
   const int64_t blocks = absmax_codes.numel();
@@ -67,7 +100,7 @@ at::Tensor QuantizedWeight::dequantize(c10::ScalarType dtype) const {
   at::Tensor high = torch::div(packed, 16, "floor");
   at::Tensor idx = torch::stack({high, packed - high * 16}, 1).reshape({-1});
   const int64_t n = out * in, padded = (n + block_size - 1) / block_size * block_size;
-  at::Tensor values = levels_tensor(codes.device()).index_select(0, idx);
+  at::Tensor values = levels_tensor(type, codes.device()).index_select(0, idx);
   if (values.numel() < padded) values = torch::cat({values, torch::zeros({padded - values.numel()}, values.options())});
   values = values.narrow(0, 0, padded).view({-1, block_size}) * block_absmax().unsqueeze(1);
   return values.reshape({-1}).narrow(0, 0, n).view({out, in}).to(dtype);
@@ -78,6 +111,17 @@ int64_t QuantizedWeight::bytes() const {
   for (const auto* t : {&codes, &absmax, &absmax_codes, &absmax_scale})
     if (t->defined()) n += static_cast<int64_t>(t->numel() * t->element_size());
   return n + (double_quant() ? static_cast<int64_t>(sizeof(float)) : 0);  // the offset
+}
+
+void RequantizationError::add(const RequantizationError& o) {
+  const double n = static_cast<double>(weights), m = static_cast<double>(o.weights);
+  if (weights + o.weights > 0) {
+    rms = std::sqrt((rms * rms * n + o.rms * o.rms * m) / (n + m));
+    weight_rms = std::sqrt((weight_rms * weight_rms * n + o.weight_rms * o.weight_rms * m) / (n + m));
+  }
+  layers += o.layers;
+  weights += o.weights;
+  max_abs = std::max(max_abs, o.max_abs);
 }
 
 QuantizedWeight quantize_int8(const at::Tensor& weight) {
@@ -95,12 +139,25 @@ QuantizedWeight quantize_int8(const at::Tensor& weight) {
 }
 
 QuantizedWeight quantize_nf4(const at::Tensor& weight, bool double_quant, int64_t block_size) {
+  return quantize_4bit(weight, QuantType::kNF4, double_quant, block_size);
+}
+
+QuantizedWeight quantize_weight(const at::Tensor& weight, QuantType type, bool double_quant) {
+  return type == QuantType::kInt8 ? quantize_int8(weight) : quantize_4bit(weight, type, double_quant);
+}
+
+QuantizedWeight QuantizedWeight::requantized(const at::Tensor& weight) const {
+  return type == QuantType::kInt8 ? quantize_int8(weight) : quantize_4bit(weight, type, double_quant(), block_size);
+}
+
+QuantizedWeight quantize_4bit(const at::Tensor& weight, QuantType type, bool double_quant, int64_t block_size) {
   check_matrix(weight);
-  PEFT_CHECK(block_size > 0 && block_size % 2 == 0, kC, "NF4 block size must be positive and even, found {}",
-             block_size);
+  PEFT_CHECK(type != QuantType::kInt8, kC, "quantize_4bit expects nf4 or fp4, found int8");
+  PEFT_CHECK(block_size > 0 && block_size % 2 == 0, kC, "{} block size must be positive and even, found {}",
+             quant_type_name(type), block_size);
   torch::NoGradGuard no_grad;
   QuantizedWeight q;
-  q.type = QuantType::kNF4;
+  q.type = type;
   q.shape = weight.sizes().vec();
   q.block_size = block_size;
   const int64_t n = weight.numel(), blocks = (n + block_size - 1) / block_size;
@@ -126,11 +183,17 @@ QuantizedWeight quantize_nf4(const at::Tensor& weight, bool double_quant, int64_
   }
   at::Tensor safe = torch::where(absmax > 0, absmax, torch::ones_like(absmax));
   at::Tensor normalized = (grouped / safe.unsqueeze(1)).clamp(-1.0, 1.0).reshape({-1});
-  // Nearest level: the interval between consecutive midpoints.
-  at::Tensor levels = levels_tensor(weight.device());
-  at::Tensor midpoints = (levels.narrow(0, 0, 15) + levels.narrow(0, 1, 15)) / 2;
+  // Nearest level: the interval between consecutive midpoints of the sorted table, mapped back
+  // to its code (FP4's table is not in value order; its -0 code is never produced).
+  at::Tensor levels = levels_tensor(type, weight.device());
+  at::Tensor order = torch::argsort(levels);
+  if (type == QuantType::kFP4) order = order.index_select(0, torch::nonzero(order != 8).reshape({-1}));
+  at::Tensor sorted = levels.index_select(0, order);
+  const int64_t m = sorted.numel();
+  at::Tensor midpoints = (sorted.narrow(0, 0, m - 1) + sorted.narrow(0, 1, m - 1)) / 2;
   const int64_t even = (n + 1) / 2 * 2;
-  at::Tensor idx = torch::bucketize(normalized, midpoints).narrow(0, 0, std::min(even, normalized.numel()));
+  at::Tensor idx = order.index_select(0, torch::bucketize(normalized, midpoints))
+                       .narrow(0, 0, std::min(even, normalized.numel()));
   if (idx.numel() < even) idx = torch::cat({idx, torch::zeros({even - idx.numel()}, idx.options())});
   at::Tensor pairs = idx.view({-1, 2});
   q.codes = (pairs.select(1, 0) * 16 + pairs.select(1, 1)).to(torch::kByte).contiguous();

@@ -58,6 +58,8 @@ models::LoadOptions load_options_from_json(const nlohmann::json& config, const s
     load.num_labels = get_or<int64_t>(config, "num_labels", 0, kC, where);
   load.device = c10::Device(get_or<std::string>(config, "device", "cpu", kC, where));
   load.dtype = core::dtype_from_name(get_or<std::string>(config, "dtype", "", kC, where), where + ": dtype");
+  if (config.contains("quantization") && !config["quantization"].is_null())
+    load.quantization = models::QuantizationConfig::from_json(config["quantization"], where);
   return load;
 }
 
@@ -167,7 +169,7 @@ TrainerConfig trainer_config_from_json(const nlohmann::json& t, const std::strin
 RunParts build_run(const nlohmann::json& config, const std::string& where, bool need_train) {
   core::reject_unknown_keys(config, {"model", "init", "task", "num_labels", "tokenizer", "method", "data", "trainer",
                                      "output_dir", "threads", "device", "dtype", "seed", "resume", "adapter",
-                                     "delta_dtype", "save_dtype", "gradient_checkpointing"},
+                                     "delta_dtype", "save_dtype", "gradient_checkpointing", "quantization"},
                             kC, where);
   RunParts parts;
   const std::string model_dir = get_or<std::string>(config, "model", "", kC, where);
@@ -194,6 +196,7 @@ RunParts build_run(const nlohmann::json& config, const std::string& where, bool 
   } else {
     const auto cfg_path = (std::filesystem::path(model_dir) / "config.json").string();
     parts.model = models::create_model(core::read_json_file(cfg_path), load.task, load.num_labels);
+    if (load.quantization) models::quantize_model(*parts.model, *load.quantization);
     if (load.dtype) nn::to_floating_dtype(*parts.model, *load.dtype);
     parts.model->to(load.device);
   }

@@ -13,6 +13,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include "peft/models/model.h"
+#include "peft/models/quantize.h"
 
 namespace peft::models {
 
@@ -29,6 +30,10 @@ struct LoadOptions {
   std::string task;
   /// Overrides config.json's label count for a classification head.
   std::optional<int64_t> num_labels;
+  /// Store the linears quantized (see models/quantize.h), each quantized from the checkpoint
+  /// tensor as it is read: no wide copy of the whole model is ever held. The other floating
+  /// tensors take `dtype`, else the compute dtype.
+  std::optional<QuantizationConfig> quantization;
 };
 
 using ModelFactory = std::function<std::shared_ptr<PretrainedModel>(const nlohmann::json& config)>;
@@ -50,9 +55,11 @@ std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config, cons
                                               std::optional<int64_t> num_labels = std::nullopt);
 /// create_model's model with its random weights drawn on `device` in `dtype` (the floating
 /// tensors): nothing is initialized on the host first, so a billion-parameter model for a
-/// benchmark costs neither host memory nor host time.
+/// benchmark costs neither host memory nor host time. With `quantization`, each linear it
+/// quantizes is drawn (N(0, initializer_range²)) and quantized in turn, never all at once wide.
 std::shared_ptr<PretrainedModel> create_model_on(const nlohmann::json& config, c10::Device device,
-                                                 std::optional<c10::ScalarType> dtype, const std::string& task = "");
+                                                 std::optional<c10::ScalarType> dtype, const std::string& task = "",
+                                                 const std::optional<QuantizationConfig>& quantization = std::nullopt);
 /// Layer counts and attention shapes from a config alone (nothing is allocated for built-in types).
 ModelGeometry model_geometry(const nlohmann::json& config);
 /// config.json + weights from `dir`; every base parameter frozen.

@@ -16,6 +16,7 @@
 #include <torch/arg.h>
 #include <torch/nn/pimpl.h>
 
+#include "peft/core/fingerprint.h"
 #include "peft/nn/linear_delta.h"
 #include "peft/nn/quantization.h"
 
@@ -50,9 +51,15 @@ class AdaptableLinearImpl : public torch::nn::Module {
   /// Stores the frozen weight quantized (weight-only; `compute_dtype` is what forward computes
   /// in). `weight` then holds an empty tensor of the compute dtype; a merged delta is refused.
   void quantize(QuantType type, bool double_quant, c10::ScalarType compute_dtype);
+  /// quantize() from `source`, a weight in this layer's storage layout that is never assigned
+  /// to `weight` (the loader quantizes each checkpoint tensor as it reads it).
+  void quantize_from(const at::Tensor& source, QuantType type, bool double_quant, c10::ScalarType compute_dtype);
   bool quantized() const { return quantized_ != nullptr; }
   /// nullptr unless quantized.
   const QuantizedWeight* quantized_weight() const { return quantized_.get(); }
+  /// The fingerprint identity of the weight as it was before quantization (quantized layers only).
+  const core::TensorIdentity& original_weight_identity() const { return original_identity_; }
+  c10::ScalarType compute_dtype() const { return compute_dtype_; }
 
   void add_delta(const std::string& adapter, std::shared_ptr<LinearDelta> delta);
   /// Detaches a delta. A merged delta is refused unless `keep_merged_weights` (merge_and_unload),
@@ -64,8 +71,10 @@ class AdaptableLinearImpl : public torch::nn::Module {
   /// Deltas run in forward only when active and not merged.
   void set_active(const std::vector<std::string>& adapters);
 
-  void merge(const std::string& adapter);
-  void unmerge(const std::string& adapter);
+  /// Folds a delta into the weight. A quantized weight is refused unless `requantize`: then it is
+  /// dequantized, the delta added and the sum quantized again, returning the error that adds.
+  RequantizationError merge(const std::string& adapter, bool requantize = false);
+  RequantizationError unmerge(const std::string& adapter, bool requantize = false);
   bool merged(const std::string& adapter) const { return merged_.count(adapter) != 0; }
   bool any_merged() const { return !merged_.empty(); }
 
@@ -80,7 +89,12 @@ class AdaptableLinearImpl : public torch::nn::Module {
   std::vector<std::string> active_;
   std::set<std::string> merged_;
   std::shared_ptr<const QuantizedWeight> quantized_;
+  core::TensorIdentity original_identity_;
   c10::ScalarType compute_dtype_ = c10::kFloat;
+
+  /// Dequantize → `change` → quantize again (merge / unmerge on a quantized weight).
+  template <typename Change>
+  RequantizationError requantize_with(Change&& change);
 };
 
 TORCH_MODULE(AdaptableLinear);

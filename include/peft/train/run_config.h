@@ -23,7 +23,7 @@ nlohmann::json load_run_config(const std::string& path, const std::vector<std::s
 /// Applies one "a.b.c=value" override to `config`; `where` names the file in errors.
 void apply_override(nlohmann::json& config, const std::string& assignment, const std::string& where);
 
-/// The run's "task", "num_labels", "device" and "dtype" keys.
+/// The run's "task", "num_labels", "device", "dtype" and "quantization" keys.
 models::LoadOptions load_options_from_json(const nlohmann::json& config, const std::string& where);
 
 /// The datasets of a run's "data" object and the tokenizer they need.
