@@ -9,6 +9,7 @@
 
 #include "peft/core/error.h"
 #include "peft/core/fingerprint.h"
+#include "peft/models/quantize.h"
 #include "peft/core/strings.h"
 #include "peft/methods/prompt/prompt_learning.h"
 #include "peft/nn/side_network.h"
@@ -465,11 +466,24 @@ ParameterCounts PeftModel::count_parameters() {
   return c;
 }
 
+int64_t PeftModel::base_parameter_count() const {
+  int64_t n = 0;
+  for (const auto& [name, t] : base_params_) n += t.numel();
+  for (const auto& [path, lin] : linears_)
+    if (lin->quantized()) n += lin->quantized_weight()->numel();
+  return n;
+}
+
 std::string PeftModel::trainable_parameters_report() {
   auto c = count_parameters();
   const double pct = c.total > 0 ? 100.0 * static_cast<double>(c.trainable) / static_cast<double>(c.total) : 0.0;
-  return fmt::format("trainable params: {} || all params: {} || trainable%: {:.4f}", core::with_thousands(c.trainable),
-                     core::with_thousands(c.total), pct);
+  std::string report = fmt::format("trainable params: {} || all params: {} || trainable%: {:.4f}",
+                                   core::with_thousands(c.trainable), core::with_thousands(c.total), pct);
+  const auto q = models::quantized_storage(*base_);
+  if (q.layers > 0)
+    report += fmt::format(" || quantized: {} linears, {}, {} weights in {:.1f} MiB", q.layers, q.formats,
+                          core::with_thousands(q.weights), static_cast<double>(q.bytes) / (1024.0 * 1024.0));
+  return report;
 }
 
 }  // namespace peft

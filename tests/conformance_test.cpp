@@ -10,6 +10,7 @@
 #include "peft/core/strings.h"
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
+#include "peft/models/quantize.h"
 #include "peft/peft_model.h"
 #include "peft/train/trainer.h"
 #include "test_util.h"
@@ -357,6 +358,65 @@ TEST_P(Conformance, HalfPrecisionBaseTrainsFloat32Deltas) {
     EXPECT_EQ(after[name].scalar_type(), torch::kBFloat16) << name;
     EXPECT_TRUE(bit_equal(after[name], t)) << name;
   }
+}
+
+TEST_P(Conformance, TrainsOnAQuantizedBaseAsOnItsDequantizedWeights) {
+  // The NF4 base and a wide base holding its dequantized weights compute one function: the
+  // method's loss and gradients agree, and training leaves the codes untouched.
+  models::QuantizationConfig q;
+  q.double_quant = true;
+  auto quantized = tiny_base(), reference = tiny_base();
+  models::quantize_model(*quantized, q);
+  {
+    torch::NoGradGuard g;
+    auto wide = reference->adaptable_linears();
+    size_t i = 0;
+    for (auto& [name, lin] : quantized->adaptable_linears()) {
+      auto& ref = wide.at(i++).second;
+      if (lin->quantized()) ref->weight_out_in().copy_(lin->weight_out_in());
+    }
+  }
+  ASSERT_GT(models::quantized_storage(*quantized).layers, 0);
+  std::vector<std::pair<double, std::vector<at::Tensor>>> runs;
+  for (auto base : {quantized, reference}) {
+    PeftModel model(base);
+    torch::manual_seed(5);
+    model.add_adapter("default", *config());
+    perturb(model);
+    model.eval();  // no dropout draws: both runs see the same function
+    auto loss = model.forward_train(batch()).loss;
+    loss.backward();
+    std::vector<at::Tensor> grads;
+    for (auto& p : model.trainable_parameters())
+      grads.push_back(p.grad().defined() ? p.grad().clone() : torch::zeros_like(p));
+    runs.emplace_back(loss.item<double>(), grads);
+    model.unload();  // the quantized base trains again below
+  }
+  EXPECT_NEAR(runs[0].first, runs[1].first, 1e-5 * (1 + std::abs(runs[1].first)));
+  ASSERT_EQ(runs[0].second.size(), runs[1].second.size());
+  for (size_t i = 0; i < runs[0].second.size(); ++i) {
+    const auto& a = runs[0].second[i];
+    const auto& b = runs[1].second[i];
+    EXPECT_LE(max_abs_diff(a, b), 1e-4 * (1 + b.abs().max().item<double>())) << "tensor " << i << " " << c10::str(b.sizes());
+  }
+
+  PeftModel model(quantized);
+  torch::manual_seed(5);
+  model.add_adapter("default", *config());
+  std::map<std::string, at::Tensor> codes;
+  for (auto& [name, lin] : quantized->adaptable_linears())
+    if (lin->quantized()) codes[name] = lin->quantized_weight()->codes.clone();
+  model.train();
+  torch::optim::AdamW opt(model.trainable_parameters(), torch::optim::AdamWOptions(1e-2));
+  for (int step = 0; step < 2; ++step) {
+    opt.zero_grad();
+    auto loss = model.forward_train(batch()).loss;
+    ASSERT_TRUE(std::isfinite(loss.item<double>()));
+    loss.backward();
+    opt.step();
+  }
+  for (auto& [name, lin] : quantized->adaptable_linears())
+    if (lin->quantized()) EXPECT_TRUE(bit_equal(lin->quantized_weight()->codes, codes.at(name))) << name;
 }
 
 TEST_P(Conformance, MatchesCpuOnCuda_CUDA) {

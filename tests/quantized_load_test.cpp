@@ -106,6 +106,13 @@ TEST(QuantizedLoad, FingerprintAndParameterCountEqualTheUnquantizedBase) {
     PeftModel quantized(load_quantized(dir.path(), nf4(true, torch::kBFloat16)));
     EXPECT_EQ(quantized.base_fingerprint(), wide.base_fingerprint()) << family;
     EXPECT_EQ(quantized.count_parameters().total, wide.count_parameters().total) << family;
+    EXPECT_EQ(quantized.base_parameter_count(), wide.base_parameter_count()) << family;
+    const auto storage = models::quantized_storage(quantized.base_model());
+    const std::string report = quantized.trainable_parameters_report();
+    EXPECT_EQ(report.rfind(wide.trainable_parameters_report(), 0), 0u) << report;  // HF's line, then the storage
+    EXPECT_NE(report.find(fmt::format("quantized: {} linears, nf4 (double quant)", storage.layers)), std::string::npos)
+        << report;
+    EXPECT_EQ(wide.trainable_parameters_report().find("quantized"), std::string::npos);
     PeftModel fp32(models::load_pretrained(dir.path()));
     EXPECT_EQ(fp32.base_fingerprint(), wide.base_fingerprint()) << family;
   }

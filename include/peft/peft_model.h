@@ -122,6 +122,8 @@ class PeftModel {
   /// The fingerprint of the base weights as loaded (see core/fingerprint.h).
   const std::string& base_fingerprint() const { return fingerprint_; }
   const std::vector<std::string>& base_parameter_names() const { return base_names_; }
+  /// The base's parameter count; a quantized weight counts the weights its codes stand for.
+  int64_t base_parameter_count() const;
 
   // ---- for method implementations ----
   /// Every AdaptableLinear of the backbone, by full module name.

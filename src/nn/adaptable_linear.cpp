@@ -26,6 +26,11 @@ at::Tensor AdaptableLinearImpl::weight_out_in() const {
   return fan_in_fan_out_ ? weight.t() : weight;
 }
 
+at::Tensor AdaptableLinearImpl::weight_values() const {
+  if (!quantized_) return weight;
+  return fan_in_fan_out_ ? weight_out_in().t().contiguous() : weight_out_in();
+}
+
 void AdaptableLinearImpl::quantize(QuantType type, bool double_quant, c10::ScalarType compute_dtype) {
   quantize_from(weight, type, double_quant, compute_dtype);
 }

@@ -47,6 +47,9 @@ class AdaptableLinearImpl : public torch::nn::Module {
   /// The weight as [out, in], whatever the storage layout (a view: writes go to the weight; for a
   /// quantized layer, a dequantized copy).
   at::Tensor weight_out_in() const;
+  /// The weight's values in its storage layout: `weight` itself, or a quantized layer's
+  /// dequantized copy (what a method reading base weights by name should see).
+  at::Tensor weight_values() const;
 
   /// Stores the frozen weight quantized (weight-only; `compute_dtype` is what forward computes
   /// in). `weight` then holds an empty tensor of the compute dtype; a merged delta is refused.

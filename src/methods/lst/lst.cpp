@@ -183,6 +183,8 @@ std::map<std::string, at::Tensor> base_parameters(PeftModel& model) {
   std::map<std::string, at::Tensor> out;
   auto all = model.base_model().named_parameters();
   for (const auto& name : model.base_parameter_names()) out[name] = all[name];
+  for (const auto& [path, lin] : model.linears())  // a quantized weight's values
+    if (lin->quantized()) out[path + ".weight"] = lin->weight_values();
   return out;
 }
 

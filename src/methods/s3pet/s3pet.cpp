@@ -176,10 +176,8 @@ std::vector<S3petCandidate> s3pet_candidates(PeftModel& model, const S3petConfig
 }
 
 int64_t s3pet_budget(PeftModel& model, const S3petConfig& config) {
-  int64_t n = 0;
-  auto params = model.base_model().named_parameters();
-  for (const auto& name : model.base_parameter_names()) n += params[name].numel();
-  return static_cast<int64_t>(std::floor(config.budget * static_cast<double>(n)));
+  const auto n = static_cast<double>(model.base_parameter_count());
+  return static_cast<int64_t>(std::floor(config.budget * n));
 }
 
 std::vector<S3petCandidate> s3pet_fit_budget(const std::vector<S3petCandidate>& ordered, int64_t budget) {
