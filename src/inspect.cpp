@@ -5,7 +5,9 @@
 
 #include <torch/torch.h>
 
+#include "peft/core/dtype.h"
 #include "peft/core/strings.h"
+#include "peft/nn/adaptable_linear.h"
 
 namespace peft {
 namespace {
@@ -15,14 +17,35 @@ using ModulePtr = std::shared_ptr<torch::nn::Module>;
 struct Counts {
   int64_t total = 0;
   int64_t trainable = 0;
+  int64_t bytes = 0;
 };
+
+const nn::QuantizedWeight* quantized_of(const torch::nn::Module& m) {
+  const auto* lin = dynamic_cast<const nn::AdaptableLinearImpl*>(&m);
+  return lin ? lin->quantized_weight() : nullptr;
+}
+
+std::string quant_label(const nn::QuantizedWeight& q) {
+  return nn::quant_type_name(q.type) + (q.double_quant() ? "+dq" : "");
+}
 
 Counts count(const torch::nn::Module& m) {
   Counts c;
   for (const auto& p : m.parameters(true)) {
     c.total += p.numel();
+    c.bytes += static_cast<int64_t>(p.numel() * p.element_size());
     if (p.requires_grad()) c.trainable += p.numel();
   }
+  // A quantized weight holds no elements itself: its codes stand for them.
+  if (const auto* q = quantized_of(m)) {
+    c.total += q->numel();
+    c.bytes += q->bytes();
+  }
+  for (const auto& child : m.modules(/*include_self=*/false))
+    if (const auto* q = quantized_of(*child)) {
+      c.total += q->numel();
+      c.bytes += q->bytes();
+    }
   return c;
 }
 
@@ -47,14 +70,25 @@ std::string signature(const torch::nn::Module& m) {
   for (const auto& p : m.named_parameters(false))
     s += fmt::format("{}:{}:{}:{};", p.key(), c10::str(p.value().sizes()), c10::toString(p.value().scalar_type()),
                      p.value().requires_grad());
+  if (const auto* q = quantized_of(m)) s += quant_label(*q) + ";";
   for (const auto& c : m.named_children()) s += c.key() + "=" + signature(*c.value()) + ";";
   return s + "}";
 }
 
-std::string own_tensors(const torch::nn::Module& m) {
+std::string own_tensors(const torch::nn::Module& m, bool storage) {
   std::vector<std::string> parts;
-  for (const auto& p : m.named_parameters(false))
-    parts.push_back(fmt::format("{} {}{}", p.key(), c10::str(p.value().sizes()), p.value().requires_grad() ? "*" : ""));
+  const auto* lin = dynamic_cast<const nn::AdaptableLinearImpl*>(&m);
+  const nn::QuantizedWeight* q = lin ? lin->quantized_weight() : nullptr;
+  for (const auto& p : m.named_parameters(false)) {
+    if (q && p.key() == "weight") {
+      parts.push_back(fmt::format("weight {} {} {}", c10::str(c10::IntArrayRef(lin->original_weight_identity().shape)),
+                                  quant_label(*q), core::human_bytes(q->bytes())));
+      continue;
+    }
+    std::string part = fmt::format("{} {}{}", p.key(), c10::str(p.value().sizes()), p.value().requires_grad() ? "*" : "");
+    if (storage) part += " " + core::dtype_name(p.value().scalar_type());
+    parts.push_back(part);
+  }
   return fmt::format("{}", fmt::join(parts, ", "));
 }
 
@@ -99,8 +133,9 @@ void render(const Entry& e, const std::string& lead, const std::string& child_le
   if (e.repeats > 1) line += fmt::format(" ×{}", e.repeats);
   line += fmt::format("  {}{}", core::with_thousands(c.total), e.repeats > 1 ? " each" : "");
   if (c.trainable > 0) line += fmt::format(" ({} trainable)", core::with_thousands(c.trainable));
+  if (options.show_bytes) line += "  " + core::human_bytes(c.bytes);
   if (options.show_shapes) {
-    auto own = own_tensors(*e.module);
+    auto own = own_tensors(*e.module, options.show_bytes);
     if (!own.empty()) line += "  " + own;
   }
   out += line + "\n";

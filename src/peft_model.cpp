@@ -481,8 +481,8 @@ std::string PeftModel::trainable_parameters_report() {
                                    core::with_thousands(c.trainable), core::with_thousands(c.total), pct);
   const auto q = models::quantized_storage(*base_);
   if (q.layers > 0)
-    report += fmt::format(" || quantized: {} linears, {}, {} weights in {:.1f} MiB", q.layers, q.formats,
-                          core::with_thousands(q.weights), static_cast<double>(q.bytes) / (1024.0 * 1024.0));
+    report += fmt::format(" || quantized: {} linears, {}, {} weights in {}", q.layers, q.formats,
+                          core::with_thousands(q.weights), core::human_bytes(q.bytes));
   return report;
 }
 

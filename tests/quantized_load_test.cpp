@@ -5,6 +5,7 @@
 
 #include "peft/checkpoint/delta.h"
 #include "peft/core/strings.h"
+#include "peft/inspect.h"
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
 #include "peft/models/quantize.h"
@@ -116,6 +117,28 @@ TEST(QuantizedLoad, FingerprintAndParameterCountEqualTheUnquantizedBase) {
     PeftModel fp32(models::load_pretrained(dir.path()));
     EXPECT_EQ(fp32.base_fingerprint(), wide.base_fingerprint()) << family;
   }
+}
+
+TEST(QuantizedLoad, TheModuleTreeShowsEachLayersStorageAndBytes) {
+  TempDir dir;
+  models::save_pretrained(*tiny_model("gpt2"), dir.path());
+  auto wide = models::load_pretrained(dir.path());
+  auto quantized = load_quantized(dir.path(), nf4());
+  TreeOptions o;
+  o.show_bytes = true;
+  const std::string a = module_tree(*wide, "m", o), b = module_tree(*quantized, "m", o);
+  // Same counts (the codes stand for the weights), fewer bytes, the format per weight.
+  const auto first = [](const std::string& t) { return t.substr(0, t.find('\n')); };
+  EXPECT_EQ(first(a).substr(0, first(a).rfind("  ")), first(b).substr(0, first(b).rfind("  "))) << a << b;
+  for (auto& [name, lin] : quantized->adaptable_linears())
+    if (lin->quantized()) {
+      const auto& shape = lin->original_weight_identity().shape;
+      const std::string expect = fmt::format("weight [{}, {}] nf4+dq {}", shape[0], shape[1],
+                                             core::human_bytes(lin->quantized_weight()->bytes()));
+      EXPECT_NE(b.find(expect), std::string::npos) << expect << "\n" << b;
+    }
+  EXPECT_NE(a.find("] float32"), std::string::npos) << a;
+  EXPECT_EQ(a.find("nf4"), std::string::npos);
 }
 
 TEST(QuantizedLoad, ADeltaTrainedOnTheQuantizedBaseLoadsOnTheWideOneAndBack) {

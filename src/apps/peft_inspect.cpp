@@ -61,7 +61,8 @@ int count_from_geometry(const std::string& model_dir, const std::string& config_
 int run(int argc, char** argv) {
   CLI::App app{"Print a model's module tree (repeated layers folded), parameter counts and trainable tensors.",
                "peft-inspect"};
-  std::string model_dir, adapter_dir, config_path, task;
+  std::string model_dir, adapter_dir, config_path, task, quant, compute_dtype;
+  bool double_quant = false;
   int64_t num_labels = 0;
   int depth = -1;
   bool no_fold = false, no_shapes = false, no_weights = false, count_only = false;
@@ -72,6 +73,9 @@ int run(int argc, char** argv) {
   app.add_option("--num-labels", num_labels, "label count of a classification head");
   app.add_option("--adapter", adapter_dir, "also load this delta directory (trainable, to show what trains)");
   app.add_option("--config", config_path, "also attach a fresh adapter from this method config (JSON)");
+  app.add_option("--quant", quant, "load the base quantized: int8 | nf4 | fp4 (shows each layer's storage)");
+  app.add_flag("--double-quant", double_quant, "with --quant nf4 / fp4: quantize the absmax values too");
+  app.add_option("--compute-dtype", compute_dtype, "with --quant: float32 (default) | bfloat16 | float16");
   app.add_option("--depth", depth, "print this many levels below the root (default: all)");
   app.add_flag("--no-fold", no_fold, "print every layer instead of folding identical ones");
   app.add_flag("--no-shapes", no_shapes, "omit each module's tensor list");
@@ -92,11 +96,19 @@ int run(int argc, char** argv) {
   peft::models::LoadOptions load;
   load.task = task;
   if (num_labels > 0) load.num_labels = num_labels;
+  PEFT_CHECK(!quant.empty() || (!double_quant && compute_dtype.empty()), "cli",
+             "--double-quant and --compute-dtype apply with --quant");
+  if (!quant.empty()) {
+    nlohmann::json q = {{"type", quant}, {"double_quant", double_quant}};
+    if (!compute_dtype.empty()) q["compute_dtype"] = compute_dtype;
+    load.quantization = peft::models::QuantizationConfig::from_json(q, "--quant");
+  }
   std::shared_ptr<peft::models::PretrainedModel> base;
   if (no_weights) {
     const auto cfg = (std::filesystem::path(model_dir) / "config.json").string();
     PEFT_CHECK(std::filesystem::exists(cfg), "cli", "{}: missing config.json", model_dir);
     base = peft::models::create_model(peft::core::read_json_file(cfg), load.task, load.num_labels);
+    if (load.quantization) peft::models::quantize_model(*base, *load.quantization);
   } else {
     base = peft::models::load_pretrained(model_dir, load);
   }
@@ -114,6 +126,7 @@ int run(int argc, char** argv) {
   options.fold_repeats = !no_fold;
   options.max_depth = depth;
   options.show_shapes = !no_shapes;
+  options.show_bytes = true;
   fmt::print("{}", peft::module_tree(*base, base->architecture(), options));
   fmt::print("* = trainable\n{}\n", model.trainable_parameters_report());
   return 0;
