@@ -175,6 +175,46 @@ TEST(Tools, TrainsABf16BaseWithCheckpointingAutocastAndFloat32Deltas) {
   EXPECT_NE(error_of([&] { train::build_run(cfg, "run.json", false); }).find("run.json: delta_dtype"), std::string::npos);
 }
 
+TEST(Tools, TrainsLoraOnAQuantizedBaseThenMergesIntoTheBf16Base) {
+  TempDir dir;
+  auto cfg = spam_lora_run(dir, {{"max_length", 32}}, {{"max_steps", 4}, {"batch_size", 4}, {"lr", 0.01}, {"eval_batches", 1}});
+  cfg["quantization"] = {{"type", "nf4"}, {"double_quant", true}, {"compute_dtype", "float32"}};
+  core::write_json_file(dir.file("run.json"), cfg);
+  ASSERT_EQ(run(std::string(PEFT_TRAIN_BIN) + " --threads 1 --config " + dir.file("run.json"), dir.file("a.log")), 0)
+      << slurp(dir.file("a.log"));
+  EXPECT_NE(slurp(dir.file("a.log")).find("quantized: 16 linears, nf4 (double quant)"), std::string::npos)
+      << slurp(dir.file("a.log"));
+  const std::string model = source("examples/models/tiny-gpt2-en");
+  ASSERT_EQ(run(std::string(PEFT_MERGE_BIN) + " --model " + model + " --adapter " + dir.file("run/final") +
+                    " --task sequence_classification --num-labels 2 --dtype bfloat16 --out " + dir.file("merged"),
+                dir.file("m.log")),
+            0)
+      << slurp(dir.file("m.log"));
+  const safetensors::File merged_file(dir.file("merged/model.safetensors"));
+  for (const auto& t : merged_file.tensors()) EXPECT_EQ(t.dtype, safetensors::DType::BF16) << t.name;
+  // The merged bf16 model computes the bf16 base with the delta, unmerged.
+  models::LoadOptions bf16;
+  bf16.dtype = torch::kBFloat16;
+  bf16.task = "sequence_classification";
+  bf16.num_labels = 2;
+  PeftModel with_delta(models::load_pretrained(model, bf16));
+  checkpoint::load_adapter(with_delta, dir.file("run/final"));
+  with_delta.eval();
+  auto merged = models::load_pretrained(dir.file("merged"));
+  merged->eval();
+  models::ModelInputs in;
+  in.input_ids = torch::tensor({{11, 40, 7, 300, 2}, {5, 6, 7, 8, 9}});
+  in.attention_mask = torch::ones_like(in.input_ids);
+  const at::Tensor a = with_delta.forward(in).logits.to(torch::kFloat), b = merged->forward(in).logits.to(torch::kFloat);
+  EXPECT_LT(max_abs_diff(a, b), 0.05 * (1 + a.abs().max().item<double>()));
+  EXPECT_NE(run(std::string(PEFT_MERGE_BIN) + " --model " + model + " --adapter " + dir.file("run/final") +
+                    " --dtype float8 --out " + dir.file("bad"),
+                dir.file("bad.log")),
+            0);
+  EXPECT_NE(slurp(dir.file("bad.log")).find("--dtype"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir.file("bad")));
+}
+
 TEST(Tools, PromptMethodsTrainResumeAndGenerate) {
   // The reparameterization MLP trains and survives a resume (it is in the training state), the
   // delta holds only the prefix, and peft-generate runs it.
