@@ -136,6 +136,23 @@ TEST(Quantization, RealWeightsStayWithinTheBound) {
   EXPECT_GT(checked, 4);
 }
 
+TEST(Quantization, CpuDequantizationEqualsTheTensorOpPathBitForBit) {
+  torch::manual_seed(6);
+  at::Tensor w = torch::randn({37, 90}) * 0.1;  // a partial last block, an odd element count
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16, torch::kHalf, torch::kDouble}) {
+    for (const auto type : {nn::QuantType::kNF4, nn::QuantType::kFP4})
+      for (bool dq : {false, true}) {
+        auto q = nn::quantize_4bit(w, type, dq);
+        EXPECT_TRUE(bit_equal(q.dequantize(dtype), q.dequantize_with_tensor_ops(dtype)))
+            << nn::quant_type_name(type) << dq << " " << c10::toString(dtype);
+      }
+    auto q = nn::quantize_int8(w);
+    EXPECT_TRUE(bit_equal(q.dequantize(dtype), q.dequantize_with_tensor_ops(dtype))) << c10::toString(dtype);
+  }
+  auto odd = nn::quantize_nf4(torch::randn({3, 5}), false);  // 15 weights: half a byte of padding
+  EXPECT_TRUE(bit_equal(odd.dequantize(), odd.dequantize_with_tensor_ops()));
+}
+
 TEST(Quantization, BadInputsAreNamed) {
   EXPECT_NE(error_of([] { nn::quantize_nf4(torch::zeros({4}), false); }).find("[out, in]"), std::string::npos);
   EXPECT_NE(error_of([] { nn::quant_type_from_name("nf3", "quantization.type"); }).find("quantization.type"),

@@ -56,6 +56,14 @@ struct Setup {
   std::string dtype = "float32";
   std::string device = "cpu";
   bool checkpointing = false;
+  std::string quant = "none";  ///< none | int8 | nf4 | fp4: the frozen linears' storage (compute in `dtype`)
+  bool double_quant = false;
+
+  std::optional<peft::models::QuantizationConfig> quantization() const {
+    if (quant == "none") return std::nullopt;
+    nlohmann::json q = {{"type", quant}, {"double_quant", double_quant && quant != "int8"}, {"compute_dtype", dtype}};
+    return peft::models::QuantizationConfig::from_json(q, "--quant");
+  }
 };
 
 nlohmann::json model_config(const Geometry& g) {
@@ -206,9 +214,11 @@ nlohmann::json measure(const std::string& method, Geometry g, const Setup& setup
     load.dtype = dtype;
     load.device = device;
     load.task = "causal_lm";
+    load.quantization = setup.quantization();  // each tensor quantized as its shard is read
     base = peft::models::load_pretrained(setup.model_dir, load);
   } else {
-    base = peft::models::create_model_on(model_config(g), device, dtype, "causal_lm");
+    // Quantized: drawn and quantized one linear at a time.
+    base = peft::models::create_model_on(model_config(g), device, dtype, "causal_lm", setup.quantization());
   }
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   const double rss_loaded = peft::core::peak_resident_mib();
@@ -218,7 +228,15 @@ nlohmann::json measure(const std::string& method, Geometry g, const Setup& setup
   int64_t total = 0;
   const int64_t weight_bytes = bytes_of(base->parameters());
   for (auto& p : base->parameters()) total += p.numel();
+  const auto quantized = peft::models::quantized_storage(*base);
+  total += quantized.weights;
+  double format_bits = 0;  // the format's arithmetic, layer by layer
+  for (const auto& [name, lin] : base->adaptable_linears())
+    if (const auto* q = lin->quantized_weight())
+      format_bits += peft::nn::bits_per_weight(q->type, q->double_quant(), q->shape[0], q->shape[1], q->block_size) *
+                     static_cast<double>(q->numel());
   if (method == "full") {
+    PEFT_CHECK(!setup.quantization(), kC, "full fine-tuning trains the weights: it cannot run on a quantized base");
     for (auto& p : base->named_parameters()) {
       p.value().set_requires_grad(true);
       params.emplace_back(p.key(), p.value());
@@ -328,8 +346,20 @@ nlohmann::json measure(const std::string& method, Geometry g, const Setup& setup
           {"load_s", load_s},
           {"load_peak_rss_mib", rss_loaded},
           {"cuda_peak_mib", cuda_peak >= 0 ? nlohmann::json(mib(static_cast<double>(cuda_peak))) : nlohmann::json(nullptr)},
+          {"quantized_weights",
+           quantized.layers == 0
+               ? nlohmann::json(nullptr)
+               : nlohmann::json{{"layers", quantized.layers},
+                                {"formats", quantized.formats},
+                                {"weights", quantized.weights},
+                                {"bytes", quantized.bytes},
+                                {"bits_per_weight", 8.0 * static_cast<double>(quantized.bytes) /
+                                                        static_cast<double>(quantized.weights)},
+                                {"format_bits_per_weight", format_bits / static_cast<double>(quantized.weights)}}},
           {"memory_breakdown_mib",
-           {{"weights", mib(static_cast<double>(weight_bytes))},
+           {{"weights", mib(static_cast<double>(weight_bytes + quantized.bytes))},
+            {"quantized_weights", mib(static_cast<double>(quantized.bytes))},
+            {"wide_weights", mib(static_cast<double>(weight_bytes))},
             {"delta", mib(static_cast<double>(delta_bytes))},
             {"gradients", mib(static_cast<double>(grad_bytes))},
             {"optimizer_state", mib(static_cast<double>(optimizer_bytes))},
@@ -337,7 +367,8 @@ nlohmann::json measure(const std::string& method, Geometry g, const Setup& setup
             {"activations_predicted", mib(predicted_act)}}},
           {"threads", torch::get_num_threads()},
           {"setup", {{"model", setup.model_dir}, {"dtype", setup.dtype}, {"device", setup.device},
-                     {"checkpointing", setup.checkpointing}}},
+                     {"checkpointing", setup.checkpointing}, {"quant", setup.quant},
+                     {"double_quant", setup.double_quant}}},
           {"geometry", {{"family", g.family}, {"layers", g.layers}, {"hidden", g.hidden}, {"heads", g.heads},
                         {"kv_heads", g.kv()}, {"intermediate", g.ffn()}, {"vocab", g.vocab}, {"seq", g.seq},
                         {"batch", g.batch}}}};
@@ -381,6 +412,11 @@ int run(int argc, char** argv) {
   app.add_option("--dtype", setup.dtype, "the frozen base's dtype: float32, bfloat16 or float16");
   app.add_option("--device", setup.device, "cpu or cuda");
   app.add_flag("--checkpointing", setup.checkpointing, "activation checkpointing of every block");
+  std::string quants = "none";
+  app.add_option("--quant", quants,
+                 "comma-separated storages of the frozen linears, each run side by side: none | int8 | nf4 | fp4 "
+                 "(they compute in --dtype)");
+  app.add_flag("--double-quant", setup.double_quant, "nf4 / fp4: quantize the absmax values too (4.127 bits per weight)");
   app.add_option("--kv-heads", g.kv_heads, "llama: key/value heads (grouped-query attention; default: --heads)");
   app.add_option("--intermediate", g.intermediate, "feed-forward width (default: the family's)");
   app.add_option("--layers", g.layers, "transformer blocks");
@@ -407,7 +443,18 @@ int run(int argc, char** argv) {
   const int used_threads = peft::core::configure_threads(threads);
   peft::core::dtype_from_name(setup.dtype, "--dtype");  // a bad name fails before any run
   if (!setup.model_dir.empty()) g = geometry_of(setup.model_dir, g);
+  std::vector<std::string> storages;
+  std::stringstream quant_list(quants);
+  for (std::string q; std::getline(quant_list, q, ',');) {
+    Setup probe = setup;
+    probe.quant = q;
+    probe.quantization();  // a bad name fails before any run
+    storages.push_back(q);
+  }
+  PEFT_CHECK(!storages.empty(), kC, "--quant: expected at least one of none, int8, nf4, fp4");
   if (!child.empty()) {
+    PEFT_CHECK(storages.size() == 1, kC, "(internal) a child measures one storage");
+    setup.quant = storages.front();
     fmt::print("{}\n", measure(child, g, setup, steps, warmup, profile_dir).dump());
     return 0;
   }
@@ -422,7 +469,11 @@ int run(int argc, char** argv) {
     if (m != "full") method_config(m, g.family);  // unknown names fail before any run
     names.push_back(m);
   }
-  for (const auto& m : names) {
+  std::vector<std::pair<std::string, std::string>> runs;  // (storage, method)
+  for (const auto& storage : storages)
+    for (const auto& m : names)
+      if (m != "full" || storage == "none") runs.emplace_back(storage, m);  // full FT trains the weights themselves
+  for (const auto& [storage, m] : runs) {
     std::vector<std::string> args = {argv[0]};
     for (auto [flag, value] : std::vector<std::pair<std::string, int64_t>>{
              {"--layers", g.layers}, {"--hidden", g.hidden}, {"--heads", g.heads}, {"--vocab", g.vocab},
@@ -432,6 +483,8 @@ int run(int argc, char** argv) {
     args.insert(args.end(), {"--family", g.family, "--dtype", setup.dtype, "--device", setup.device});
     if (!setup.model_dir.empty()) args.insert(args.end(), {"--model", setup.model_dir});
     if (setup.checkpointing) args.push_back("--checkpointing");
+    args.insert(args.end(), {"--quant", storage});
+    if (setup.double_quant) args.push_back("--double-quant");
     if (!profile_dir.empty()) args.insert(args.end(), {"--profile", profile_dir});
     args.insert(args.end(), {"--child", m});
     rows.push_back(nlohmann::json::parse(run_child(args)));
@@ -443,8 +496,15 @@ int run(int argc, char** argv) {
   const nlohmann::json* full = nullptr;
   for (const auto& r : rows)
     if (r.value("method", "") == "full") full = &r;
-  fmt::print(stderr, "\n{:<14} {:>12} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9}\n", "method", "trainable",
-             "step ms", "tokens/s", "memory MiB", "vs full FT", "saved bytes", "GFLOP/s", "base ms", "merged");
+  // The same method on the wide base of this run: what a storage saves and costs.
+  auto wide_row = [&](const nlohmann::json& r) -> const nlohmann::json* {
+    for (const auto& w : rows)
+      if (w.value("method", "") == r["method"] && w["setup"]["quant"] == "none") return &w;
+    return nullptr;
+  };
+  fmt::print(stderr, "\n{:<14} {:>7} {:>12} {:>10} {:>10} {:>12} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9}\n", "method",
+             "storage", "trainable", "step ms", "tokens/s", "memory MiB", "vs full FT", "saved bytes", "GFLOP/s",
+             "base ms", "merged", "vs wide");
   for (const auto& r : rows) {
     if (!r.contains("method")) {
       fmt::print(stderr, "float32 GEMM: {:.1f} GFLOP/s\n", r["gemm_gflops"].get<double>());
@@ -457,13 +517,21 @@ int run(int argc, char** argv) {
     const auto number = [](const nlohmann::json& v, const char* f) {
       return v.is_number() ? fmt::format(fmt::runtime(f), v.get<double>()) : std::string("-");
     };
-    fmt::print(stderr, "{:<14} {:>12} {:>10.1f} {:>10.0f} {:>12.1f} {:>12} {:>12} {:>9} {:>9} {:>9}\n",
-               r["method"].get<std::string>(), r["trainable_params"].get<int64_t>(), r["step_ms"].get<double>(),
-               r["tokens_per_s"].get<double>(), mem, saving, r["saved_bytes"].get<int64_t>(),
-               number(r["achieved_gflops"], "{:.1f}"), number(inf.value("base_ms", nlohmann::json()), "{:.1f}"),
+    const auto* wide = wide_row(r);
+    const std::string vs_wide =
+        wide && wide != &r ? fmt::format("{:.2f}x mem {:.2f}x step", r["peak_rss_mib"].get<double>() /
+                                                                       (*wide)["peak_rss_mib"].get<double>(),
+                                         r["step_ms"].get<double>() / (*wide)["step_ms"].get<double>())
+                           : std::string("-");
+    fmt::print(stderr, "{:<14} {:>7} {:>12} {:>10.1f} {:>10.0f} {:>12.1f} {:>12} {:>12} {:>9} {:>9} {:>9} {}\n",
+               r["method"].get<std::string>(), r["setup"]["quant"].get<std::string>(),
+               r["trainable_params"].get<int64_t>(), r["step_ms"].get<double>(), r["tokens_per_s"].get<double>(), mem,
+               saving, r["saved_bytes"].get<int64_t>(), number(r["achieved_gflops"], "{:.1f}"),
+               number(inf.value("base_ms", nlohmann::json()), "{:.1f}"),
                inf.contains("merged_ms") && inf["merged_ms"].is_number() && inf.contains("base_ms")
                    ? fmt::format("{:.3f}x", inf["merged_ms"].get<double>() / inf["base_ms"].get<double>())
-                   : std::string("-"));
+                   : std::string("-"),
+               vs_wide);
   }
   if (!json_path.empty()) {
     std::string text;

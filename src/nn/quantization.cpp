@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
@@ -92,7 +94,64 @@ at::Tensor QuantizedWeight::block_absmax() const {
   return absmax_codes.to(torch::kFloat) * scale + absmax_offset;
 }
 
+namespace {
+// CPU: one pass over the codes writing the compute dtype directly (the tensor-op path below
+// makes five passes through int64 and float32 intermediates). Same float32 products, same
+// rounding to `dtype`, so both paths give identical values.
+at::Tensor dequantize_4bit_cpu(const QuantizedWeight& q, const at::Tensor& absmax, c10::ScalarType dtype) {
+  const int64_t n = q.numel(), bs = q.block_size, blocks = absmax.numel();
+  const auto& levels = levels_of(q.type);
+  at::Tensor out = torch::empty({q.shape.at(0), q.shape.at(1)}, at::TensorOptions().dtype(dtype));
+  const at::Tensor codes = q.codes.contiguous();
+  const at::Tensor scale = absmax.to(torch::kFloat).contiguous();
+  const uint8_t* c = codes.data_ptr<uint8_t>();
+  const float* a = scale.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "dequantize_4bit", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, blocks, 64, [&](int64_t begin, int64_t end) {
+      scalar_t value[16];  // this block's 16 possible weights, each rounded once
+      for (int64_t b = begin; b < end; ++b) {
+        const float m = a[b];
+        for (int k = 0; k < 16; ++k) value[k] = static_cast<scalar_t>(levels[static_cast<size_t>(k)] * m);
+        const int64_t first = b * bs, last = std::min(first + bs, n);
+        const int64_t pairs_end = first + (last - first) / 2 * 2;
+        for (int64_t i = first; i < pairs_end; i += 2) {
+          const uint8_t byte = c[i / 2];
+          o[i] = value[byte >> 4];
+          o[i + 1] = value[byte & 15];
+        }
+        if (pairs_end < last) o[pairs_end] = value[c[pairs_end / 2] >> 4];
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor dequantize_int8_cpu(const QuantizedWeight& q, c10::ScalarType dtype) {
+  const int64_t rows = q.shape.at(0), cols = q.shape.at(1);
+  at::Tensor out = torch::empty({rows, cols}, at::TensorOptions().dtype(dtype));
+  const at::Tensor codes = q.codes.contiguous();
+  const at::Tensor scale = q.absmax.to(torch::kFloat).contiguous();
+  const int8_t* c = codes.data_ptr<int8_t>();
+  const float* a = scale.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, dtype, "dequantize_int8", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        for (int64_t j = 0; j < cols; ++j)
+          o[r * cols + j] = static_cast<scalar_t>(static_cast<float>(c[r * cols + j]) * a[r]);
+    });
+  });
+  return out;
+}
+}  // namespace
+
 at::Tensor QuantizedWeight::dequantize(c10::ScalarType dtype) const {
+  if (!codes.is_cpu()) return dequantize_with_tensor_ops(dtype);
+  return type == QuantType::kInt8 ? dequantize_int8_cpu(*this, dtype) : dequantize_4bit_cpu(*this, block_absmax(), dtype);
+}
+
+at::Tensor QuantizedWeight::dequantize_with_tensor_ops(c10::ScalarType dtype) const {
   const int64_t out = shape.at(0), in = shape.at(1);
   if (type == QuantType::kInt8) return (codes.to(torch::kFloat) * absmax.unsqueeze(1)).to(dtype);
   // Unpack: the high nibble holds the even position.

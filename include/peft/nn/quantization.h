@@ -48,8 +48,11 @@ struct QuantizedWeight {
   int64_t numel() const { return shape.empty() ? 0 : shape[0] * shape[1]; }
   /// The per-block (4-bit) or per-row (int8) absmax, dequantized from the second level if need be.
   at::Tensor block_absmax() const;
-  /// The weight as [out, in] in `dtype`.
+  /// The weight as [out, in] in `dtype` (float32 products of level and absmax, then rounded to
+  /// `dtype`). On CPU one pass over the codes; elsewhere dequantize_with_tensor_ops.
   at::Tensor dequantize(c10::ScalarType dtype = c10::kFloat) const;
+  /// The same values through device-independent tensor ops (what CUDA runs).
+  at::Tensor dequantize_with_tensor_ops(c10::ScalarType dtype = c10::kFloat) const;
   /// Bytes held (codes, absmax and the second level).
   int64_t bytes() const;
   /// The same weight quantized again in this format (a merge's requantization).
