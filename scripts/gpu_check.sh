@@ -3,8 +3,9 @@
 # transformers + peft): builds this project against that PyTorch's LibTorch, runs every *_CUDA
 # test and the CPU suite on LibTorch 2.x (fused attention on), benchmarks a bf16 LoRA step
 # (r=16 on every projection) on the TinyLlama-1.1B and Llama-8B geometries with and without
-# activation checkpointing — peft-bench and HF transformers + peft side by side — and writes one
-# JSON report: $OUT/gpu_report.json (or build-gpu/gpu_report.json).
+# activation checkpointing — peft-bench and HF transformers + peft side by side — then the same
+# step on an NF4 (double-quantized) base beside the bf16 one for the 8B geometry (peak memory,
+# tokens/s), and writes one JSON report: $OUT/gpu_report.json (or build-gpu/gpu_report.json).
 #
 # fmt, nlohmann_json, CLI11 and GoogleTest come from a folder made by scripts/gather_deps.sh on a
 # machine with Debian's packages (default: build-deps; carry it along with the working tree).
@@ -106,6 +107,17 @@ for geometry in tiny big; do
     fi
   done
 done
+
+# Quantized bases (QLoRA): NF4 with double quantization and int8 beside the bf16 base, 8B geometry,
+# checkpointing on, in one peft-bench run (rows carry cuda_peak_mib, tokens_per_s, quantized_weights).
+if $build_ok; then
+  note "peft-bench big --quant none,nf4,int8 --double-quant --checkpointing"
+  timeout 300 "$BUILD/peft-bench" --family llama $big --device cuda --dtype bfloat16 --methods lora_all \
+    --steps 3 --warmup 1 --checkpointing --quant none,nf4,int8 --double-quant 2>> "$LOG" | grep '^{' |
+    while read -r row; do
+      echo "{\"impl\": \"peft.cpp\", \"geometry\": \"big\", \"checkpointing\": true, \"quantized\": true, \"result\": $row}" >> "$parts/bench.jsonl"
+    done
+fi
 
 # ---- report ---------------------------------------------------------------------
 "$PY" - "$parts" "$REPORT_DIR/gpu_report.json" "$(( $(date +%s) - t0 ))" <<'PYEOF'

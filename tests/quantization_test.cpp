@@ -153,6 +153,19 @@ TEST(Quantization, CpuDequantizationEqualsTheTensorOpPathBitForBit) {
   EXPECT_TRUE(bit_equal(odd.dequantize(), odd.dequantize_with_tensor_ops()));
 }
 
+TEST(Quantization, CpuQuantizationGivesTheTensorOpPathsCodes) {
+  torch::manual_seed(8);
+  for (auto shape : {std::vector<int64_t>{37, 90}, {3, 5}, {64, 256}})
+    for (const auto type : {nn::QuantType::kNF4, nn::QuantType::kFP4})
+      for (bool dq : {false, true}) {
+        at::Tensor w = torch::randn(shape) * 0.05;
+        w.view({-1})[0] = 0.0;  // ties and exact levels
+        auto a = nn::quantize_4bit(w, type, dq), b = nn::quantize_4bit_with_tensor_ops(w, type, dq);
+        EXPECT_TRUE(bit_equal(a.codes, b.codes)) << nn::quant_type_name(type) << dq << " " << c10::str(w.sizes());
+        EXPECT_TRUE(bit_equal(a.block_absmax(), b.block_absmax()));
+      }
+}
+
 TEST(Quantization, BadInputsAreNamed) {
   EXPECT_NE(error_of([] { nn::quantize_nf4(torch::zeros({4}), false); }).find("[out, in]"), std::string::npos);
   EXPECT_NE(error_of([] { nn::quant_type_from_name("nf3", "quantization.type"); }).find("quantization.type"),

@@ -5,7 +5,9 @@
 
 #include "peft/core/strings.h"
 #include "peft/methods/method.h"
+#include "peft/models/quantize.h"
 #include "peft/nn/quantization.h"
+#include "peft/train/trainer.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
 #include "tiny_models.h"
@@ -88,6 +90,33 @@ TEST(QuantizedBase, MergingIntoAQuantizedWeightIsRefusedByName) {
                                      {"modules_to_save", {"model.layers.0.self_attn.q_proj"}}});
   EXPECT_NE(error_of([&] { model.add_adapter("other", *copy); }).find("stored quantized (nf4)"), std::string::npos);
   EXPECT_FALSE(model.has_adapter("other"));
+}
+
+TEST(QuantizedBase, QuantizesAndComputesOnCudaAsOnCpu_CUDA) {
+  ASSERT_TRUE(torch::cuda::is_available());
+  torch::manual_seed(3);
+  at::Tensor w = torch::randn({96, 130}) * 0.05;
+  for (const auto type : {nn::QuantType::kNF4, nn::QuantType::kFP4, nn::QuantType::kInt8}) {
+    auto cpu = nn::quantize_weight(w, type, type != nn::QuantType::kInt8);
+    auto gpu = nn::quantize_weight(w.cuda(), type, type != nn::QuantType::kInt8);
+    // The devices' reductions round differently, so a weight on a level midpoint may flip.
+    const double differ = (cpu.codes != gpu.codes.cpu()).to(torch::kFloat).mean().item<double>();
+    EXPECT_LE(differ, 1e-3) << nn::quant_type_name(type);
+    const at::Tensor d = (cpu.dequantize() - gpu.dequantize().cpu()).abs();
+    EXPECT_LE(d.mean().item<double>(), 1e-4) << nn::quant_type_name(type);
+  }
+  // A whole quantized model on the device equals its CPU twin.
+  auto cpu_model = tiny_model("llama"), gpu_model = tiny_model("llama");
+  models::QuantizationConfig q;
+  q.double_quant = true;
+  models::quantize_model(*cpu_model, q);
+  gpu_model->to(torch::kCUDA);
+  models::quantize_model(*gpu_model, q);
+  cpu_model->eval();
+  gpu_model->eval();
+  auto a = cpu_model->forward(tiny_batch("llama")).logits;
+  auto b = gpu_model->forward(train::to_device(tiny_batch("llama"), torch::kCUDA)).logits.cpu();
+  EXPECT_LT(max_abs_diff(a, b), 1e-3);
 }
 
 }  // namespace

@@ -14,7 +14,9 @@
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
 #include "peft/tokenizers/tokenizer.h"
+#include "peft/data/batch_source.h"
 #include "peft/train/run_config.h"
+#include "peft/train/training_adapter.h"
 #include "peft/train/trainer.h"
 #include "peft/core/safetensors.h"
 #include "test_util.h"
@@ -213,6 +215,41 @@ TEST(Tools, TrainsLoraOnAQuantizedBaseThenMergesIntoTheBf16Base) {
             0);
   EXPECT_NE(slurp(dir.file("bad.log")).find("--dtype"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(dir.file("bad")));
+}
+
+/// Trains the spam run's LoRA through the library as peft-train does; returns the test accuracy of
+/// the delta selected on validation.
+double spam_test_accuracy(nlohmann::json cfg) {
+  auto parts = train::build_run(cfg, "run.json", /*need_train=*/true);
+  PeftModel model(parts.model);
+  model.set_precision({parts.delta_dtype, parts.save_dtype});
+  const data::DatasetBatches batches(parts.train, parts.trainer.batch_size, parts.trainer.device);
+  train::add_training_adapter(model, "default", *methods::parse_config(cfg["method"]), batches, "", false);
+  const auto sets = train::evaluation_sets(parts);
+  auto result = train::Trainer(train::trainable_delta(model), parts.trainer, parts.train, sets.selection, sets.test).train();
+  EXPECT_TRUE(result.test_eval.has_value());
+  return result.test_eval ? result.test_eval->accuracy : 0.0;
+}
+
+TEST(Tools, LoraOnAnNf4BaseScoresWithinAPointOfTheBf16Base) {
+  // configs/train_spam_lora.json with mails cut to 64 tokens: both bases see the same data, init
+  // and steps; each delta is chosen on validation and scored once on the test mails.
+  TempDir dir;
+  auto cfg = spam_lora_run(dir, {{"max_length", 64}, {"validation_fraction", 0.1}},
+                           {{"max_steps", 300}, {"batch_size", 16}, {"lr", 0.002}, {"schedule", "linear"},
+                            {"warmup_steps", 20}, {"eval_every", 100}});
+  cfg["method"]["lora_dropout"] = 0.05;
+  cfg.erase("output_dir");
+  cfg["method"]["r"] = 8;
+  cfg["method"]["lora_alpha"] = 16;
+  cfg["method"]["target_modules"] = {"c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"};
+  auto bf16 = cfg, nf4 = cfg;
+  bf16["dtype"] = "bfloat16";
+  nf4["quantization"] = {{"type", "nf4"}, {"double_quant", true}, {"compute_dtype", "bfloat16"}};
+  const double wide = spam_test_accuracy(bf16), quantized = spam_test_accuracy(nf4);
+  std::printf("spam test accuracy: bf16 base %.4f, nf4 base %.4f\n", wide, quantized);
+  EXPECT_GT(wide, 0.85) << "the bf16 run learns the task";
+  EXPECT_LE(std::abs(quantized - wide), 0.01) << "nf4 " << quantized << " vs bf16 " << wide;
 }
 
 TEST(Tools, PromptMethodsTrainResumeAndGenerate) {

@@ -3,6 +3,10 @@
 #include <fstream>
 #include <string>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "core/torch_compat.h"
 
 namespace peft::core {
@@ -17,6 +21,12 @@ double status_mib(const std::string& field) {
 }  // namespace
 
 double resident_mib() { return status_mib("VmRSS"); }
+
+void release_free_memory() {
+#if defined(__GLIBC__)
+  ::malloc_trim(0);
+#endif
+}
 double peak_resident_mib() { return status_mib("VmHWM"); }
 int64_t cuda_peak_bytes(int device) { return cuda_peak_allocated_bytes(device); }
 void reset_cuda_peak_bytes(int device) { reset_cuda_peak(device); }

@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
+#include "peft/nn/cross_entropy.h"
 #include "peft/core/json_io.h"
 
 namespace peft::models {
@@ -67,7 +68,10 @@ at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels) {
   const int64_t T = logits.size(1);
   at::Tensor next = labels.to(logits.device(), torch::kLong).slice(1, 1, T);
   at::Tensor shifted = torch::cat({next, torch::full({labels.size(0), 1}, -100, next.options())}, 1);
-  return F::cross_entropy(upcast_half(logits).reshape({-1, logits.size(-1)}), shifted.reshape({-1}),
+  // Half-precision logits: no float32 copy of [B·T, V] (the float32 loss, chunk by chunk).
+  if (logits.scalar_type() == at::kHalf || logits.scalar_type() == at::kBFloat16)
+    return nn::chunked_cross_entropy(logits.reshape({-1, logits.size(-1)}), shifted.reshape({-1}), -100);
+  return F::cross_entropy(logits.reshape({-1, logits.size(-1)}), shifted.reshape({-1}),
                           F::CrossEntropyFuncOptions().ignore_index(-100));
 }
 

@@ -10,6 +10,7 @@
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
+#include "peft/core/memory.h"
 #include "peft/core/safetensors.h"
 #include "peft/core/strings.h"
 #include "peft/models/bert.h"
@@ -241,6 +242,7 @@ std::shared_ptr<PretrainedModel> create_model_on(const nlohmann::json& config, c
       w.normal_(0.0, std);
       lin->quantize_from(w, quantization->type, quantization->double_quant, quantization->compute_dtype);
     }
+    core::release_free_memory();
     if (!dtype) dtype = quantization->compute_dtype;
   }
   model->to(device);
@@ -372,6 +374,7 @@ void load_weights_into(PretrainedModel& model, const std::string& dir, const Loa
       if (value.is_floating_point() && !loaded_dtype) loaded_dtype = value.scalar_type();
       target.set_data(value.to(options.device));
     }
+    if (!quantize_into.empty()) core::release_free_memory();  // the quantizer's scratch, shard by shard
   }
   // Biases of quantized layers compute with them (they were read in the model's dtype).
   for (auto& [weight_name, lin] : quantize_into)

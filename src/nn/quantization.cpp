@@ -209,7 +209,23 @@ QuantizedWeight QuantizedWeight::requantized(const at::Tensor& weight) const {
   return type == QuantType::kInt8 ? quantize_int8(weight) : quantize_4bit(weight, type, double_quant(), block_size);
 }
 
+namespace {
+QuantizedWeight quantize_4bit_impl(const at::Tensor& weight, QuantType type, bool double_quant, int64_t block_size,
+                                   bool loops);
+}  // namespace
+
 QuantizedWeight quantize_4bit(const at::Tensor& weight, QuantType type, bool double_quant, int64_t block_size) {
+  return quantize_4bit_impl(weight, type, double_quant, block_size, weight.is_cpu());
+}
+
+QuantizedWeight quantize_4bit_with_tensor_ops(const at::Tensor& weight, QuantType type, bool double_quant,
+                                              int64_t block_size) {
+  return quantize_4bit_impl(weight, type, double_quant, block_size, false);
+}
+
+namespace {
+QuantizedWeight quantize_4bit_impl(const at::Tensor& weight, QuantType type, bool double_quant, int64_t block_size,
+                                   bool loops) {
   check_matrix(weight);
   PEFT_CHECK(type != QuantType::kInt8, kC, "quantize_4bit expects nf4 or fp4, found int8");
   PEFT_CHECK(block_size > 0 && block_size % 2 == 0, kC, "{} block size must be positive and even, found {}",
@@ -220,10 +236,28 @@ QuantizedWeight quantize_4bit(const at::Tensor& weight, QuantType type, bool dou
   q.shape = weight.sizes().vec();
   q.block_size = block_size;
   const int64_t n = weight.numel(), blocks = (n + block_size - 1) / block_size;
-  at::Tensor flat = weight.to(torch::kFloat).reshape({-1});
-  if (blocks * block_size > n) flat = torch::cat({flat, torch::zeros({blocks * block_size - n}, flat.options())});
-  at::Tensor grouped = flat.view({blocks, block_size});
-  at::Tensor absmax = grouped.abs().amax(1);
+  const bool on_cpu = loops;
+  // CPU: one pass per step over float32 rows, no int64 intermediates (the tensor ops below hold
+  // ~20 bytes per weight at once); the same float32 arithmetic, so both give the same codes.
+  at::Tensor flat = weight.to(torch::kFloat).contiguous().reshape({-1});
+  at::Tensor grouped;
+  at::Tensor absmax;
+  if (on_cpu) {
+    absmax = torch::empty({blocks}, flat.options());
+    const float* w = flat.data_ptr<float>();
+    float* a = absmax.data_ptr<float>();
+    at::parallel_for(0, blocks, 256, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        float m = 0.0f;
+        for (int64_t i = b * block_size, last = std::min(i + block_size, n); i < last; ++i) m = std::max(m, std::abs(w[i]));
+        a[b] = m;
+      }
+    });
+  } else {
+    if (blocks * block_size > n) flat = torch::cat({flat, torch::zeros({blocks * block_size - n}, flat.options())});
+    grouped = flat.view({blocks, block_size});
+    absmax = grouped.abs().amax(1);
+  }
   if (double_quant) {
     // The second level: absmax − mean, 8-bit symmetric per 256 blocks; the codes quantize what
     // that level gives back, so the two errors do not add up.
@@ -240,8 +274,7 @@ QuantizedWeight quantize_4bit(const at::Tensor& weight, QuantType type, bool dou
   } else {
     q.absmax = absmax;
   }
-  at::Tensor safe = torch::where(absmax > 0, absmax, torch::ones_like(absmax));
-  at::Tensor normalized = (grouped / safe.unsqueeze(1)).clamp(-1.0, 1.0).reshape({-1});
+  at::Tensor safe = torch::where(absmax > 0, absmax, torch::ones_like(absmax)).contiguous();
   // Nearest level: the interval between consecutive midpoints of the sorted table, mapped back
   // to its code (FP4's table is not in value order; its -0 code is never produced).
   at::Tensor levels = levels_tensor(type, weight.device());
@@ -251,6 +284,28 @@ QuantizedWeight quantize_4bit(const at::Tensor& weight, QuantType type, bool dou
   const int64_t m = sorted.numel();
   at::Tensor midpoints = (sorted.narrow(0, 0, m - 1) + sorted.narrow(0, 1, m - 1)) / 2;
   const int64_t even = (n + 1) / 2 * 2;
+  if (on_cpu) {
+    const at::Tensor mids = midpoints.contiguous(), codes_of = order.to(torch::kLong).contiguous();
+    const float* mid = mids.data_ptr<float>();
+    const int64_t* code_of = codes_of.data_ptr<int64_t>();
+    const int64_t bounds = mids.numel();
+    const float* w = flat.data_ptr<float>();
+    const float* a = safe.data_ptr<float>();
+    q.codes = torch::empty({even / 2}, at::TensorOptions().dtype(torch::kByte));
+    uint8_t* out = q.codes.data_ptr<uint8_t>();
+    auto code = [&](int64_t i) -> uint8_t {
+      // Past the end: the padding's zero, as the tensor path pads.
+      const float x = i >= n ? 0.0f : std::min(1.0f, std::max(-1.0f, w[i] / a[i / block_size]));
+      int64_t k = 0;  // torch.bucketize (right=False): the number of midpoints below x
+      while (k < bounds && mid[k] < x) ++k;
+      return static_cast<uint8_t>(code_of[k]);
+    };
+    at::parallel_for(0, even / 2, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) out[j] = static_cast<uint8_t>(code(2 * j) * 16 + code(2 * j + 1));
+    });
+    return q;
+  }
+  at::Tensor normalized = (grouped / safe.unsqueeze(1)).clamp(-1.0, 1.0).reshape({-1});
   at::Tensor idx = order.index_select(0, torch::bucketize(normalized, midpoints))
                        .narrow(0, 0, std::min(even, normalized.numel()));
   if (idx.numel() < even) idx = torch::cat({idx, torch::zeros({even - idx.numel()}, idx.options())});
@@ -258,5 +313,6 @@ QuantizedWeight quantize_4bit(const at::Tensor& weight, QuantType type, bool dou
   q.codes = (pairs.select(1, 0) * 16 + pairs.select(1, 1)).to(torch::kByte).contiguous();
   return q;
 }
+}  // namespace
 
 }  // namespace peft::nn

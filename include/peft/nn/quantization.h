@@ -74,8 +74,11 @@ struct RequantizationError {
 /// Quantizes `weight` ([out, in], any floating dtype, on any device; computed in float32).
 QuantizedWeight quantize_int8(const at::Tensor& weight);
 QuantizedWeight quantize_nf4(const at::Tensor& weight, bool double_quant, int64_t block_size = 64);
-/// A 4-bit format (NF4 or FP4) by type.
+/// A 4-bit format (NF4 or FP4) by type. On CPU, loops over float32 rows; elsewhere tensor ops.
 QuantizedWeight quantize_4bit(const at::Tensor& weight, QuantType type, bool double_quant, int64_t block_size = 64);
+/// The tensor-op path on any device (the CPU loops must give its codes).
+QuantizedWeight quantize_4bit_with_tensor_ops(const at::Tensor& weight, QuantType type, bool double_quant,
+                                              int64_t block_size = 64);
 /// Any format by type (`double_quant` applies to the 4-bit ones).
 QuantizedWeight quantize_weight(const at::Tensor& weight, QuantType type, bool double_quant);
 
