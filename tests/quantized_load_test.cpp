@@ -1,6 +1,8 @@
 // Quantizing at load: each checkpoint tensor is quantized as it is read, with the result of
 // quantizing the loaded model in memory; which layers stay wide; the fingerprint of the
 // unquantized base; counts and merges on a quantized base.
+#include <filesystem>
+
 #include <torch/torch.h>
 
 #include "peft/checkpoint/delta.h"
@@ -204,6 +206,11 @@ TEST(QuantizedLoad, MergeRequantizesOnlyOnRequestAndReportsTheErrorItAdds) {
   auto plain = model.merge_and_unload(/*requantize=*/true, &final_error);
   EXPECT_EQ(final_error.layers, layers);
   EXPECT_TRUE(plain->adaptable_linears().front().second->quantized());
+  // A quantized model has no Hugging Face form: refused by name, nothing written.
+  TempDir out;
+  const std::string target = out.file("merged");
+  EXPECT_NE(error_of([&] { models::save_pretrained(*plain, target); }).find("stored quantized (nf4)"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(target));
 }
 
 TEST(QuantizedLoad, RunConfigQuantizationKeyAndItsErrors) {

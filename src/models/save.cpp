@@ -12,9 +12,14 @@
 namespace peft::models {
 
 void save_pretrained(PretrainedModel& model, const std::string& dir) {
-  for (const auto& [name, lin] : model.adaptable_linears())
+  for (const auto& [name, lin] : model.adaptable_linears()) {
     PEFT_CHECK(lin->adapters().empty(), "models",
                "save_pretrained: '{}' still carries adapter deltas; merge_and_unload() or unload() first", name);
+    PEFT_CHECK(!lin->quantized(), "models",
+               "save_pretrained: '{}' is stored quantized ({}), and a Hugging Face model directory holds wide "
+               "weights; load the base unquantized (e.g. peft-merge --dtype bfloat16) to write one",
+               name, nn::quant_type_name(lin->quantized_weight()->type));
+  }
   safetensors::TensorMap weights;
   for (auto& item : model.named_parameters()) weights[item.key()] = item.value().detach().cpu().contiguous();
   for (auto& item : model.named_buffers()) weights[item.key()] = item.value().detach().cpu().contiguous();
