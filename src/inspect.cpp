@@ -37,15 +37,14 @@ Counts count(const torch::nn::Module& m) {
     if (p.requires_grad()) c.trainable += p.numel();
   }
   // A quantized weight holds no elements itself: its codes stand for them.
-  if (const auto* q = quantized_of(m)) {
-    c.total += q->numel();
-    c.bytes += q->bytes();
-  }
-  for (const auto& child : m.modules(/*include_self=*/false))
-    if (const auto* q = quantized_of(*child)) {
+  auto add_quantized = [&c](const torch::nn::Module& module) {
+    if (const auto* q = quantized_of(module)) {
       c.total += q->numel();
       c.bytes += q->bytes();
     }
+  };
+  add_quantized(m);
+  for (const auto& child : m.modules(/*include_self=*/false)) add_quantized(*child);
   return c;
 }
 

@@ -121,6 +121,18 @@ class Conformance : public ::testing::TestWithParam<Combo> {
     return tiny_model(GetParam().family, dtype);
   }
   models::ModelInputs batch() { return tiny_batch(GetParam().family); }
+  /// `steps` AdamW steps (lr 1e-2) in training mode, each loss finite.
+  void train_steps(PeftModel& model, int steps) {
+    model.train();
+    torch::optim::AdamW opt(model.trainable_parameters(), torch::optim::AdamWOptions(1e-2));
+    for (int step = 0; step < steps; ++step) {
+      opt.zero_grad();
+      auto loss = model.forward_train(batch()).loss;
+      ASSERT_TRUE(std::isfinite(loss.item<double>()));
+      loss.backward();
+      opt.step();
+    }
+  }
 };
 
 TEST_P(Conformance, IdentityAtInit) {
@@ -342,15 +354,7 @@ TEST_P(Conformance, HalfPrecisionBaseTrainsFloat32Deltas) {
     }
   };
   check_dtypes();
-  model.train();
-  torch::optim::AdamW opt(model.trainable_parameters(), torch::optim::AdamWOptions(1e-2));
-  for (int step = 0; step < 3; ++step) {
-    opt.zero_grad();
-    auto loss = model.forward_train(batch()).loss;
-    ASSERT_TRUE(std::isfinite(loss.item<double>()));
-    loss.backward();
-    opt.step();
-  }
+  ASSERT_NO_FATAL_FAILURE(train_steps(model, 3));
   check_dtypes();
   model.disable_adapters();
   auto after = base->named_parameters();
@@ -367,15 +371,7 @@ TEST_P(Conformance, TrainsOnAQuantizedBaseAsOnItsDequantizedWeights) {
   q.double_quant = true;
   auto quantized = tiny_base(), reference = tiny_base();
   models::quantize_model(*quantized, q);
-  {
-    torch::NoGradGuard g;
-    auto wide = reference->adaptable_linears();
-    size_t i = 0;
-    for (auto& [name, lin] : quantized->adaptable_linears()) {
-      auto& ref = wide.at(i++).second;
-      if (lin->quantized()) ref->weight_out_in().copy_(lin->weight_out_in());
-    }
-  }
+  copy_dequantized_weights(*quantized, *reference);
   ASSERT_GT(models::quantized_storage(*quantized).layers, 0);
   std::vector<std::pair<double, std::vector<at::Tensor>>> runs;
   for (auto base : {quantized, reference}) {
@@ -406,15 +402,7 @@ TEST_P(Conformance, TrainsOnAQuantizedBaseAsOnItsDequantizedWeights) {
   std::map<std::string, at::Tensor> codes;
   for (auto& [name, lin] : quantized->adaptable_linears())
     if (lin->quantized()) codes[name] = lin->quantized_weight()->codes.clone();
-  model.train();
-  torch::optim::AdamW opt(model.trainable_parameters(), torch::optim::AdamWOptions(1e-2));
-  for (int step = 0; step < 2; ++step) {
-    opt.zero_grad();
-    auto loss = model.forward_train(batch()).loss;
-    ASSERT_TRUE(std::isfinite(loss.item<double>()));
-    loss.backward();
-    opt.step();
-  }
+  ASSERT_NO_FATAL_FAILURE(train_steps(model, 2));
   for (auto& [name, lin] : quantized->adaptable_linears())
     if (lin->quantized()) EXPECT_TRUE(bit_equal(lin->quantized_weight()->codes, codes.at(name))) << name;
 }

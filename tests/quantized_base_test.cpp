@@ -15,22 +15,14 @@
 namespace peft::test {
 namespace {
 
-/// Quantizes every block projection of `quantized` (heads stay) and gives `reference` the
-/// dequantized weights, so both compute the same function.
+/// Quantizes every projection of `quantized` but the heads (double quantization for the 4-bit
+/// formats) and gives `reference` the dequantized weights, so both compute the same function.
 void quantize_pair(models::PretrainedModel& quantized, models::PretrainedModel& reference, nn::QuantType type) {
-  auto heads = quantized.head_modules();
-  auto targets = reference.adaptable_linears();
-  size_t i = 0;
-  torch::NoGradGuard g;
-  for (auto& [name, lin] : quantized.adaptable_linears()) {
-    auto& [ref_name, ref] = targets.at(i++);
-    ASSERT_EQ(name, ref_name);
-    bool head = false;
-    for (const auto& h : heads) head = head || name == h || core::is_under(name, h);
-    if (head) continue;
-    lin->quantize(type, /*double_quant=*/true, torch::kFloat);
-    ref->weight_out_in().copy_(lin->weight_out_in());
-  }
+  models::QuantizationConfig q;
+  q.type = type;
+  q.double_quant = type != nn::QuantType::kInt8;
+  models::quantize_model(quantized, q);
+  copy_dequantized_weights(quantized, reference);
 }
 
 TEST(QuantizedBase, ForwardEqualsTheDequantizedBaseOnEveryFamily) {

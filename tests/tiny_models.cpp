@@ -4,6 +4,7 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include "peft/core/error.h"
 #include "peft/models/load.h"
 
 namespace peft::test {
@@ -100,6 +101,17 @@ models::ModelInputs tiny_batch(const std::string& family) {
   if (family == "bert") in.token_type_ids = (torch::arange(9) >= 4).to(torch::kLong).unsqueeze(0).repeat({2, 1});
   in.labels = is_classifier(family) ? torch::tensor({2, 0}, torch::kLong) : in.input_ids.clone();
   return in;
+}
+
+void copy_dequantized_weights(models::PretrainedModel& quantized, models::PretrainedModel& reference) {
+  torch::NoGradGuard g;
+  auto wide = reference.adaptable_linears();
+  size_t i = 0;
+  for (auto& [name, lin] : quantized.adaptable_linears()) {
+    auto& [ref_name, ref] = wide.at(i++);
+    PEFT_CHECK(name == ref_name, "test", "copy_dequantized_weights: '{}' has no twin (found '{}')", name, ref_name);
+    if (lin->quantized()) ref->weight_out_in().copy_(lin->weight_out_in());
+  }
 }
 
 }  // namespace peft::test

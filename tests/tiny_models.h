@@ -27,6 +27,9 @@ std::shared_ptr<models::PretrainedModel> tiny_model(const std::string& family, c
 nlohmann::json tiny_dropout(const std::string& family);
 /// `n` rows of 12 random tokens (< 61) with causal-LM labels, each drawn from its own index's seed.
 std::shared_ptr<data::Dataset> random_blocks(int64_t n);
+/// Gives every linear of `reference` (a wide twin of `quantized`: same architecture) the
+/// dequantized weight of `quantized`'s layer where that one is quantized.
+void copy_dequantized_weights(models::PretrainedModel& quantized, models::PretrainedModel& reference);
 /// Two rows (the second one padded for text models) with labels for the family's head.
 models::ModelInputs tiny_batch(const std::string& family);
 

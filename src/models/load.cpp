@@ -232,11 +232,8 @@ std::shared_ptr<PretrainedModel> create_model_on(const nlohmann::json& config, c
   if (quantization) {
     // Layer by layer: draw one linear's weight where it will live, quantize it, drop it.
     const double std = config.value("initializer_range", 0.02);
-    const auto chosen = linears_to_quantize(*model, *quantization);
-    const std::set<std::string> names(chosen.begin(), chosen.end());
     torch::NoGradGuard no_grad;
-    for (auto& [name, lin] : model->adaptable_linears()) {
-      if (!names.count(name)) continue;
+    for (auto& [name, lin] : layers_to_quantize(*model, *quantization)) {
       at::Tensor w = torch::empty(lin->weight.sizes(), lin->weight.options().device(device).dtype(dtype.value_or(
                                                           lin->weight.scalar_type())));
       w.normal_(0.0, std);
@@ -336,10 +333,8 @@ void load_weights_into(PretrainedModel& model, const std::string& dir, const Loa
   std::optional<c10::ScalarType> dtype = options.dtype;
   if (options.quantization) {
     if (!dtype) dtype = options.quantization->compute_dtype;
-    const auto chosen = linears_to_quantize(model, *options.quantization);
-    const std::set<std::string> names(chosen.begin(), chosen.end());
-    for (auto& [name, lin] : model.adaptable_linears())
-      if (names.count(name) && source_of.count(name + ".weight")) {  // a new head trains: never quantized
+    for (auto& [name, lin] : layers_to_quantize(model, *options.quantization))
+      if (source_of.count(name + ".weight")) {  // a new head trains: never quantized
         PEFT_CHECK(!lin->quantized(), kComponent, "{}: layer '{}' is already quantized; load into an unquantized model",
                    dir, name);
         quantize_into.emplace(name + ".weight", lin);

@@ -50,7 +50,8 @@ nlohmann::json QuantizationConfig::to_json() const {
   return j;
 }
 
-std::vector<std::string> linears_to_quantize(PretrainedModel& model, const QuantizationConfig& config) {
+std::vector<std::pair<std::string, nn::AdaptableLinear>> layers_to_quantize(PretrainedModel& model,
+                                                                            const QuantizationConfig& config) {
   std::set<std::string> tied;
   for (const auto& [a, b] : model.tied_weights()) {
     tied.insert(a);
@@ -58,17 +59,22 @@ std::vector<std::string> linears_to_quantize(PretrainedModel& model, const Quant
   }
   const auto skip = config.skip_modules.value_or(model.head_modules());
   const auto& fresh = model.newly_initialized();
+  std::vector<std::pair<std::string, nn::AdaptableLinear>> out;
+  for (auto& [name, lin] : model.adaptable_linears())
+    if (!tied.count(name + ".weight") && !fresh.count(name + ".weight") && !skipped(name, skip))
+      out.emplace_back(name, lin);
+  return out;
+}
+
+std::vector<std::string> linears_to_quantize(PretrainedModel& model, const QuantizationConfig& config) {
   std::vector<std::string> out;
-  for (const auto& [name, lin] : model.adaptable_linears())
-    if (!tied.count(name + ".weight") && !fresh.count(name + ".weight") && !skipped(name, skip)) out.push_back(name);
+  for (const auto& [name, lin] : layers_to_quantize(model, config)) out.push_back(name);
   return out;
 }
 
 void quantize_model(PretrainedModel& model, const QuantizationConfig& config) {
-  const auto names = linears_to_quantize(model, config);
-  const std::set<std::string> chosen(names.begin(), names.end());
-  for (auto& [name, lin] : model.adaptable_linears())
-    if (chosen.count(name) && !lin->quantized()) lin->quantize(config.type, config.double_quant, config.compute_dtype);
+  for (auto& [name, lin] : layers_to_quantize(model, config))
+    if (!lin->quantized()) lin->quantize(config.type, config.double_quant, config.compute_dtype);
   nn::to_floating_dtype(model, config.compute_dtype);
 }
 

@@ -53,7 +53,12 @@ void AdaptableLinearImpl::quantize_from(const at::Tensor& source, QuantType type
 }
 
 template <typename Change>
-RequantizationError AdaptableLinearImpl::requantize_with(Change&& change) {
+RequantizationError AdaptableLinearImpl::change_weight(Change&& change) {
+  if (!quantized_) {
+    at::Tensor w = weight_out_in();  // a view: the change lands in the weight
+    change(w);
+    return {};
+  }
   at::Tensor w = quantized_->dequantize(torch::kFloat);
   change(w);
   auto requantized = std::make_shared<const QuantizedWeight>(quantized_->requantized(w));
@@ -133,13 +138,7 @@ RequantizationError AdaptableLinearImpl::merge(const std::string& adapter, bool 
              "base unquantized to merge exactly",
              adapter, quant_type_name(quantized_ ? quantized_->type : QuantType::kNF4));
   torch::NoGradGuard no_grad;
-  RequantizationError e;
-  if (quantized_) {
-    e = requantize_with([&](at::Tensor& w) { d->merge_into(w, bias); });
-  } else {
-    at::Tensor w = weight_out_in();
-    d->merge_into(w, bias);
-  }
+  const RequantizationError e = change_weight([&](at::Tensor& w) { d->merge_into(w, bias); });
   merged_.insert(adapter);
   return e;
 }
@@ -150,13 +149,7 @@ RequantizationError AdaptableLinearImpl::unmerge(const std::string& adapter, boo
              "adapter '{}': this layer's weight is quantized ({}); unmerging requantizes it (lossy): ask for it",
              adapter, quant_type_name(quantized_ ? quantized_->type : QuantType::kNF4));
   torch::NoGradGuard no_grad;
-  RequantizationError e;
-  if (quantized_) {
-    e = requantize_with([&](at::Tensor& w) { delta(adapter)->unmerge_from(w, bias); });
-  } else {
-    at::Tensor w = weight_out_in();
-    delta(adapter)->unmerge_from(w, bias);
-  }
+  const RequantizationError e = change_weight([&](at::Tensor& w) { delta(adapter)->unmerge_from(w, bias); });
   merged_.erase(adapter);
   return e;
 }

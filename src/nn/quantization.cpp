@@ -210,20 +210,7 @@ QuantizedWeight QuantizedWeight::requantized(const at::Tensor& weight) const {
 }
 
 namespace {
-QuantizedWeight quantize_4bit_impl(const at::Tensor& weight, QuantType type, bool double_quant, int64_t block_size,
-                                   bool loops);
-}  // namespace
-
-QuantizedWeight quantize_4bit(const at::Tensor& weight, QuantType type, bool double_quant, int64_t block_size) {
-  return quantize_4bit_impl(weight, type, double_quant, block_size, weight.is_cpu());
-}
-
-QuantizedWeight quantize_4bit_with_tensor_ops(const at::Tensor& weight, QuantType type, bool double_quant,
-                                              int64_t block_size) {
-  return quantize_4bit_impl(weight, type, double_quant, block_size, false);
-}
-
-namespace {
+/// `loops`: the CPU loops; otherwise tensor ops (any device).
 QuantizedWeight quantize_4bit_impl(const at::Tensor& weight, QuantType type, bool double_quant, int64_t block_size,
                                    bool loops) {
   check_matrix(weight);
@@ -236,13 +223,12 @@ QuantizedWeight quantize_4bit_impl(const at::Tensor& weight, QuantType type, boo
   q.shape = weight.sizes().vec();
   q.block_size = block_size;
   const int64_t n = weight.numel(), blocks = (n + block_size - 1) / block_size;
-  const bool on_cpu = loops;
   // CPU: one pass per step over float32 rows, no int64 intermediates (the tensor ops below hold
   // ~20 bytes per weight at once); the same float32 arithmetic, so both give the same codes.
   at::Tensor flat = weight.to(torch::kFloat).contiguous().reshape({-1});
   at::Tensor grouped;
   at::Tensor absmax;
-  if (on_cpu) {
+  if (loops) {
     absmax = torch::empty({blocks}, flat.options());
     const float* w = flat.data_ptr<float>();
     float* a = absmax.data_ptr<float>();
@@ -284,7 +270,7 @@ QuantizedWeight quantize_4bit_impl(const at::Tensor& weight, QuantType type, boo
   const int64_t m = sorted.numel();
   at::Tensor midpoints = (sorted.narrow(0, 0, m - 1) + sorted.narrow(0, 1, m - 1)) / 2;
   const int64_t even = (n + 1) / 2 * 2;
-  if (on_cpu) {
+  if (loops) {
     const at::Tensor mids = midpoints.contiguous(), codes_of = order.to(torch::kLong).contiguous();
     const float* mid = mids.data_ptr<float>();
     const int64_t* code_of = codes_of.data_ptr<int64_t>();
@@ -314,5 +300,14 @@ QuantizedWeight quantize_4bit_impl(const at::Tensor& weight, QuantType type, boo
   return q;
 }
 }  // namespace
+
+QuantizedWeight quantize_4bit(const at::Tensor& weight, QuantType type, bool double_quant, int64_t block_size) {
+  return quantize_4bit_impl(weight, type, double_quant, block_size, /*loops=*/weight.is_cpu());
+}
+
+QuantizedWeight quantize_4bit_with_tensor_ops(const at::Tensor& weight, QuantType type, bool double_quant,
+                                              int64_t block_size) {
+  return quantize_4bit_impl(weight, type, double_quant, block_size, /*loops=*/false);
+}
 
 }  // namespace peft::nn

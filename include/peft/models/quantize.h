@@ -5,11 +5,13 @@
 
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <c10/core/ScalarType.h>
 #include <nlohmann/json_fwd.hpp>
 
+#include "peft/nn/adaptable_linear.h"
 #include "peft/nn/quantization.h"
 
 namespace peft::models {
@@ -35,7 +37,10 @@ struct QuantizationConfig {
   nlohmann::json to_json() const;
 };
 
-/// Module names of the AdaptableLinears `config` quantizes in `model`.
+/// The AdaptableLinears `config` quantizes in `model`, by module name.
+std::vector<std::pair<std::string, nn::AdaptableLinear>> layers_to_quantize(PretrainedModel& model,
+                                                                            const QuantizationConfig& config);
+/// Their module names.
 std::vector<std::string> linears_to_quantize(PretrainedModel& model, const QuantizationConfig& config);
 /// Quantizes those linears of an in-memory model, one layer at a time, and casts the base's other
 /// floating tensors to the compute dtype.

@@ -95,9 +95,10 @@ class AdaptableLinearImpl : public torch::nn::Module {
   core::TensorIdentity original_identity_;
   c10::ScalarType compute_dtype_ = c10::kFloat;
 
-  /// Dequantize → `change` → quantize again (merge / unmerge on a quantized weight).
+  /// Applies `change` to the [out, in] weight in place; a quantized weight is dequantized, changed
+  /// and quantized again, returning the error that adds (merge / unmerge).
   template <typename Change>
-  RequantizationError requantize_with(Change&& change);
+  RequantizationError change_weight(Change&& change);
 };
 
 TORCH_MODULE(AdaptableLinear);
