@@ -55,6 +55,8 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      const AttentionOptions& options) {
   if (fused_attention_applies(options, q.size(-1)))
     return core::fused_attention(q, k, v, additive_mask, options.training ? options.dropout : 0.0);
+  if (g_fused && chunked_attention_applies(q, k, v, additive_mask, options))
+    return chunked_attention(q, k, v, additive_mask, options);
   return eager_attention(q, k, v, additive_mask, options);
 }
 

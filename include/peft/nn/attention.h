@@ -41,11 +41,25 @@ at::Tensor eager_attention(const at::Tensor& q, const at::Tensor& k, const at::T
 /// memory-efficient on CUDA, fused on CPU) for these options: LibTorch 2.1 or later, fused
 /// attention not switched off, and the default 1/sqrt(head_dim) scaling.
 bool fused_attention_applies(const AttentionOptions& options, int64_t head_dim);
-/// Process-wide switch (default on) to compare the two paths or to force the reference order.
+/// Process-wide switch (default on) for the fused and the chunked paths; off, `attention` always
+/// takes eager_attention (to compare the paths or to force the reference path).
 void set_fused_attention(bool enabled);
 bool fused_attention_enabled();
 
-/// eager_attention's result, through the fused kernel where fused_attention_applies.
+/// eager_attention's values, computed `max_block_bytes` of scores at a time (a block of query
+/// rows); under autograd its backward recomputes each block's probabilities instead of keeping
+/// [b, h, tq, tk] scores and probabilities: memory O(rows × tk), not O(tq × tk), for one more
+/// q·kᵀ product in backward. Each row's arithmetic is eager_attention's, forward and backward.
+at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                             const at::Tensor& additive_mask, const AttentionOptions& options,
+                             int64_t max_block_bytes = int64_t{4} << 20);
+/// No dropout while training (its draws could not be replayed), 4-D q/k/v with the same batch
+/// and heads, and a mask that needs no gradient.
+bool chunked_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               const at::Tensor& additive_mask, const AttentionOptions& options);
+
+/// eager_attention's result: through the fused kernel where fused_attention_applies, else
+/// chunked where chunked_attention_applies, else eager_attention.
 at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& additive_mask,
                      const AttentionOptions& options);
 
