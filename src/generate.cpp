@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <limits>
+#include <numeric>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
+#include "peft/nn/kv_cache.h"
 #include "peft/nn/prompt_encoder.h"
 #include "peft/peft_model.h"
 
@@ -13,10 +16,23 @@ namespace peft {
 namespace {
 constexpr const char* kC = "generate";
 
-/// The next token from the last position's logits.
-int64_t pick(const at::Tensor& logits, const GenerationConfig& c) {
+/// One prompt's progress.
+struct Row {
+  std::vector<int64_t> ids;  ///< prompt + generated
+  GenerationResult result;
+  bool done = false;
+};
+
+/// The next token from one row's next-token logits (float32 on the CPU).
+int64_t pick(at::Tensor logits, const std::vector<int64_t>& seen, const GenerationConfig& c,
+             std::optional<at::Generator>& gen) {
+  if (c.repetition_penalty != 1.0 && !seen.empty()) {
+    const at::Tensor ids = torch::tensor(seen, torch::kLong);
+    const at::Tensor s = logits.index_select(0, ids);
+    logits = logits.index_copy(0, ids, torch::where(s < 0, s * c.repetition_penalty, s / c.repetition_penalty));
+  }
   if (c.temperature <= 0.0) return logits.argmax().item<int64_t>();
-  at::Tensor scores = logits.to(torch::kFloat) / c.temperature;
+  at::Tensor scores = logits / c.temperature;
   if (c.top_k > 0 && c.top_k < scores.size(-1)) {
     const at::Tensor kth = std::get<0>(scores.topk(c.top_k)).min();
     scores = scores.masked_fill(scores < kth, -std::numeric_limits<float>::infinity());
@@ -30,19 +46,126 @@ int64_t pick(const at::Tensor& logits, const GenerationConfig& c) {
     sorted.masked_fill_(drop, 0.0);
     probs = torch::zeros_like(probs).scatter_(-1, order, sorted);
   }
-  return torch::multinomial(probs, 1).item<int64_t>();
+  return (gen ? at::multinomial(probs, 1, false, *gen) : torch::multinomial(probs, 1)).item<int64_t>();
 }
 
-/// Positions the tokens may take: the model's maximum less the active adapter's virtual tokens.
-int64_t context_window(PeftModel& model) {
-  int64_t positions = model.base_model().geometry().max_positions;
-  PEFT_CHECK(positions > 0, kC, "{} has no maximum sequence length to generate within", model.base_model().architecture());
-  if (model.adapters_enabled() && !model.active_adapter().empty())
-    if (auto encoder = model.prompt_encoder(model.active_adapter())) positions -= encoder->num_virtual_tokens();
-  PEFT_CHECK(positions > 0, kC, "the adapter's virtual tokens fill the model's {} positions",
-             model.base_model().geometry().max_positions);
-  return positions;
+/// Records `next` for the row (or ends it); true while the row goes on.
+bool advance(Row& row, int64_t next, const at::Tensor& logits, const GenerationConfig& c) {
+  if (std::find(c.stop_tokens.begin(), c.stop_tokens.end(), next) != c.stop_tokens.end()) {
+    row.result.stop_reason = "stop_token";
+    row.done = true;
+    return false;
+  }
+  row.ids.push_back(next);
+  row.result.tokens.push_back(next);
+  if (c.output_logits) row.result.logits.push_back(logits);
+  if (static_cast<int64_t>(row.result.tokens.size()) >= c.max_new_tokens) row.done = true;
+  return !row.done;
 }
+
+/// Positions the tokens may take: the model's maximum less the active adapter's virtual tokens
+/// (prefix tuning's as well: the tokens are numbered after them).
+int64_t virtual_tokens(PeftModel& model) {
+  if (!model.adapters_enabled() || model.active_adapter().empty()) return 0;
+  auto encoder = model.prompt_encoder(model.active_adapter());
+  return encoder ? encoder->num_virtual_tokens() : 0;
+}
+
+int64_t context_window(PeftModel& model) {
+  const int64_t positions = model.base_model().geometry().max_positions;
+  PEFT_CHECK(positions > 0, kC, "{} has no maximum sequence length to generate within", model.base_model().architecture());
+  PEFT_CHECK(positions - virtual_tokens(model) > 0, kC, "the adapter's virtual tokens fill the model's {} positions", positions);
+  return positions - virtual_tokens(model);
+}
+
+at::Tensor next_logits(const at::Tensor& logits, const PeftModel& model) {
+  PEFT_CHECK(logits.defined() && logits.dim() == 3, kC, "{} returns no per-token logits: generation needs a causal LM",
+             const_cast<PeftModel&>(model).base_model().architecture());
+  return logits.select(1, -1).to(torch::kCPU, torch::kFloat);
+}
+
+/// The reference: every step recomputes the row's last `window` tokens.
+void continue_uncached(PeftModel& model, Row& row, int64_t window, const GenerationConfig& c,
+                       std::optional<at::Generator>& gen, c10::Device device) {
+  while (!row.done) {
+    const auto n = std::min<int64_t>(static_cast<int64_t>(row.ids.size()), window);
+    models::ModelInputs in;
+    in.input_ids = torch::tensor(std::vector<int64_t>(row.ids.end() - n, row.ids.end()), torch::kLong).unsqueeze(0).to(device);
+    const at::Tensor logits = next_logits(model.forward(in).logits, model)[0];
+    advance(row, pick(logits, row.ids, c, gen), logits, c);
+  }
+}
+
+/// The rows in one batch with a key/value cache: the (left-padded) prompts at once, then one
+/// token per running row per step. A row that fills the window continues uncached.
+void continue_cached(PeftModel& model, std::vector<Row>& rows, int64_t window, const GenerationConfig& c,
+                     std::optional<at::Generator>& gen, c10::Device device) {
+  const int64_t offset = virtual_tokens(model);  // the tokens' first position
+  std::vector<size_t> running;  // row indices, in cache order
+  std::vector<int64_t> next_position;
+  int64_t longest = 0;
+  for (size_t r = 0; r < rows.size(); ++r) {
+    if (rows[r].done) continue;
+    // A prompt longer than the window starts from its last `window` tokens.
+    if (static_cast<int64_t>(rows[r].ids.size()) >= window) {
+      continue_uncached(model, rows[r], window, c, gen, device);
+      continue;
+    }
+    running.push_back(r);
+    longest = std::max<int64_t>(longest, static_cast<int64_t>(rows[r].ids.size()));
+  }
+  if (running.empty()) return;
+  const auto B = static_cast<int64_t>(running.size());
+  at::Tensor ids = torch::full({B, longest}, c.pad_token, torch::kLong);
+  at::Tensor mask = torch::zeros({B, longest}, torch::kLong);
+  at::Tensor positions = torch::full({B, longest}, offset, torch::kLong);
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& p = rows[running[b]].ids;
+    const auto n = static_cast<int64_t>(p.size());
+    ids[b].narrow(0, longest - n, n).copy_(torch::tensor(p, torch::kLong));
+    mask[b].narrow(0, longest - n, n).fill_(1);
+    positions[b].narrow(0, longest - n, n).copy_(torch::arange(offset, offset + n, torch::kLong));
+    next_position.push_back(offset + n);
+  }
+  auto cache = std::make_shared<nn::KVCache>();
+  models::ModelInputs in;
+  in.kv_cache = cache;
+  in.input_ids = ids.to(device);
+  in.position_ids = positions.to(device);
+  in.attention_mask = B > 1 || longest > static_cast<int64_t>(rows[running[0]].ids.size()) ? mask.to(device) : at::Tensor();
+  while (!running.empty()) {
+    const at::Tensor logits = next_logits(model.forward(in).logits, model);
+    std::vector<int64_t> keep, tokens, step_positions;
+    for (size_t b = 0; b < running.size(); ++b) {
+      Row& row = rows[running[b]];
+      if (!advance(row, pick(logits[static_cast<int64_t>(b)], row.ids, c, gen), logits[static_cast<int64_t>(b)], c)) continue;
+      if (next_position[b] - offset >= window) {  // the window is full: slide, uncached
+        continue_uncached(model, row, window, c, gen, device);
+        continue;
+      }
+      keep.push_back(static_cast<int64_t>(b));
+      tokens.push_back(row.ids.back());
+      step_positions.push_back(next_position[b]);
+    }
+    if (keep.empty()) break;
+    if (keep.size() < running.size()) {
+      cache->select_rows(torch::tensor(keep, torch::kLong));
+      std::vector<size_t> still;
+      std::vector<int64_t> still_positions;
+      for (int64_t b : keep) {
+        still.push_back(running[b]);
+        still_positions.push_back(next_position[b]);
+      }
+      running = std::move(still);
+      next_position = std::move(still_positions);
+    }
+    for (auto& p : next_position) ++p;
+    in.input_ids = torch::tensor(tokens, torch::kLong).unsqueeze(1).to(device);
+    in.position_ids = torch::tensor(step_positions, torch::kLong).unsqueeze(1).to(device);
+    in.attention_mask = at::Tensor();  // the new tokens are attended; the cache keeps the padding
+  }
+}
+
 }  // namespace
 
 void GenerationConfig::validate() const {
@@ -50,37 +173,51 @@ void GenerationConfig::validate() const {
   PEFT_CHECK(temperature >= 0.0, kC, "temperature must be >= 0, found {}", temperature);
   PEFT_CHECK(top_k >= 0, kC, "top_k must be >= 0, found {}", top_k);
   PEFT_CHECK(top_p > 0.0 && top_p <= 1.0, kC, "top_p must be in (0, 1], found {}", top_p);
+  PEFT_CHECK(repetition_penalty > 0.0, kC, "repetition_penalty must be > 0, found {}", repetition_penalty);
+  PEFT_CHECK(pad_token >= 0, kC, "pad_token must be a token id (>= 0), found {}", pad_token);
 }
 
-GenerationResult generate(PeftModel& model, const std::vector<int64_t>& prompt, const GenerationConfig& config) {
+std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector<std::vector<int64_t>>& prompts,
+                                             const GenerationConfig& config) {
   config.validate();
-  PEFT_CHECK(!prompt.empty(), kC, "the prompt has no tokens");
-  const int64_t positions = context_window(model);
+  PEFT_CHECK(!prompts.empty(), kC, "no prompts");
+  for (size_t i = 0; i < prompts.size(); ++i)
+    PEFT_CHECK(!prompts[i].empty(), kC, "the prompt{} has no tokens", prompts.size() > 1 ? fmt::format(" {}", i) : "");
+  const int64_t window = context_window(model);
+  const int64_t vocab = model.base_model().geometry().vocab_size;
+  PEFT_CHECK(vocab <= 0 || config.pad_token < vocab, kC, "pad_token {} is outside the vocabulary ({} tokens)",
+             config.pad_token, vocab);
   const bool was_training = model.base_model().is_training();
   model.eval();
   torch::NoGradGuard no_grad;
   const c10::Device device = model.base_model().parameters().front().device();
-  std::vector<int64_t> ids = prompt;
-  GenerationResult result;
-  result.stop_reason = "max_new_tokens";
-  for (int64_t i = 0; i < config.max_new_tokens; ++i) {
-    const auto n = std::min<int64_t>(static_cast<int64_t>(ids.size()), positions);
-    std::vector<int64_t> window(ids.end() - n, ids.end());
-    models::ModelInputs in;
-    in.input_ids = torch::tensor(window, torch::kLong).unsqueeze(0).to(device);
-    at::Tensor logits = model.forward(in).logits;
-    PEFT_CHECK(logits.defined() && logits.dim() == 3, kC, "{} returns no per-token logits: generation needs a causal LM",
-               model.base_model().architecture());
-    const int64_t next = pick(logits[0][-1], config);
-    if (std::find(config.stop_tokens.begin(), config.stop_tokens.end(), next) != config.stop_tokens.end()) {
-      result.stop_reason = "stop_token";
-      break;
+  std::optional<at::Generator> gen;
+  if (config.seed) gen = at::make_generator<at::CPUGeneratorImpl>(*config.seed);
+  std::vector<Row> rows(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    rows[i].ids = prompts[i];
+    rows[i].result.stop_reason = "max_new_tokens";
+    rows[i].done = config.max_new_tokens == 0;
+  }
+  try {
+    if (config.use_cache) {
+      continue_cached(model, rows, window, config, gen, device);
+    } else {
+      for (auto& row : rows) continue_uncached(model, row, window, config, gen, device);
     }
-    ids.push_back(next);
-    result.tokens.push_back(next);
+  } catch (...) {
+    model.train(was_training);
+    throw;
   }
   model.train(was_training);
-  return result;
+  std::vector<GenerationResult> out;
+  for (auto& row : rows) out.push_back(std::move(row.result));
+  return out;
+}
+
+GenerationResult generate(PeftModel& model, const std::vector<int64_t>& prompt, const GenerationConfig& config) {
+  PEFT_CHECK(!prompt.empty(), kC, "the prompt has no tokens");
+  return std::move(generate_batch(model, {prompt}, config).front());
 }
 
 }  // namespace peft

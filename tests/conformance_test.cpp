@@ -8,6 +8,7 @@
 #include "peft/checkpoint/delta.h"
 #include "peft/core/json_io.h"
 #include "peft/core/strings.h"
+#include "peft/generate.h"
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
 #include "peft/models/quantize.h"
@@ -444,6 +445,54 @@ TEST_P(Conformance, MatchesCpuOnCuda_CUDA) {
   ASSERT_EQ(gpu.second.size(), cpu.second.size());
   for (size_t i = 0; i < cpu.second.size(); ++i)
     EXPECT_LT(max_abs_diff(gpu.second[i], cpu.second[i]), 1e-4 + 1e-3 * cpu.second[i].abs().max().item<double>()) << i;
+}
+
+bool is_decoder(const std::string& family) { return family == "gpt2" || family == "llama"; }
+bool is_side_network(const MethodCase& m) { return m.config["peft_type"] == "LST"; }
+
+/// Greedy decoding with each step's logits kept.
+GenerationConfig greedy_with_logits(int64_t tokens, bool cached) {
+  GenerationConfig c;
+  c.max_new_tokens = tokens;
+  c.output_logits = true;
+  c.use_cache = cached;
+  return c;
+}
+
+void expect_same_decoding(const GenerationResult& a, const GenerationResult& b, const std::string& what) {
+  EXPECT_EQ(a.tokens, b.tokens) << what;
+  ASSERT_EQ(a.logits.size(), b.logits.size()) << what;
+  for (size_t i = 0; i < a.logits.size(); ++i) EXPECT_LT(max_abs_diff(a.logits[i], b.logits[i]), 1e-5) << what << " step " << i;
+}
+
+TEST_P(Conformance, CachedDecodingEqualsRecomputingTheContext) {
+  if (!is_decoder(GetParam().family)) GTEST_SKIP() << "not a causal LM";
+  PeftModel model(tiny_base());
+  model.add_adapter("default", *config());
+  perturb(model);
+  const std::vector<int64_t> prompt = {3, 17, 42, 8, 25};
+  const auto reference = generate(model, prompt, greedy_with_logits(6, false));
+  ASSERT_EQ(reference.tokens.size(), 6u);
+  if (is_side_network(GetParam().method)) {
+    const std::string error = error_of([&] { generate(model, prompt, greedy_with_logits(6, true)); });
+    EXPECT_NE(error.find("LST"), std::string::npos) << error;
+    EXPECT_NE(error.find("use_cache"), std::string::npos) << error;
+    return;
+  }
+  expect_same_decoding(generate(model, prompt, greedy_with_logits(6, true)), reference, "cached");
+}
+
+TEST_P(Conformance, BatchedDecodingEqualsEachRowAlone) {
+  if (!is_decoder(GetParam().family)) GTEST_SKIP() << "not a causal LM";
+  PeftModel model(tiny_base());
+  model.add_adapter("default", *config());
+  perturb(model);
+  const std::vector<std::vector<int64_t>> prompts = {{3, 17, 42, 8, 25}, {9}, {11, 12, 13}};
+  const auto c = greedy_with_logits(5, !is_side_network(GetParam().method));
+  const auto batch = generate_batch(model, prompts, c);
+  ASSERT_EQ(batch.size(), prompts.size());
+  for (size_t r = 0; r < prompts.size(); ++r)
+    expect_same_decoding(batch[r], generate(model, prompts[r], c), "row " + std::to_string(r));
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, Conformance, ::testing::ValuesIn(combos()),

@@ -117,6 +117,71 @@ TEST(Generate, TheWindowSlidesPastTheModelsPositions) {
   EXPECT_EQ(generate(model, prompt, c).tokens, argmax_loop(model, prompt, 2, positions));
 }
 
+TEST(Generate, TheCachedWindowSlidesOnceTheContextIsFull) {
+  auto model = gpt2();
+  const int64_t positions = model.base_model().geometry().max_positions;
+  std::vector<int64_t> prompt;
+  for (int64_t i = 0; i < positions - 2; ++i) prompt.push_back((7 * i) % 50);
+  GenerationConfig c;
+  c.max_new_tokens = 5;  // two steps cached, three sliding
+  EXPECT_EQ(generate(model, prompt, c).tokens, argmax_loop(model, prompt, 5, positions));
+}
+
+TEST(Generate, EachRowOfABatchStopsOnItsOwn) {
+  auto model = gpt2();
+  const std::vector<std::vector<int64_t>> prompts = {{8, 9}, {4, 30, 31, 2}, {17}};
+  GenerationConfig c;
+  c.max_new_tokens = 6;
+  const auto free_run = generate(model, prompts[0], c).tokens;
+  ASSERT_EQ(free_run.size(), 6u);
+  c.stop_tokens = {free_run[2]};
+  const auto batch = generate_batch(model, prompts, c);
+  ASSERT_EQ(batch.size(), 3u);
+  EXPECT_EQ(batch[0].stop_reason, "stop_token");
+  EXPECT_LE(batch[0].tokens.size(), 2u);
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    const auto alone = generate(model, prompts[r], c);
+    EXPECT_EQ(batch[r].tokens, alone.tokens) << r;
+    EXPECT_EQ(batch[r].stop_reason, alone.stop_reason) << r;
+  }
+}
+
+TEST(Generate, RepetitionPenaltyDividesPositiveAndMultipliesNegativeLogits) {
+  auto model = gpt2();
+  const std::vector<int64_t> prompt = {5, 6, 7, 5};
+  GenerationConfig c;
+  c.max_new_tokens = 1;
+  c.repetition_penalty = 50.0;  // large enough to change the pick
+  c.output_logits = true;
+  const auto r = generate(model, prompt, c);
+  at::Tensor logits = r.logits.at(0).clone();
+  for (int64_t t : {5, 6, 7}) {
+    const float v = logits[t].item<float>();
+    logits[t] = v < 0 ? v * 50.0f : v / 50.0f;
+  }
+  EXPECT_EQ(r.tokens.at(0), logits.argmax().item<int64_t>());
+  // Without the penalty the model repeats one of the prompt's tokens here, with it not.
+  c.repetition_penalty = 1.0;
+  const int64_t plain = generate(model, prompt, c).tokens.at(0);
+  EXPECT_EQ(plain, r.logits.at(0).argmax().item<int64_t>());
+}
+
+TEST(Generate, ASeedMakesSamplingIndependentOfTheGlobalGenerator) {
+  auto model = gpt2();
+  GenerationConfig c;
+  c.max_new_tokens = 10;
+  c.temperature = 1.5;
+  c.seed = 42;
+  torch::manual_seed(1);
+  const auto a = generate(model, {1, 2, 3}, c).tokens;
+  torch::manual_seed(2);
+  EXPECT_EQ(generate(model, {1, 2, 3}, c).tokens, a);
+  c.use_cache = false;
+  EXPECT_EQ(generate(model, {1, 2, 3}, c).tokens, a) << "the cache changes no draw";
+  c.seed = 43;
+  EXPECT_NE(generate(model, {1, 2, 3}, c).tokens, a);
+}
+
 TEST(Generate, BadSettingsAreNamed) {
   auto model = gpt2();
   GenerationConfig c;
@@ -126,6 +191,13 @@ TEST(Generate, BadSettingsAreNamed) {
   c.temperature = -1;
   EXPECT_NE(error_of([&] { generate(model, {1}, c); }).find("temperature"), std::string::npos);
   EXPECT_NE(error_of([&] { generate(model, {}, GenerationConfig()); }).find("prompt"), std::string::npos);
+  c = GenerationConfig();
+  c.repetition_penalty = 0;
+  EXPECT_NE(error_of([&] { generate(model, {1}, c); }).find("repetition_penalty"), std::string::npos);
+  c = GenerationConfig();
+  c.pad_token = 1 << 30;
+  EXPECT_NE(error_of([&] { generate(model, {1}, c); }).find("pad_token"), std::string::npos);
+  EXPECT_NE(error_of([&] { generate_batch(model, {{1}, {}}, GenerationConfig()); }).find("prompt 1"), std::string::npos);
   PeftModel bert(models::load_pretrained(fixture("hf/models/bert")));
   EXPECT_NE(error_of([&] { generate(bert, {1, 2}, GenerationConfig()); }).find("causal LM"), std::string::npos)
       << error_of([&] { generate(bert, {1, 2}, GenerationConfig()); });

@@ -1,11 +1,15 @@
 // Text generation with a causal LM, with or without a delta: greedy, or sampling with
-// temperature, top-k and nucleus (top-p) filtering; stop tokens; a sliding context window that
-// leaves room for an adapter's virtual tokens.
+// temperature, top-k and nucleus (top-p) filtering and a repetition penalty; stop tokens; a
+// key/value cache (the prompt runs once, then one token per step); batches of prompts of
+// different lengths (left-padded, each row stopping on its own).
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
+
+#include <ATen/core/Tensor.h>
 
 namespace peft {
 class PeftModel;
@@ -15,8 +19,22 @@ struct GenerationConfig {
   double temperature = 0.0;  ///< 0: greedy (top_k / top_p unused); > 0: sample
   int64_t top_k = 0;         ///< keep the k most likely tokens (0: all)
   double top_p = 1.0;        ///< keep the smallest set whose mass reaches top_p (1: all)
+  /// > 1 discourages every token already in the prompt or the output (Hugging Face's rule: a
+  /// positive logit is divided by it, a negative one multiplied); 1: off.
+  double repetition_penalty = 1.0;
   /// Generation ends at the first of these (it is not returned), e.g. the tokenizer's end-of-text.
   std::vector<int64_t> stop_tokens;
+  /// Decode with a key/value cache. Without it every step recomputes the whole context (the
+  /// reference; LST's side network needs it). Either way, once a row fills the model's positions
+  /// its window slides: each further step recomputes the last max_positions tokens.
+  bool use_cache = true;
+  /// Sampling draws from a generator seeded with this (the same tokens on every run and device),
+  /// else from LibTorch's default CPU generator (seed it with torch::manual_seed).
+  std::optional<uint64_t> seed;
+  /// Keep each step's next-token logits (float32 [vocab]) in GenerationResult::logits.
+  bool output_logits = false;
+  /// Fills the left of shorter prompts in a batch (never attended; any id in the vocabulary).
+  int64_t pad_token = 0;
   /// Throws peft::Error naming the field.
   void validate() const;
 };
@@ -24,12 +42,15 @@ struct GenerationConfig {
 struct GenerationResult {
   std::vector<int64_t> tokens;  ///< the new tokens only
   std::string stop_reason;      ///< "stop_token" | "max_new_tokens"
+  std::vector<at::Tensor> logits;  ///< with output_logits: one [vocab] per generated token
 };
 
 /// Continues `prompt` (token ids, not empty) with the model's active adapter (or the bare base).
-/// The model runs in eval mode without gradients; sampling draws from LibTorch's default generator
-/// (seed it with torch::manual_seed for a reproducible draw). The context is the last
+/// The model runs in eval mode without gradients. The context is the last
 /// `geometry().max_positions` tokens, less the active adapter's virtual tokens.
 GenerationResult generate(PeftModel& model, const std::vector<int64_t>& prompt, const GenerationConfig& config);
+/// Every prompt continued in one batch (left-padded to the longest); each row as if alone.
+std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector<std::vector<int64_t>>& prompts,
+                                             const GenerationConfig& config);
 
 }  // namespace peft

@@ -208,12 +208,15 @@ ModelOutput BertModelImpl::forward(const ModelInputs& inputs) {
   PEFT_CHECK(given || (ids.defined() && ids.dim() == 2), c, "input_ids must be a [batch, seq] tensor, found {}",
              ids.defined() ? c10::str(ids.sizes()) : "none");
   PEFT_CHECK(!inputs.pixel_values.defined(), c, "pixel_values given to a text model");
+  check_cache_use(inputs, /*decoder=*/false, false, c);
   PromptLengths lengths;
   at::Tensor hidden;
   if (given) {
     hidden = inputs.embedding_output;
   } else {
     lengths = check_prompt_inputs(inputs, ids.size(0), config_.geometry(), c);
+    PEFT_CHECK(!inputs.prompt_embeds.defined() || !inputs.position_ids.defined(), c,
+               "position_ids cannot be combined with prompt_embeds (the virtual tokens take the first positions)");
     hidden = embeddings->forward(ids, inputs.token_type_ids, inputs.position_ids, inputs.prompt_embeds, lengths.prefix);
   }
   at::Tensor additive;

@@ -98,13 +98,14 @@ GPT2AttentionImpl::GPT2AttentionImpl(const GPT2Config& config, int64_t layer_idx
 
 at::Tensor GPT2AttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& additive_mask,
                                       const nn::AttentionPrefix& prefix) {
-  const int64_t B = hidden.size(0), T = hidden.size(1), D = hidden.size(2), P = prefix.length();
+  const int64_t B = hidden.size(0), T = hidden.size(1), D = hidden.size(2);
   auto heads = [&](const at::Tensor& t) {
     return t.view({t.size(0), t.size(1), n_head_, head_dim_}).permute({0, 2, 1, 3});
   };
   auto qkv = c_attn->forward(hidden).split(D, /*dim=*/2);
   at::Tensor q = heads(qkv[0]);
-  at::Tensor k = nn::with_prefix(prefix.key, heads(qkv[1])), v = nn::with_prefix(prefix.value, heads(qkv[2]));
+  auto [k, v] = nn::with_past(prefix, heads(qkv[1]), heads(qkv[2]));
+  const int64_t P = k.size(2) - T;  // cached positions and prefix keys
 
   // Query i sees the prefix and tokens up to itself (HF's causal window after P cached tokens).
   at::Tensor causal = torch::ones({T, P + T}, q.options().dtype(torch::kBool)).tril(P);
@@ -189,6 +190,9 @@ ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
   PEFT_CHECK(given || (input_ids.defined() && input_ids.dim() == 2), "gpt2",
              "input_ids must be a [batch, seq] tensor, found {}", input_ids.defined() ? c10::str(input_ids.sizes()) : "none");
   PEFT_CHECK(!inputs.pixel_values.defined(), "gpt2", "pixel_values given to a text model");
+  const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
+  check_cache_use(inputs, /*decoder=*/true, ckpt, "gpt2");
+  const int64_t past = cached_positions(inputs);
   PromptLengths lengths;
   at::Tensor hidden;
   if (given) {
@@ -197,13 +201,13 @@ ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
     const int64_t B = input_ids.size(0), T = input_ids.size(1);
     lengths = check_prompt_inputs(inputs, B, config_.geometry(), "gpt2");
     const int64_t S = lengths.virtual_tokens + T;  // positions in the sequence
-    PEFT_CHECK(lengths.prefix + S <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}",
-               lengths.prefix + S, config_.n_positions);
-    at::Tensor positions = inputs.position_ids;
-    PEFT_CHECK(!positions.defined() || positions.sizes() == input_ids.sizes(), "gpt2",
-               "position_ids has shape {}, expected {} like input_ids", c10::str(positions.sizes()),
+    PEFT_CHECK(past + lengths.prefix + S <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}",
+               past + lengths.prefix + S, config_.n_positions);
+    PEFT_CHECK(!inputs.position_ids.defined() || inputs.position_ids.sizes() == input_ids.sizes(), "gpt2",
+               "position_ids has shape {}, expected {} like input_ids", c10::str(inputs.position_ids.sizes()),
                c10::str(input_ids.sizes()));
-    if (!positions.defined()) positions = default_positions(B, S, lengths.prefix, input_ids.device());
+    const at::Tensor positions =
+        decoder_positions(inputs, B, lengths.virtual_tokens, T, past + lengths.prefix, input_ids.device());
     hidden = prepend_prompt(inputs.prompt_embeds, wte->forward(input_ids)) + wpe->forward(positions);
     // GPT-2 embeds segment ids with the token embedding (HF does the same).
     if (inputs.token_type_ids.defined())
@@ -211,22 +215,21 @@ ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
     hidden = F::dropout(hidden, F::DropoutFuncOptions().p(config_.embd_pdrop).training(is_training()));
   }
 
-  at::Tensor additive;
-  if (inputs.attention_mask.defined()) {
+  if (inputs.attention_mask.defined())
     PEFT_CHECK(given || inputs.attention_mask.sizes() == input_ids.sizes(), "gpt2",
                "attention_mask has shape {}, expected {} like input_ids", c10::str(inputs.attention_mask.sizes()),
                c10::str(input_ids.sizes()));
-    additive = nn::additive_padding_mask(extend_mask(inputs.attention_mask, lengths.prefix + lengths.virtual_tokens),
-                                         hidden.scalar_type());
-  }
+  const at::Tensor key_mask =
+      decoder_key_mask(inputs, hidden.size(0), lengths.prefix + lengths.virtual_tokens, hidden.size(1) - lengths.virtual_tokens,
+                       static_cast<int64_t>(h->size()));
+  const at::Tensor additive = key_mask.defined() ? nn::additive_padding_mask(key_mask, hidden.scalar_type()) : at::Tensor();
   ModelOutput out;
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   const int64_t L = static_cast<int64_t>(h->size());
-  const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
   const auto params = ckpt ? nn::tensors_requiring_grad(parameters()) : std::vector<at::Tensor>{};
   for (int64_t i = 0; i < L; ++i) {
     auto block = h->ptr<GPT2BlockImpl>(i);
-    const auto& prefix = layer_prefix(inputs, i);
+    const auto prefix = layer_prefix(inputs, i);
     const at::Tensor x = tap_stream(inputs, i, hidden);
     hidden = ckpt ? nn::checkpointed([block, additive](const std::vector<at::Tensor>& in) {
                       return block->forward(in[0], additive, {in[1], in[2]});

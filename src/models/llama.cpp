@@ -119,10 +119,8 @@ at::Tensor LlamaAttentionImpl::forward(const at::Tensor& hidden, const at::Tenso
                                        const at::Tensor& cos, const at::Tensor& sin,
                                        const nn::AttentionPrefix& prefix) {
   at::Tensor q = nn::apply_rotary(nn::split_heads(q_proj->forward(hidden), heads_, head_dim_), cos, sin);
-  at::Tensor k = nn::apply_rotary(nn::split_heads(k_proj->forward(hidden), kv_heads_, head_dim_), cos, sin);
-  at::Tensor v = nn::split_heads(v_proj->forward(hidden), kv_heads_, head_dim_);
-  k = nn::with_prefix(prefix.key, k);
-  v = nn::with_prefix(prefix.value, v);
+  auto [k, v] = nn::with_past(prefix, nn::apply_rotary(nn::split_heads(k_proj->forward(hidden), kv_heads_, head_dim_), cos, sin),
+                              nn::split_heads(v_proj->forward(hidden), kv_heads_, head_dim_));
   nn::AttentionOptions opts;
   opts.score_divisor = std::sqrt(static_cast<double>(head_dim_));
   opts.dropout = dropout_;
@@ -194,13 +192,16 @@ ModelOutput LlamaModelImpl::forward(const ModelInputs& inputs) {
   const int64_t B = given ? inputs.embedding_output.size(0) : ids.size(0);
   const int64_t T = given ? inputs.embedding_output.size(1) : ids.size(1);
   const auto lengths = given ? PromptLengths{} : check_prompt_inputs(inputs, B, config_.geometry(), kC);
-  const int64_t S = lengths.virtual_tokens + T, keys = lengths.prefix + S;
-  at::Tensor positions = inputs.position_ids;
-  PEFT_CHECK(given || !positions.defined() || positions.sizes() == ids.sizes(), kC,
-             "position_ids has shape {}, expected {} like input_ids", c10::str(positions.sizes()),
+  const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
+  check_cache_use(inputs, /*decoder=*/true, ckpt, kC);
+  // Keys: cached positions, the prefix, the virtual tokens, the tokens.
+  const int64_t past = cached_positions(inputs), S = lengths.virtual_tokens + T, keys = past + lengths.prefix + S;
+  PEFT_CHECK(given || !inputs.position_ids.defined() || inputs.position_ids.sizes() == ids.sizes(), kC,
+             "position_ids has shape {}, expected {} like input_ids", c10::str(inputs.position_ids.sizes()),
              c10::str(ids.sizes()));
   at::Tensor hidden = given ? inputs.embedding_output : prepend_prompt(inputs.prompt_embeds, embed_tokens->forward(ids));
-  if (!positions.defined()) positions = default_positions(B, S, lengths.prefix, hidden.device());
+  const at::Tensor positions =
+      decoder_positions(inputs, B, lengths.virtual_tokens, T, past + lengths.prefix, hidden.device());
   if (inputs.attention_mask.defined())
     PEFT_CHECK(given || inputs.attention_mask.sizes() == ids.sizes(), kC,
                "attention_mask has shape {}, expected {} like input_ids", c10::str(inputs.attention_mask.sizes()),
@@ -208,15 +209,16 @@ ModelOutput LlamaModelImpl::forward(const ModelInputs& inputs) {
 
   ModelOutput out;
   auto [cos, sin] = rotary_.cos_sin(positions, keys, hidden.scalar_type());
-  at::Tensor mask = nn::causal_additive_mask(extend_mask(inputs.attention_mask, keys - T), B, S, keys,
-                                             hidden.scalar_type(), hidden.device());
+  at::Tensor mask = nn::causal_additive_mask(decoder_key_mask(inputs, B, lengths.prefix + lengths.virtual_tokens, T,
+                                                              static_cast<int64_t>(layers->size())),
+                                             B,
+                                             S, keys, hidden.scalar_type(), hidden.device());
   if (inputs.output_hidden_states) out.hidden_states.push_back(hidden);
   const int64_t L = static_cast<int64_t>(layers->size());
-  const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
   const auto params = ckpt ? nn::tensors_requiring_grad(parameters()) : std::vector<at::Tensor>{};
   for (int64_t i = 0; i < L; ++i) {
     auto layer = layers->ptr<LlamaDecoderLayerImpl>(i);
-    const auto& prefix = layer_prefix(inputs, i);
+    const auto prefix = layer_prefix(inputs, i);
     const at::Tensor x = tap_stream(inputs, i, hidden);
     hidden = ckpt ? nn::checkpointed([layer, mask, cos = cos, sin = sin](const std::vector<at::Tensor>& in) {
                       return layer->forward(in[0], mask, cos, sin, {in[1], in[2]});

@@ -14,8 +14,6 @@ PromptLengths check_prompt_inputs(const ModelInputs& inputs, int64_t batch, cons
     PEFT_CHECK(p.dim() == 3 && p.size(0) == batch && p.size(2) == g.hidden_size, c,
                "prompt_embeds has shape {}, expected [{}, virtual tokens, {}] (batch, hidden_size)", c10::str(p.sizes()),
                batch, g.hidden_size);
-    PEFT_CHECK(!inputs.position_ids.defined(), c,
-               "position_ids cannot be combined with prompt_embeds (the virtual tokens take the first positions)");
     out.virtual_tokens = p.size(1);
   }
   if (inputs.attention_prefix.empty()) return out;
@@ -77,9 +75,30 @@ bool given_embedding_output(const ModelInputs& inputs, const ModelGeometry& g, c
   return true;
 }
 
-const nn::AttentionPrefix& layer_prefix(const ModelInputs& inputs, size_t layer) {
-  static const nn::AttentionPrefix none;
-  return layer < inputs.attention_prefix.size() ? inputs.attention_prefix[layer] : none;
+nn::AttentionPrefix layer_prefix(const ModelInputs& inputs, size_t layer) {
+  nn::AttentionPrefix out = layer < inputs.attention_prefix.size() ? inputs.attention_prefix[layer] : nn::AttentionPrefix{};
+  out.cache = {inputs.kv_cache.get(), layer};
+  return out;
+}
+
+at::Tensor decoder_key_mask(const ModelInputs& inputs, int64_t batch, int64_t leading, int64_t seq, int64_t layers) {
+  at::Tensor own = extend_mask(inputs.attention_mask, leading);
+  return inputs.kv_cache ? inputs.kv_cache->extend_key_mask(own, batch, leading + seq, static_cast<size_t>(layers)) : own;
+}
+
+at::Tensor decoder_positions(const ModelInputs& inputs, int64_t batch, int64_t leading, int64_t seq, int64_t offset,
+                             c10::Device device) {
+  if (!inputs.position_ids.defined()) return default_positions(batch, leading + seq, offset, device);
+  const at::Tensor given = inputs.position_ids.to(torch::kLong);
+  return leading == 0 ? given : torch::cat({default_positions(batch, leading, offset, device), given}, 1);
+}
+
+void check_cache_use(const ModelInputs& inputs, bool decoder, bool checkpointing, const std::string& c) {
+  if (!inputs.kv_cache) return;
+  PEFT_CHECK(decoder, c, "kv_cache given to a model that is not a decoder: a cache needs a causal LM (GPT-2, LLaMA)");
+  PEFT_CHECK(!checkpointing, c, "kv_cache cannot be combined with gradient checkpointing while training");
+  PEFT_CHECK(inputs.kv_cache->empty() || (!inputs.prompt_embeds.defined() && inputs.attention_prefix.empty()), c,
+             "prompt_embeds / attention_prefix given with a filled kv_cache: they go in with the first forward only");
 }
 
 }  // namespace peft::models

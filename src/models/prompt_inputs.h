@@ -44,7 +44,19 @@ inline at::Tensor tap_stream(const ModelInputs& inputs, int64_t block, const at:
 inline at::Tensor tap_final(const ModelInputs& inputs, const at::Tensor& last_hidden_state) {
   return inputs.final_hidden_hook ? inputs.final_hidden_hook(last_hidden_state) : last_hidden_state;
 }
-/// The layer's prefix, or an empty one.
-const nn::AttentionPrefix& layer_prefix(const ModelInputs& inputs, size_t layer);
+/// The layer's prefix (or an empty one) with its handle on the key/value cache, if any.
+nn::AttentionPrefix layer_prefix(const ModelInputs& inputs, size_t layer);
+/// Key positions the cache already holds (0 without one).
+inline int64_t cached_positions(const ModelInputs& inputs) { return inputs.kv_cache ? inputs.kv_cache->length() : 0; }
+/// The key mask [batch, cached + leading + seq] of a decoder forward: the cache's, `leading`
+/// always-attended prompt positions, then attention_mask (or ones); undefined when every key is
+/// attended. Registers the new positions with the cache.
+at::Tensor decoder_key_mask(const ModelInputs& inputs, int64_t batch, int64_t leading, int64_t seq, int64_t layers);
+/// [batch, leading + seq] positions: the prompt's `leading` from `offset` on, then position_ids
+/// (or the default numbering after them).
+at::Tensor decoder_positions(const ModelInputs& inputs, int64_t batch, int64_t leading, int64_t seq, int64_t offset,
+                             c10::Device device);
+/// Refuses a key/value cache for a model that is not a decoder, or under gradient checkpointing.
+void check_cache_use(const ModelInputs& inputs, bool decoder, bool checkpointing, const std::string& component);
 
 }  // namespace peft::models

@@ -155,6 +155,7 @@ ViTModelImpl::ViTModelImpl(const ViTConfig& config, bool add_pooling_layer) : co
 ModelOutput ViTModelImpl::forward(const ModelInputs& inputs) {
   PEFT_CHECK(!inputs.input_ids.defined() && !inputs.attention_mask.defined(), kC,
              "input_ids / attention_mask given to a vision model (it takes pixel_values)");
+  check_cache_use(inputs, /*decoder=*/false, false, kC);
   const bool given = given_embedding_output(inputs, config_.geometry(), kC);
   const int64_t batch = inputs.pixel_values.defined() ? inputs.pixel_values.size(0) : 0;
   if (!given) check_prompt_inputs(inputs, batch, config_.geometry(), kC);

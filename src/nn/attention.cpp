@@ -21,6 +21,10 @@ at::Tensor with_prefix(const at::Tensor& prefix, const at::Tensor& x) {
   return prefix.defined() ? torch::cat({prefix.to(x.scalar_type()), x}, 2) : x;
 }
 
+std::pair<at::Tensor, at::Tensor> with_past(const AttentionPrefix& prefix, const at::Tensor& key, const at::Tensor& value) {
+  return prefix.cache.extend(with_prefix(prefix.key, key), with_prefix(prefix.value, value));
+}
+
 at::Tensor repeat_kv(const at::Tensor& x, int64_t n_rep) {
   if (n_rep == 1) return x;
   const int64_t b = x.size(0), h = x.size(1), t = x.size(2), d = x.size(3);

@@ -41,6 +41,8 @@ void PromptEncoder::eject() {
 }
 
 models::ModelInputs PromptEncoder::prepare(const models::ModelInputs& inputs) {
+  // Decoding: the virtual tokens / prefix went in with the first forward and are in the cache.
+  if (inputs.kv_cache && !inputs.kv_cache->empty()) return inputs;
   const at::Tensor& ref = inputs.input_ids.defined() ? inputs.input_ids : inputs.pixel_values;
   PEFT_CHECK(ref.defined() && ref.dim() >= 2, "prompt", "a prompt needs input_ids or pixel_values to size the batch");
   const int64_t B = ref.size(0);

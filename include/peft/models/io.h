@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include <ATen/core/Tensor.h>
@@ -32,6 +33,13 @@ struct ModelInputs {
   /// One prefix per layer (see nn::AttentionPrefix), as if p tokens came before: text models
   /// number the real tokens from p, as Hugging Face does with past_key_values.
   std::vector<nn::AttentionPrefix> attention_prefix;
+
+  /// Decoders (GPT-2, LLaMA): keys and values of earlier positions, which this forward extends.
+  /// input_ids then holds only the new tokens; attention_mask, when given, covers only them (the
+  /// cache keeps the mask of the earlier ones); positions continue after the cached ones. Prompt
+  /// inputs go in with the first forward only (they become the cache's first entries). Not with
+  /// gradient checkpointing while training.
+  std::shared_ptr<nn::KVCache> kv_cache;
 
   // Hidden-state taps (side networks such as LST read the backbone through these).
   /// The embedding layer's output [batch, seq, hidden], given instead of computing it: the first

@@ -6,6 +6,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "peft/nn/kv_cache.h"
+
 namespace peft::nn {
 
 struct AttentionOptions {
@@ -15,15 +17,20 @@ struct AttentionOptions {
   bool softmax_in_float32 = false;  ///< LLaMA: softmax in float32, then back to the input dtype
 };
 
-/// Keys and values a prompt method puts before one layer's own (prefix tuning), each
-/// [batch, kv_heads, p, head_dim]. They stand for p earlier tokens: never rotated, always visible.
+/// What comes before one layer's own keys and values: a prompt method's (prefix tuning), each
+/// [batch, kv_heads, p, head_dim], standing for p earlier tokens (never rotated, always visible),
+/// and the layer's key/value cache while decoding.
 struct AttentionPrefix {
   at::Tensor key, value;
+  LayerCache cache;
   int64_t length() const { return key.defined() ? key.size(2) : 0; }
 };
 
 /// `x` [b, h, t, d] with the prefix's [b, h, p, d] in front (x itself when there is none).
 at::Tensor with_prefix(const at::Tensor& prefix, const at::Tensor& x);
+/// The keys and values the layer attends to: the cached ones, the prefix's, then its own `key` /
+/// `value` (which the cache keeps, with the prefix's, for the next step).
+std::pair<at::Tensor, at::Tensor> with_past(const AttentionPrefix& prefix, const at::Tensor& key, const at::Tensor& value);
 
 /// [batch, seq, heads * head_dim] -> [batch, heads, seq, head_dim]
 at::Tensor split_heads(const at::Tensor& x, int64_t heads, int64_t head_dim);

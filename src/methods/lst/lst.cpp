@@ -73,6 +73,10 @@ class LstSideNetworkImpl : public nn::SideNetwork {
   }
 
   models::ModelInputs prepare(const models::ModelInputs& inputs) override {
+    // The side network reads the backbone's stream at every position of every block: decoding one
+    // token at a time would need a cache of its own for each side block.
+    PEFT_CHECK(!inputs.kv_cache, "lst",
+               "LST's side network has no key/value cache: generate without one (use_cache = false)");
     // One forward's state: the backbone's stream at every block boundary, and the no-grad scope
     // the backbone runs in (closed when its final hidden state reaches the side network).
     struct Run {

@@ -1,0 +1,58 @@
+// The keys and values a causal decoder has computed so far, layer by layer, so that decoding runs
+// the prompt once and then one token per step (Hugging Face's past_key_values). Keys are stored
+// as attention scores them (rotated in LLaMA). A prefix-tuning adapter's keys and values are the
+// first entries, a prompt-tuning adapter's virtual tokens the first positions.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+namespace peft::nn {
+
+class KVCache {
+ public:
+  /// Cached key positions per layer (prefix entries, virtual tokens and tokens alike); 0 when empty.
+  int64_t length() const { return length_; }
+  bool empty() const { return length_ == 0; }
+  /// Rows of the batch the cache holds (0 when empty).
+  int64_t batch() const;
+
+  /// Called by the model once per forward, before its `layers` layers: the key mask [batch,
+  /// length + n] (1 = attend, 0 = padding) of the cached keys followed by `new_keys` [batch, n] of
+  /// the n positions this forward adds; undefined while every key is attended.
+  at::Tensor extend_key_mask(const at::Tensor& new_keys, int64_t batch, int64_t n, size_t layers);
+  /// Called by layer `layer` with its new keys / values [batch, kv_heads, n, head_dim]: stores them
+  /// after the cached ones and returns all of them. The cache's length grows when the last layer
+  /// has appended.
+  std::pair<at::Tensor, at::Tensor> append(size_t layer, const at::Tensor& key, const at::Tensor& value);
+
+  /// Keeps the batch rows `rows` (int64 indices, in that order) of every cached tensor: the rows
+  /// of a batched generation that are still running.
+  void select_rows(const at::Tensor& rows);
+  void clear();
+
+  /// Bytes the cached keys, values and mask take.
+  int64_t bytes() const;
+
+ private:
+  std::vector<at::Tensor> keys_, values_;
+  at::Tensor mask_;          ///< [batch, length], undefined while all ones
+  int64_t length_ = 0;
+  int64_t pending_ = 0;      ///< positions the current forward adds
+  at::Tensor pending_mask_;  ///< the mask once the current forward completes
+  size_t layers_seen_ = 0;   ///< layers that appended in the current forward
+};
+
+/// One layer's handle on a cache (none: keys and values pass through).
+struct LayerCache {
+  KVCache* cache = nullptr;
+  size_t layer = 0;
+  std::pair<at::Tensor, at::Tensor> extend(const at::Tensor& key, const at::Tensor& value) const {
+    return cache ? cache->append(layer, key, value) : std::make_pair(key, value);
+  }
+};
+
+}  // namespace peft::nn

@@ -1,0 +1,74 @@
+#include "peft/nn/kv_cache.h"
+
+#include <torch/torch.h>
+
+#include "peft/core/error.h"
+
+namespace peft::nn {
+namespace {
+constexpr const char* kC = "kv_cache";
+}
+
+int64_t KVCache::batch() const {
+  if (!keys_.empty() && keys_.front().defined()) return keys_.front().size(0);
+  return mask_.defined() ? mask_.size(0) : 0;
+}
+
+at::Tensor KVCache::extend_key_mask(const at::Tensor& new_keys, int64_t batch, int64_t n, size_t layers) {
+  PEFT_CHECK(empty() || this->batch() == batch, kC, "the cache holds {} rows, this forward has {}", this->batch(), batch);
+  PEFT_CHECK(layers_seen_ == 0, kC, "a forward began before the previous one appended every layer ({} did)",
+             layers_seen_);
+  PEFT_CHECK(!new_keys.defined() || (new_keys.dim() == 2 && new_keys.size(0) == batch && new_keys.size(1) == n), kC,
+             "the new positions' mask has shape {}, expected [{}, {}]", c10::str(new_keys.sizes()), batch, n);
+  PEFT_CHECK(empty() || keys_.size() == layers, kC, "the cache holds {} layers, the model has {}", keys_.size(), layers);
+  keys_.resize(layers);
+  values_.resize(layers);
+  pending_ = n;
+  pending_mask_ = at::Tensor();
+  if (!new_keys.defined() && !mask_.defined()) return {};
+  const auto opts = torch::TensorOptions().dtype(torch::kLong).device(new_keys.defined() ? new_keys.device() : mask_.device());
+  at::Tensor past = mask_.defined() ? mask_ : torch::ones({batch, length_}, opts);
+  at::Tensor added = new_keys.defined() ? new_keys.to(torch::kLong) : torch::ones({batch, n}, opts);
+  pending_mask_ = torch::cat({past, added}, 1);
+  return pending_mask_;
+}
+
+std::pair<at::Tensor, at::Tensor> KVCache::append(size_t layer, const at::Tensor& key, const at::Tensor& value) {
+  PEFT_CHECK(key.dim() == 4 && value.dim() == 4 && key.size(2) == pending_ && value.size(2) == pending_, kC,
+             "layer {}: new keys {} / values {}, expected [batch, heads, {}, head_dim] (extend_key_mask first)", layer,
+             c10::str(key.sizes()), c10::str(value.sizes()), pending_);
+  PEFT_CHECK(layer < keys_.size(), kC, "layer {} of a cache for {} layers", layer, keys_.size());
+  at::Tensor& k = keys_[layer];
+  at::Tensor& v = values_[layer];
+  PEFT_CHECK(k.defined() == (length_ > 0), kC, "layer {} appended twice in one forward", layer);
+  k = k.defined() ? torch::cat({k, key}, 2) : key;
+  v = v.defined() ? torch::cat({v, value}, 2) : value;
+  if (++layers_seen_ == keys_.size()) {
+    length_ += pending_;
+    if (pending_mask_.defined()) mask_ = pending_mask_;
+    pending_mask_ = at::Tensor();
+    layers_seen_ = 0;
+    pending_ = 0;
+  }
+  return {k, v};
+}
+
+void KVCache::select_rows(const at::Tensor& rows) {
+  PEFT_CHECK(layers_seen_ == 0, kC, "rows selected in the middle of a forward");
+  for (auto* list : {&keys_, &values_})
+    for (auto& t : *list)
+      if (t.defined()) t = t.index_select(0, rows.to(t.device()));
+  if (mask_.defined()) mask_ = mask_.index_select(0, rows.to(mask_.device()));
+}
+
+void KVCache::clear() { *this = KVCache(); }
+
+int64_t KVCache::bytes() const {
+  int64_t n = mask_.defined() ? mask_.numel() * mask_.element_size() : 0;
+  for (const auto* list : {&keys_, &values_})
+    for (const auto& t : *list)
+      if (t.defined()) n += t.numel() * t.element_size();
+  return n;
+}
+
+}  // namespace peft::nn
