@@ -284,6 +284,13 @@ TEST(Tools, PromptMethodsTrainResumeAndGenerate) {
             0)
       << slurp(dir.file("g.log"));
   EXPECT_NE(slurp(dir.file("g.log")).find("Mr. Speaker"), std::string::npos);
+  // Greedy text is the same with the key/value cache as recomputing the context.
+  ASSERT_EQ(run(std::string(PEFT_GENERATE_BIN) + " --threads 1 --model " + model + " --adapter " + dir.file("run/final") +
+                    " --prompt 'Mr. Speaker' --max-new-tokens 6 --no-cache",
+                dir.file("h.log")),
+            0)
+      << slurp(dir.file("h.log"));
+  EXPECT_EQ(slurp(dir.file("h.log")), slurp(dir.file("g.log")));
 }
 
 TEST(Tools, TrainRefusesAnEarlierRunUnlessResumedOrOverwritten) {

@@ -26,6 +26,7 @@
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
 #include "peft/core/memory.h"
+#include "peft/generate.h"
 #include "peft/models/save.h"
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
@@ -42,6 +43,7 @@ struct Geometry {
   std::string family = "gpt2";
   int64_t layers = 4, hidden = 256, heads = 4, vocab = 8000, seq = 128, batch = 8;
   int64_t kv_heads = 0;      ///< llama: 0 = heads
+  int64_t generate = 0;      ///< tokens to generate after a prompt of `seq` (0: a training step)
   int64_t intermediate = 0;  ///< 0 = the family's default (gpt2 4·hidden, llama 8/3·hidden rounded to 256)
   int64_t ffn() const {
     if (intermediate > 0) return intermediate;
@@ -68,12 +70,13 @@ struct Setup {
 
 nlohmann::json model_config(const Geometry& g) {
   // Room for up to 16 virtual tokens before the sequence (prompt and prefix methods).
+  const int64_t positions = g.seq + g.generate + 16;
   if (g.family == "gpt2")
-    return {{"model_type", "gpt2"}, {"vocab_size", g.vocab}, {"n_positions", g.seq + 16},
+    return {{"model_type", "gpt2"}, {"vocab_size", g.vocab}, {"n_positions", positions},
             {"n_embd", g.hidden}, {"n_layer", g.layers}, {"n_head", g.heads}, {"n_inner", g.ffn()},
             {"resid_pdrop", 0.0}, {"embd_pdrop", 0.0}, {"attn_pdrop", 0.0}};
   PEFT_CHECK(g.family == "llama", kC, "--family must be gpt2 or llama, found '{}'", g.family);
-  return {{"model_type", "llama"}, {"vocab_size", g.vocab}, {"max_position_embeddings", g.seq + 16},
+  return {{"model_type", "llama"}, {"vocab_size", g.vocab}, {"max_position_embeddings", positions},
           {"hidden_size", g.hidden}, {"num_hidden_layers", g.layers}, {"num_attention_heads", g.heads},
           {"num_key_value_heads", g.kv()}, {"intermediate_size", g.ffn()}, {"rms_norm_eps", 1e-5},
           {"architectures", {"LlamaForCausalLM"}}};
@@ -374,6 +377,73 @@ nlohmann::json measure(const std::string& method, Geometry g, const Setup& setup
                         {"batch", g.batch}}}};
 }
 
+/// Generation instead of training: `g.generate` greedy tokens after `g.batch` random prompts of
+/// `g.seq` tokens, with the key/value cache, without it (every step recomputes the context), and
+/// with the delta merged (where it merges), each timed once after an untimed short run.
+nlohmann::json measure_generation(const std::string& method, const Geometry& g, const Setup& setup) {
+  PEFT_CHECK(method != "full", kC, "--generate: 'full' is a training setup; benchmark a method (or lora)");
+  const c10::Device device(setup.device);
+  const auto dtype = peft::core::dtype_from_name(setup.dtype, "--dtype").value_or(torch::kFloat);
+  torch::manual_seed(0);
+  std::shared_ptr<peft::models::PretrainedModel> base;
+  if (!setup.model_dir.empty()) {
+    peft::models::LoadOptions load;
+    load.dtype = dtype;
+    load.device = device;
+    load.task = "causal_lm";
+    load.quantization = setup.quantization();
+    base = peft::models::load_pretrained(setup.model_dir, load);
+  } else {
+    base = peft::models::create_model_on(model_config(g), device, dtype, "causal_lm", setup.quantization());
+  }
+  peft::PeftModel model(base);
+  model.add_adapter("default", *peft::methods::parse_config(method_config(method, g.family)));
+  std::vector<std::vector<int64_t>> prompts;
+  for (int64_t b = 0; b < g.batch; ++b) {
+    const at::Tensor ids = torch::randint(0, g.vocab, {g.seq}, torch::kLong);
+    prompts.emplace_back(ids.data_ptr<int64_t>(), ids.data_ptr<int64_t>() + g.seq);
+  }
+  auto tokens_per_s = [&](bool cached) {
+    peft::GenerationConfig c;
+    c.use_cache = cached;
+    c.max_new_tokens = std::min<int64_t>(g.generate, 4);
+    peft::generate_batch(model, prompts, c);  // untimed: first-call allocations
+    c.max_new_tokens = g.generate;
+    if (device.is_cuda()) torch::cuda::synchronize();
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto out = peft::generate_batch(model, prompts, c);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    int64_t n = 0;
+    for (const auto& r : out) n += static_cast<int64_t>(r.tokens.size());
+    return static_cast<double>(n) / s;
+  };
+  const double cached = tokens_per_s(true), uncached = tokens_per_s(false);
+  nlohmann::json merged = nullptr;
+  try {
+    model.merge_adapter();
+    merged = tokens_per_s(true);
+    model.unmerge_adapter();
+  } catch (const peft::Error&) {
+    // not mergeable
+  }
+  const auto geo = base->geometry();
+  const double cache_bytes = 2.0 * static_cast<double>(geo.num_layers * g.batch * geo.num_kv_heads * geo.head_dim) *
+                             static_cast<double>(g.seq + g.generate) * static_cast<double>(c10::elementSize(dtype));
+  return {{"method", method},
+          {"generate", g.generate},
+          {"prompt_tokens", g.seq},
+          {"batch", g.batch},
+          {"cached_tokens_per_s", cached},
+          {"uncached_tokens_per_s", uncached},
+          {"cache_speedup", cached / uncached},
+          {"merged_cached_tokens_per_s", merged},
+          {"kv_cache_mib", mib(cache_bytes)},
+          {"threads", torch::get_num_threads()},
+          {"setup", {{"model", setup.model_dir}, {"dtype", setup.dtype}, {"device", setup.device}, {"quant", setup.quant}}},
+          {"geometry", {{"family", g.family}, {"layers", g.layers}, {"hidden", g.hidden}, {"heads", g.heads},
+                        {"kv_heads", g.kv()}, {"intermediate", g.ffn()}, {"vocab", g.vocab}}}};
+}
+
 /// Runs `args` as a child process and returns its stdout.
 std::string run_child(const std::vector<std::string>& args) {
   int out[2];
@@ -401,98 +471,8 @@ std::string run_child(const std::vector<std::string>& args) {
   return text;
 }
 
-int run(int argc, char** argv) {
-  CLI::App app{"Benchmark a training step of each PEFT method side by side (JSON lines out).", "peft-bench"};
-  Geometry g;
-  std::string methods = "full,lora,adapter,lst", child, json_path, profile_dir;
-  int steps = 5, warmup = 1, threads = 0;
-  Setup setup;
-  app.add_option("--family", g.family, "gpt2 or llama (a model drawn at random)");
-  app.add_option("--model", setup.model_dir, "benchmark this model directory instead (its config.json gives the geometry)");
-  app.add_option("--dtype", setup.dtype, "the frozen base's dtype: float32, bfloat16 or float16");
-  app.add_option("--device", setup.device, "cpu or cuda");
-  app.add_flag("--checkpointing", setup.checkpointing, "activation checkpointing of every block");
-  std::string quants = "none";
-  app.add_option("--quant", quants,
-                 "comma-separated storages of the frozen linears, each run side by side: none | int8 | nf4 | fp4 "
-                 "(they compute in --dtype)");
-  app.add_flag("--double-quant", setup.double_quant, "nf4 / fp4: quantize the absmax values too (4.127 bits per weight)");
-  app.add_option("--kv-heads", g.kv_heads, "llama: key/value heads (grouped-query attention; default: --heads)");
-  app.add_option("--intermediate", g.intermediate, "feed-forward width (default: the family's)");
-  app.add_option("--layers", g.layers, "transformer blocks");
-  app.add_option("--hidden", g.hidden, "hidden size");
-  app.add_option("--heads", g.heads, "attention heads");
-  app.add_option("--vocab", g.vocab, "vocabulary size");
-  app.add_option("--seq", g.seq, "sequence length");
-  app.add_option("--batch", g.batch, "batch size");
-  app.add_option("--methods", methods, "comma-separated: full and method presets");
-  app.add_option("--steps", steps, "timed steps per method");
-  app.add_option("--warmup", warmup, "untimed steps first");
-  app.add_option("--threads", threads, "CPU threads (default: all cores)");
-  app.add_option("--json", json_path, "also write the JSON lines to this file");
-  app.add_option("--profile", profile_dir, "write each method's timed steps as <dir>/<method>.trace.json (chrome://tracing)");
-  bool gemm = false;
-  app.add_flag("--gemm", gemm, "also measure the float32 GEMM rate at the model's feed-forward shape");
-  app.add_option("--child", child, "(internal) measure one method in this process")->group("");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
-  PEFT_CHECK(steps >= 1 && warmup >= 0, kC, "--steps must be >= 1 and --warmup >= 0, found {} and {}", steps, warmup);
-  const int used_threads = peft::core::configure_threads(threads);
-  peft::core::dtype_from_name(setup.dtype, "--dtype");  // a bad name fails before any run
-  if (!setup.model_dir.empty()) g = geometry_of(setup.model_dir, g);
-  std::vector<std::string> storages;
-  std::stringstream quant_list(quants);
-  for (std::string q; std::getline(quant_list, q, ',');) {
-    Setup probe = setup;
-    probe.quant = q;
-    probe.quantization();  // a bad name fails before any run
-    storages.push_back(q);
-  }
-  PEFT_CHECK(!storages.empty(), kC, "--quant: expected at least one of none, int8, nf4, fp4");
-  if (!child.empty()) {
-    PEFT_CHECK(storages.size() == 1, kC, "(internal) a child measures one storage");
-    setup.quant = storages.front();
-    fmt::print("{}\n", measure(child, g, setup, steps, warmup, profile_dir).dump());
-    return 0;
-  }
-  std::vector<nlohmann::json> rows;
-  if (gemm) {
-    rows.push_back({{"gemm_gflops", gemm_gflops(g, std::max(steps, 5))}, {"threads", used_threads}});
-    fmt::print("{}\n", rows.back().dump());
-  }
-  std::vector<std::string> names;
-  std::stringstream list(methods);
-  for (std::string m; std::getline(list, m, ',');) {
-    if (m != "full") method_config(m, g.family);  // unknown names fail before any run
-    names.push_back(m);
-  }
-  std::vector<std::pair<std::string, std::string>> runs;  // (storage, method)
-  for (const auto& storage : storages)
-    for (const auto& m : names)
-      if (m != "full" || storage == "none") runs.emplace_back(storage, m);  // full FT trains the weights themselves
-  for (const auto& [storage, m] : runs) {
-    std::vector<std::string> args = {argv[0]};
-    for (auto [flag, value] : std::vector<std::pair<std::string, int64_t>>{
-             {"--layers", g.layers}, {"--hidden", g.hidden}, {"--heads", g.heads}, {"--vocab", g.vocab},
-             {"--seq", g.seq}, {"--batch", g.batch}, {"--steps", steps}, {"--warmup", warmup}, {"--threads", used_threads},
-             {"--kv-heads", g.kv_heads}, {"--intermediate", g.intermediate}})
-      args.insert(args.end(), {flag, std::to_string(value)});
-    args.insert(args.end(), {"--family", g.family, "--dtype", setup.dtype, "--device", setup.device});
-    if (!setup.model_dir.empty()) args.insert(args.end(), {"--model", setup.model_dir});
-    if (setup.checkpointing) args.push_back("--checkpointing");
-    args.insert(args.end(), {"--quant", storage});
-    if (setup.double_quant) args.push_back("--double-quant");
-    if (!profile_dir.empty()) args.insert(args.end(), {"--profile", profile_dir});
-    args.insert(args.end(), {"--child", m});
-    rows.push_back(nlohmann::json::parse(run_child(args)));
-    if (gemm && rows.back()["achieved_gflops"].is_number())
-      rows.back()["gemm_fraction"] = rows.back()["achieved_gflops"].get<double>() / rows.front()["gemm_gflops"].get<double>();
-    fmt::print("{}\n", rows.back().dump());
-    std::fflush(stdout);
-  }
+/// The training runs side by side on stderr.
+void print_training_table(const std::vector<nlohmann::json>& rows) {
   const nlohmann::json* full = nullptr;
   for (const auto& r : rows)
     if (r.value("method", "") == "full") full = &r;
@@ -533,6 +513,116 @@ int run(int argc, char** argv) {
                    : std::string("-"),
                vs_wide);
   }
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"Benchmark a training step of each PEFT method side by side (JSON lines out).", "peft-bench"};
+  Geometry g;
+  std::string methods = "full,lora,adapter,lst", child, json_path, profile_dir;
+  int steps = 5, warmup = 1, threads = 0;
+  Setup setup;
+  app.add_option("--family", g.family, "gpt2 or llama (a model drawn at random)");
+  app.add_option("--model", setup.model_dir, "benchmark this model directory instead (its config.json gives the geometry)");
+  app.add_option("--dtype", setup.dtype, "the frozen base's dtype: float32, bfloat16 or float16");
+  app.add_option("--device", setup.device, "cpu or cuda");
+  app.add_flag("--checkpointing", setup.checkpointing, "activation checkpointing of every block");
+  std::string quants = "none";
+  app.add_option("--quant", quants,
+                 "comma-separated storages of the frozen linears, each run side by side: none | int8 | nf4 | fp4 "
+                 "(they compute in --dtype)");
+  app.add_flag("--double-quant", setup.double_quant, "nf4 / fp4: quantize the absmax values too (4.127 bits per weight)");
+  app.add_option("--kv-heads", g.kv_heads, "llama: key/value heads (grouped-query attention; default: --heads)");
+  app.add_option("--intermediate", g.intermediate, "feed-forward width (default: the family's)");
+  app.add_option("--layers", g.layers, "transformer blocks");
+  app.add_option("--hidden", g.hidden, "hidden size");
+  app.add_option("--heads", g.heads, "attention heads");
+  app.add_option("--vocab", g.vocab, "vocabulary size");
+  app.add_option("--seq", g.seq, "sequence length");
+  app.add_option("--batch", g.batch, "batch size");
+  app.add_option("--generate", g.generate,
+                 "benchmark generation instead: this many greedy tokens after --batch prompts of --seq tokens, with "
+                 "and without the key/value cache, and merged");
+  app.add_option("--methods", methods, "comma-separated: full and method presets");
+  app.add_option("--steps", steps, "timed steps per method");
+  app.add_option("--warmup", warmup, "untimed steps first");
+  app.add_option("--threads", threads, "CPU threads (default: all cores)");
+  app.add_option("--json", json_path, "also write the JSON lines to this file");
+  app.add_option("--profile", profile_dir, "write each method's timed steps as <dir>/<method>.trace.json (chrome://tracing)");
+  bool gemm = false;
+  app.add_flag("--gemm", gemm, "also measure the float32 GEMM rate at the model's feed-forward shape");
+  app.add_option("--child", child, "(internal) measure one method in this process")->group("");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  PEFT_CHECK(steps >= 1 && warmup >= 0, kC, "--steps must be >= 1 and --warmup >= 0, found {} and {}", steps, warmup);
+  const int used_threads = peft::core::configure_threads(threads);
+  peft::core::dtype_from_name(setup.dtype, "--dtype");  // a bad name fails before any run
+  if (!setup.model_dir.empty()) g = geometry_of(setup.model_dir, g);
+  std::vector<std::string> storages;
+  std::stringstream quant_list(quants);
+  for (std::string q; std::getline(quant_list, q, ',');) {
+    Setup probe = setup;
+    probe.quant = q;
+    probe.quantization();  // a bad name fails before any run
+    storages.push_back(q);
+  }
+  PEFT_CHECK(!storages.empty(), kC, "--quant: expected at least one of none, int8, nf4, fp4");
+  if (!child.empty()) {
+    PEFT_CHECK(storages.size() == 1, kC, "(internal) a child measures one storage");
+    setup.quant = storages.front();
+    fmt::print("{}\n", (g.generate > 0 ? measure_generation(child, g, setup)
+                                        : measure(child, g, setup, steps, warmup, profile_dir)).dump());
+    return 0;
+  }
+  std::vector<nlohmann::json> rows;
+  if (gemm) {
+    rows.push_back({{"gemm_gflops", gemm_gflops(g, std::max(steps, 5))}, {"threads", used_threads}});
+    fmt::print("{}\n", rows.back().dump());
+  }
+  std::vector<std::string> names;
+  std::stringstream list(methods);
+  for (std::string m; std::getline(list, m, ',');) {
+    if (m != "full") method_config(m, g.family);  // unknown names fail before any run
+    names.push_back(m);
+  }
+  std::vector<std::pair<std::string, std::string>> runs;  // (storage, method)
+  for (const auto& storage : storages)
+    for (const auto& m : names)
+      if (m != "full" || (storage == "none" && g.generate == 0)) runs.emplace_back(storage, m);  // full FT trains the weights themselves
+  for (const auto& [storage, m] : runs) {
+    std::vector<std::string> args = {argv[0]};
+    for (auto [flag, value] : std::vector<std::pair<std::string, int64_t>>{
+             {"--layers", g.layers}, {"--hidden", g.hidden}, {"--heads", g.heads}, {"--vocab", g.vocab},
+             {"--seq", g.seq}, {"--batch", g.batch}, {"--steps", steps}, {"--warmup", warmup}, {"--threads", used_threads},
+             {"--kv-heads", g.kv_heads}, {"--intermediate", g.intermediate}, {"--generate", g.generate}})
+      args.insert(args.end(), {flag, std::to_string(value)});
+    args.insert(args.end(), {"--family", g.family, "--dtype", setup.dtype, "--device", setup.device});
+    if (!setup.model_dir.empty()) args.insert(args.end(), {"--model", setup.model_dir});
+    if (setup.checkpointing) args.push_back("--checkpointing");
+    args.insert(args.end(), {"--quant", storage});
+    if (setup.double_quant) args.push_back("--double-quant");
+    if (!profile_dir.empty()) args.insert(args.end(), {"--profile", profile_dir});
+    args.insert(args.end(), {"--child", m});
+    rows.push_back(nlohmann::json::parse(run_child(args)));
+    if (gemm && rows.back()["achieved_gflops"].is_number())
+      rows.back()["gemm_fraction"] = rows.back()["achieved_gflops"].get<double>() / rows.front()["gemm_gflops"].get<double>();
+    fmt::print("{}\n", rows.back().dump());
+    std::fflush(stdout);
+  }
+  if (g.generate > 0) {
+    fmt::print(stderr, "\n{:<14} {:>7} {:>8} {:>12} {:>14} {:>9} {:>14} {:>10}\n", "method", "storage", "tokens",
+               "cached tok/s", "uncached tok/s", "speedup", "merged tok/s", "cache MiB");
+    for (const auto& r : rows)
+      fmt::print(stderr, "{:<14} {:>7} {:>8} {:>12.1f} {:>14.1f} {:>8.1f}x {:>14} {:>10.1f}\n", r["method"].get<std::string>(),
+                 r["setup"]["quant"].get<std::string>(), r["generate"].get<int64_t>(),
+                 r["cached_tokens_per_s"].get<double>(), r["uncached_tokens_per_s"].get<double>(),
+                 r["cache_speedup"].get<double>(),
+                 r["merged_cached_tokens_per_s"].is_number() ? fmt::format("{:.1f}", r["merged_cached_tokens_per_s"].get<double>()) : "-",
+                 r["kv_cache_mib"].get<double>());
+  }
+  if (g.generate == 0) print_training_table(rows);
   if (!json_path.empty()) {
     std::string text;
     for (const auto& r : rows) text += r.dump() + "\n";

@@ -1,5 +1,6 @@
 // peft-generate: text generation with a causal LM (optionally with a delta): greedy, or
-// sampling with temperature, top-k and nucleus (top-p) filtering (peft::generate).
+// sampling with temperature, top-k and nucleus (top-p) filtering, a repetition penalty, with
+// the key/value cache or recomputing the context each step (peft::generate).
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
@@ -31,6 +32,11 @@ int run(int argc, char** argv) {
   app.add_option("--top-p", gen.top_p, "nucleus sampling mass (with --temperature > 0)")->capture_default_str()->check(CLI::Range(0.0, 1.0));
   std::vector<int64_t> stop_ids;
   app.add_option("--stop-token", stop_ids, "a token id that ends generation (repeatable; the tokenizer's end-of-text always does)");
+  app.add_option("--repetition-penalty", gen.repetition_penalty, "> 1 discourages tokens already seen (1 = off)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  bool no_cache = false;
+  app.add_flag("--no-cache", no_cache, "recompute the whole context every step (the reference; LST needs it)");
   app.add_option("--seed", seed, "sampling seed")->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
   try {
@@ -39,7 +45,8 @@ int run(int argc, char** argv) {
     return app.exit(e);
   }
   peft::core::configure_threads(threads);
-  torch::manual_seed(static_cast<uint64_t>(seed));
+  gen.seed = static_cast<uint64_t>(seed);
+  gen.use_cache = !no_cache;
   peft::models::LoadOptions load;
   load.task = "causal_lm";
   peft::PeftModel model(peft::models::load_pretrained(model_dir, load));

@@ -10,6 +10,8 @@
 
 #include "peft/nn/attention.h"
 
+#include "core/torch_compat.h"
+
 namespace peft::nn {
 namespace {
 
@@ -100,6 +102,9 @@ struct ChunkedAttention : torch::autograd::Function<ChunkedAttention> {
 bool chunked_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const at::Tensor& additive_mask, const AttentionOptions& options) {
   if (options.training && options.dropout > 0.0) return false;  // dropout draws are not replayable here
+  // Under autocast the forward's products run in the autocast dtype but backward (outside it)
+  // would recompute them in the inputs' own dtypes: leave those to eager autograd.
+  if (core::autocast_enabled(q.device().type())) return false;
   if (q.dim() != 4 || k.dim() != 4 || v.dim() != 4) return false;
   for (int d : {0, 1})
     if (k.size(d) != q.size(d) || v.size(d) != q.size(d)) return false;  // no broadcast batch / heads

@@ -60,8 +60,8 @@ bool fused_attention_enabled();
 at::Tensor chunked_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const at::Tensor& additive_mask, const AttentionOptions& options,
                              int64_t max_block_bytes = int64_t{4} << 20);
-/// No dropout while training (its draws could not be replayed), 4-D q/k/v with the same batch
-/// and heads, and a mask that needs no gradient.
+/// No dropout while training (its draws could not be replayed), no autocast on q's device, 4-D
+/// q/k/v with the same batch and heads, and a mask that needs no gradient.
 bool chunked_attention_applies(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                const at::Tensor& additive_mask, const AttentionOptions& options);
 
