@@ -119,6 +119,19 @@ if $build_ok; then
     done
 fi
 
+# Decoding: 256 greedy tokens on the GPT-2-small geometry with the key/value cache, without it and
+# merged (rows carry cached_tokens_per_s, uncached_tokens_per_s, cache_speedup).
+if $build_ok; then
+  for b in 1 8; do
+    note "peft-bench gpt2-small --generate 256 --batch $b"
+    timeout 120 "$BUILD/peft-bench" --family gpt2 --layers 12 --hidden 768 --heads 12 --vocab 50257 --seq 16 \
+      --batch "$b" --generate 256 --methods lora --device cuda 2>> "$LOG" | grep '^{' |
+      while read -r row; do
+        echo "{\"impl\": \"peft.cpp\", \"geometry\": \"gpt2-small\", \"generate\": true, \"result\": $row}" >> "$parts/bench.jsonl"
+      done
+  done
+fi
+
 # ---- report ---------------------------------------------------------------------
 "$PY" - "$parts" "$REPORT_DIR/gpu_report.json" "$(( $(date +%s) - t0 ))" <<'PYEOF'
 import json, os, sys
