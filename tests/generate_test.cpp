@@ -127,6 +127,19 @@ TEST(Generate, TheCachedWindowSlidesOnceTheContextIsFull) {
   EXPECT_EQ(generate(model, prompt, c).tokens, argmax_loop(model, prompt, 5, positions));
 }
 
+TEST(Generate, ABatchRowSlidesOnItsOwnWhileShorterRowsStayCached) {
+  auto model = gpt2();
+  const int64_t positions = model.base_model().geometry().max_positions;
+  std::vector<int64_t> longer;
+  for (int64_t i = 0; i < positions - 3; ++i) longer.push_back((5 * i) % 50);
+  const std::vector<std::vector<int64_t>> prompts = {{7, 8}, longer, {3}};
+  GenerationConfig c;
+  c.max_new_tokens = 8;  // the long row slides after 3; the short ones go past the long one's key count
+  const auto batch = generate_batch(model, prompts, c);
+  for (size_t r = 0; r < prompts.size(); ++r)
+    EXPECT_EQ(batch[r].tokens, argmax_loop(model, prompts[r], 8, positions)) << r;
+}
+
 TEST(Generate, EachRowOfABatchStopsOnItsOwn) {
   auto model = gpt2();
   const std::vector<std::vector<int64_t>> prompts = {{8, 9}, {4, 30, 31, 2}, {17}};

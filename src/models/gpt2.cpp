@@ -201,8 +201,12 @@ ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
     const int64_t B = input_ids.size(0), T = input_ids.size(1);
     lengths = check_prompt_inputs(inputs, B, config_.geometry(), "gpt2");
     const int64_t S = lengths.virtual_tokens + T;  // positions in the sequence
-    PEFT_CHECK(past + lengths.prefix + S <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}",
-               past + lengths.prefix + S, config_.n_positions);
+    // Given positions are checked themselves: the keys of a padded batch may outnumber them.
+    const int64_t last = inputs.position_ids.defined() && inputs.position_ids.numel() > 0
+                             ? inputs.position_ids.max().item<int64_t>() + 1
+                             : past + lengths.prefix + S;
+    PEFT_CHECK(last <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}", last,
+               config_.n_positions);
     PEFT_CHECK(!inputs.position_ids.defined() || inputs.position_ids.sizes() == input_ids.sizes(), "gpt2",
                "position_ids has shape {}, expected {} like input_ids", c10::str(inputs.position_ids.sizes()),
                c10::str(input_ids.sizes()));
