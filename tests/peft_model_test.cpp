@@ -236,3 +236,51 @@ TEST(PeftModel, SavePretrainedUsesHFLayoutAndOverwritesAtomically) {
 
 }  // namespace
 }  // namespace peft::test
+
+namespace peft::test {
+namespace {
+
+TEST(Hotswap, LoadsADeltaIntoTheSameSlotAndRefusesAnotherShape) {
+  TempDir dir;
+  // Two deltas of one shape (different weights), one of another rank.
+  auto first = gpt2(), second = gpt2(), wider = gpt2();
+  auto config = lora({"c_attn"});
+  torch::manual_seed(1);
+  first->add_adapter("default", config);
+  torch::manual_seed(2);
+  second->add_adapter("default", config);
+  auto other = config;
+  other.r = 4;
+  wider->add_adapter("default", other);
+  checkpoint::save_adapter(*second, dir.file("second"));
+  checkpoint::save_adapter(*wider, dir.file("wider"));
+  const at::Tensor expected = second->forward(ids()).logits;
+
+  auto server = gpt2();
+  checkpoint::save_adapter(*first, dir.file("first"));
+  checkpoint::load_adapter(*server, dir.file("first"));
+  const auto before = server->adapter_state_dict("default");
+  const void* storage = before.begin()->second.data_ptr();
+  checkpoint::LoadOptions swap;
+  swap.hotswap = true;
+  checkpoint::load_adapter(*server, dir.file("second"), "default", swap);
+  EXPECT_TRUE(bit_equal(server->forward(ids()).logits, expected));
+  EXPECT_EQ(server->adapter_state_dict("default").begin()->second.data_ptr(), storage) << "same tensors, new values";
+  EXPECT_EQ(server->adapters().size(), 1u);
+
+  // Another rank: refused by field, nothing changed.
+  const at::Tensor kept = server->forward(ids()).logits;
+  const std::string error = error_of([&] { checkpoint::load_adapter(*server, dir.file("wider"), "default", swap); });
+  EXPECT_NE(error.find("field 'r' = 4"), std::string::npos) << error;
+  EXPECT_NE(error.find("hotswap"), std::string::npos) << error;
+  EXPECT_TRUE(bit_equal(server->forward(ids()).logits, kept));
+  // No slot of that name; a merged slot.
+  EXPECT_NE(error_of([&] { checkpoint::load_adapter(*server, dir.file("second"), "other", swap); }).find("no adapter named 'other'"),
+            std::string::npos);
+  server->merge_adapter();
+  EXPECT_NE(error_of([&] { checkpoint::load_adapter(*server, dir.file("second"), "default", swap); }).find("merged"),
+            std::string::npos);
+}
+
+}  // namespace
+}  // namespace peft::test

@@ -94,6 +94,49 @@ std::shared_ptr<methods::MethodConfig> read_adapter_config(const std::string& di
   return methods::parse_config_file(path);
 }
 
+namespace {
+
+/// The config fields that decide an adapter's tensors and what they do.
+nlohmann::json shaping_fields(const methods::MethodConfig& config) {
+  nlohmann::json j = config.to_json();
+  for (const char* k : {"base_model_name_or_path", "revision", "inference_mode"}) j.erase(k);
+  return j;
+}
+
+void hotswap_adapter(PeftModel& model, const methods::MethodConfig& config, const safetensors::File& file,
+                     const std::string& weights_path, const std::string& adapter) {
+  PEFT_CHECK(model.has_adapter(adapter), kC, "hotswap: no adapter named '{}' to load {} into", adapter, weights_path);
+  PEFT_CHECK(!model.merged(), kC, "hotswap: adapter '{}' is merged; unmerge it first", adapter);
+  const auto have = shaping_fields(model.adapter_config(adapter)), want = shaping_fields(config);
+  for (const auto& [key, value] : want.items())
+    PEFT_CHECK(have.contains(key) && have[key] == value, kC,
+               "hotswap: {} has field '{}' = {}, adapter '{}' has {}: a delta of another shape or scale needs its own slot",
+               weights_path, key, value.dump(), adapter, have.contains(key) ? have[key].dump() : "no such field");
+  for (const auto& [key, value] : have.items())
+    PEFT_CHECK(want.contains(key), kC, "hotswap: {} lacks field '{}' that adapter '{}' has", weights_path, key, adapter);
+  // Everything is read and checked before the first tensor changes.
+  auto expected = model.adapter_state_dict(adapter);
+  std::map<std::string, at::Tensor> incoming;
+  for (const auto& t : file.tensors()) {
+    std::string key = t.name;
+    if (!expected.count(key)) key = model.checkpoint_key_alias(adapter, t.name);
+    PEFT_CHECK(!key.empty() && expected.count(key), kC, "hotswap: {}: unexpected tensor '{}' for adapter '{}'",
+               weights_path, t.name, adapter);
+    incoming[key] = file.load(t.name);
+  }
+  for (const auto& [key, target] : expected) {
+    auto it = incoming.find(key);
+    PEFT_CHECK(it != incoming.end(), kC, "hotswap: {}: missing tensor '{}' (expected shape {})", weights_path, key,
+               c10::str(target.sizes()));
+    PEFT_CHECK(it->second.sizes() == target.sizes(), kC, "hotswap: {}: tensor '{}' has shape {}, adapter '{}' has {}",
+               weights_path, key, c10::str(it->second.sizes()), adapter, c10::str(target.sizes()));
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& [key, target] : expected) target.copy_(incoming.at(key));
+}
+
+}  // namespace
+
 void load_adapter(PeftModel& model, const std::string& dir, const std::string& adapter, const LoadOptions& options) {
   auto config = read_adapter_config(dir);
   const auto weights_path = (fs::path(dir) / kWeightsFile).string();
@@ -111,6 +154,10 @@ void load_adapter(PeftModel& model, const std::string& dir, const std::string& a
     log::warn("{}", msg);
   }
 
+  if (options.hotswap) {
+    hotswap_adapter(model, *config, file, weights_path, adapter);
+    return;
+  }
   config->common.inference_mode = !options.is_trainable;
   model.add_adapter_without_data(adapter, *config);
   try {

@@ -36,10 +36,17 @@ struct LoadOptions {
   bool is_trainable = false;
   /// Load even when the delta records a different base fingerprint (a warning is logged).
   bool allow_base_mismatch = false;
+  /// Replace the weights of the existing adapter `adapter` in place (servers: no module is built
+  /// or removed, tensors keep their storage). The delta's config must equal the slot's in every
+  /// field that shapes or scales it (everything but base_model_name_or_path, revision and
+  /// inference_mode); otherwise, or with a mis-shaped tensor, it is refused with the field or
+  /// tensor named and the slot keeps its weights. Not while the adapter is merged.
+  bool hotswap = false;
 };
 
-/// Attaches the adapter stored in `dir` under `adapter`. Every tensor is checked: a missing,
-/// unexpected or mis-shaped tensor is an error naming it; nothing is attached on error.
+/// Attaches the adapter stored in `dir` under `adapter` (or, with options.hotswap, loads it into
+/// that existing slot). Every tensor is checked: a missing, unexpected or mis-shaped tensor is an
+/// error naming it; nothing is attached or changed on error.
 void load_adapter(PeftModel& model, const std::string& dir, const std::string& adapter = "default",
                   const LoadOptions& options = {});
 
