@@ -103,6 +103,36 @@ nlohmann::json shaping_fields(const methods::MethodConfig& config) {
   return j;
 }
 
+/// Each of the adapter's tensors with the file key that fills it. A key may come in its other
+/// spelling (HF's "<layer>.base_layer.bias" or this library's earlier "<layer>.bias"). Every name
+/// and shape is checked against the file's header; nothing is read.
+std::vector<std::pair<at::Tensor, std::string>> match_adapter_tensors(PeftModel& model, const std::string& adapter,
+                                                                      const safetensors::File& file,
+                                                                      const std::string& weights_path,
+                                                                      const std::string& method) {
+  auto expected = model.adapter_state_dict(adapter);
+  for (const auto& t : file.tensors()) {
+    const std::string alias = model.checkpoint_key_alias(adapter, t.name);
+    PEFT_CHECK(expected.count(t.name) || (!alias.empty() && expected.count(alias)), kC,
+               "{}: unexpected tensor '{}' (the config's {} adapter has no such tensor)", weights_path, t.name, method);
+  }
+  std::vector<std::pair<at::Tensor, std::string>> out;
+  for (auto& [expected_key, target] : expected) {
+    std::string key = expected_key;
+    if (!file.contains(key)) {
+      const std::string alias = model.checkpoint_key_alias(adapter, key);
+      if (!alias.empty() && file.contains(alias)) key = alias;
+    }
+    PEFT_CHECK(file.contains(key), kC, "{}: missing tensor '{}' (expected shape {})", weights_path, key,
+               c10::str(target.sizes()));
+    const auto& shape = file.info(key).shape;
+    PEFT_CHECK(target.sizes() == c10::IntArrayRef(shape), kC, "{}: tensor '{}' has shape {}, expected {}", weights_path,
+               key, c10::str(c10::IntArrayRef(shape)), c10::str(target.sizes()));
+    out.emplace_back(target, key);
+  }
+  return out;
+}
+
 void hotswap_adapter(PeftModel& model, const methods::MethodConfig& config, const safetensors::File& file,
                      const std::string& weights_path, const std::string& adapter) {
   PEFT_CHECK(model.has_adapter(adapter), kC, "hotswap: no adapter named '{}' to load {} into", adapter, weights_path);
@@ -114,25 +144,10 @@ void hotswap_adapter(PeftModel& model, const methods::MethodConfig& config, cons
                weights_path, key, value.dump(), adapter, have.contains(key) ? have[key].dump() : "no such field");
   for (const auto& [key, value] : have.items())
     PEFT_CHECK(want.contains(key), kC, "hotswap: {} lacks field '{}' that adapter '{}' has", weights_path, key, adapter);
-  // Everything is read and checked before the first tensor changes.
-  auto expected = model.adapter_state_dict(adapter);
-  std::map<std::string, at::Tensor> incoming;
-  for (const auto& t : file.tensors()) {
-    std::string key = t.name;
-    if (!expected.count(key)) key = model.checkpoint_key_alias(adapter, t.name);
-    PEFT_CHECK(!key.empty() && expected.count(key), kC, "hotswap: {}: unexpected tensor '{}' for adapter '{}'",
-               weights_path, t.name, adapter);
-    incoming[key] = file.load(t.name);
-  }
-  for (const auto& [key, target] : expected) {
-    auto it = incoming.find(key);
-    PEFT_CHECK(it != incoming.end(), kC, "hotswap: {}: missing tensor '{}' (expected shape {})", weights_path, key,
-               c10::str(target.sizes()));
-    PEFT_CHECK(it->second.sizes() == target.sizes(), kC, "hotswap: {}: tensor '{}' has shape {}, adapter '{}' has {}",
-               weights_path, key, c10::str(it->second.sizes()), adapter, c10::str(target.sizes()));
-  }
+  // Every name and shape is checked against the file's header before the first tensor changes.
+  const auto matched = match_adapter_tensors(model, adapter, file, weights_path, config.method());
   torch::NoGradGuard no_grad;
-  for (auto& [key, target] : expected) target.copy_(incoming.at(key));
+  for (const auto& [target, key] : matched) target.copy_(file.load(key));
 }
 
 }  // namespace
@@ -163,30 +178,9 @@ void load_adapter(PeftModel& model, const std::string& dir, const std::string& a
   try {
     // A delta holds a prompt encoder's output only: the encoder (if the config builds one) goes.
     if (auto encoder = model.prompt_encoder(adapter)) encoder->eject();
-    auto expected = model.adapter_state_dict(adapter);
-    // A key may come in its other spelling (HF's "<layer>.base_layer.bias" or this library's
-    // earlier "<layer>.bias"): each file tensor is matched to its expected key.
-    auto in_file = [&](const std::string& key) {
-      if (file.contains(key)) return key;
-      const std::string alias = model.checkpoint_key_alias(adapter, key);
-      return !alias.empty() && file.contains(alias) ? alias : key;
-    };
-    for (const auto& t : file.tensors()) {
-      const std::string alias = model.checkpoint_key_alias(adapter, t.name);
-      PEFT_CHECK(expected.count(t.name) || (!alias.empty() && expected.count(alias)), kC,
-                 "{}: unexpected tensor '{}' (the config's {} adapter has no such tensor)", weights_path, t.name,
-                 config->method());
-    }
+    const auto matched = match_adapter_tensors(model, adapter, file, weights_path, config->method());
     torch::NoGradGuard no_grad;
-    for (auto& [expected_key, target] : expected) {
-      const std::string key = in_file(expected_key);
-      PEFT_CHECK(file.contains(key), kC, "{}: missing tensor '{}' (expected shape {})", weights_path, key,
-                 c10::str(target.sizes()));
-      at::Tensor value = file.load(key);
-      PEFT_CHECK(value.sizes() == target.sizes(), kC, "{}: tensor '{}' has shape {}, expected {}", weights_path, key,
-                 c10::str(value.sizes()), c10::str(target.sizes()));
-      target.copy_(value);
-    }
+    for (const auto& [target, key] : matched) target.copy_(file.load(key));
   } catch (...) {
     model.delete_adapter(adapter);
     throw;
