@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <numeric>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -63,14 +62,14 @@ bool advance(Row& row, int64_t next, const at::Tensor& logits, const GenerationC
   return !row.done;
 }
 
-/// Positions the tokens may take: the model's maximum less the active adapter's virtual tokens
-/// (prefix tuning's as well: the tokens are numbered after them).
+/// The active adapter's virtual tokens (prompt or prefix tuning: the tokens are numbered after them).
 int64_t virtual_tokens(PeftModel& model) {
   if (!model.adapters_enabled() || model.active_adapter().empty()) return 0;
   auto encoder = model.prompt_encoder(model.active_adapter());
   return encoder ? encoder->num_virtual_tokens() : 0;
 }
 
+/// Positions the tokens may take: the model's maximum less the active adapter's virtual tokens.
 int64_t context_window(PeftModel& model) {
   const int64_t positions = model.base_model().geometry().max_positions;
   PEFT_CHECK(positions > 0, kC, "{} has no maximum sequence length to generate within", model.base_model().architecture());
@@ -102,7 +101,6 @@ void continue_cached(PeftModel& model, std::vector<Row>& rows, int64_t window, c
                      std::optional<at::Generator>& gen, c10::Device device) {
   const int64_t offset = virtual_tokens(model);  // the tokens' first position
   std::vector<size_t> running;  // row indices, in cache order
-  std::vector<int64_t> next_position;
   int64_t longest = 0;
   for (size_t r = 0; r < rows.size(); ++r) {
     if (rows[r].done) continue;
@@ -125,7 +123,6 @@ void continue_cached(PeftModel& model, std::vector<Row>& rows, int64_t window, c
     ids[b].narrow(0, longest - n, n).copy_(torch::tensor(p, torch::kLong));
     mask[b].narrow(0, longest - n, n).fill_(1);
     positions[b].narrow(0, longest - n, n).copy_(torch::arange(offset, offset + n, torch::kLong));
-    next_position.push_back(offset + n);
   }
   auto cache = std::make_shared<nn::KVCache>();
   models::ModelInputs in;
@@ -138,28 +135,24 @@ void continue_cached(PeftModel& model, std::vector<Row>& rows, int64_t window, c
     std::vector<int64_t> keep, tokens, step_positions;
     for (size_t b = 0; b < running.size(); ++b) {
       Row& row = rows[running[b]];
-      if (!advance(row, pick(logits[static_cast<int64_t>(b)], row.ids, c, gen), logits[static_cast<int64_t>(b)], c)) continue;
-      if (next_position[b] - offset >= window) {  // the window is full: slide, uncached
+      const at::Tensor row_logits = logits[static_cast<int64_t>(b)];
+      if (!advance(row, pick(row_logits, row.ids, c, gen), row_logits, c)) continue;
+      const auto fed = static_cast<int64_t>(row.ids.size()) - 1;  // the new token's index in the row
+      if (fed >= window) {  // the window is full: slide, uncached
         continue_uncached(model, row, window, c, gen, device);
         continue;
       }
       keep.push_back(static_cast<int64_t>(b));
       tokens.push_back(row.ids.back());
-      step_positions.push_back(next_position[b]);
+      step_positions.push_back(offset + fed);
     }
     if (keep.empty()) break;
     if (keep.size() < running.size()) {
       cache->select_rows(torch::tensor(keep, torch::kLong));
       std::vector<size_t> still;
-      std::vector<int64_t> still_positions;
-      for (int64_t b : keep) {
-        still.push_back(running[b]);
-        still_positions.push_back(next_position[b]);
-      }
+      for (int64_t b : keep) still.push_back(running[b]);
       running = std::move(still);
-      next_position = std::move(still_positions);
     }
-    for (auto& p : next_position) ++p;
     in.input_ids = torch::tensor(tokens, torch::kLong).unsqueeze(1).to(device);
     in.position_ids = torch::tensor(step_positions, torch::kLong).unsqueeze(1).to(device);
     in.attention_mask = at::Tensor();  // the new tokens are attended; the cache keeps the padding
