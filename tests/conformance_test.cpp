@@ -448,6 +448,17 @@ TEST_P(Conformance, MatchesCpuOnCuda_CUDA) {
 }
 
 bool is_decoder(const std::string& family) { return family == "gpt2" || family == "llama"; }
+
+/// The method cases on the causal-LM families (what can decode).
+class Decoding : public Conformance {};
+
+std::vector<Combo> decoder_combos() {
+  std::vector<Combo> out;
+  for (const auto& c : combos())
+    if (is_decoder(c.family)) out.push_back(c);
+  return out;
+}
+
 bool is_side_network(const MethodCase& m) { return m.config["peft_type"] == "LST"; }
 
 /// Greedy decoding with each step's logits kept.
@@ -465,8 +476,7 @@ void expect_same_decoding(const GenerationResult& a, const GenerationResult& b, 
   for (size_t i = 0; i < a.logits.size(); ++i) EXPECT_LT(max_abs_diff(a.logits[i], b.logits[i]), 1e-5) << what << " step " << i;
 }
 
-TEST_P(Conformance, CachedDecodingEqualsRecomputingTheContext) {
-  if (!is_decoder(GetParam().family)) GTEST_SKIP() << "not a causal LM";
+TEST_P(Decoding, CachedEqualsRecomputingTheContext) {
   PeftModel model(tiny_base());
   model.add_adapter("default", *config());
   perturb(model);
@@ -482,8 +492,7 @@ TEST_P(Conformance, CachedDecodingEqualsRecomputingTheContext) {
   expect_same_decoding(generate(model, prompt, greedy_with_logits(6, true)), reference, "cached");
 }
 
-TEST_P(Conformance, BatchedDecodingEqualsEachRowAlone) {
-  if (!is_decoder(GetParam().family)) GTEST_SKIP() << "not a causal LM";
+TEST_P(Decoding, BatchedEqualsEachRowAlone) {
   PeftModel model(tiny_base());
   model.add_adapter("default", *config());
   perturb(model);
@@ -496,6 +505,8 @@ TEST_P(Conformance, BatchedDecodingEqualsEachRowAlone) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, Conformance, ::testing::ValuesIn(combos()),
+                         [](const auto& info) { return info.param.method.name + "_" + info.param.family; });
+INSTANTIATE_TEST_SUITE_P(Methods, Decoding, ::testing::ValuesIn(decoder_combos()),
                          [](const auto& info) { return info.param.method.name + "_" + info.param.family; });
 
 TEST(ConformanceCoverage, EveryRegisteredMethodHasACase) {

@@ -30,6 +30,13 @@ std::vector<int64_t> argmax_loop(PeftModel& model, std::vector<int64_t> ids, int
   return out;
 }
 
+/// `n` tokens (step · i) mod 50.
+std::vector<int64_t> strided_prompt(int64_t n, int64_t step) {
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < n; ++i) out.push_back((step * i) % 50);
+  return out;
+}
+
 TEST(Generate, GreedyEqualsTheArgmaxLoopWithAndWithoutADelta) {
   auto model = gpt2();
   const std::vector<int64_t> prompt = {3, 14, 15, 9, 2};
@@ -110,8 +117,7 @@ TEST(Generate, TheWindowSlidesPastTheModelsPositions) {
   auto model = gpt2();
   const int64_t positions = model.base_model().geometry().max_positions;
   ASSERT_GT(positions, 0);
-  std::vector<int64_t> prompt;
-  for (int64_t i = 0; i < positions + 3; ++i) prompt.push_back(i % 50);
+  const auto prompt = strided_prompt(positions + 3, 1);
   GenerationConfig c;
   c.max_new_tokens = 2;
   EXPECT_EQ(generate(model, prompt, c).tokens, argmax_loop(model, prompt, 2, positions));
@@ -120,8 +126,7 @@ TEST(Generate, TheWindowSlidesPastTheModelsPositions) {
 TEST(Generate, TheCachedWindowSlidesOnceTheContextIsFull) {
   auto model = gpt2();
   const int64_t positions = model.base_model().geometry().max_positions;
-  std::vector<int64_t> prompt;
-  for (int64_t i = 0; i < positions - 2; ++i) prompt.push_back((7 * i) % 50);
+  const auto prompt = strided_prompt(positions - 2, 7);
   GenerationConfig c;
   c.max_new_tokens = 5;  // two steps cached, three sliding
   EXPECT_EQ(generate(model, prompt, c).tokens, argmax_loop(model, prompt, 5, positions));
@@ -130,9 +135,7 @@ TEST(Generate, TheCachedWindowSlidesOnceTheContextIsFull) {
 TEST(Generate, ABatchRowSlidesOnItsOwnWhileShorterRowsStayCached) {
   auto model = gpt2();
   const int64_t positions = model.base_model().geometry().max_positions;
-  std::vector<int64_t> longer;
-  for (int64_t i = 0; i < positions - 3; ++i) longer.push_back((5 * i) % 50);
-  const std::vector<std::vector<int64_t>> prompts = {{7, 8}, longer, {3}};
+  const std::vector<std::vector<int64_t>> prompts = {{7, 8}, strided_prompt(positions - 3, 5), {3}};
   GenerationConfig c;
   c.max_new_tokens = 8;  // the long row slides after 3; the short ones go past the long one's key count
   const auto batch = generate_batch(model, prompts, c);
