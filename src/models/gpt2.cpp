@@ -207,11 +207,8 @@ ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {
                              : past + lengths.prefix + S;
     PEFT_CHECK(last <= config_.n_positions, "gpt2", "sequence length {} exceeds n_positions {}", last,
                config_.n_positions);
-    PEFT_CHECK(!inputs.position_ids.defined() || inputs.position_ids.sizes() == input_ids.sizes(), "gpt2",
-               "position_ids has shape {}, expected {} like input_ids", c10::str(inputs.position_ids.sizes()),
-               c10::str(input_ids.sizes()));
     const at::Tensor positions =
-        decoder_positions(inputs, B, lengths.virtual_tokens, T, past + lengths.prefix, input_ids.device());
+        decoder_positions(inputs, B, lengths.virtual_tokens, T, past + lengths.prefix, input_ids.device(), "gpt2");
     hidden = prepend_prompt(inputs.prompt_embeds, wte->forward(input_ids)) + wpe->forward(positions);
     // GPT-2 embeds segment ids with the token embedding (HF does the same).
     if (inputs.token_type_ids.defined())

@@ -196,12 +196,9 @@ ModelOutput LlamaModelImpl::forward(const ModelInputs& inputs) {
   check_cache_use(inputs, /*decoder=*/true, ckpt, kC);
   // Keys: cached positions, the prefix, the virtual tokens, the tokens.
   const int64_t past = cached_positions(inputs), S = lengths.virtual_tokens + T, keys = past + lengths.prefix + S;
-  PEFT_CHECK(given || !inputs.position_ids.defined() || inputs.position_ids.sizes() == ids.sizes(), kC,
-             "position_ids has shape {}, expected {} like input_ids", c10::str(inputs.position_ids.sizes()),
-             c10::str(ids.sizes()));
   at::Tensor hidden = given ? inputs.embedding_output : prepend_prompt(inputs.prompt_embeds, embed_tokens->forward(ids));
   const at::Tensor positions =
-      decoder_positions(inputs, B, lengths.virtual_tokens, T, past + lengths.prefix, hidden.device());
+      decoder_positions(inputs, B, lengths.virtual_tokens, T, past + lengths.prefix, hidden.device(), kC);
   if (inputs.attention_mask.defined())
     PEFT_CHECK(given || inputs.attention_mask.sizes() == ids.sizes(), kC,
                "attention_mask has shape {}, expected {} like input_ids", c10::str(inputs.attention_mask.sizes()),

@@ -87,8 +87,11 @@ at::Tensor decoder_key_mask(const ModelInputs& inputs, int64_t batch, int64_t le
 }
 
 at::Tensor decoder_positions(const ModelInputs& inputs, int64_t batch, int64_t leading, int64_t seq, int64_t offset,
-                             c10::Device device) {
+                             c10::Device device, const std::string& c) {
   if (!inputs.position_ids.defined()) return default_positions(batch, leading + seq, offset, device);
+  PEFT_CHECK(inputs.position_ids.dim() == 2 && inputs.position_ids.size(0) == batch && inputs.position_ids.size(1) == seq,
+             c, "position_ids has shape {}, expected [{}, {}] like input_ids", c10::str(inputs.position_ids.sizes()),
+             batch, seq);
   const at::Tensor given = inputs.position_ids.to(torch::kLong);
   return leading == 0 ? given : torch::cat({default_positions(batch, leading, offset, device), given}, 1);
 }

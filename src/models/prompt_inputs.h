@@ -53,9 +53,9 @@ inline int64_t cached_positions(const ModelInputs& inputs) { return inputs.kv_ca
 /// attended. Registers the new positions with the cache.
 at::Tensor decoder_key_mask(const ModelInputs& inputs, int64_t batch, int64_t leading, int64_t seq, int64_t layers);
 /// [batch, leading + seq] positions: the prompt's `leading` from `offset` on, then position_ids
-/// (or the default numbering after them).
+/// ([batch, seq], checked; errors name `component`) or the default numbering after them.
 at::Tensor decoder_positions(const ModelInputs& inputs, int64_t batch, int64_t leading, int64_t seq, int64_t offset,
-                             c10::Device device);
+                             c10::Device device, const std::string& component);
 /// Refuses a key/value cache for a model that is not a decoder, or under gradient checkpointing.
 void check_cache_use(const ModelInputs& inputs, bool decoder, bool checkpointing, const std::string& component);
 
