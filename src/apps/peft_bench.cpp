@@ -203,6 +203,20 @@ int64_t bytes_of(const std::vector<at::Tensor>& tensors) {
 
 double mib(double bytes) { return bytes / (1024.0 * 1024.0); }
 
+/// The causal LM a run measures: --model loaded (each tensor quantized as its shard is read), else
+/// drawn at random in place (quantized: one linear at a time, never the whole model wide).
+std::shared_ptr<peft::models::PretrainedModel> benchmark_base(const Geometry& g, const Setup& setup, c10::Device device,
+                                                              c10::ScalarType dtype) {
+  if (setup.model_dir.empty())
+    return peft::models::create_model_on(model_config(g), device, dtype, "causal_lm", setup.quantization());
+  peft::models::LoadOptions load;
+  load.dtype = dtype;
+  load.device = device;
+  load.task = "causal_lm";
+  load.quantization = setup.quantization();
+  return peft::models::load_pretrained(setup.model_dir, load);
+}
+
 /// Runs one method in this process and returns its measurements.
 nlohmann::json measure(const std::string& method, Geometry g, const Setup& setup, int steps, int warmup,
                        const std::string& profile_dir) {
@@ -210,19 +224,8 @@ nlohmann::json measure(const std::string& method, Geometry g, const Setup& setup
   const c10::Device device(setup.device);
   const auto dtype = peft::core::dtype_from_name(setup.dtype, "--dtype").value_or(torch::kFloat);
   torch::manual_seed(0);
-  std::shared_ptr<peft::models::PretrainedModel> base;
   const auto t_load = std::chrono::steady_clock::now();
-  if (!setup.model_dir.empty()) {
-    peft::models::LoadOptions load;
-    load.dtype = dtype;
-    load.device = device;
-    load.task = "causal_lm";
-    load.quantization = setup.quantization();  // each tensor quantized as its shard is read
-    base = peft::models::load_pretrained(setup.model_dir, load);
-  } else {
-    // Quantized: drawn and quantized one linear at a time.
-    base = peft::models::create_model_on(model_config(g), device, dtype, "causal_lm", setup.quantization());
-  }
+  const auto base = benchmark_base(g, setup, device, dtype);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count();
   const double rss_loaded = peft::core::peak_resident_mib();
   base->set_gradient_checkpointing(setup.checkpointing);
@@ -385,17 +388,7 @@ nlohmann::json measure_generation(const std::string& method, const Geometry& g, 
   const c10::Device device(setup.device);
   const auto dtype = peft::core::dtype_from_name(setup.dtype, "--dtype").value_or(torch::kFloat);
   torch::manual_seed(0);
-  std::shared_ptr<peft::models::PretrainedModel> base;
-  if (!setup.model_dir.empty()) {
-    peft::models::LoadOptions load;
-    load.dtype = dtype;
-    load.device = device;
-    load.task = "causal_lm";
-    load.quantization = setup.quantization();
-    base = peft::models::load_pretrained(setup.model_dir, load);
-  } else {
-    base = peft::models::create_model_on(model_config(g), device, dtype, "causal_lm", setup.quantization());
-  }
+  const auto base = benchmark_base(g, setup, device, dtype);
   peft::PeftModel model(base);
   model.add_adapter("default", *peft::methods::parse_config(method_config(method, g.family)));
   std::vector<std::vector<int64_t>> prompts;
@@ -469,6 +462,19 @@ std::string run_child(const std::vector<std::string>& args) {
   PEFT_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, kC, "the benchmark of '{}' failed (see its error above)",
              args.back());
   return text;
+}
+
+/// The generation runs side by side on stderr.
+void print_generation_table(const std::vector<nlohmann::json>& rows) {
+  fmt::print(stderr, "\n{:<14} {:>7} {:>8} {:>12} {:>14} {:>9} {:>14} {:>10}\n", "method", "storage", "tokens",
+             "cached tok/s", "uncached tok/s", "speedup", "merged tok/s", "cache MiB");
+  for (const auto& r : rows)
+    fmt::print(stderr, "{:<14} {:>7} {:>8} {:>12.1f} {:>14.1f} {:>8.1f}x {:>14} {:>10.1f}\n", r["method"].get<std::string>(),
+               r["setup"]["quant"].get<std::string>(), r["generate"].get<int64_t>(),
+               r["cached_tokens_per_s"].get<double>(), r["uncached_tokens_per_s"].get<double>(),
+               r["cache_speedup"].get<double>(),
+               r["merged_cached_tokens_per_s"].is_number() ? fmt::format("{:.1f}", r["merged_cached_tokens_per_s"].get<double>()) : "-",
+               r["kv_cache_mib"].get<double>());
 }
 
 /// The training runs side by side on stderr.
@@ -611,18 +617,8 @@ int run(int argc, char** argv) {
     fmt::print("{}\n", rows.back().dump());
     std::fflush(stdout);
   }
-  if (g.generate > 0) {
-    fmt::print(stderr, "\n{:<14} {:>7} {:>8} {:>12} {:>14} {:>9} {:>14} {:>10}\n", "method", "storage", "tokens",
-               "cached tok/s", "uncached tok/s", "speedup", "merged tok/s", "cache MiB");
-    for (const auto& r : rows)
-      fmt::print(stderr, "{:<14} {:>7} {:>8} {:>12.1f} {:>14.1f} {:>8.1f}x {:>14} {:>10.1f}\n", r["method"].get<std::string>(),
-                 r["setup"]["quant"].get<std::string>(), r["generate"].get<int64_t>(),
-                 r["cached_tokens_per_s"].get<double>(), r["uncached_tokens_per_s"].get<double>(),
-                 r["cache_speedup"].get<double>(),
-                 r["merged_cached_tokens_per_s"].is_number() ? fmt::format("{:.1f}", r["merged_cached_tokens_per_s"].get<double>()) : "-",
-                 r["kv_cache_mib"].get<double>());
-  }
-  if (g.generate == 0) print_training_table(rows);
+  if (g.generate > 0) print_generation_table(rows);
+  else print_training_table(rows);
   if (!json_path.empty()) {
     std::string text;
     for (const auto& r : rows) text += r.dump() + "\n";
