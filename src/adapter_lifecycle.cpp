@@ -61,10 +61,11 @@ std::vector<std::pair<std::string, at::Tensor>> PeftModel::adapter_buffers() {
 
 models::ModelOutput PeftModel::forward_train(const models::ModelInputs& inputs) {
   auto out = forward(inputs);
-  if (!base_->is_training() || !out.loss.defined() || !enabled_ || active_.empty()) return out;
-  const auto& method = methods::find_method(adapter(active_).config->method());
-  if (method.training_loss) {
-    at::Tensor extra = method.training_loss(*this, active_, inputs, out);
+  if (!base_->is_training() || !out.loss.defined() || !enabled_) return out;
+  for (const auto& name : active_set_) {
+    const auto& method = methods::find_method(adapter(name).config->method());
+    if (!method.training_loss) continue;
+    at::Tensor extra = method.training_loss(*this, name, inputs, out);
     if (extra.defined()) out.loss = out.loss + extra;
   }
   return out;

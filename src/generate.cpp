@@ -18,6 +18,9 @@ constexpr const char* kC = "generate";
 /// One prompt's progress.
 struct Row {
   std::vector<int64_t> ids;  ///< prompt + generated
+  std::string adapter;       ///< the row's adapter_names entry ("": the active adapters)
+  int64_t offset = 0;        ///< its adapter's virtual tokens: its tokens are numbered after them
+  int64_t window = 0;        ///< the tokens its context may hold
   GenerationResult result;
   bool done = false;
 };
@@ -62,19 +65,35 @@ bool advance(Row& row, int64_t next, const at::Tensor& logits, const GenerationC
   return !row.done;
 }
 
-/// The active adapter's virtual tokens (prompt or prefix tuning: the tokens are numbered after them).
-int64_t virtual_tokens(PeftModel& model) {
-  if (!model.adapters_enabled() || model.active_adapter().empty()) return 0;
-  auto encoder = model.prompt_encoder(model.active_adapter());
+/// The virtual tokens of `adapter` ("": the active one): prompt or prefix tuning numbers the
+/// tokens after them.
+int64_t virtual_tokens(PeftModel& model, const std::string& adapter) {
+  std::string name = adapter;
+  if (name.empty()) {
+    if (!model.adapters_enabled() || model.active_adapter().empty()) return 0;
+    name = model.active_adapter();
+  }
+  if (name == PeftModel::kBaseAdapterName || !model.has_adapter(name)) return 0;
+  auto encoder = model.prompt_encoder(name);
   return encoder ? encoder->num_virtual_tokens() : 0;
 }
 
-/// Positions the tokens may take: the model's maximum less the active adapter's virtual tokens.
-int64_t context_window(PeftModel& model) {
+/// Positions the tokens may take: the model's maximum less the adapter's virtual tokens.
+int64_t context_window(PeftModel& model, const std::string& adapter) {
   const int64_t positions = model.base_model().geometry().max_positions;
   PEFT_CHECK(positions > 0, kC, "{} has no maximum sequence length to generate within", model.base_model().architecture());
-  PEFT_CHECK(positions - virtual_tokens(model) > 0, kC, "the adapter's virtual tokens fill the model's {} positions", positions);
-  return positions - virtual_tokens(model);
+  const int64_t window = positions - virtual_tokens(model, adapter);
+  PEFT_CHECK(window > 0, kC, "the adapter's virtual tokens fill the model's {} positions", positions);
+  return window;
+}
+
+/// One forward of `rows`' current batch: a mixed-adapter batch when the rows name adapters.
+models::ModelOutput run(PeftModel& model, const models::ModelInputs& in, const std::vector<Row>& rows,
+                        const std::vector<size_t>& which) {
+  if (rows[which.front()].adapter.empty()) return model.forward(in);
+  std::vector<std::string> names;
+  for (size_t r : which) names.push_back(rows[r].adapter);
+  return model.forward(in, names);
 }
 
 at::Tensor next_logits(const at::Tensor& logits, const PeftModel& model) {
@@ -84,29 +103,29 @@ at::Tensor next_logits(const at::Tensor& logits, const PeftModel& model) {
 }
 
 /// The reference: every step recomputes the row's last `window` tokens.
-void continue_uncached(PeftModel& model, Row& row, int64_t window, const GenerationConfig& c,
-                       std::optional<at::Generator>& gen, c10::Device device) {
+void continue_uncached(PeftModel& model, Row& row, const GenerationConfig& c, std::optional<at::Generator>& gen,
+                       c10::Device device) {
+  const std::vector<Row> alone = {Row{{}, row.adapter}};
   while (!row.done) {
-    const auto n = std::min<int64_t>(static_cast<int64_t>(row.ids.size()), window);
+    const auto n = std::min<int64_t>(static_cast<int64_t>(row.ids.size()), row.window);
     models::ModelInputs in;
     in.input_ids = torch::tensor(std::vector<int64_t>(row.ids.end() - n, row.ids.end()), torch::kLong).unsqueeze(0).to(device);
-    const at::Tensor logits = next_logits(model.forward(in).logits, model)[0];
+    const at::Tensor logits = next_logits(run(model, in, alone, {0}).logits, model)[0];
     advance(row, pick(logits, row.ids, c, gen), logits, c);
   }
 }
 
 /// The rows in one batch with a key/value cache: the (left-padded) prompts at once, then one
 /// token per running row per step. A row that fills the window continues uncached.
-void continue_cached(PeftModel& model, std::vector<Row>& rows, int64_t window, const GenerationConfig& c,
+void continue_cached(PeftModel& model, std::vector<Row>& rows, const GenerationConfig& c,
                      std::optional<at::Generator>& gen, c10::Device device) {
-  const int64_t offset = virtual_tokens(model);  // the tokens' first position
   std::vector<size_t> running;  // row indices, in cache order
   int64_t longest = 0;
   for (size_t r = 0; r < rows.size(); ++r) {
     if (rows[r].done) continue;
     // A prompt longer than the window starts from its last `window` tokens.
-    if (static_cast<int64_t>(rows[r].ids.size()) >= window) {
-      continue_uncached(model, rows[r], window, c, gen, device);
+    if (static_cast<int64_t>(rows[r].ids.size()) >= rows[r].window) {
+      continue_uncached(model, rows[r], c, gen, device);
       continue;
     }
     running.push_back(r);
@@ -116,10 +135,12 @@ void continue_cached(PeftModel& model, std::vector<Row>& rows, int64_t window, c
   const auto B = static_cast<int64_t>(running.size());
   at::Tensor ids = torch::full({B, longest}, c.pad_token, torch::kLong);
   at::Tensor mask = torch::zeros({B, longest}, torch::kLong);
-  at::Tensor positions = torch::full({B, longest}, offset, torch::kLong);
+  at::Tensor positions = torch::zeros({B, longest}, torch::kLong);
   for (int64_t b = 0; b < B; ++b) {
     const auto& p = rows[running[b]].ids;
     const auto n = static_cast<int64_t>(p.size());
+    const int64_t offset = rows[running[b]].offset;
+    positions[b].fill_(offset);
     ids[b].narrow(0, longest - n, n).copy_(torch::tensor(p, torch::kLong));
     mask[b].narrow(0, longest - n, n).fill_(1);
     positions[b].narrow(0, longest - n, n).copy_(torch::arange(offset, offset + n, torch::kLong));
@@ -131,20 +152,20 @@ void continue_cached(PeftModel& model, std::vector<Row>& rows, int64_t window, c
   in.position_ids = positions.to(device);
   in.attention_mask = B > 1 || longest > static_cast<int64_t>(rows[running[0]].ids.size()) ? mask.to(device) : at::Tensor();
   while (!running.empty()) {
-    const at::Tensor logits = next_logits(model.forward(in).logits, model);
+    const at::Tensor logits = next_logits(run(model, in, rows, running).logits, model);
     std::vector<int64_t> keep, tokens, step_positions;
     for (size_t b = 0; b < running.size(); ++b) {
       Row& row = rows[running[b]];
       const at::Tensor row_logits = logits[static_cast<int64_t>(b)];
       if (!advance(row, pick(row_logits, row.ids, c, gen), row_logits, c)) continue;
       const auto fed = static_cast<int64_t>(row.ids.size()) - 1;  // the new token's index in the row
-      if (fed >= window) {  // the window is full: slide, uncached
-        continue_uncached(model, row, window, c, gen, device);
+      if (fed >= row.window) {  // the window is full: slide, uncached
+        continue_uncached(model, row, c, gen, device);
         continue;
       }
       keep.push_back(static_cast<int64_t>(b));
       tokens.push_back(row.ids.back());
-      step_positions.push_back(offset + fed);
+      step_positions.push_back(row.offset + fed);
     }
     if (keep.empty()) break;
     if (keep.size() < running.size()) {
@@ -176,7 +197,13 @@ std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector
   PEFT_CHECK(!prompts.empty(), kC, "no prompts");
   for (size_t i = 0; i < prompts.size(); ++i)
     PEFT_CHECK(!prompts[i].empty(), kC, "the prompt{} has no tokens", prompts.size() > 1 ? fmt::format(" {}", i) : "");
-  const int64_t window = context_window(model);
+  PEFT_CHECK(config.adapter_names.empty() || config.adapter_names.size() == prompts.size(), kC,
+             "adapter_names has {} names for {} prompts (one per prompt expected)", config.adapter_names.size(),
+             prompts.size());
+  for (size_t i = 0; i < config.adapter_names.size(); ++i)
+    PEFT_CHECK(config.adapter_names[i] == PeftModel::kBaseAdapterName || model.has_adapter(config.adapter_names[i]), kC,
+               "adapter_names[{}]: no adapter named '{}' (adapters: {}; '{}' runs the bare base)", i,
+               config.adapter_names[i], fmt::join(model.adapters(), ", "), PeftModel::kBaseAdapterName);
   const int64_t vocab = model.base_model().geometry().vocab_size;
   PEFT_CHECK(vocab <= 0 || config.pad_token < vocab, kC, "pad_token {} is outside the vocabulary ({} tokens)",
              config.pad_token, vocab);
@@ -189,14 +216,17 @@ std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector
   std::vector<Row> rows(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     rows[i].ids = prompts[i];
+    if (!config.adapter_names.empty()) rows[i].adapter = config.adapter_names[i];
+    rows[i].offset = virtual_tokens(model, rows[i].adapter);
+    rows[i].window = context_window(model, rows[i].adapter);
     rows[i].result.stop_reason = "max_new_tokens";
     rows[i].done = config.max_new_tokens == 0;
   }
   try {
     if (config.use_cache) {
-      continue_cached(model, rows, window, config, gen, device);
+      continue_cached(model, rows, config, gen, device);
     } else {
-      for (auto& row : rows) continue_uncached(model, row, window, config, gen, device);
+      for (auto& row : rows) continue_uncached(model, row, config, gen, device);
     }
   } catch (...) {
     model.train(was_training);

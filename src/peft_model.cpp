@@ -45,6 +45,8 @@ PeftModel::PeftModel(std::shared_ptr<models::PretrainedModel> base) : base_(std:
                item.first);
     linears_.push_back(item);
   }
+  for (const auto& item : base_->named_modules("", false))
+    if (dynamic_cast<nn::RowRoutable*>(item.value().get())) routables_.emplace_back(item.key(), item.value());
   blocks_ = base_->block_adapters();
   attentions_ = base_->attention_adapters();
   for (auto& [path, holder] : attentions_)
@@ -66,7 +68,7 @@ PeftModel::PeftModel(std::shared_ptr<models::PretrainedModel> base) : base_(std:
 }
 
 models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs) {
-  if (enabled_ && !active_.empty()) {
+  if (enabled_ && active_set_.size() == 1) {
     auto& a = adapter(active_);
     if (a.prompt) return base_->forward(a.prompt->prepare(inputs));
     if (a.side) {
@@ -123,7 +125,7 @@ void PeftModel::add_adapter_without_data(const std::string& name, const methods:
     delete_adapter(name);
     throw;
   }
-  if (active_.empty()) active_ = name;
+  if (active_.empty()) activate({name});
   base_->train(base_->is_training());  // new modules take the model's train / eval mode
   apply_state();
 }
@@ -265,13 +267,13 @@ void PeftModel::apply_state() {
   for (auto& [name, data] : originals_) base_params_.at(name).set_data(data);
   originals_.clear();
   for (auto& [name, p] : base_params_) p.set_requires_grad(false);
-  const bool running = enabled_ && !active_.empty();
-  for (auto& [path, lin] : linears_) lin->set_active(running ? std::vector<std::string>{active_} : std::vector<std::string>{});
-  const auto running_set = running ? std::vector<std::string>{active_} : std::vector<std::string>{};
+  const auto running_set = enabled_ ? active_set_ : std::vector<std::string>{};
+  for (auto& [path, lin] : linears_) lin->set_active(running_set);
   for (auto& [path, block] : blocks_) block->set_active(running_set);
   for (auto& [path, holder] : attentions_) holder->set_active(running_set);
   for (auto& [name, a] : adapters_) {
-    const bool train = running && name == active_ && a.trainable;
+    const bool running = enabled_ && is_active(name);
+    const bool train = running && a.trainable;
     for (auto& [path, lin] : a.layers)
       for (auto& p : lin->delta(name)->parameters()) p.set_requires_grad(train);
     for (auto& [path, block] : a.blocks)
@@ -282,7 +284,7 @@ void PeftModel::apply_state() {
       for (auto& p : a.prompt->parameters()) p.set_requires_grad(train);
     if (a.side)
       for (auto& p : a.side->parameters()) p.set_requires_grad(train);
-    if (!(running && name == active_)) continue;
+    if (!running) continue;
     for (auto& [pname, copy] : a.base_copies) {
       at::Tensor live = base_params_.at(pname);
       originals_[pname] = live.detach();
@@ -300,14 +302,45 @@ void PeftModel::delete_adapter(const std::string& name) {
   detach_modules(name, a);
   adapters_.erase(name);
   order_.erase(std::remove(order_.begin(), order_.end(), name), order_.end());
-  if (active_ == name) active_ = order_.empty() ? "" : order_.front();
+  if (is_active(name)) {
+    auto rest = active_set_;
+    rest.erase(std::remove(rest.begin(), rest.end(), name), rest.end());
+    if (rest.empty() && !order_.empty()) rest = {order_.front()};
+    activate(rest);
+  }
   apply_state();
 }
 
-void PeftModel::set_adapter(const std::string& name) {
-  adapter(name);
+void PeftModel::activate(std::vector<std::string> names) {
+  active_set_ = std::move(names);
+  active_ = active_set_.empty() ? "" : active_set_.front();
+}
+
+bool PeftModel::is_active(const std::string& name) const {
+  return std::find(active_set_.begin(), active_set_.end(), name) != active_set_.end();
+}
+
+void PeftModel::set_adapter(const std::string& name) { set_adapters({name}); }
+
+void PeftModel::set_adapters(const std::vector<std::string>& names) {
+  PEFT_CHECK(!names.empty(), kC, "set_adapters needs at least one adapter name");
   PEFT_CHECK(merged_.empty(), kC, "adapter '{}' is merged; unmerge it before switching adapters", active_);
-  active_ = name;
+  std::map<std::string, std::string> copied_by;  // base tensor -> the adapter training a copy of it
+  for (const auto& name : names) {
+    const auto& a = adapter(name);
+    PEFT_CHECK(std::count(names.begin(), names.end(), name) == 1, kC, "set_adapters: '{}' is listed twice", name);
+    if (names.size() == 1) break;
+    PEFT_CHECK(!a.prompt && !a.side, kC,
+               "adapter '{}' ({}) cannot be active beside other adapters: its {} takes over the whole input; "
+               "activate it alone",
+               name, a.config->method(), a.prompt ? "prompt" : "side network");
+    for (const auto& [pname, copy] : a.base_copies) {
+      auto [it, fresh] = copied_by.emplace(pname, name);
+      PEFT_CHECK(fresh, kC, "adapters '{}' and '{}' both train their own copy of '{}'; only one of them can be active",
+                 it->second, name, pname);
+    }
+  }
+  activate(names);
   apply_state();
 }
 
@@ -328,40 +361,43 @@ void PeftModel::set_trainable(const std::string& name, bool trainable) {
 }
 
 nn::RequantizationError PeftModel::merge_adapter(bool requantize) {
-  PEFT_CHECK(!active_.empty(), kC, "no adapter to merge");
-  PEFT_CHECK(merged_.empty(), kC, "adapter '{}' is already merged", active_);
+  PEFT_CHECK(!active_set_.empty(), kC, "no adapter to merge");
+  PEFT_CHECK(merged_.empty(), kC, "adapter '{}' is already merged", merged_.empty() ? "" : merged_.front());
   PEFT_CHECK(enabled_, kC, "adapters are disabled; enable them before merging");
-  auto& a = adapter(active_);
-  PEFT_CHECK(a.blocks.empty(), kC,
-             "adapter '{}' ({}) cannot be merged: its block adapters apply a nonlinearity between two projections, "
-             "so no weight can absorb them; run it unmerged",
-             active_, a.config->method());
-  PEFT_CHECK(!a.side, kC,
-             "adapter '{}' ({}) cannot be merged: its side network computes the output beside the backbone; run it "
-             "unmerged",
-             active_, a.config->method());
-  PEFT_CHECK(a.attentions.empty() && !a.prompt, kC,
-             "adapter '{}' ({}) cannot be merged: it adds keys and values (or virtual tokens) that attention mixes "
-             "through a softmax, which no weight can absorb; run it unmerged",
-             active_, a.config->method());
-  if (!requantize)  // refuse before any layer changes
-    for (auto& [path, lin] : a.layers)
-      PEFT_CHECK(!lin->quantized(), kC,
-                 "adapter '{}': layer '{}' is quantized ({}); merge with requantization (lossy: dequantize, add, "
-                 "quantize again), or load the base unquantized (e.g. peft-merge --dtype bfloat16) to merge exactly",
-                 active_, path, nn::quant_type_name(lin->quantized_weight()->type));
-  std::vector<nn::AdaptableLinear> done;
+  for (const auto& name : active_set_) {  // refuse before any layer changes
+    auto& a = adapter(name);
+    PEFT_CHECK(a.blocks.empty(), kC,
+               "adapter '{}' ({}) cannot be merged: its block adapters apply a nonlinearity between two projections, "
+               "so no weight can absorb them; run it unmerged",
+               name, a.config->method());
+    PEFT_CHECK(!a.side, kC,
+               "adapter '{}' ({}) cannot be merged: its side network computes the output beside the backbone; run it "
+               "unmerged",
+               name, a.config->method());
+    PEFT_CHECK(a.attentions.empty() && !a.prompt, kC,
+               "adapter '{}' ({}) cannot be merged: it adds keys and values (or virtual tokens) that attention mixes "
+               "through a softmax, which no weight can absorb; run it unmerged",
+               name, a.config->method());
+    if (!requantize)
+      for (auto& [path, lin] : a.layers)
+        PEFT_CHECK(!lin->quantized(), kC,
+                   "adapter '{}': layer '{}' is quantized ({}); merge with requantization (lossy: dequantize, add, "
+                   "quantize again), or load the base unquantized (e.g. peft-merge --dtype bfloat16) to merge exactly",
+                   name, path, nn::quant_type_name(lin->quantized_weight()->type));
+  }
+  std::vector<std::pair<std::string, nn::AdaptableLinear>> done;
   nn::RequantizationError error;
   try {
-    for (auto& [path, lin] : a.layers) {
-      error.add(lin->merge(active_, requantize));
-      done.push_back(lin);
-    }
+    for (const auto& name : active_set_)
+      for (auto& [path, lin] : adapter(name).layers) {
+        error.add(lin->merge(name, requantize));
+        done.emplace_back(name, lin);
+      }
   } catch (...) {
-    for (auto& lin : done) lin->unmerge(active_, requantize);
+    for (auto it = done.rbegin(); it != done.rend(); ++it) it->second->unmerge(it->first, requantize);
     throw;
   }
-  merged_ = {active_};
+  merged_ = active_set_;
   merged_requantized_ = requantize;
   return error;
 }
@@ -369,14 +405,14 @@ nn::RequantizationError PeftModel::merge_adapter(bool requantize) {
 nn::RequantizationError PeftModel::unmerge_adapter() {
   PEFT_CHECK(!merged_.empty(), kC, "no adapter is merged");
   nn::RequantizationError error;
-  for (auto& [path, lin] : adapter(merged_.front()).layers)
-    error.add(lin->unmerge(merged_.front(), merged_requantized_));
+  for (auto name = merged_.rbegin(); name != merged_.rend(); ++name)
+    for (auto& [path, lin] : adapter(*name).layers) error.add(lin->unmerge(*name, merged_requantized_));
   merged_.clear();
   return error;
 }
 
 std::shared_ptr<models::PretrainedModel> PeftModel::merge_and_unload(bool requantize, nn::RequantizationError* error) {
-  if (!active_.empty() && enabled_ && merged_.empty()) {
+  if (!active_set_.empty() && enabled_ && merged_.empty()) {
     auto e = merge_adapter(requantize);
     if (error) *error = e;
   }
@@ -390,7 +426,7 @@ std::shared_ptr<models::PretrainedModel> PeftModel::merge_and_unload(bool requan
   adapters_.clear();
   order_.clear();
   merged_.clear();
-  active_.clear();
+  activate({});
   for (auto& p : base_->parameters()) p.set_requires_grad(false);
   return base_;
 }
@@ -400,7 +436,7 @@ std::shared_ptr<models::PretrainedModel> PeftModel::unload() {
   for (auto& [name, a] : adapters_) detach_modules(name, a);
   adapters_.clear();
   order_.clear();
-  active_.clear();
+  activate({});
   apply_state();
   return base_;
 }
@@ -461,7 +497,7 @@ ParameterCounts PeftModel::count_parameters() {
   // Like HF's ModulesToSaveWrapper: the original module and every adapter's copy all count.
   for (auto& [pname, t] : originals_) c.total += t.numel();
   for (auto& [name, a] : adapters_)
-    if (!(enabled_ && name == active_))
+    if (!(enabled_ && is_active(name)))
       for (auto& [pname, copy] : a.base_copies) c.total += copy.numel();
   return c;
 }

@@ -447,6 +447,83 @@ TEST_P(Conformance, MatchesCpuOnCuda_CUDA) {
     EXPECT_LT(max_abs_diff(gpu.second[i], cpu.second[i]), 1e-4 + 1e-3 * cpu.second[i].abs().max().item<double>()) << i;
 }
 
+bool is_prompt_method(const MethodCase& m) {
+  const std::string type = m.config["peft_type"];
+  return type == "PREFIX_TUNING" || type == "PROMPT_TUNING" || type == "P_TUNING";
+}
+
+/// What a mixed-adapter batch refuses for a case, as its error says it ("": supported).
+std::string mixed_batch_refusal(const MethodCase& m) {
+  const std::string type = m.config["peft_type"];
+  if (type == "LST" || m.name == "s3pet_search_space") return "side network";
+  return "";
+}
+
+/// The rows `which` of a batch (every per-row field), in that order.
+models::ModelInputs rows_of(const models::ModelInputs& in, const std::vector<int64_t>& which) {
+  const at::Tensor index = torch::tensor(which, torch::kLong);
+  auto pick = [&](const at::Tensor& t) { return t.defined() ? t.index_select(0, index) : t; };
+  models::ModelInputs out = in;
+  out.input_ids = pick(in.input_ids);
+  out.attention_mask = pick(in.attention_mask);
+  out.token_type_ids = pick(in.token_type_ids);
+  out.pixel_values = pick(in.pixel_values);
+  out.labels = pick(in.labels);
+  return out;
+}
+
+TEST_P(Conformance, MixedAdapterBatchEqualsEachRowAlone) {
+  PeftModel model(tiny_base());
+  model.eval();
+  model.add_adapter("a", *config());
+  perturb(model);
+  model.add_adapter("b", *config());
+  model.set_adapter("b");
+  perturb(model, 0.08);
+  model.set_adapter("a");
+  torch::NoGradGuard g;
+  const auto in = rows_of(batch(), {0, 1, 1, 0});
+  // Prompt methods share a batch only with prompts of the same length: no bare-base row.
+  const bool prompt = is_prompt_method(GetParam().method);
+  const std::vector<std::string> names = prompt ? std::vector<std::string>{"a", "b", "a", "b"}
+                                                : std::vector<std::string>{"a", "__base__", "b", "b"};
+  const std::string refusal = mixed_batch_refusal(GetParam().method);
+  if (!refusal.empty()) {
+    const std::string error = error_of([&] { model.forward(in, names); });
+    EXPECT_NE(error.find(refusal), std::string::npos) << error;
+    EXPECT_NE(error.find("'a'"), std::string::npos) << error;
+  } else {
+    const at::Tensor mixed = model.forward(in, names).logits.clone();
+    EXPECT_EQ(model.active_adapter(), "a") << "the active adapter is left as it was";
+    for (int64_t i = 0; i < 4; ++i) {
+      const auto& name = names[static_cast<size_t>(i)];
+      if (name == "__base__") {
+        model.disable_adapters();
+      } else {
+        model.enable_adapters();
+        model.set_adapter(name);
+      }
+      const at::Tensor alone = model.forward(rows_of(in, {i})).logits;
+      EXPECT_LT(max_abs_diff(mixed[i], alone[0]), 1e-6) << "row " << i << " (" << name << ")";
+    }
+    model.enable_adapters();
+    if (prompt) {
+      const std::string error = error_of([&] { model.forward(in, {"a", "__base__", "a", "b"}); });
+      EXPECT_NE(error.find("virtual tokens"), std::string::npos) << error;
+    }
+  }
+  // Every row on one adapter: the active-adapter forward, bit for bit (for refused methods too).
+  model.set_adapter("b");
+  const at::Tensor active_b = model.forward(in).logits.clone();
+  model.set_adapter("a");
+  EXPECT_TRUE(bit_equal(model.forward(in, {"b", "b", "b", "b"}).logits, active_b));
+  EXPECT_EQ(model.active_adapter(), "a");
+  model.disable_adapters();
+  const at::Tensor bare = model.forward(in).logits.clone();
+  model.enable_adapters();
+  EXPECT_TRUE(bit_equal(model.forward(in, {"__base__", "__base__", "__base__", "__base__"}).logits, bare));
+}
+
 bool is_decoder(const std::string& family) { return family == "gpt2" || family == "llama"; }
 
 /// The method cases on the causal-LM families (what can decode).
@@ -502,6 +579,32 @@ TEST_P(Decoding, BatchedEqualsEachRowAlone) {
   ASSERT_EQ(batch.size(), prompts.size());
   for (size_t r = 0; r < prompts.size(); ++r)
     expect_same_decoding(batch[r], generate(model, prompts[r], c), "row " + std::to_string(r));
+}
+
+TEST_P(Decoding, MixedAdapterGenerationEqualsEachRowAlone) {
+  if (!mixed_batch_refusal(GetParam().method).empty()) GTEST_SKIP() << "refused (MixedAdapterBatchEqualsEachRowAlone)";
+  PeftModel model(tiny_base());
+  model.add_adapter("a", *config());
+  perturb(model);
+  model.add_adapter("b", *config());
+  model.set_adapter("b");
+  perturb(model, 0.08);
+  const bool prompt = is_prompt_method(GetParam().method);
+  const std::vector<std::vector<int64_t>> prompts = {{3, 17, 42, 8, 25}, {9}, {11, 12, 13}};
+  auto c = greedy_with_logits(5, true);
+  c.adapter_names = prompt ? std::vector<std::string>{"a", "b", "a"} : std::vector<std::string>{"a", "__base__", "b"};
+  const auto batch = generate_batch(model, prompts, c);
+  ASSERT_EQ(batch.size(), prompts.size());
+  const auto alone = greedy_with_logits(5, true);
+  for (size_t r = 0; r < prompts.size(); ++r) {
+    if (c.adapter_names[r] == "__base__") {
+      model.disable_adapters();
+    } else {
+      model.enable_adapters();
+      model.set_adapter(c.adapter_names[r]);
+    }
+    expect_same_decoding(batch[r], generate(model, prompts[r], alone), "row " + std::to_string(r));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Methods, Conformance, ::testing::ValuesIn(combos()),

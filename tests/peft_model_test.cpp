@@ -179,6 +179,41 @@ TEST(PeftModel, AddSwitchDisableDelete) {
   EXPECT_LT(max_abs_diff(plain->forward(ids()).logits, base), 1e-6);
 }
 
+TEST(PeftModel, SeveralActiveAdaptersAddTheirDeltas) {
+  auto m = gpt2();
+  m->add_adapter("a", lora({"c_attn"}));
+  m->add_adapter("b", lora({"c_attn", "c_fc"}));
+  torch::NoGradGuard g;
+  const auto out_a = m->forward(ids()).logits.clone();
+  m->set_adapters({"a", "b"});
+  EXPECT_EQ(m->active_adapter(), "a");
+  EXPECT_EQ(m->active_adapters(), (std::vector<std::string>{"a", "b"}));
+  const auto both = m->forward(ids()).logits.clone();
+  EXPECT_GT(max_abs_diff(both, out_a), 1e-4);
+  int64_t trainable = 0;
+  for (auto& p : m->trainable_parameters()) trainable += p.numel();
+  EXPECT_EQ(trainable, m->count_parameters().trainable);
+  EXPECT_EQ(trainable, 2 * 2 * (64 + 192) + 2 * 2 * (64 + 192) + 2 * 2 * (64 + 256)) << "both adapters train";
+  // W + ΔW_a + ΔW_b: merging both gives the same function, unmerging restores the weights.
+  const auto before = m->base_model().named_parameters()["transformer.h.0.attn.c_attn.weight"].clone();
+  m->merge_adapter();
+  EXPECT_LT(max_abs_diff(m->forward(ids()).logits, both), 1e-5);
+  m->unmerge_adapter();
+  EXPECT_LT(max_abs_diff(m->base_model().named_parameters()["transformer.h.0.attn.c_attn.weight"], before), 1e-6);
+  EXPECT_LT(max_abs_diff(m->forward(ids()).logits, both), 1e-5);
+  m->delete_adapter("a");
+  EXPECT_EQ(m->active_adapters(), (std::vector<std::string>{"b"}));
+  // Refusals name what conflicts.
+  EXPECT_NE(error_of([&] { m->set_adapters({"b", "b"}); }).find("listed twice"), std::string::npos);
+  auto head = lora({"c_attn"});
+  head.modules_to_save = {"ln_f"};
+  m->add_adapter("c", head);
+  m->add_adapter("d", head);
+  const std::string copies = error_of([&] { m->set_adapters({"c", "d"}); });
+  EXPECT_NE(copies.find("'transformer.ln_f."), std::string::npos) << copies;
+  EXPECT_EQ(m->active_adapters(), (std::vector<std::string>{"b"})) << "a refused set changes nothing";
+}
+
 TEST(PeftModel, TrainableReportInHFFormat) {
   auto m = gpt2();
   m->add_adapter("default", lora({"c_attn"}));

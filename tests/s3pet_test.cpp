@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "methods/s3pet/s3pet_modules.h"
+#include "peft/nn/layer_norm.h"
 #include "peft/core/error.h"
 #include "peft/methods/s3pet/s3pet.h"
 #include "peft/peft_model.h"
@@ -157,7 +158,7 @@ TEST(S3pet, SearchedNormsAreRestoredAfterEveryForward) {
     for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * 0.1);
   }
   auto params = base->named_parameters();
-  auto& ln = *std::dynamic_pointer_cast<torch::nn::LayerNormImpl>(base->named_modules()["transformer.h.0.ln_1"]);
+  auto& ln = *std::dynamic_pointer_cast<nn::LayerNormImpl>(base->named_modules()["transformer.h.0.ln_1"]);
   model.eval();
   torch::NoGradGuard g;
   auto with = model.forward(tiny_batch("gpt2")).logits.clone();

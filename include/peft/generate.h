@@ -35,6 +35,9 @@ struct GenerationConfig {
   bool output_logits = false;
   /// Fills the left of shorter prompts in a batch (never attended; any id in the vocabulary).
   int64_t pad_token = 0;
+  /// One adapter per prompt (a mixed-adapter batch, see PeftModel::forward; "__base__" = the bare
+  /// base). Empty: every prompt runs the active adapters.
+  std::vector<std::string> adapter_names;
   /// Throws peft::Error naming the field.
   void validate() const;
 };
@@ -45,9 +48,9 @@ struct GenerationResult {
   std::vector<at::Tensor> logits;  ///< with output_logits: one [vocab] per generated token
 };
 
-/// Continues `prompt` (token ids, not empty) with the model's active adapter (or the bare base).
-/// The model runs in eval mode without gradients. The context is the last
-/// `geometry().max_positions` tokens, less the active adapter's virtual tokens.
+/// Continues `prompt` (token ids, not empty) with the model's active adapter (or the bare base, or
+/// config.adapter_names' one). The model runs in eval mode without gradients. The context is the
+/// last `geometry().max_positions` tokens, less the adapter's virtual tokens.
 GenerationResult generate(PeftModel& model, const std::vector<int64_t>& prompt, const GenerationConfig& config);
 /// Every prompt continued in one batch (left-padded to the longest); each row as if alone.
 std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector<std::vector<int64_t>>& prompts,

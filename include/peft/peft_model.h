@@ -47,6 +47,16 @@ class PeftModel {
   explicit PeftModel(std::shared_ptr<models::PretrainedModel> base);
 
   models::ModelOutput forward(const models::ModelInputs& inputs);
+  /// The row name that runs no adapter in a mixed-adapter batch (HF PEFT's).
+  static constexpr const char* kBaseAdapterName = "__base__";
+  /// A mixed-adapter batch (HF PEFT's `adapter_names`): row i runs adapter adapter_names[i] alone,
+  /// or the bare base for kBaseAdapterName, whatever is active. Rows are grouped by adapter and
+  /// each group's modules run once on its rows. Inference only (eval mode). Supported: linear
+  /// deltas, block and attention adapters, trained copies of projection and norm weights / biases
+  /// (modules_to_save heads, BitFit, trained LayerNorms); prompt methods when every row runs one with the same
+  /// placement and number of virtual tokens. Side networks (LST) and copies of other base tensors
+  /// are refused by name. All rows on one adapter: exactly the forward with it active.
+  models::ModelOutput forward(const models::ModelInputs& inputs, const std::vector<std::string>& adapter_names);
   /// forward, plus — in training mode, with labels — the active method's own training-loss
   /// terms (AdaMix's consistency loss): the loss an optimizer step should minimise.
   models::ModelOutput forward_train(const models::ModelInputs& inputs);
@@ -78,7 +88,14 @@ class PeftModel {
   void prepare_adapter(const std::string& name, const data::BatchSource& batches);
   void delete_adapter(const std::string& name);
   void set_adapter(const std::string& name);
+  /// Several adapters active at once (HF PEFT's set_adapter([a, b])): each runs (in the order the
+  /// adapters were added) and trains; merge_adapter merges them all. With more than one, prompt methods and side
+  /// networks are refused, and no two may train a copy of the same base tensor.
+  void set_adapters(const std::vector<std::string>& names);
+  /// The first active adapter ("" when there is none).
   const std::string& active_adapter() const { return active_; }
+  /// Every active adapter (set_adapters' list; one after set_adapter).
+  const std::vector<std::string>& active_adapters() const { return active_set_; }
   std::vector<std::string> adapters() const;
   bool has_adapter(const std::string& name) const { return adapters_.count(name) != 0; }
   const methods::MethodConfig& adapter_config(const std::string& name) const;
@@ -90,7 +107,7 @@ class PeftModel {
   void set_trainable(const std::string& name, bool trainable);
 
   // ---- merging ----
-  /// Folds the active adapter into the base weights (its deltas stop running). Quantized layers
+  /// Folds the active adapters into the base weights (their deltas stop running). Quantized layers
   /// refuse unless `requantize` (dequantize → add → quantize again, lossy); the error that adds
   /// is returned (zero layers when nothing was quantized).
   nn::RequantizationError merge_adapter(bool requantize = false);
@@ -105,7 +122,7 @@ class PeftModel {
   std::shared_ptr<models::PretrainedModel> unload();
 
   // ---- parameters ----
-  /// The active adapter's trainable tensors (what an optimizer should get).
+  /// The active adapters' trainable tensors (what an optimizer should get).
   std::vector<at::Tensor> trainable_parameters();
   /// An adapter's tensors under Hugging Face PEFT's checkpoint keys ("base_model.model.<path>.lora_A.weight";
   /// a prompt method's: "prompt_embeddings", and "base_model.<path>" for its trained head copies).
@@ -179,6 +196,16 @@ class PeftModel {
   };
   Adapter& adapter(const std::string& name);
   const Adapter& adapter(const std::string& name) const;
+  /// Makes `names` the active adapters (active_ is the first) without applying the state.
+  void activate(std::vector<std::string> names);
+  bool is_active(const std::string& name) const;
+  /// Restores the active set and enabled flag (and clears row groups) when a forward ends.
+  struct ScopedState;
+  /// Routes every extension point by row groups (empty: no routing).
+  void set_row_groups(const std::map<std::string, at::Tensor>& rows_by_adapter);
+  /// The batch with every row's prompt in place (mixed prompt-method batches).
+  models::ModelInputs prepare_mixed_prompts(const models::ModelInputs& inputs,
+                                            const std::map<std::string, at::Tensor>& rows_by_adapter);
   /// Makes the model compute with the active adapter (or none) and sets requires_grad accordingly.
   void apply_state();
   at::Tensor base_param(const std::string& name);
@@ -191,6 +218,8 @@ class PeftModel {
   std::vector<std::pair<std::string, nn::AdaptableLinear>> linears_;
   std::vector<std::pair<std::string, nn::BlockAdapters>> blocks_;
   std::vector<std::pair<std::string, nn::AttentionAdapters>> attentions_;
+  // Every backbone module whose weight / bias a copy may replace per row (projections, norms).
+  std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> routables_;
   std::shared_ptr<torch::nn::Module> prompt_holder_;  // registered in the base as "prompt_encoder" on first use
   std::shared_ptr<torch::nn::Module> side_holder_;    // registered in the base as "side_network" on first use
   std::vector<std::string> base_names_;
@@ -199,7 +228,8 @@ class PeftModel {
   std::map<std::string, Adapter> adapters_;
   std::vector<std::string> order_;  // adapters in insertion order
   std::map<std::string, at::Tensor> originals_;  // base param name -> base values while a copy is installed
-  std::string active_;
+  std::string active_;                   // the first of active_set_
+  std::vector<std::string> active_set_;  // every active adapter, in the order they run
   bool enabled_ = true;
   std::vector<std::string> merged_;
   bool merged_requantized_ = false;

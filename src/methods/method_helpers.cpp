@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <map>
 
+#include "peft/nn/layer_norm.h"
 #include "peft/core/error.h"
 #include "peft/nn/rms_norm.h"
 #include "peft/peft_model.h"
@@ -71,7 +72,7 @@ std::vector<std::string> selected_blocks(PeftModel& model, const std::vector<int
 
 void train_layer_norms(PeftModel& model, const std::string& adapter) {
   for (const auto& item : model.base_model().named_modules("", false))
-    if (std::dynamic_pointer_cast<torch::nn::LayerNormImpl>(item.value()) ||
+    if (std::dynamic_pointer_cast<nn::LayerNormImpl>(item.value()) ||
         std::dynamic_pointer_cast<nn::RMSNormImpl>(item.value()))
       for (const auto& p : item.value()->named_parameters(false))
         model.add_trainable_base_tensor(adapter, item.key() + "." + p.key());

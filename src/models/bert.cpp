@@ -78,8 +78,8 @@ nlohmann::json BertConfig::to_json() const {
 // ---- modules -----------------------------------------------------------------
 
 namespace {
-torch::nn::LayerNorm layer_norm(int64_t dim, double eps) {
-  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps));
+nn::LayerNorm layer_norm(int64_t dim, double eps) {
+  return nn::LayerNorm(dim, eps);
 }
 }  // namespace
 

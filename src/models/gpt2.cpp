@@ -158,7 +158,7 @@ at::Tensor GPT2MLPImpl::forward(const at::Tensor& x) {
 
 GPT2BlockImpl::GPT2BlockImpl(const GPT2Config& config, int64_t layer_idx) {
   auto ln = [&] {
-    return torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon));
+    return nn::LayerNorm(config.n_embd, config.layer_norm_epsilon);
   };
   ln_1 = register_module("ln_1", ln());
   attn = register_module("attn", GPT2Attention(config, layer_idx));
@@ -181,7 +181,7 @@ GPT2ModelImpl::GPT2ModelImpl(const GPT2Config& config) : config_(config) {
   h = register_module("h", torch::nn::ModuleList());
   for (int64_t i = 0; i < config.n_layer; ++i) h->push_back(GPT2Block(config, i));
   ln_f = register_module(
-      "ln_f", torch::nn::LayerNorm(torch::nn::LayerNormOptions({config.n_embd}).eps(config.layer_norm_epsilon)));
+      "ln_f", nn::LayerNorm(config.n_embd, config.layer_norm_epsilon));
 }
 
 ModelOutput GPT2ModelImpl::forward(const ModelInputs& inputs) {

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include "peft/nn/layer_norm.h"
 #include "peft/nn/adaptable_linear.h"
 #include "peft/nn/rms_norm.h"
 
@@ -19,7 +20,7 @@ void init_standard(torch::nn::Module& root, double std) {
     } else if (auto emb = std::dynamic_pointer_cast<torch::nn::EmbeddingImpl>(module)) {
       emb->weight.normal_(0.0, std);
       if (auto pad = emb->options.padding_idx()) emb->weight[*pad].zero_();
-    } else if (auto ln = std::dynamic_pointer_cast<torch::nn::LayerNormImpl>(module)) {
+    } else if (auto ln = std::dynamic_pointer_cast<nn::LayerNormImpl>(module)) {
       if (ln->weight.defined()) ln->weight.fill_(1.0);
       if (ln->bias.defined()) ln->bias.zero_();
     } else if (auto rms = std::dynamic_pointer_cast<nn::RMSNormImpl>(module)) {

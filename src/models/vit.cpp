@@ -13,8 +13,8 @@ namespace F = torch::nn::functional;
 namespace {
 constexpr const char* kC = "vit";
 
-torch::nn::LayerNorm layer_norm(int64_t dim, double eps) {
-  return torch::nn::LayerNorm(torch::nn::LayerNormOptions({dim}).eps(eps));
+nn::LayerNorm layer_norm(int64_t dim, double eps) {
+  return nn::LayerNorm(dim, eps);
 }
 }  // namespace
 
@@ -67,7 +67,7 @@ nlohmann::json ViTConfig::to_json() const {
 
 ViTPatchEmbeddingsImpl::ViTPatchEmbeddingsImpl(const ViTConfig& config) : config_(config) {
   projection = register_module(
-      "projection", torch::nn::Conv2d(torch::nn::Conv2dOptions(config.num_channels, config.hidden_size, config.patch_size)
+      "projection", nn::RoutedConv2d(torch::nn::Conv2dOptions(config.num_channels, config.hidden_size, config.patch_size)
                                           .stride(config.patch_size)));
 }
 

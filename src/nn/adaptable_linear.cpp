@@ -73,18 +73,48 @@ RequantizationError AdaptableLinearImpl::change_weight(Change&& change) {
   return e;
 }
 
-at::Tensor AdaptableLinearImpl::base_forward(const at::Tensor& x) const {
-  if (quantized_) return quantized_linear(x, quantized_, bias, compute_dtype_);
-  if (!fan_in_fan_out_) return torch::nn::functional::linear(x, weight, bias);
+at::Tensor AdaptableLinearImpl::base_forward(const at::Tensor& x) const { return project(x, {}, {}); }
+
+at::Tensor AdaptableLinearImpl::project(const at::Tensor& x, const at::Tensor& weight_override,
+                                        const at::Tensor& bias_override) const {
+  const at::Tensor& b = bias_override.defined() ? bias_override : bias;
+  if (!weight_override.defined()) {
+    if (quantized_) return quantized_linear(x, quantized_, b, compute_dtype_);
+    if (!fan_in_fan_out_) return torch::nn::functional::linear(x, weight, b);
+  }
+  const at::Tensor& w = weight_override.defined() ? weight_override : weight;
+  if (!fan_in_fan_out_) return torch::nn::functional::linear(x, w, b);
   // Conv1D layout: x @ W (+ b) without materializing a transpose.
-  auto out = bias.defined() ? torch::addmm(bias, x.reshape({-1, in_features_}), weight)
-                            : torch::mm(x.reshape({-1, in_features_}), weight);
+  auto out = b.defined() ? torch::addmm(b, x.reshape({-1, in_features_}), w) : torch::mm(x.reshape({-1, in_features_}), w);
   auto shape = x.sizes().vec();
   shape.back() = out_features_;
   return out.view(shape);
 }
 
+at::Tensor AdaptableLinearImpl::forward_groups(const at::Tensor& x) {
+  int64_t rows = 0;
+  for (const auto& g : groups_) rows += g.rows.numel();
+  PEFT_CHECK(x.dim() >= 2 && x.size(0) == rows, "nn",
+             "a mixed-adapter batch of {} rows reached a projection with input of shape {} (rows along dim 0 expected)",
+             rows, c10::str(x.sizes()));
+  at::Tensor y = base_forward(x);
+  for (const auto& g : groups_) {
+    const auto d = g.adapter.empty() ? nullptr : delta(g.adapter);
+    PEFT_CHECK(!(d && merged(g.adapter)), "nn", "adapter '{}' is merged into this layer; unmerge it to mix adapters",
+               g.adapter);
+    if (!d && !g.weight.defined() && !g.bias.defined()) continue;  // these rows keep the base projection
+    const at::Tensor xg = x.index_select(0, g.rows);
+    at::Tensor yg = (d && d->adapts_input()) || g.weight.defined() || g.bias.defined()
+                        ? project(d ? d->adapt_input(xg) : xg, g.weight, g.bias)
+                        : y.index_select(0, g.rows);
+    if (d) yg = d->adapt_output(xg, yg);
+    y = y.index_copy(0, g.rows, yg);
+  }
+  return y;
+}
+
 at::Tensor AdaptableLinearImpl::forward(const at::Tensor& x) {
+  if (!groups_.empty()) return forward_groups(x);
   if (active_.empty()) return base_forward(x);
   std::vector<LinearDelta*> run;
   for (const auto& [name, d] : deltas_)

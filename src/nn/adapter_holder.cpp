@@ -36,6 +36,12 @@ bool AdapterHolder::running(const Entry& e) const {
   return std::find(active_.begin(), active_.end(), e.adapter) != active_.end();
 }
 
+bool AdapterHolder::fills(const std::string& adapter, const std::string& slot) const {
+  for (const auto& e : entries_)
+    if (e.adapter == adapter && e.slot == slot) return true;
+  return false;
+}
+
 std::map<std::string, at::Tensor> AdapterHolder::state(const std::string& adapter) const {
   std::map<std::string, at::Tensor> out;
   for (const auto& e : entries_) {

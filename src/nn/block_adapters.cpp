@@ -20,7 +20,20 @@ void BlockAdaptersImpl::add(const std::string& adapter, const std::string& slot,
 }
 
 at::Tensor BlockAdaptersImpl::apply(const std::string& slot, const at::Tensor& input, const at::Tensor& output) {
-  if (entries_.empty() || active_.empty()) return output;
+  if (entries_.empty()) return output;
+  if (!groups_.empty()) {
+    at::Tensor out = output;
+    for (const auto& g : groups_) {
+      if (g.adapter.empty() || !fills(g.adapter, slot)) continue;
+      const at::Tensor in_g = input.index_select(0, g.rows);
+      at::Tensor out_g = output.index_select(0, g.rows);
+      for (auto& e : entries_)
+        if (e.slot == slot && e.adapter == g.adapter) out_g = static_cast<SublayerAdapter&>(*e.module).forward(in_g, out_g);
+      out = out.index_copy(0, g.rows, out_g);
+    }
+    return out;
+  }
+  if (active_.empty()) return output;
   at::Tensor out = output;
   for (auto& e : entries_)
     if (e.slot == slot && running(e)) out = static_cast<SublayerAdapter&>(*e.module).forward(input, out);

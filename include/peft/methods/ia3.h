@@ -35,6 +35,7 @@ class IA3Delta : public nn::LinearDelta {
   IA3Delta(int64_t in_features, int64_t out_features, bool feedforward, bool init_ones,
            const at::TensorOptions& options);
   at::Tensor adapt_input(const at::Tensor& x) override;
+  bool adapts_input() const override { return feedforward_; }
   at::Tensor adapt_output(const at::Tensor& x, const at::Tensor& y) override;
   bool mergeable() const override { return true; }
   void merge_into(at::Tensor& weight_out_in, at::Tensor& bias) override;

@@ -11,11 +11,11 @@
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/dropout.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/normalization.h>
 
 #include "peft/models/heads.h"
 #include "peft/models/model.h"
 #include "peft/nn/checkpoint.h"
+#include "peft/nn/layer_norm.h"
 #include "peft/nn/activations.h"
 #include "peft/nn/self_attention.h"
 
@@ -60,7 +60,7 @@ class BertEmbeddingsImpl : public torch::nn::Module {
   torch::nn::Embedding word_embeddings{nullptr};
   torch::nn::Embedding position_embeddings{nullptr};
   torch::nn::Embedding token_type_embeddings{nullptr};
-  torch::nn::LayerNorm LayerNorm{nullptr};
+  nn::LayerNorm LayerNorm{nullptr};
 
  private:
   BertConfig config_;
@@ -78,7 +78,7 @@ class BertResidualOutputImpl : public torch::nn::Module {
   at::Tensor finish(const at::Tensor& h, const at::Tensor& residual);
 
   nn::AdaptableLinear dense{nullptr};
-  torch::nn::LayerNorm LayerNorm{nullptr};
+  nn::LayerNorm LayerNorm{nullptr};
 
  private:
   double dropout_;

@@ -8,11 +8,11 @@
 
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/embedding.h>
-#include <torch/nn/modules/normalization.h>
 
 #include "peft/models/heads.h"
 #include "peft/models/model.h"
 #include "peft/nn/checkpoint.h"
+#include "peft/nn/layer_norm.h"
 #include "peft/nn/activations.h"
 
 namespace peft::models {
@@ -82,9 +82,9 @@ class GPT2BlockImpl : public torch::nn::Module {
   GPT2BlockImpl(const GPT2Config& config, int64_t layer_idx);
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& additive_mask, const nn::AttentionPrefix& prefix);
 
-  torch::nn::LayerNorm ln_1{nullptr};
+  nn::LayerNorm ln_1{nullptr};
   GPT2Attention attn{nullptr};
-  torch::nn::LayerNorm ln_2{nullptr};
+  nn::LayerNorm ln_2{nullptr};
   GPT2MLP mlp{nullptr};
   nn::BlockAdapters adapters{nullptr};
 };
@@ -99,7 +99,7 @@ class GPT2ModelImpl : public torch::nn::Module, public nn::BlockStack {
   torch::nn::Embedding wte{nullptr};
   torch::nn::Embedding wpe{nullptr};
   torch::nn::ModuleList h{nullptr};
-  torch::nn::LayerNorm ln_f{nullptr};
+  nn::LayerNorm ln_f{nullptr};
 
  private:
   GPT2Config config_;

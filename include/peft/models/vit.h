@@ -9,11 +9,12 @@
 
 #include <torch/nn/modules/container/modulelist.h>
 #include <torch/nn/modules/conv.h>
-#include <torch/nn/modules/normalization.h>
 
 #include "peft/models/heads.h"
 #include "peft/models/model.h"
 #include "peft/nn/checkpoint.h"
+#include "peft/nn/layer_norm.h"
+#include "peft/nn/routed_conv2d.h"
 #include "peft/nn/activations.h"
 #include "peft/nn/self_attention.h"
 
@@ -50,7 +51,7 @@ class ViTPatchEmbeddingsImpl : public torch::nn::Module {
  public:
   explicit ViTPatchEmbeddingsImpl(const ViTConfig& config);
   at::Tensor forward(const at::Tensor& pixel_values);  ///< [b, c, h, w] -> [b, patches, hidden]
-  torch::nn::Conv2d projection{nullptr};
+  nn::RoutedConv2d projection{nullptr};
 
  private:
   ViTConfig config_;
@@ -115,8 +116,8 @@ class ViTLayerImpl : public torch::nn::Module {
   ViTAttention attention{nullptr};
   ViTIntermediate intermediate{nullptr};
   ViTDense output{nullptr};
-  torch::nn::LayerNorm layernorm_before{nullptr};
-  torch::nn::LayerNorm layernorm_after{nullptr};
+  nn::LayerNorm layernorm_before{nullptr};
+  nn::LayerNorm layernorm_after{nullptr};
   nn::BlockAdapters adapters{nullptr};
 };
 TORCH_MODULE(ViTLayer);
@@ -144,7 +145,7 @@ class ViTModelImpl : public torch::nn::Module, public nn::BlockStack {
 
   ViTEmbeddings embeddings{nullptr};
   ViTEncoder encoder{nullptr};
-  torch::nn::LayerNorm layernorm{nullptr};
+  nn::LayerNorm layernorm{nullptr};
   ViTPooler pooler{nullptr};
 
  private:

@@ -19,6 +19,7 @@
 #include "peft/core/fingerprint.h"
 #include "peft/nn/linear_delta.h"
 #include "peft/nn/quantization.h"
+#include "peft/nn/row_groups.h"
 
 namespace peft::nn {
 
@@ -33,7 +34,7 @@ struct AdaptableLinearOptions {
   TORCH_ARG(bool, fan_in_fan_out) = false;
 };
 
-class AdaptableLinearImpl : public torch::nn::Module {
+class AdaptableLinearImpl : public torch::nn::Module, public RowRoutable {
  public:
   explicit AdaptableLinearImpl(const AdaptableLinearOptions& options);
 
@@ -73,6 +74,9 @@ class AdaptableLinearImpl : public torch::nn::Module {
   std::vector<std::string> adapters() const;
   /// Deltas run in forward only when active and not merged.
   void set_active(const std::vector<std::string>& adapters);
+  /// Mixed-adapter batches: while set (non-empty), each group's rows run that group's delta
+  /// alone (and its own weight / bias copies) instead of the active deltas. Merged deltas refuse.
+  void set_row_groups(RowGroups groups) override { groups_ = std::move(groups); }
 
   /// Folds a delta into the weight. A quantized weight is refused unless `requantize`: then it is
   /// dequantized, the delta added and the sum quantized again, returning the error that adds.
@@ -90,6 +94,7 @@ class AdaptableLinearImpl : public torch::nn::Module {
   bool fan_in_fan_out_;
   std::vector<std::pair<std::string, std::shared_ptr<LinearDelta>>> deltas_;
   std::vector<std::string> active_;
+  RowGroups groups_;
   std::set<std::string> merged_;
   std::shared_ptr<const QuantizedWeight> quantized_;
   core::TensorIdentity original_identity_;
@@ -99,6 +104,9 @@ class AdaptableLinearImpl : public torch::nn::Module {
   /// and quantized again, returning the error that adds (merge / unmerge).
   template <typename Change>
   RequantizationError change_weight(Change&& change);
+  /// The base projection with another weight ([storage layout]) and / or bias where given.
+  at::Tensor project(const at::Tensor& x, const at::Tensor& weight_override, const at::Tensor& bias_override) const;
+  at::Tensor forward_groups(const at::Tensor& x);
 };
 
 TORCH_MODULE(AdaptableLinear);

@@ -16,6 +16,9 @@ class LinearDelta : public torch::nn::Module {
  public:
   /// Runs before the base projection (default: unchanged). Multiplicative input scaling hooks here.
   virtual at::Tensor adapt_input(const at::Tensor& x) { return x; }
+  /// Whether adapt_input changes anything (a mixed-adapter batch then projects this delta's rows
+  /// on their own instead of reusing the shared base projection).
+  virtual bool adapts_input() const { return false; }
   /// Runs after the base projection: `x` is the layer input, `y` the output so far.
   virtual at::Tensor adapt_output(const at::Tensor& x, const at::Tensor& y) = 0;
 

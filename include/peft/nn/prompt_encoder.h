@@ -31,6 +31,7 @@ class PromptEncoder : public torch::nn::Module {
   void eject();
   bool has_encoder() const { return !transform_.is_empty(); }
   int64_t num_virtual_tokens() const { return embedding_->weight.size(0); }
+  PromptPlacement placement() const { return placement_; }
 
  private:
   torch::nn::Embedding embedding_{nullptr};

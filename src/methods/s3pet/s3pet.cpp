@@ -1,3 +1,4 @@
+#include "peft/nn/layer_norm.h"
 #include "peft/methods/s3pet/s3pet.h"
 
 #include <algorithm>
@@ -30,7 +31,7 @@ std::vector<std::pair<std::string, std::shared_ptr<torch::nn::Module>>> norms(Pe
     if (name.find("embeddings") != std::string::npos || name.rfind("side_network", 0) == 0 ||
         name.rfind("prompt_encoder", 0) == 0)
       continue;
-    if (std::dynamic_pointer_cast<torch::nn::LayerNormImpl>(item.value()) ||
+    if (std::dynamic_pointer_cast<nn::LayerNormImpl>(item.value()) ||
         std::dynamic_pointer_cast<nn::RMSNormImpl>(item.value()))
       out.emplace_back(name, item.value());
   }
@@ -41,7 +42,7 @@ NormSlot norm_slot(const std::shared_ptr<torch::nn::Module>& m, int64_t gate) {
   NormSlot slot;
   slot.module = m;
   slot.gate = gate;
-  if (auto ln = std::dynamic_pointer_cast<torch::nn::LayerNormImpl>(m)) {
+  if (auto ln = std::dynamic_pointer_cast<nn::LayerNormImpl>(m)) {
     slot.weight_member = &ln->weight;
     slot.bias_member = ln->bias.defined() ? &ln->bias : nullptr;
   } else {
