@@ -59,6 +59,28 @@ std::vector<std::pair<std::string, at::Tensor>> PeftModel::adapter_buffers() {
   return out;
 }
 
+void PeftModel::add_weighted_adapter(const std::vector<std::string>& sources, const std::vector<double>& weights,
+                                     const std::string& new_name, const methods::WeightedCombination& how) {
+  PEFT_CHECK(!sources.empty(), kC, "add_weighted_adapter: no adapters to combine");
+  PEFT_CHECK(weights.size() == sources.size(), kC, "add_weighted_adapter: {} weights for {} adapters", weights.size(),
+             sources.size());
+  PEFT_CHECK(!has_adapter(new_name), kC, "adapter '{}' already exists; delete it first or pick another name", new_name);
+  const std::string method = adapter(sources.front()).config->method();
+  for (const auto& s : sources)
+    PEFT_CHECK(adapter(s).config->method() == method, kC,
+               "add_weighted_adapter: '{}' is {} and '{}' is {}; only deltas of one method combine", sources.front(),
+               method, s, adapter(s).config->method());
+  const auto& m = methods::find_method(method);
+  PEFT_CHECK(m.combine != nullptr, kC, "add_weighted_adapter: {} deltas ('{}') cannot be combined (LoRA's can)", method,
+             sources.front());
+  try {
+    m.combine(*this, sources, weights, new_name, how);
+  } catch (...) {
+    if (has_adapter(new_name)) delete_adapter(new_name);
+    throw;
+  }
+}
+
 models::ModelOutput PeftModel::forward_train(const models::ModelInputs& inputs) {
   auto out = forward(inputs);
   if (!base_->is_training() || !out.loss.defined() || !enabled_) return out;

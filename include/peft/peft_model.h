@@ -84,6 +84,11 @@ class PeftModel {
   /// Attaches with only the data-free part of the initialisation: for tensors about to be loaded
   /// (load_adapter, a resumed training state) or for prepare_adapter() later.
   void add_adapter_without_data(const std::string& name, const methods::MethodConfig& config);
+  /// Adds `new_name`, an ordinary adapter combining `sources` with `weights` as HF PEFT's
+  /// add_weighted_adapter does (see methods::WeightedCombination; LoRA deltas). Nothing is added
+  /// when it fails.
+  void add_weighted_adapter(const std::vector<std::string>& sources, const std::vector<double>& weights,
+                            const std::string& new_name, const methods::WeightedCombination& how = {});
   /// Runs the data-dependent initialisation of an attached adapter (nothing for most methods).
   void prepare_adapter(const std::string& name, const data::BatchSource& batches);
   void delete_adapter(const std::string& name);

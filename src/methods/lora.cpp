@@ -12,6 +12,7 @@
 #include "peft/core/strings.h"
 #include "peft/peft_model.h"
 #include "config_fields.h"
+#include "lora_combine.h"
 #include "method_helpers.h"
 
 namespace peft::methods {
@@ -323,6 +324,7 @@ Method lora_method() {
   m.peft_type = "LORA";
   m.parse = [](const nlohmann::json& j) -> std::shared_ptr<MethodConfig> { return LoraConfig::from_json(j); };
   m.attach = attach_lora;
+  m.combine = combine_lora;
   return m;
 }
 

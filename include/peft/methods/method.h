@@ -7,8 +7,10 @@
 // own tests; nothing outside methods/ names it.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -65,6 +67,20 @@ struct DataNeeds {
   std::string reason; ///< which setting needs them, for errors ("score 'snip' scores weights on a batch")
 };
 
+/// How add_weighted_adapter combines deltas (HF PEFT's add_weighted_adapter arguments).
+struct WeightedCombination {
+  /// linear | cat | svd | ties | dare_linear | dare_ties | magnitude_prune, or ties_svd,
+  /// dare_linear_svd, dare_ties_svd, magnitude_prune_svd (that combination of the weight deltas,
+  /// then a truncated SVD). One source: always linear.
+  std::string combination_type = "svd";
+  std::optional<int64_t> svd_rank;   ///< the SVD's rank; unset: the largest source rank
+  std::optional<double> svd_clamp;   ///< clamp the SVD factors at this quantile of their entries
+  bool svd_full_matrices = true;
+  std::optional<double> density;     ///< what ties / dare / magnitude_prune keep, in (0, 1]
+  std::string majority_sign_method = "total";  ///< ties / dare_ties: "total" | "frequency"
+  uint64_t seed = 0;                 ///< DARE's random drops (the same on every run)
+};
+
 struct Method {
   std::string name;       ///< lowercase, e.g. "lora"
   std::string peft_type;  ///< e.g. "LORA"
@@ -100,6 +116,11 @@ struct Method {
   /// (IA³), "gate", "prompt" — or "" to leave it to its name and shape (optim::default_parameter_role).
   /// The trainer exempts roles from weight decay (TrainerConfig::no_decay).
   std::function<std::string(const std::string& parameter)> parameter_role;
+  /// Adds adapter `target` combining `sources` (all of this method) with `weights`
+  /// (PeftModel::add_weighted_adapter); absent: the method's deltas cannot be combined.
+  std::function<void(PeftModel&, const std::vector<std::string>& sources, const std::vector<double>& weights,
+                     const std::string& target, const WeightedCombination&)>
+      combine;
 };
 
 void register_method(Method method);
