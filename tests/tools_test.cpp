@@ -360,6 +360,94 @@ TEST(Tools, GenerateWithEveryPromptMethodEqualsInProcessGreedy) {
   }
 }
 
+/// The greedy continuation text of `prompt` under `adapter` ("" = the bare base), in process.
+std::string greedy_text(PeftModel& model, tokenizers::Tokenizer& tok, const std::string& prompt, const std::string& adapter,
+                        int tokens) {
+  if (adapter.empty()) {
+    model.disable_adapters();
+  } else {
+    model.enable_adapters();
+    model.set_adapter(adapter);
+  }
+  std::vector<int64_t> ids = tok.encode(prompt);
+  const std::string before = tok.decode(ids);
+  torch::NoGradGuard g;
+  for (int i = 0; i < tokens; ++i) {
+    models::ModelInputs in;
+    in.input_ids = torch::tensor(ids, torch::kLong).unsqueeze(0);
+    ids.push_back(model.forward(in).logits[0][-1].argmax().item<int64_t>());
+  }
+  return prompt + tok.decode(ids).substr(before.size());
+}
+
+TEST(Tools, GenerateMixesAdaptersPerPromptAndMergeCombinesDeltas) {
+  const std::string model_dir = source("examples/models/tiny-gpt2-en");
+  auto tok = tokenizers::load_tokenizer(model_dir);
+  TempDir dir;
+  PeftModel model(models::load_pretrained(model_dir));
+  model.eval();
+  const nlohmann::json lora = {{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"fan_in_fan_out", true},
+                               {"target_modules", {"c_attn", "c_fc"}}};
+  torch::manual_seed(3);
+  for (const char* name : {"x", "y"}) {
+    model.add_adapter(name, *methods::parse_config(lora));
+    model.set_adapter(name);
+    torch::NoGradGuard g;
+    for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * 0.3);
+    checkpoint::save_adapter(model, dir.file(name), name);
+  }
+  const std::vector<std::string> prompts = {"The whale", "Mr. Speaker, the state", "It was"};
+  const std::vector<std::string> names = {"y", "__base__", "x"};
+  const std::string gen = std::string(PEFT_GENERATE_BIN) + " --threads 1 --model " + model_dir + " --adapter x=" +
+                          dir.file("x") + " --adapter y=" + dir.file("y") + " --max-new-tokens 6";
+  ASSERT_EQ(run(gen + " --prompt '" + prompts[0] + "' --prompt '" + prompts[1] + "' --prompt '" + prompts[2] +
+                    "' --adapter-per-prompt y,__base__,x",
+                dir.file("g.log")),
+            0)
+      << slurp(dir.file("g.log"));
+  const std::string out = slurp(dir.file("g.log"));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const std::string expected = greedy_text(model, *tok, prompts[i], names[i] == "__base__" ? "" : names[i], 6);
+    EXPECT_NE(out.find(expected), std::string::npos) << out << "\nexpected: " << expected;
+  }
+  EXPECT_NE(greedy_text(model, *tok, prompts[0], "y", 6), greedy_text(model, *tok, prompts[0], "", 6))
+      << "the deltas change the continuation (else the test would prove nothing)";
+  EXPECT_NE(run(gen + " --prompt a --prompt b --adapter-per-prompt x", dir.file("bad.log")), 0);
+  EXPECT_NE(slurp(dir.file("bad.log")).find("--adapter-per-prompt"), std::string::npos) << slurp(dir.file("bad.log"));
+
+  // peft-merge --combine --delta-only writes the same delta add_weighted_adapter makes in process.
+  const std::string merge = std::string(PEFT_MERGE_BIN) + " --model " + model_dir + " --adapter x=" + dir.file("x") +
+                            " --adapter y=" + dir.file("y");
+  ASSERT_EQ(run(merge + " --combine ties --weights 0.6,0.4 --density 0.5 --delta-only --out " + dir.file("ties"),
+                dir.file("m.log")),
+            0)
+      << slurp(dir.file("m.log"));
+  methods::WeightedCombination how;
+  how.combination_type = "ties";
+  how.density = 0.5;
+  model.enable_adapters();
+  model.add_weighted_adapter({"x", "y"}, {0.6, 0.4}, "ties", how);
+  PeftModel loaded(models::load_pretrained(model_dir));
+  checkpoint::load_adapter(loaded, dir.file("ties"));
+  const auto theirs = loaded.adapter_state_dict("default");
+  const auto ours = model.adapter_state_dict("ties");
+  ASSERT_EQ(theirs.size(), ours.size());
+  for (const auto& [k, t] : ours) EXPECT_TRUE(bit_equal(theirs.at(k), t)) << k;
+  // Without --delta-only: the merged model, which runs as base + combined delta.
+  ASSERT_EQ(run(merge + " --combine linear --weights 1,1 --out " + dir.file("merged"), dir.file("m2.log")), 0)
+      << slurp(dir.file("m2.log"));
+  auto merged = models::load_pretrained(dir.file("merged"));
+  merged->eval();
+  model.add_weighted_adapter({"x", "y"}, {1, 1}, "lin", methods::WeightedCombination{"linear"});
+  model.set_adapter("lin");
+  models::ModelInputs in;
+  in.input_ids = torch::tensor(tok->encode(prompts[1]), torch::kLong).unsqueeze(0);
+  torch::NoGradGuard g;
+  EXPECT_LT(max_abs_diff(merged->forward(in).logits, model.forward(in).logits), 1e-4);
+  EXPECT_NE(run(merge + " --out " + dir.file("two"), dir.file("m3.log")), 0);
+  EXPECT_NE(slurp(dir.file("m3.log")).find("--combine"), std::string::npos) << slurp(dir.file("m3.log"));
+}
+
 TEST(Tools, BenchReportsEveryMethodInItsOwnProcess) {
   TempDir dir;
   ASSERT_EQ(run(std::string(PEFT_BENCH_BIN) + " --threads 1 --layers 2 --hidden 32 --heads 4 --vocab 100 --seq 16"

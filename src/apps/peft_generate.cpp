@@ -16,14 +16,20 @@ namespace {
 
 int run(int argc, char** argv) {
   CLI::App app{"Generate text with a causal language model (and optionally a delta).", "peft-generate"};
-  std::string model_dir, adapter_dir, prompt, tokenizer_dir;
+  std::string model_dir, tokenizer_dir;
+  std::vector<std::string> adapter_specs, prompts, per_prompt;
   int64_t seed = 0;
   peft::GenerationConfig gen;
   int threads = 0;
   app.add_option("--model", model_dir, "causal LM directory (with its tokenizer)")->required();
-  app.add_option("--adapter", adapter_dir, "delta directory to apply");
+  app.add_option("--adapter", adapter_specs,
+                 "delta to load: NAME=DIR, or DIR (named 'default'); repeatable, the first is active");
   app.add_option("--tokenizer", tokenizer_dir, "tokenizer directory (default: the model's)");
-  app.add_option("--prompt", prompt, "text to continue")->required();
+  app.add_option("--prompt", prompts, "text to continue (repeatable: one batch, each prompt continued on its own)")
+      ->required();
+  app.add_option("--adapter-per-prompt", per_prompt,
+                 "one adapter name per prompt, comma-separated (__base__ = the bare base): a mixed-adapter batch")
+      ->delimiter(',');
   app.add_option("--max-new-tokens", gen.max_new_tokens, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--temperature", gen.temperature, "0 = greedy; > 0 samples")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--top-k", gen.top_k, "sample among the k most likely tokens (0 = all; with --temperature > 0)")
@@ -50,18 +56,32 @@ int run(int argc, char** argv) {
   peft::models::LoadOptions load;
   load.task = "causal_lm";
   peft::PeftModel model(peft::models::load_pretrained(model_dir, load));
-  if (!adapter_dir.empty()) peft::checkpoint::load_adapter(model, adapter_dir);
+  PEFT_CHECK(per_prompt.empty() || per_prompt.size() == prompts.size(), "cli",
+             "--adapter-per-prompt names {} adapters for {} prompts (one per --prompt expected)", per_prompt.size(),
+             prompts.size());
+  peft::checkpoint::load_adapters(model, adapter_specs);
+  gen.adapter_names = per_prompt;
   auto tok = peft::tokenizers::load_tokenizer(tokenizer_dir.empty() ? model_dir : tokenizer_dir);
-  std::vector<int64_t> ids = tok->encode(prompt);
-  PEFT_CHECK(!ids.empty(), "cli", "the prompt encodes to no tokens");
+  std::vector<std::vector<int64_t>> ids;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ids.push_back(tok->encode(prompts[i]));
+    PEFT_CHECK(!ids.back().empty(), "cli", "--prompt {} encodes to no tokens", i + 1);
+  }
   gen.stop_tokens = stop_ids;
   if (tok->special().eos) gen.stop_tokens.push_back(*tok->special().eos);
-  const std::vector<int64_t> generated = peft::generate(model, ids, gen).tokens;
-  ids.insert(ids.end(), generated.begin(), generated.end());
-  // Decode the whole sequence: decoders that strip a leading space must see where text starts.
-  const std::string before = tok->decode(std::vector<int64_t>(ids.begin(), ids.end() - generated.size()));
-  const std::string all = tok->decode(ids);
-  fmt::print("{}{}\n", prompt, all.compare(0, before.size(), before) == 0 ? all.substr(before.size()) : tok->decode(generated));
+  const auto results = peft::generate_batch(model, ids, gen);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const std::vector<int64_t>& generated = results[i].tokens;
+    std::vector<int64_t> all_ids = ids[i];
+    all_ids.insert(all_ids.end(), generated.begin(), generated.end());
+    // Decode the whole sequence: decoders that strip a leading space must see where text starts.
+    const std::string before = tok->decode(ids[i]);
+    const std::string all = tok->decode(all_ids);
+    if (prompts.size() > 1)
+      fmt::print("--- prompt {}{}\n", i + 1, per_prompt.empty() ? "" : " (" + per_prompt[i] + ")");
+    fmt::print("{}{}\n", prompts[i],
+               all.compare(0, before.size(), before) == 0 ? all.substr(before.size()) : tok->decode(generated));
+  }
   return 0;
 }
 

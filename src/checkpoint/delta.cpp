@@ -188,4 +188,24 @@ void load_adapter(PeftModel& model, const std::string& dir, const std::string& a
   model.set_trainable(adapter, options.is_trainable);
 }
 
+std::vector<std::string> load_adapters(PeftModel& model, const std::vector<std::string>& specs,
+                                       const LoadOptions& options) {
+  std::vector<std::pair<std::string, std::string>> named;
+  for (const auto& spec : specs) {
+    const auto eq = spec.find('=');
+    std::string name = eq == std::string::npos ? "default" : spec.substr(0, eq);
+    std::string dir = eq == std::string::npos ? spec : spec.substr(eq + 1);
+    PEFT_CHECK(!name.empty() && !dir.empty(), kC, "adapter '{}': expected NAME=DIR or DIR", spec);
+    for (const auto& [n, d] : named)
+      PEFT_CHECK(n != name, kC, "adapter name '{}' is given twice ({} and {}); name each NAME=DIR", name, d, dir);
+    named.emplace_back(std::move(name), std::move(dir));
+  }
+  std::vector<std::string> names;
+  for (const auto& [name, dir] : named) {
+    load_adapter(model, dir, name, options);
+    names.push_back(name);
+  }
+  return names;
+}
+
 }  // namespace peft::checkpoint

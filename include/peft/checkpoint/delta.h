@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "peft/methods/method.h"
 #include "peft/peft_model.h"
@@ -49,5 +50,10 @@ struct LoadOptions {
 /// error naming it; nothing is attached or changed on error.
 void load_adapter(PeftModel& model, const std::string& dir, const std::string& adapter = "default",
                   const LoadOptions& options = {});
+/// Loads adapters named on a command line: each spec is "NAME=DIR", or "DIR" for the adapter
+/// "default". Returns the names in order (the first loaded is active). Two specs of one name are
+/// refused before anything loads.
+std::vector<std::string> load_adapters(PeftModel& model, const std::vector<std::string>& specs,
+                                       const LoadOptions& options = {});
 
 }  // namespace peft::checkpoint
