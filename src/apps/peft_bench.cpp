@@ -437,6 +437,134 @@ nlohmann::json measure_generation(const std::string& method, const Geometry& g, 
                         {"kv_heads", g.kv()}, {"intermediate", g.ffn()}, {"vocab", g.vocab}}}};
 }
 
+/// Serving many deltas: `g.batch` rows spread round-robin over `adapters` deltas of `method`, run
+/// as one mixed-adapter batch, as one batch per delta (switching between them), and as one merged
+/// delta for every row (the base's cost); forward throughput over `steps` timed runs, and with
+/// --generate the same three ways of decoding.
+nlohmann::json measure_mixed(const std::string& method, const Geometry& g, const Setup& setup, int steps,
+                             int64_t adapters) {
+  PEFT_CHECK(method != "full", kC, "--adapters: benchmark a method (e.g. lora), not full fine-tuning");
+  PEFT_CHECK(g.batch >= adapters, kC, "--adapters {} needs --batch >= {} (a row per delta at least)", adapters, adapters);
+  const c10::Device device(setup.device);
+  const auto dtype = peft::core::dtype_from_name(setup.dtype, "--dtype").value_or(torch::kFloat);
+  torch::manual_seed(0);
+  peft::PeftModel model(benchmark_base(g, setup, device, dtype));
+  std::vector<std::string> names, delta_names;
+  for (int64_t a = 0; a < adapters; ++a) {
+    delta_names.push_back(fmt::format("d{}", a));
+    model.add_adapter(delta_names.back(), *peft::methods::parse_config(method_config(method, g.family)));
+  }
+  model.eval();
+  torch::NoGradGuard no_grad;
+  const at::Tensor ids = torch::randint(0, g.vocab, {g.batch, g.seq}, torch::kLong);
+  std::vector<std::vector<int64_t>> rows_of(static_cast<size_t>(adapters));
+  for (int64_t b = 0; b < g.batch; ++b) {
+    names.push_back(delta_names[static_cast<size_t>(b % adapters)]);
+    rows_of[static_cast<size_t>(b % adapters)].push_back(b);
+  }
+  auto inputs = [&](const at::Tensor& rows) {
+    peft::models::ModelInputs in;
+    in.input_ids = rows.to(device);
+    return in;
+  };
+  auto sync = [&] {
+    if (device.is_cuda()) torch::cuda::synchronize();
+  };
+  const auto all = inputs(ids);
+  const double mixed_ms = median_ms([&] { model.forward(all, names); sync(); }, steps);
+  const double sequential_ms = median_ms([&] {
+    for (int64_t a = 0; a < adapters; ++a) {
+      model.set_adapter(delta_names[static_cast<size_t>(a)]);
+      model.forward(inputs(ids.index_select(0, torch::tensor(rows_of[static_cast<size_t>(a)], torch::kLong))));
+    }
+    sync();
+  }, steps);
+  model.set_adapter(delta_names.front());
+  const double single_ms = median_ms([&] { model.forward(all); sync(); }, steps);
+  nlohmann::json merged_ms = nullptr;
+  try {
+    model.merge_adapter();
+    merged_ms = median_ms([&] { model.forward(all); sync(); }, steps);
+    model.unmerge_adapter();
+  } catch (const peft::Error&) {
+    // not mergeable
+  }
+  const double tokens = static_cast<double>(g.batch * g.seq);
+  auto per_s = [&](double ms) { return tokens / (ms / 1000.0); };
+  nlohmann::json out = {
+      {"method", method},
+      {"adapters", adapters},
+      {"batch", g.batch},
+      {"seq", g.seq},
+      {"mixed_tokens_per_s", per_s(mixed_ms)},
+      {"sequential_tokens_per_s", per_s(sequential_ms)},
+      {"single_unmerged_tokens_per_s", per_s(single_ms)},
+      {"merged_tokens_per_s", merged_ms.is_number() ? nlohmann::json(per_s(merged_ms.get<double>())) : nlohmann::json()},
+      {"mixed_vs_sequential", sequential_ms / mixed_ms},
+      {"mixed_vs_merged", merged_ms.is_number() ? nlohmann::json(merged_ms.get<double>() / mixed_ms) : nlohmann::json()},
+      {"threads", torch::get_num_threads()},
+      {"setup", {{"model", setup.model_dir}, {"dtype", setup.dtype}, {"device", setup.device}, {"quant", setup.quant}}},
+      {"geometry", {{"family", g.family}, {"layers", g.layers}, {"hidden", g.hidden}, {"heads", g.heads}, {"vocab", g.vocab}}}};
+  if (g.generate > 0) {
+    std::vector<std::vector<int64_t>> prompts;
+    for (int64_t b = 0; b < g.batch; ++b) {
+      const at::Tensor row = ids[b].contiguous();
+      prompts.emplace_back(row.data_ptr<int64_t>(), row.data_ptr<int64_t>() + g.seq);
+    }
+    auto timed = [&](const std::function<int64_t()>& f) {
+      sync();
+      const auto t0 = std::chrono::steady_clock::now();
+      const int64_t n = f();
+      return static_cast<double>(n) / std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    auto count = [](const std::vector<peft::GenerationResult>& r) {
+      int64_t n = 0;
+      for (const auto& x : r) n += static_cast<int64_t>(x.tokens.size());
+      return n;
+    };
+    peft::GenerationConfig c;
+    c.max_new_tokens = g.generate;
+    peft::GenerationConfig mixed = c;
+    mixed.adapter_names = names;
+    out["generate"] = g.generate;
+    out["mixed_generate_tokens_per_s"] = timed([&] { return count(peft::generate_batch(model, prompts, mixed)); });
+    out["sequential_generate_tokens_per_s"] = timed([&] {
+      int64_t n = 0;
+      for (int64_t a = 0; a < adapters; ++a) {
+        model.set_adapter(delta_names[static_cast<size_t>(a)]);
+        std::vector<std::vector<int64_t>> mine;
+        for (int64_t b : rows_of[static_cast<size_t>(a)]) mine.push_back(prompts[static_cast<size_t>(b)]);
+        n += count(peft::generate_batch(model, mine, c));
+      }
+      return n;
+    });
+    if (merged_ms.is_number()) {
+      model.set_adapter(delta_names.front());
+      model.merge_adapter();
+      out["merged_generate_tokens_per_s"] = timed([&] { return count(peft::generate_batch(model, prompts, c)); });
+      model.unmerge_adapter();
+    }
+  }
+  return out;
+}
+
+/// The mixed-adapter runs side by side on stderr.
+void print_mixed_table(const std::vector<nlohmann::json>& rows) {
+  auto num = [](const nlohmann::json& v) { return v.is_number() ? fmt::format("{:.0f}", v.get<double>()) : std::string("-"); };
+  fmt::print(stderr, "\n{:<10} {:>8} {:>6} {:>12} {:>14} {:>12} {:>10} {:>10}\n", "method", "adapters", "rows",
+             "mixed tok/s", "sequential", "merged", "vs seq", "vs merged");
+  for (const auto& r : rows)
+    fmt::print(stderr, "{:<10} {:>8} {:>6} {:>12} {:>14} {:>12} {:>9.2f}x {:>10}\n", r["method"].get<std::string>(),
+               r["adapters"].get<int64_t>(), r["batch"].get<int64_t>(), num(r["mixed_tokens_per_s"]),
+               num(r["sequential_tokens_per_s"]), num(r["merged_tokens_per_s"]), r["mixed_vs_sequential"].get<double>(),
+               r["mixed_vs_merged"].is_number() ? fmt::format("{:.2f}x", r["mixed_vs_merged"].get<double>()) : "-");
+  for (const auto& r : rows)
+    if (r.contains("mixed_generate_tokens_per_s"))
+      fmt::print(stderr, "{} generation ({} tokens): mixed {} tok/s, sequential {}, merged {}\n",
+                 r["method"].get<std::string>(), r["generate"].get<int64_t>(), num(r["mixed_generate_tokens_per_s"]),
+                 num(r["sequential_generate_tokens_per_s"]), num(r["merged_generate_tokens_per_s"]));
+}
+
 /// Runs `args` as a child process and returns its stdout.
 std::string run_child(const std::vector<std::string>& args) {
   int out[2];
@@ -549,6 +677,10 @@ int run(int argc, char** argv) {
                  "benchmark generation instead: this many greedy tokens after --batch prompts of --seq tokens, with "
                  "and without the key/value cache, and merged");
   app.add_option("--methods", methods, "comma-separated: full and method presets");
+  int64_t adapters = 0;
+  app.add_option("--adapters", adapters,
+                 "serve this many deltas of each method in one mixed-adapter batch of --batch rows, against one batch "
+                 "per delta and one merged delta (forward throughput; with --generate, decoding too)");
   app.add_option("--steps", steps, "timed steps per method");
   app.add_option("--warmup", warmup, "untimed steps first");
   app.add_option("--threads", threads, "CPU threads (default: all cores)");
@@ -578,8 +710,10 @@ int run(int argc, char** argv) {
   if (!child.empty()) {
     PEFT_CHECK(storages.size() == 1, kC, "(internal) a child measures one storage");
     setup.quant = storages.front();
-    fmt::print("{}\n", (g.generate > 0 ? measure_generation(child, g, setup)
-                                        : measure(child, g, setup, steps, warmup, profile_dir)).dump());
+    fmt::print("{}\n", (adapters > 0       ? measure_mixed(child, g, setup, steps, adapters)
+                         : g.generate > 0 ? measure_generation(child, g, setup)
+                                          : measure(child, g, setup, steps, warmup, profile_dir))
+                            .dump());
     return 0;
   }
   std::vector<nlohmann::json> rows;
@@ -596,13 +730,14 @@ int run(int argc, char** argv) {
   std::vector<std::pair<std::string, std::string>> runs;  // (storage, method)
   for (const auto& storage : storages)
     for (const auto& m : names)
-      if (m != "full" || (storage == "none" && g.generate == 0)) runs.emplace_back(storage, m);  // full FT trains the weights themselves
+      if (m != "full" || (storage == "none" && g.generate == 0 && adapters == 0)) runs.emplace_back(storage, m);  // full FT trains the weights themselves
   for (const auto& [storage, m] : runs) {
     std::vector<std::string> args = {argv[0]};
     for (auto [flag, value] : std::vector<std::pair<std::string, int64_t>>{
              {"--layers", g.layers}, {"--hidden", g.hidden}, {"--heads", g.heads}, {"--vocab", g.vocab},
              {"--seq", g.seq}, {"--batch", g.batch}, {"--steps", steps}, {"--warmup", warmup}, {"--threads", used_threads},
-             {"--kv-heads", g.kv_heads}, {"--intermediate", g.intermediate}, {"--generate", g.generate}})
+             {"--kv-heads", g.kv_heads}, {"--intermediate", g.intermediate}, {"--generate", g.generate},
+             {"--adapters", adapters}})
       args.insert(args.end(), {flag, std::to_string(value)});
     args.insert(args.end(), {"--family", g.family, "--dtype", setup.dtype, "--device", setup.device});
     if (!setup.model_dir.empty()) args.insert(args.end(), {"--model", setup.model_dir});
@@ -617,7 +752,8 @@ int run(int argc, char** argv) {
     fmt::print("{}\n", rows.back().dump());
     std::fflush(stdout);
   }
-  if (g.generate > 0) print_generation_table(rows);
+  if (adapters > 0) print_mixed_table(rows);
+  else if (g.generate > 0) print_generation_table(rows);
   else print_training_table(rows);
   if (!json_path.empty()) {
     std::string text;

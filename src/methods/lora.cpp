@@ -308,13 +308,15 @@ LoraDelta::LoraDelta(int64_t in_features, int64_t out_features, int64_t r, doubl
   to(options.device(), options.dtype().toScalarType());
 }
 
-at::Tensor LoraDelta::adapt_output(const at::Tensor& x, const at::Tensor& y) {
+at::Tensor LoraDelta::added_output(const at::Tensor& x, c10::ScalarType dtype) {
   at::Tensor h = x.scalar_type() == lora_A->weight.scalar_type() ? x : x.to(lora_A->weight.scalar_type());
   if (dropout_ > 0.0) h = F::dropout(h, F::DropoutFuncOptions().p(dropout_).training(is_training()));
   // (x A^T) B^T: never forms the [out, in] product during training.
   at::Tensor d = F::linear(F::linear(h, lora_A->weight), lora_B->weight) * scaling_;
-  return y + d.to(y.scalar_type());
+  return d.to(dtype);
 }
+
+at::Tensor LoraDelta::adapt_output(const at::Tensor& x, const at::Tensor& y) { return y + added_output(x, y.scalar_type()); }
 
 at::Tensor LoraDelta::delta_weight() const { return torch::mm(lora_B->weight, lora_A->weight) * scaling_; }
 

@@ -104,11 +104,23 @@ at::Tensor AdaptableLinearImpl::forward_groups(const at::Tensor& x) {
                g.adapter);
     if (!d && !g.weight.defined() && !g.bias.defined()) continue;  // these rows keep the base projection
     const at::Tensor xg = x.index_select(0, g.rows);
+    if (d && !d->adapts_input() && !g.weight.defined() && !g.bias.defined()) {
+      // An additive delta adds to the shared projection's rows (no copy of them).
+      const at::Tensor added = d->added_output(xg, y.scalar_type());
+      if (added.defined()) {
+        if (y.requires_grad() || added.requires_grad()) {
+          y = y.index_add(0, g.rows, added);
+        } else {
+          y.index_add_(0, g.rows, added);
+        }
+        continue;
+      }
+    }
     at::Tensor yg = (d && d->adapts_input()) || g.weight.defined() || g.bias.defined()
                         ? project(d ? d->adapt_input(xg) : xg, g.weight, g.bias)
                         : y.index_select(0, g.rows);
     if (d) yg = d->adapt_output(xg, yg);
-    y = y.index_copy(0, g.rows, yg);
+    y = put_rows(std::move(y), g.rows, yg);
   }
   return y;
 }

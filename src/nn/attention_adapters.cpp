@@ -37,9 +37,11 @@ at::Tensor AttentionAdaptersImpl::apply(const at::Tensor& context, const Attenti
         auto [k, v] = view.key_value(all);
         return std::make_pair(k.index_select(0, g.rows), v.index_select(0, g.rows));
       };
-      for (auto& e : entries_)
-        if (e.adapter == g.adapter)
-          out = out.index_add(0, g.rows, static_cast<AttentionAdapter&>(*e.module).forward(rows));
+      for (auto& e : entries_) {
+        if (e.adapter != g.adapter) continue;
+        const at::Tensor added = static_cast<AttentionAdapter&>(*e.module).forward(rows);
+        out = out.index_add(0, g.rows, added);
+      }
     }
     return out;
   }

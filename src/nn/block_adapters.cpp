@@ -22,16 +22,17 @@ void BlockAdaptersImpl::add(const std::string& adapter, const std::string& slot,
 at::Tensor BlockAdaptersImpl::apply(const std::string& slot, const at::Tensor& input, const at::Tensor& output) {
   if (entries_.empty()) return output;
   if (!groups_.empty()) {
-    at::Tensor out = output;
+    at::Tensor out;  // a copy of output, made once the first group changes something
     for (const auto& g : groups_) {
       if (g.adapter.empty() || !fills(g.adapter, slot)) continue;
+      if (!out.defined()) out = output.clone();
       const at::Tensor in_g = input.index_select(0, g.rows);
       at::Tensor out_g = output.index_select(0, g.rows);
       for (auto& e : entries_)
         if (e.slot == slot && e.adapter == g.adapter) out_g = static_cast<SublayerAdapter&>(*e.module).forward(in_g, out_g);
-      out = out.index_copy(0, g.rows, out_g);
+      out = put_rows(std::move(out), g.rows, out_g);
     }
-    return out;
+    return out.defined() ? out : output;
   }
   if (active_.empty()) return output;
   at::Tensor out = output;

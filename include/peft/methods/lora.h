@@ -56,6 +56,7 @@ class LoraDelta : public nn::AdditiveWeightDelta {
             const std::string& init, const at::TensorOptions& options);
 
   at::Tensor adapt_output(const at::Tensor& x, const at::Tensor& y) override;
+  at::Tensor added_output(const at::Tensor& x, c10::ScalarType dtype) override;
   /// s * B A as [out, in].
   at::Tensor delta_weight() const override;
 

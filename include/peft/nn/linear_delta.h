@@ -22,6 +22,10 @@ class LinearDelta : public torch::nn::Module {
   /// Runs after the base projection: `x` is the layer input, `y` the output so far.
   virtual at::Tensor adapt_output(const at::Tensor& x, const at::Tensor& y) = 0;
 
+  /// For a delta whose adapt_output(x, y) is y + f(x): f(x) in `dtype` (a mixed-adapter batch adds
+  /// it to its rows in place); undefined (the default) for any other delta.
+  virtual at::Tensor added_output(const at::Tensor& /*x*/, c10::ScalarType /*dtype*/) { return {}; }
+
   /// Whether merge_into / unmerge_from are available.
   virtual bool mergeable() const { return false; }
   /// Folds the delta into `weight_out_in` (an [out, in] view of the base weight) and `bias`.

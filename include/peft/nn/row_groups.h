@@ -29,6 +29,14 @@ class RowRoutable {
   virtual void set_row_groups(RowGroups groups) = 0;
 };
 
+/// `y` with rows `rows` replaced by `values`. `y` must be a tensor the caller owns: it is written in
+/// place when no autograd history is recorded (inference, one copy saved per group), else copied.
+inline at::Tensor put_rows(at::Tensor y, const at::Tensor& rows, const at::Tensor& values) {
+  if (y.requires_grad() || values.requires_grad()) return y.index_copy(0, rows, values);
+  y.index_copy_(0, rows, values);
+  return y;
+}
+
 /// `y` (computed for every row with the module's own tensors) with the rows of each group that
 /// carries copies replaced by `compute(x rows, weight, bias)`; the copies default to `weight`, `bias`.
 template <typename Compute>
@@ -38,7 +46,7 @@ at::Tensor recompute_copied_rows(const RowGroups& groups, const at::Tensor& x, a
     if (!g.weight.defined() && !g.bias.defined()) continue;
     const at::Tensor rows = compute(x.index_select(0, g.rows), g.weight.defined() ? g.weight : weight,
                                     g.bias.defined() ? g.bias : bias);
-    y = y.index_copy(0, g.rows, rows);
+    y = put_rows(std::move(y), g.rows, rows);
   }
   return y;
 }
