@@ -25,9 +25,10 @@ struct Row {
   bool done = false;
 };
 
-/// The next token from one row's next-token logits (float32 on the CPU).
-int64_t pick(at::Tensor logits, const std::vector<int64_t>& seen, const GenerationConfig& c,
-             std::optional<at::Generator>& gen) {
+}  // namespace
+
+int64_t next_token(at::Tensor logits, const std::vector<int64_t>& seen, const GenerationConfig& c,
+                   std::optional<at::Generator>& gen) {
   if (c.repetition_penalty != 1.0 && !seen.empty()) {
     const at::Tensor ids = torch::tensor(seen, torch::kLong);
     const at::Tensor s = logits.index_select(0, ids);
@@ -50,6 +51,8 @@ int64_t pick(at::Tensor logits, const std::vector<int64_t>& seen, const Generati
   }
   return (gen ? at::multinomial(probs, 1, false, *gen) : torch::multinomial(probs, 1)).item<int64_t>();
 }
+
+namespace {
 
 /// Records `next` for the row (or ends it); true while the row goes on.
 bool advance(Row& row, int64_t next, const at::Tensor& logits, const GenerationConfig& c) {
@@ -111,7 +114,7 @@ void continue_uncached(PeftModel& model, Row& row, const GenerationConfig& c, st
     models::ModelInputs in;
     in.input_ids = torch::tensor(std::vector<int64_t>(row.ids.end() - n, row.ids.end()), torch::kLong).unsqueeze(0).to(device);
     const at::Tensor logits = next_logits(run(model, in, alone, {0}).logits, model)[0];
-    advance(row, pick(logits, row.ids, c, gen), logits, c);
+    advance(row, next_token(logits, row.ids, c, gen), logits, c);
   }
 }
 
@@ -157,7 +160,7 @@ void continue_cached(PeftModel& model, std::vector<Row>& rows, const GenerationC
     for (size_t b = 0; b < running.size(); ++b) {
       Row& row = rows[running[b]];
       const at::Tensor row_logits = logits[static_cast<int64_t>(b)];
-      if (!advance(row, pick(row_logits, row.ids, c, gen), row_logits, c)) continue;
+      if (!advance(row, next_token(row_logits, row.ids, c, gen), row_logits, c)) continue;
       const auto fed = static_cast<int64_t>(row.ids.size()) - 1;  // the new token's index in the row
       if (fed >= row.window) {  // the window is full: slide, uncached
         continue_uncached(model, row, c, gen, device);

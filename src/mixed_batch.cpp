@@ -148,7 +148,9 @@ models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs, const 
                  name, a.config->method(), pname);
     (a.prompt ? prompted : plain).push_back(name);
   }
-  if (!prompted.empty()) {
+  // Decoding with a filled cache: every prompt is among the cached keys, nothing is put in front.
+  const bool prompts_cached = inputs.kv_cache && !inputs.kv_cache->empty();
+  if (!prompted.empty() && !prompts_cached) {
     PEFT_CHECK(plain.empty(), kC,
                "adapter '{}' ({}) puts virtual tokens in front of its rows and '{}' does not: rows of one batch must "
                "have the same length; give them separate batches",
@@ -171,7 +173,7 @@ models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs, const 
   enabled_ = false;  // no adapter's copies installed: each group applies its own
   apply_state();
   set_row_groups(row_index);
-  return base_->forward(prompted.empty() ? inputs : prepare_mixed_prompts(inputs, row_index));
+  return base_->forward(prompted.empty() || prompts_cached ? inputs : prepare_mixed_prompts(inputs, row_index));
 }
 
 }  // namespace peft

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 namespace peft {
@@ -52,6 +53,11 @@ struct GenerationResult {
 /// config.adapter_names' one). The model runs in eval mode without gradients. The context is the
 /// last `geometry().max_positions` tokens, less the adapter's virtual tokens.
 GenerationResult generate(PeftModel& model, const std::vector<int64_t>& prompt, const GenerationConfig& config);
+/// The next token from one row's next-token logits (float32 [vocab] on the CPU), as generate
+/// chooses it: repetition penalty over `seen`, then greedy or sampled from `generator` (LibTorch's
+/// default CPU generator when unset). For schedulers that run their own decoding loop.
+int64_t next_token(at::Tensor logits, const std::vector<int64_t>& seen, const GenerationConfig& config,
+                   std::optional<at::Generator>& generator);
 /// Every prompt continued in one batch (left-padded to the longest); each row as if alone.
 std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector<std::vector<int64_t>>& prompts,
                                              const GenerationConfig& config);

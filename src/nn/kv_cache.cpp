@@ -61,6 +61,38 @@ void KVCache::select_rows(const at::Tensor& rows) {
   if (mask_.defined()) mask_ = mask_.index_select(0, rows.to(mask_.device()));
 }
 
+void KVCache::add_rows(const KVCache& other) {
+  PEFT_CHECK(layers_seen_ == 0 && other.layers_seen_ == 0, kC, "rows added in the middle of a forward");
+  PEFT_CHECK(!other.empty(), kC, "adding the rows of an empty cache (run their prompt first)");
+  if (empty()) {
+    *this = other;
+    return;
+  }
+  PEFT_CHECK(keys_.size() == other.keys_.size(), kC, "adding rows of a {}-layer cache to a {}-layer one",
+             other.keys_.size(), keys_.size());
+  const int64_t length = std::max(length_, other.length_);
+  auto pad = [&](const at::Tensor& t, int64_t own) {  // [b, h, own, d] -> [b, h, length, d], zeros first
+    if (own == length) return t;
+    return torch::cat({torch::zeros({t.size(0), t.size(1), length - own, t.size(3)}, t.options()), t}, 2);
+  };
+  at::Tensor combined_mask;  // computed before the rows change
+  if (mask_.defined() || other.mask_.defined() || length_ != other.length_) {
+    auto full_mask = [&](const KVCache& c) {
+      const auto opts = torch::TensorOptions().dtype(torch::kLong).device(c.keys_.front().device());
+      at::Tensor m = c.mask_.defined() ? c.mask_ : torch::ones({c.batch(), c.length_}, opts);
+      if (c.length_ == length) return m;
+      return torch::cat({torch::zeros({m.size(0), length - c.length_}, opts), m.to(opts.device())}, 1);
+    };
+    combined_mask = torch::cat({full_mask(*this), full_mask(other)}, 0);
+  }
+  for (size_t l = 0; l < keys_.size(); ++l) {
+    keys_[l] = torch::cat({pad(keys_[l], length_), pad(other.keys_[l], other.length_)}, 0);
+    values_[l] = torch::cat({pad(values_[l], length_), pad(other.values_[l], other.length_)}, 0);
+  }
+  mask_ = combined_mask;
+  length_ = length;
+}
+
 void KVCache::clear() { *this = KVCache(); }
 
 int64_t KVCache::bytes() const {

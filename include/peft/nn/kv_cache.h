@@ -32,6 +32,9 @@ class KVCache {
   /// Keeps the batch rows `rows` (int64 indices, in that order) of every cached tensor: the rows
   /// of a batched generation that are still running.
   void select_rows(const at::Tensor& rows);
+  /// Appends `other`'s rows after this cache's (continuous batching: a request that ran its prompt
+  /// alone joins the running batch). The shorter side is left-padded with masked positions.
+  void add_rows(const KVCache& other);
   void clear();
 
   /// Bytes the cached keys, values and mask take.

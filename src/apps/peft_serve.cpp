@@ -1,0 +1,456 @@
+// peft-serve: one frozen base, many deltas, over HTTP (cpp-httplib). Completion requests for
+// different deltas are decoded together (serve::ContinuousBatcher); deltas named in a request
+// load lazily from --adapter-dir and stay in an LRU of --max-loaded. JSON errors name the field.
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <list>
+#include <map>
+#include <mutex>
+#include <regex>
+
+#include <CLI/CLI.hpp>
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+#include <torch/torch.h>
+
+#include "peft/checkpoint/delta.h"
+#include "peft/core/error.h"
+#include "peft/core/process.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+#include "peft/serve/completion_request.h"
+#include "peft/serve/continuous_batcher.h"
+#include "peft/tokenizers/tokenizer.h"
+
+namespace {
+namespace fs = std::filesystem;
+
+/// An error with the HTTP status it answers with.
+struct HttpError {
+  int status;
+  std::string message;
+};
+
+void reply_error(httplib::Response& res, int status, const std::string& message) {
+  res.status = status;
+  res.set_content(nlohmann::json{{"error", {{"message", message}, {"code", status}}}}.dump(), "application/json");
+}
+
+/// Deltas: the ones named on the command line stay loaded; the ones requests name load from
+/// --adapter-dir on first use and are evicted least recently used beyond --max-loaded.
+class AdapterStore {
+ public:
+  AdapterStore(peft::serve::ContinuousBatcher& batcher, std::string dir, int64_t max_loaded)
+      : batcher_(batcher), dir_(std::move(dir)), max_loaded_(max_loaded) {}
+  void pin(const std::string& name) { pinned_.push_back(name); }
+
+  /// Makes `name` loaded (HttpError 404 / 400 when it cannot be).
+  void ensure(const std::string& name) {
+    if (name.empty() || name == peft::PeftModel::kBaseAdapterName) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (std::find(pinned_.begin(), pinned_.end(), name) != pinned_.end()) return;
+    if (auto it = std::find(lru_.begin(), lru_.end(), name); it != lru_.end()) {
+      lru_.splice(lru_.begin(), lru_, it);
+      return;
+    }
+    const fs::path path = resolve(name);
+    std::vector<std::string> evict;
+    for (auto it = lru_.rbegin(); it != lru_.rend() && static_cast<int64_t>(lru_.size() - evict.size()) >= max_loaded_; ++it)
+      evict.push_back(*it);
+    std::vector<std::string> evicted;
+    auto done = batcher_.exclusive([&](peft::PeftModel& model, const auto& in_use) {
+      peft::checkpoint::load_adapter(model, path.string(), name);
+      for (const auto& old : evict)
+        if (!in_use(old)) {  // a delta still serving requests stays until a later load
+          model.delete_adapter(old);
+          evicted.push_back(old);
+        }
+    });
+    try {
+      done.get();
+    } catch (const peft::Error& e) {
+      throw HttpError{400, fmt::format("adapter '{}': {}", name, e.what())};
+    }
+    for (const auto& old : evicted) lru_.remove(old);
+    lru_.push_front(name);
+  }
+
+  void remove(const std::string& name) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    bool found = false;
+    auto done = batcher_.exclusive([&](peft::PeftModel& model, const auto& in_use) {
+      if (!model.has_adapter(name)) return;
+      found = true;
+      if (in_use(name)) throw HttpError{409, fmt::format("adapter '{}' is serving requests; try again", name)};
+      model.delete_adapter(name);
+    });
+    done.get();
+    if (!found) throw HttpError{404, fmt::format("adapter: no adapter named '{}' is loaded", name)};
+    lru_.remove(name);
+    pinned_.erase(std::remove(pinned_.begin(), pinned_.end(), name), pinned_.end());
+  }
+
+  nlohmann::json list() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    nlohmann::json out = nlohmann::json::array();
+    batcher_.exclusive([&](peft::PeftModel& m, const auto&) {
+      for (const auto& n : m.adapters())
+        out.push_back({{"name", n},
+                       {"method", m.adapter_config(n).method()},
+                       {"pinned", std::find(pinned_.begin(), pinned_.end(), n) != pinned_.end()}});
+    }).get();
+    return out;
+  }
+
+  int64_t loaded() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<int64_t>(pinned_.size() + lru_.size());
+  }
+
+ private:
+  /// The delta directory for `name` inside --adapter-dir (never outside it, symlinks included).
+  fs::path resolve(const std::string& name) const {
+    if (dir_.empty()) throw HttpError{404, fmt::format("adapter: no adapter named '{}' is loaded", name)};
+    static const std::regex valid("[A-Za-z0-9_\\-]+");
+    if (!std::regex_match(name, valid))
+      throw HttpError{400, fmt::format("adapter: '{}' is not a delta name (letters, digits, '_' and '-')", name)};
+    std::error_code ec;
+    const fs::path root = fs::canonical(dir_, ec);
+    const fs::path path = fs::canonical(fs::path(dir_) / name, ec);
+    if (ec || !fs::is_directory(path)) throw HttpError{404, fmt::format("adapter: no delta named '{}' in the adapter directory", name)};
+    const auto rel = path.lexically_relative(root);
+    if (rel.empty() || *rel.begin() == "..")
+      throw HttpError{400, fmt::format("adapter: '{}' leads outside the adapter directory", name)};
+    return path;
+  }
+
+  peft::serve::ContinuousBatcher& batcher_;
+  std::string dir_;
+  int64_t max_loaded_;
+  std::mutex mutex_;
+  std::vector<std::string> pinned_;
+  std::list<std::string> lru_;  // most recently used first
+};
+
+/// Request counts and latencies for GET /metrics (Prometheus text format).
+class Metrics {
+ public:
+  void record(int status, double seconds) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++by_status_[status];
+    for (size_t i = 0; i < kBuckets.size(); ++i)
+      if (seconds <= kBuckets[i]) ++buckets_[i];
+    ++count_;
+    sum_ += seconds;
+  }
+  std::string text(const peft::serve::BatcherStats& s, int64_t loaded) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::string out = "# TYPE peft_requests_total counter\n";
+    for (const auto& [status, n] : by_status_) out += fmt::format("peft_requests_total{{status=\"{}\"}} {}\n", status, n);
+    out += fmt::format("# TYPE peft_tokens_generated_total counter\npeft_tokens_generated_total {}\n", s.tokens_generated);
+    out += fmt::format("# TYPE peft_queue_length gauge\npeft_queue_length {}\n", s.queued);
+    out += fmt::format("# TYPE peft_running_requests gauge\npeft_running_requests {}\n", s.running);
+    out += fmt::format("# TYPE peft_loaded_adapters gauge\npeft_loaded_adapters {}\n", loaded);
+    out += "# TYPE peft_request_seconds histogram\n";
+    for (size_t i = 0; i < kBuckets.size(); ++i)
+      out += fmt::format("peft_request_seconds_bucket{{le=\"{}\"}} {}\n", kBuckets[i], buckets_[i]);
+    out += fmt::format("peft_request_seconds_bucket{{le=\"+Inf\"}} {}\npeft_request_seconds_sum {}\npeft_request_seconds_count {}\n",
+                       count_, sum_, count_);
+    return out;
+  }
+
+ private:
+  static constexpr std::array<double, 8> kBuckets = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};
+  std::mutex mutex_;
+  std::map<int, int64_t> by_status_;
+  std::array<int64_t, 8> buckets_{};
+  int64_t count_ = 0;
+  double sum_ = 0;
+};
+
+struct Server {
+  peft::PeftModel& model;
+  peft::serve::ContinuousBatcher& batcher;
+  AdapterStore& store;
+  Metrics& metrics;
+  peft::tokenizers::Tokenizer& tok;
+  std::mutex tok_mutex;  // the tokenizer is used from every HTTP thread
+  int64_t max_tokens_limit;
+  std::atomic<int64_t> next_id{1};
+
+  std::vector<int64_t> encode(const std::string& text) {
+    std::lock_guard<std::mutex> lock(tok_mutex);
+    return tok.encode(text);
+  }
+  std::string decode(const std::vector<int64_t>& ids) {
+    std::lock_guard<std::mutex> lock(tok_mutex);
+    return tok.decode(ids);
+  }
+
+  /// A completion request for one prompt, with the stop texts ending it.
+  struct Choice {
+    std::vector<int64_t> prompt;
+    std::shared_ptr<std::vector<int64_t>> generated = std::make_shared<std::vector<int64_t>>();
+    std::future<peft::GenerationResult> result;
+  };
+
+  /// The text generated so far, cut before the first stop text; `stopped` when one matched.
+  std::string visible_text(const std::vector<int64_t>& ids, const std::vector<std::string>& stop, bool* stopped) {
+    std::string text = decode(ids);
+    size_t cut = std::string::npos;
+    for (const auto& s : stop) cut = std::min(cut, text.find(s));
+    if (stopped) *stopped = cut != std::string::npos;
+    return cut == std::string::npos ? text : text.substr(0, cut);
+  }
+
+  Choice submit(const peft::serve::CompletionRequest& r, const std::string& prompt,
+                std::function<void(const std::string&)> on_text = {}) {
+    Choice c;
+    c.prompt = encode(prompt);
+    if (c.prompt.empty()) throw HttpError{400, "prompt: encodes to no tokens"};
+    peft::serve::Completion job;
+    job.prompt = c.prompt;
+    job.config = r.config;
+    if (tok.special().eos) job.config.stop_tokens.push_back(*tok.special().eos);
+    job.adapter = r.adapter;
+    auto generated = c.generated;
+    auto sent = std::make_shared<size_t>(0);
+    job.on_token = [this, generated, stop = r.stop, on_text, sent](int64_t token) {
+      generated->push_back(token);
+      if (stop.empty() && !on_text) return true;
+      bool stopped = false;
+      const std::string text = visible_text(*generated, stop, &stopped);
+      if (on_text && text.size() > *sent) {
+        on_text(text.substr(*sent));
+        *sent = text.size();
+      }
+      return !stopped;
+    };
+    try {
+      c.result = batcher.submit(std::move(job));
+    } catch (const peft::Error& e) {
+      throw HttpError{400, e.what()};
+    }
+    return c;
+  }
+
+  static std::string finish_reason(const std::string& stop_reason) {
+    return stop_reason == "max_new_tokens" ? "length" : "stop";
+  }
+
+  nlohmann::json completions(const nlohmann::json& body, httplib::Response& res) {
+    peft::serve::CompletionRequest r;
+    try {
+      r = peft::serve::parse_completion_request(body, max_tokens_limit);
+    } catch (const peft::Error& e) {
+      throw HttpError{400, e.what()};
+    }
+    store.ensure(r.adapter);
+    const std::string id = fmt::format("cmpl-{}", next_id++);
+    const auto created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    const std::string model_name = r.adapter.empty() ? std::string("base") : r.adapter;
+    if (r.stream) {
+      struct Stream {
+        std::mutex m;
+        std::condition_variable cv;
+        std::deque<std::string> events;
+        bool finished = false;
+      };
+      auto stream = std::make_shared<Stream>();
+      auto push = [stream](std::string e) {
+        std::lock_guard<std::mutex> l(stream->m);
+        stream->events.push_back(std::move(e));
+        stream->cv.notify_one();
+      };
+      auto chunk = [id, created, model_name](const std::string& text, const nlohmann::json& finish) {
+        return "data: " +
+               nlohmann::json{{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model_name},
+                              {"choices", {{{"index", 0}, {"text", text}, {"finish_reason", finish}}}}}.dump() + "\n\n";
+      };
+      auto choice = std::make_shared<Choice>(submit(r, r.prompts.front(), [push, chunk](const std::string& t) { push(chunk(t, nullptr)); }));
+      std::thread([choice, push, chunk, stream] {
+        std::string end;
+        try {
+          end = chunk("", finish_reason(choice->result.get().stop_reason));
+        } catch (const std::exception& e) {
+          end = "data: " + nlohmann::json{{"error", {{"message", e.what()}, {"code", 500}}}}.dump() + "\n\n";
+        }
+        push(end);
+        push("data: [DONE]\n\n");
+        std::lock_guard<std::mutex> l(stream->m);
+        stream->finished = true;
+        stream->cv.notify_one();
+      }).detach();
+      res.set_chunked_content_provider("text/event-stream", [stream](size_t, httplib::DataSink& sink) {
+        std::unique_lock<std::mutex> l(stream->m);
+        stream->cv.wait(l, [&] { return !stream->events.empty() || stream->finished; });
+        while (!stream->events.empty()) {
+          const std::string e = std::move(stream->events.front());
+          stream->events.pop_front();
+          if (!sink.write(e.data(), e.size())) return false;
+        }
+        if (stream->finished) sink.done();
+        return true;
+      });
+      return nullptr;
+    }
+    std::vector<Choice> choices;
+    for (const auto& p : r.prompts) choices.push_back(submit(r, p));
+    nlohmann::json out_choices = nlohmann::json::array();
+    int64_t prompt_tokens = 0, completion_tokens = 0;
+    for (size_t i = 0; i < choices.size(); ++i) {
+      peft::GenerationResult g;
+      try {
+        g = choices[i].result.get();
+      } catch (const peft::Error& e) {
+        throw HttpError{400, e.what()};
+      }
+      prompt_tokens += static_cast<int64_t>(choices[i].prompt.size());
+      completion_tokens += static_cast<int64_t>(g.tokens.size());
+      out_choices.push_back({{"index", i},
+                             {"text", visible_text(g.tokens, r.stop, nullptr)},
+                             {"finish_reason", finish_reason(g.stop_reason)},
+                             {"tokens", g.tokens}});
+    }
+    return {{"id", id},           {"object", "text_completion"}, {"created", created}, {"model", model_name},
+            {"choices", out_choices},
+            {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens},
+                       {"total_tokens", prompt_tokens + completion_tokens}}}};
+  }
+};
+
+nlohmann::json parse_body(const httplib::Request& req) {
+  try {
+    return nlohmann::json::parse(req.body);
+  } catch (const nlohmann::json::parse_error& e) {
+    throw HttpError{400, fmt::format("body: malformed JSON ({})", e.what())};
+  }
+}
+
+int run(int argc, char** argv) {
+  CLI::App app{"Serve one base model and many deltas over HTTP (OpenAI-style completions).", "peft-serve"};
+  std::string model_dir, adapter_dir, host = "127.0.0.1", api_key;
+  std::vector<std::string> adapter_specs;
+  int port = 8080, threads = 0, http_threads = 32;
+  int64_t max_loaded = 16, max_batch = 16, max_tokens_limit = 1024;
+  size_t max_body = 1 << 20;
+  app.add_option("--model", model_dir, "causal LM directory (with its tokenizer)")->required();
+  app.add_option("--adapter", adapter_specs, "delta to keep loaded: NAME=DIR or DIR (repeatable)");
+  app.add_option("--adapter-dir", adapter_dir, "directory of deltas (one sub-directory each) loaded when a request names them");
+  app.add_option("--max-loaded", max_loaded, "deltas from --adapter-dir kept loaded (least recently used evicted)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--host", host, "address to bind")->capture_default_str();
+  app.add_option("--port", port, "port (0: any free one; the chosen port is printed)")->capture_default_str();
+  app.add_option("--api-key", api_key, "require 'Authorization: Bearer KEY' on every request");
+  app.add_option("--max-batch", max_batch, "requests decoded together")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-tokens", max_tokens_limit, "the largest max_tokens a request may ask for")->capture_default_str();
+  app.add_option("--max-body-bytes", max_body, "larger request bodies get 413")->capture_default_str();
+  app.add_option("--http-threads", http_threads, "connections served at once")->capture_default_str();
+  app.add_option("--threads", threads, "CPU threads for the model (default: all cores)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  // SIGTERM / SIGINT are taken by a thread of their own: the server stops accepting, finishes what it has, exits.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  peft::core::configure_threads(threads);
+  peft::models::LoadOptions load;
+  load.task = "causal_lm";
+  peft::PeftModel model(peft::models::load_pretrained(model_dir, load));
+  const auto pinned = peft::checkpoint::load_adapters(model, adapter_specs);
+  model.eval();
+  auto tok = peft::tokenizers::load_tokenizer(model_dir);
+  peft::serve::ContinuousBatcher batcher(model, max_batch);
+  AdapterStore store(batcher, adapter_dir, max_loaded);
+  for (const auto& n : pinned) store.pin(n);
+  Metrics metrics;
+  Server server{model, batcher, store, metrics, *tok, {}, max_tokens_limit};
+
+  httplib::Server http;
+  http.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<size_t>(http_threads)); };
+  http.set_payload_max_length(max_body);
+  http.set_read_timeout(10, 0);
+  http.set_write_timeout(10, 0);
+  http.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
+    if (api_key.empty() || req.get_header_value("Authorization") == "Bearer " + api_key) return httplib::Server::HandlerResponse::Unhandled;
+    reply_error(res, 401, "missing or wrong API key (Authorization: Bearer KEY)");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  auto handle = [&](auto body) {
+    return [&, body](const httplib::Request& req, httplib::Response& res) {
+      const auto t0 = std::chrono::steady_clock::now();
+      try {
+        body(req, res);
+      } catch (const HttpError& e) {
+        reply_error(res, e.status, e.message);
+      } catch (const peft::Error& e) {
+        reply_error(res, 400, e.what());
+      } catch (const std::exception& e) {
+        reply_error(res, 500, e.what());
+      }
+      metrics.record(res.status, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    };
+  };
+  http.Post("/v1/completions", handle([&](const httplib::Request& req, httplib::Response& res) {
+              const auto out = server.completions(parse_body(req), res);
+              if (!out.is_null()) res.set_content(out.dump(), "application/json");
+            }));
+  http.Get("/v1/adapters", handle([&](const httplib::Request&, httplib::Response& res) {
+             res.set_content(nlohmann::json{{"adapters", store.list()}}.dump(), "application/json");
+           }));
+  http.Post("/v1/adapters", handle([&](const httplib::Request& req, httplib::Response& res) {
+              const auto body = parse_body(req);
+              if (!body.is_object() || !body.contains("name") || !body["name"].is_string() || body.size() != 1)
+                throw HttpError{400, "name: expected {\"name\": \"<delta in the adapter directory>\"}"};
+              store.ensure(body["name"].get<std::string>());
+              res.set_content(nlohmann::json{{"loaded", body["name"]}}.dump(), "application/json");
+            }));
+  http.Delete(R"(/v1/adapters/([A-Za-z0-9_\-]+))", handle([&](const httplib::Request& req, httplib::Response& res) {
+                store.remove(req.matches[1]);
+                res.set_content(nlohmann::json{{"deleted", std::string(req.matches[1])}}.dump(), "application/json");
+              }));
+  http.Get("/health", handle([&](const httplib::Request&, httplib::Response& res) {
+             res.set_content(R"({"status":"ok"})", "application/json");
+           }));
+  http.Get("/metrics", handle([&](const httplib::Request&, httplib::Response& res) {
+             res.set_content(metrics.text(batcher.stats(), store.loaded()), "text/plain; version=0.0.4");
+           }));
+  http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    if (res.body.empty()) reply_error(res, res.status, res.status == 413 ? "body: larger than --max-body-bytes" : "no such endpoint");
+  });
+
+  const int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);
+  PEFT_CHECK(bound > 0, "serve", "cannot listen on {}:{}", host, port);
+  std::thread stopper([&] {
+    int sig = 0;
+    sigwait(&signals, &sig);
+    http.stop();
+  });
+  fmt::print("peft-serve listening on http://{}:{}\n", host, bound);
+  std::fflush(stdout);
+  http.listen_after_bind();
+  batcher.shutdown();
+  if (stopper.joinable()) {
+    pthread_kill(stopper.native_handle(), SIGTERM);  // listen ended on its own: release the waiter
+    stopper.join();
+  }
+  fmt::print("peft-serve stopped\n");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  peft::core::prepare_process(argv);
+  return peft::core::run_main("peft-serve", [&] { return run(argc, argv); });
+}

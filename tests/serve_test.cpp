@@ -1,0 +1,244 @@
+// peft-serve as a real process on a loopback port: completions equal in-process generation,
+// concurrent requests for different deltas, lazy loading and eviction, streaming, and every bad
+// input answered with its status while the server keeps serving.
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+
+#include <fstream>
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "peft/checkpoint/delta.h"
+#include "peft/generate.h"
+#include "peft/methods/method.h"
+#include "peft/models/load.h"
+#include "peft/peft_model.h"
+#include "peft/tokenizers/tokenizer.h"
+#include "test_util.h"
+#include "tiny_models.h"
+
+#if defined(PEFT_SERVE_BIN)
+#include <httplib.h>
+
+extern char** environ;
+
+namespace peft::test {
+namespace {
+
+std::string model_dir() { return std::string(PEFT_SOURCE_DIR) + "/examples/models/tiny-gpt2-en"; }
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+/// A running peft-serve; stopped with SIGTERM at destruction.
+class ServeProcess {
+ public:
+  ServeProcess(const std::vector<std::string>& flags, const std::string& log) : log_(log) {
+    std::vector<std::string> args = {PEFT_SERVE_BIN, "--port", "0", "--threads", "1"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    posix_spawn_file_actions_adddup2(&actions, STDOUT_FILENO, STDERR_FILENO);
+    const int rc = posix_spawn(&pid_, args[0].c_str(), &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    if (rc != 0) throw std::runtime_error("cannot start peft-serve");
+    for (int i = 0; i < 600 && port_ == 0; ++i) {  // up to 60 s for the model to load
+      const std::string out = slurp(log);
+      const auto at = out.find("listening on http://127.0.0.1:");
+      if (at != std::string::npos) port_ = std::stoi(out.substr(at + 30));
+      int status = 0;
+      if (port_ == 0 && waitpid(pid_, &status, WNOHANG) == pid_) throw std::runtime_error("peft-serve exited: " + out);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    if (port_ == 0) throw std::runtime_error("peft-serve did not start: " + slurp(log));
+  }
+  ~ServeProcess() { stop(); }
+  /// SIGTERM, then the exit status.
+  int stop() {
+    if (pid_ <= 0) return exit_status_;
+    kill(pid_, SIGTERM);
+    int status = 0;
+    waitpid(pid_, &status, 0);
+    pid_ = 0;
+    exit_status_ = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return exit_status_;
+  }
+  int port() const { return port_; }
+  const std::string& log() const { return log_; }
+
+ private:
+  pid_t pid_ = 0;
+  int port_ = 0;
+  int exit_status_ = -1;
+  std::string log_;
+};
+
+/// Two LoRA deltas of the shipped tiny GPT-2, with weights that change its continuations.
+void write_deltas(const std::string& dir) {
+  PeftModel model(models::load_pretrained(model_dir()));
+  torch::manual_seed(5);
+  for (const char* name : {"alpha", "beta"}) {
+    model.add_adapter(name, *methods::parse_config({{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8},
+                                                   {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_fc"}}}));
+    model.set_adapter(name);
+    torch::NoGradGuard g;
+    for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * 0.3);
+    checkpoint::save_adapter(model, dir + "/" + name, name);
+  }
+}
+
+std::vector<int64_t> expected_tokens(const std::string& adapter_dir, const std::string& adapter, const std::string& prompt,
+                                     int64_t tokens) {
+  PeftModel model(models::load_pretrained(model_dir()));
+  if (!adapter.empty()) checkpoint::load_adapter(model, adapter_dir + "/" + adapter, adapter);
+  auto tok = tokenizers::load_tokenizer(model_dir());
+  GenerationConfig c;
+  c.max_new_tokens = tokens;
+  if (tok->special().eos) c.stop_tokens.push_back(*tok->special().eos);
+  return generate(model, tok->encode(prompt), c).tokens;
+}
+
+httplib::Client client(int port) {
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(60, 0);
+  return c;
+}
+
+nlohmann::json completion(int port, const nlohmann::json& body, int* status = nullptr) {
+  auto c = client(port);
+  auto res = c.Post("/v1/completions", body.dump(), "application/json");
+  if (!res) return {{"transport_error", httplib::to_string(res.error())}};
+  if (status) *status = res->status;
+  return nlohmann::json::parse(res->body, nullptr, false);
+}
+
+TEST(Serve, CompletionsEqualInProcessGenerationAndBadInputsGetTheirStatus) {
+  TempDir dir;
+  const std::string deltas = dir.file("deltas");
+  write_deltas(deltas);
+  ServeProcess server({"--model", model_dir(), "--adapter", "alpha=" + deltas + "/alpha", "--adapter-dir", deltas,
+                       "--max-loaded", "1", "--max-tokens", "64", "--max-body-bytes", "4096"},
+                      dir.file("serve.log"));
+  auto c = client(server.port());
+  const int port = server.port();
+  const std::string prompt = "The whale";
+  for (const std::string adapter : {"", "alpha", "beta"}) {
+    nlohmann::json body = {{"prompt", prompt}, {"max_tokens", 8}, {"temperature", 0}};
+    if (!adapter.empty()) body["adapter"] = adapter;
+    int status = 0;
+    const auto out = completion(port, body, &status);
+    ASSERT_EQ(status, 200) << out.dump();
+    EXPECT_EQ(out["choices"][0]["tokens"].get<std::vector<int64_t>>(), expected_tokens(deltas, adapter, prompt, 8))
+        << "adapter '" << adapter << "'";
+    EXPECT_EQ(out["usage"]["completion_tokens"], out["choices"][0]["tokens"].size());
+  }
+  // Two concurrent requests for different deltas each equal their single-request result.
+  std::vector<nlohmann::json> both(2);
+  std::thread t1([&] { both[0] = completion(port, {{"prompt", "It was"}, {"adapter", "alpha"}, {"max_tokens", 12}, {"temperature", 0}}); });
+  std::thread t2([&] { both[1] = completion(port, {{"prompt", "Mr. Speaker"}, {"adapter", "beta"}, {"max_tokens", 12}, {"temperature", 0}}); });
+  t1.join();
+  t2.join();
+  EXPECT_EQ(both[0]["choices"][0]["tokens"].get<std::vector<int64_t>>(), expected_tokens(deltas, "alpha", "It was", 12));
+  EXPECT_EQ(both[1]["choices"][0]["tokens"].get<std::vector<int64_t>>(), expected_tokens(deltas, "beta", "Mr. Speaker", 12));
+  // Streaming: the events' texts make the non-streamed text.
+  {
+    auto s = client(port);
+    std::string events;
+    auto res = s.Post("/v1/completions", nlohmann::json{{"prompt", prompt}, {"adapter", "beta"}, {"max_tokens", 8}, {"temperature", 0}, {"stream", true}}.dump(),
+                      "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    std::string text;
+    std::istringstream lines(res->body);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.rfind("data: {", 0) != 0) continue;
+      text += nlohmann::json::parse(line.substr(6))["choices"][0]["text"].get<std::string>();
+    }
+    EXPECT_NE(res->body.find("data: [DONE]"), std::string::npos) << res->body;
+    const auto plain = completion(port, {{"prompt", prompt}, {"adapter", "beta"}, {"max_tokens", 8}, {"temperature", 0}});
+    EXPECT_EQ(text, plain["choices"][0]["text"].get<std::string>());
+  }
+  // --max-loaded 1: loading beta evicted nothing pinned; gamma is not there; beta reloads after eviction.
+  auto listed = nlohmann::json::parse(c.Get("/v1/adapters")->body);
+  EXPECT_EQ(listed["adapters"].size(), 2u) << listed.dump();  // alpha (pinned) and beta
+  // Bad inputs, each with its status, and the server keeps serving.
+  struct Bad {
+    std::string body;
+    int status;
+    std::string mentions;
+  };
+  std::string long_prompt;  // more tokens than the model has positions, in under 4 KiB
+  for (int i = 0; i < 700; ++i) long_prompt += " a";
+  const std::vector<Bad> bad = {
+      {"{not json", 400, "malformed JSON"},
+      {R"({"prompt": "a", "max_tokens": 4, "bogus": 1})", 400, "bogus"},
+      {R"({"prompt": "a", "adapter": "nope"})", 404, "nope"},
+      {R"({"prompt": "a", "adapter": "../deltas/alpha"})", 400, "not a delta name"},
+      {R"({"prompt": "a", "max_tokens": -3})", 400, "max_tokens"},
+      {R"({"prompt": "a", "max_tokens": 100000})", 400, "max_tokens"},
+      {R"({"prompt": 7})", 400, "prompt"},
+      {R"({"max_tokens": 3})", 400, "prompt"},
+      {R"({"prompt": "a", "temperature": "hot"})", 400, "temperature"},
+      {nlohmann::json{{"prompt", long_prompt}, {"max_tokens", 60}}.dump(), 400, "context"},
+      {nlohmann::json{{"prompt", std::string(5000, 'x')}}.dump(), 413, "body"},
+  };
+  for (const auto& b : bad) {
+    auto res = c.Post("/v1/completions", b.body, "application/json");
+    ASSERT_TRUE(res) << b.body.substr(0, 80);
+    EXPECT_EQ(res->status, b.status) << b.body.substr(0, 80) << " -> " << res->body;
+    EXPECT_NE(res->body.find(b.mentions), std::string::npos) << b.body.substr(0, 80) << " -> " << res->body;
+  }
+  // A delta of another base (its fingerprint differs) is refused with the reason.
+  {
+    PeftModel other(tiny_model("gpt2"));
+    other.add_adapter("default", *methods::parse_config({{"peft_type", "LORA"}, {"r", 2}}));
+    checkpoint::save_adapter(other, deltas + "/foreign");
+    auto res = c.Post("/v1/adapters", R"({"name": "foreign"})", "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 400) << res->body;
+  }
+  // A symlink out of the adapter directory is refused.
+  std::filesystem::create_directory_symlink(deltas + "/../outside", deltas + "/escape");
+  std::filesystem::create_directories(dir.file("outside"));
+  {
+    auto res = c.Post("/v1/adapters", R"({"name": "escape"})", "application/json");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 400) << res->body;
+    EXPECT_NE(res->body.find("outside the adapter directory"), std::string::npos) << res->body;
+  }
+  EXPECT_EQ(c.Delete("/v1/adapters/beta")->status, 200);
+  EXPECT_EQ(c.Delete("/v1/adapters/beta")->status, 404);
+  const auto again = completion(port, {{"prompt", prompt}, {"adapter", "beta"}, {"max_tokens", 8}, {"temperature", 0}});
+  EXPECT_EQ(again["choices"][0]["tokens"].get<std::vector<int64_t>>(), expected_tokens(deltas, "beta", prompt, 8))
+      << "re-loaded after deletion";
+  EXPECT_EQ(c.Get("/health")->status, 200);
+  const std::string metrics = c.Get("/metrics")->body;
+  EXPECT_NE(metrics.find("peft_requests_total{status=\"400\"}"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("peft_tokens_generated_total"), std::string::npos) << metrics;
+  EXPECT_EQ(server.stop(), 0) << slurp(server.log());
+  EXPECT_NE(slurp(server.log()).find("peft-serve stopped"), std::string::npos);
+}
+
+TEST(Serve, ApiKeyIsRequiredWhenGiven) {
+  TempDir dir;
+  ServeProcess server({"--model", model_dir(), "--api-key", "s3cret"}, dir.file("serve.log"));
+  auto c = client(server.port());
+  const int port = server.port();
+  EXPECT_EQ(c.Get("/health")->status, 401);
+  httplib::Headers auth = {{"Authorization", "Bearer s3cret"}};
+  EXPECT_EQ(c.Get("/health", auth)->status, 200);
+  EXPECT_EQ(c.Get("/health", httplib::Headers{{"Authorization", "Bearer wrong"}})->status, 401);
+}
+
+}  // namespace
+}  // namespace peft::test
+
+#endif
