@@ -39,6 +39,7 @@ struct PeftModel::ScopedState {
   ScopedState& operator=(const ScopedState&) = delete;
   ~ScopedState() {
     model.set_row_groups({});
+    if (model.active_set_ == active && model.enabled_ == enabled) return;  // nothing was switched
     model.activate(active);
     model.enabled_ = enabled;
     model.apply_state();
@@ -170,8 +171,10 @@ models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs, const 
   std::map<std::string, at::Tensor> row_index;
   for (const auto& [name, r] : rows) row_index[name] = torch::tensor(r, torch::kLong).to(device);
   ScopedState restore(*this);
-  enabled_ = false;  // no adapter's copies installed: each group applies its own
-  apply_state();
+  if (!originals_.empty()) {  // an adapter's copies are installed: the base's own tensors go back
+    enabled_ = false;
+    apply_state();
+  }
   set_row_groups(row_index);
   return base_->forward(prompted.empty() || prompts_cached ? inputs : prepare_mixed_prompts(inputs, row_index));
 }

@@ -151,6 +151,10 @@ class Metrics {
     std::string out = "# TYPE peft_requests_total counter\n";
     for (const auto& [status, n] : by_status_) out += fmt::format("peft_requests_total{{status=\"{}\"}} {}\n", status, n);
     out += fmt::format("# TYPE peft_tokens_generated_total counter\npeft_tokens_generated_total {}\n", s.tokens_generated);
+    out += fmt::format("# TYPE peft_decode_steps_total counter\npeft_decode_steps_total {}\n", s.decode_steps);
+    out += fmt::format("# TYPE peft_decoded_rows_total counter\npeft_decoded_rows_total {}\n", s.decoded_rows);
+    out += fmt::format("# TYPE peft_prefill_seconds_total counter\npeft_prefill_seconds_total {}\n", s.prefill_seconds);
+    out += fmt::format("# TYPE peft_decode_seconds_total counter\npeft_decode_seconds_total {}\n", s.decode_seconds);
     out += fmt::format("# TYPE peft_queue_length gauge\npeft_queue_length {}\n", s.queued);
     out += fmt::format("# TYPE peft_running_requests gauge\npeft_running_requests {}\n", s.running);
     out += fmt::format("# TYPE peft_loaded_adapters gauge\npeft_loaded_adapters {}\n", loaded);

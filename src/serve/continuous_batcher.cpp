@@ -1,6 +1,7 @@
 #include "peft/serve/continuous_batcher.h"
 
 #include <algorithm>
+#include <chrono>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -176,6 +177,15 @@ at::Tensor last_logits(const at::Tensor& logits) { return logits.select(1, -1).t
 
 void ContinuousBatcher::admit(std::vector<Running>& running) {
   const c10::Device device = model_.base_model().parameters().front().device();
+  const auto t0 = std::chrono::steady_clock::now();
+  struct Timer {  // adds the time spent admitting to the stats however admit ends
+    ContinuousBatcher& b;
+    std::chrono::steady_clock::time_point t0;
+    ~Timer() {
+      std::lock_guard<std::mutex> lock(b.mutex_);
+      b.stats_.prefill_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+  } timer{*this, t0};
   while (static_cast<int64_t>(running.size()) < max_batch_) {
     std::shared_ptr<Request> r;
     {
@@ -226,6 +236,7 @@ void ContinuousBatcher::admit(std::vector<Running>& running) {
 
 void ContinuousBatcher::step(std::vector<Running>& running) {
   const c10::Device device = model_.base_model().parameters().front().device();
+  const auto t0 = std::chrono::steady_clock::now();
   std::vector<int64_t> tokens, positions;
   std::vector<std::string> names;
   for (const auto& r : running) {
@@ -258,6 +269,8 @@ void ContinuousBatcher::step(std::vector<Running>& running) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       ++stats_.decode_steps;
+      stats_.decode_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      stats_.decoded_rows += static_cast<int64_t>(running.size());
       stats_.largest_batch = std::max<int64_t>(stats_.largest_batch, static_cast<int64_t>(running.size()));
       stats_.completed += finished;
       stats_.tokens_generated += finished_tokens;

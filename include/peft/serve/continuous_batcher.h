@@ -43,6 +43,8 @@ struct BatcherStats {
   int64_t completed = 0, failed = 0;
   int64_t tokens_generated = 0;
   int64_t decode_steps = 0;
+  int64_t decoded_rows = 0;  ///< rows over all decoding steps (/ decode_steps: the mean batch)
+  double prefill_seconds = 0, decode_seconds = 0;  ///< time in prompt forwards / decoding steps
   int64_t largest_batch = 0;
 };
 
