@@ -222,6 +222,7 @@ TEST(Serve, CompletionsEqualInProcessGenerationAndBadInputsGetTheirStatus) {
   EXPECT_EQ(c.Get("/health")->status, 200);
   const std::string metrics = c.Get("/metrics")->body;
   EXPECT_NE(metrics.find("peft_requests_total{status=\"400\"}"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("peft_requests_total{status=\"200\"}"), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("peft_tokens_generated_total"), std::string::npos) << metrics;
   EXPECT_EQ(server.stop(), 0) << slurp(server.log());
   EXPECT_NE(slurp(server.log()).find("peft-serve stopped"), std::string::npos);

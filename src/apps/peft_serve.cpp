@@ -395,6 +395,7 @@ int run(int argc, char** argv) {
       const auto t0 = std::chrono::steady_clock::now();
       try {
         body(req, res);
+        if (res.status == -1) res.status = 200;  // cpp-httplib fills it in only after the handler
       } catch (const HttpError& e) {
         reply_error(res, e.status, e.message);
       } catch (const peft::Error& e) {
