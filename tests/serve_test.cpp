@@ -81,11 +81,11 @@ class ServeProcess {
   std::string log_;
 };
 
-/// Two LoRA deltas of the shipped tiny GPT-2, with weights that change its continuations.
+/// Three LoRA deltas of the shipped tiny GPT-2, with weights that change its continuations.
 void write_deltas(const std::string& dir) {
   PeftModel model(models::load_pretrained(model_dir()));
   torch::manual_seed(5);
-  for (const char* name : {"alpha", "beta"}) {
+  for (const char* name : {"alpha", "beta", "gamma"}) {
     model.add_adapter(name, *methods::parse_config({{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8},
                                                    {"fan_in_fan_out", true}, {"target_modules", {"c_attn", "c_fc"}}}));
     model.set_adapter(name);
@@ -214,6 +214,15 @@ TEST(Serve, CompletionsEqualInProcessGenerationAndBadInputsGetTheirStatus) {
     EXPECT_EQ(res->status, 400) << res->body;
     EXPECT_NE(res->body.find("outside the adapter directory"), std::string::npos) << res->body;
   }
+  // --max-loaded 1: gamma, loaded on demand, evicts beta (alpha is pinned); beta comes back when asked for.
+  const auto g1 = completion(port, {{"prompt", prompt}, {"adapter", "gamma"}, {"max_tokens", 8}, {"temperature", 0}});
+  EXPECT_EQ(g1["choices"][0]["tokens"].get<std::vector<int64_t>>(), expected_tokens(deltas, "gamma", prompt, 8));
+  listed = nlohmann::json::parse(c.Get("/v1/adapters")->body);
+  std::vector<std::string> loaded;
+  for (const auto& a : listed["adapters"]) loaded.push_back(a["name"]);
+  EXPECT_EQ(loaded, (std::vector<std::string>{"alpha", "gamma"})) << listed.dump();
+  const auto b2 = completion(port, {{"prompt", prompt}, {"adapter", "beta"}, {"max_tokens", 8}, {"temperature", 0}});
+  EXPECT_EQ(b2["choices"][0]["tokens"].get<std::vector<int64_t>>(), expected_tokens(deltas, "beta", prompt, 8));
   EXPECT_EQ(c.Delete("/v1/adapters/beta")->status, 200);
   EXPECT_EQ(c.Delete("/v1/adapters/beta")->status, 404);
   const auto again = completion(port, {{"prompt", prompt}, {"adapter", "beta"}, {"max_tokens", 8}, {"temperature", 0}});

@@ -251,8 +251,8 @@ void ContinuousBatcher::step(std::vector<Running>& running) {
     in.position_ids = torch::tensor(positions, torch::kLong).unsqueeze(1).to(device);
     const at::Tensor logits = last_logits(model_.forward(in, names).logits);
     std::vector<int64_t> keep;
-    std::vector<Running> still;
-    int64_t finished_tokens = 0, finished = 0;
+    std::vector<Running> still, finished;
+    int64_t finished_tokens = 0;
     for (size_t b = 0; b < running.size(); ++b) {
       Running& r = running[b];
       const Completion& c = r.request->completion;
@@ -260,21 +260,21 @@ void ContinuousBatcher::step(std::vector<Running>& running) {
       if (advance(r.result, r.ids, next_token(row_logits, r.ids, c.config, r.gen), row_logits, c)) {
         keep.push_back(static_cast<int64_t>(b));
         still.push_back(std::move(r));
-        continue;
+      } else {
+        finished_tokens += static_cast<int64_t>(r.result.tokens.size());
+        finished.push_back(std::move(r));
       }
-      finished_tokens += static_cast<int64_t>(r.result.tokens.size());
-      ++finished;
-      r.request->done.set_value(std::move(r.result));
     }
-    {
+    {  // the stats count a request before its caller hears back
       std::lock_guard<std::mutex> lock(mutex_);
       ++stats_.decode_steps;
       stats_.decode_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       stats_.decoded_rows += static_cast<int64_t>(running.size());
       stats_.largest_batch = std::max<int64_t>(stats_.largest_batch, static_cast<int64_t>(running.size()));
-      stats_.completed += finished;
+      stats_.completed += static_cast<int64_t>(finished.size());
       stats_.tokens_generated += finished_tokens;
     }
+    for (auto& r : finished) r.request->done.set_value(std::move(r.result));
     if (still.empty()) {
       cache_.reset();
     } else if (still.size() < running.size()) {
