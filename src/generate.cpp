@@ -52,19 +52,27 @@ int64_t next_token(at::Tensor logits, const std::vector<int64_t>& seen, const Ge
   return (gen ? at::multinomial(probs, 1, false, *gen) : torch::multinomial(probs, 1)).item<int64_t>();
 }
 
+bool record_token(GenerationResult& result, std::vector<int64_t>& ids, int64_t next, const at::Tensor& logits,
+                  const GenerationConfig& c) {
+  if (std::find(c.stop_tokens.begin(), c.stop_tokens.end(), next) != c.stop_tokens.end()) {
+    result.stop_reason = "stop_token";
+    return false;
+  }
+  ids.push_back(next);
+  result.tokens.push_back(next);
+  if (c.output_logits) result.logits.push_back(logits);
+  if (static_cast<int64_t>(result.tokens.size()) >= c.max_new_tokens) {
+    result.stop_reason = "max_new_tokens";
+    return false;
+  }
+  return true;
+}
+
 namespace {
 
 /// Records `next` for the row (or ends it); true while the row goes on.
 bool advance(Row& row, int64_t next, const at::Tensor& logits, const GenerationConfig& c) {
-  if (std::find(c.stop_tokens.begin(), c.stop_tokens.end(), next) != c.stop_tokens.end()) {
-    row.result.stop_reason = "stop_token";
-    row.done = true;
-    return false;
-  }
-  row.ids.push_back(next);
-  row.result.tokens.push_back(next);
-  if (c.output_logits) row.result.logits.push_back(logits);
-  if (static_cast<int64_t>(row.result.tokens.size()) >= c.max_new_tokens) row.done = true;
+  row.done = !record_token(row.result, row.ids, next, logits, c);
   return !row.done;
 }
 

@@ -58,6 +58,11 @@ GenerationResult generate(PeftModel& model, const std::vector<int64_t>& prompt, 
 /// default CPU generator when unset). For schedulers that run their own decoding loop.
 int64_t next_token(at::Tensor logits, const std::vector<int64_t>& seen, const GenerationConfig& config,
                    std::optional<at::Generator>& generator);
+/// Records `next` as generation does: a stop token ends the row (stop_reason "stop_token") and is
+/// not kept; any other token is appended to `ids` and `result` (its logits too with output_logits),
+/// and the row ends at max_new_tokens (stop_reason "max_new_tokens"). Returns whether it goes on.
+bool record_token(GenerationResult& result, std::vector<int64_t>& ids, int64_t next, const at::Tensor& logits,
+                  const GenerationConfig& config);
 /// Every prompt continued in one batch (left-padded to the longest); each row as if alone.
 std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector<std::vector<int64_t>>& prompts,
                                              const GenerationConfig& config);

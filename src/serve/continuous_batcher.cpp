@@ -41,12 +41,14 @@ ContinuousBatcher::ContinuousBatcher(PeftModel& model, int64_t max_batch) : mode
 
 ContinuousBatcher::~ContinuousBatcher() { shutdown(); }
 
+int64_t ContinuousBatcher::virtual_tokens(const std::string& adapter) const {
+  if (adapter.empty() || adapter == PeftModel::kBaseAdapterName) return 0;
+  auto p = model_.prompt_encoder(adapter);
+  return p ? p->num_virtual_tokens() : 0;
+}
+
 int64_t ContinuousBatcher::window(const std::string& adapter) const {
-  const int64_t positions = model_.base_model().geometry().max_positions;
-  int64_t virtual_tokens = 0;
-  if (!adapter.empty() && adapter != PeftModel::kBaseAdapterName)
-    if (auto p = model_.prompt_encoder(adapter)) virtual_tokens = p->num_virtual_tokens();
-  return positions - virtual_tokens;
+  return model_.base_model().geometry().max_positions - virtual_tokens(adapter);
 }
 
 void ContinuousBatcher::refresh_adapters() {
@@ -150,25 +152,17 @@ void ContinuousBatcher::loop() {
 
 namespace {
 
-/// Records `next` for the row; false once it has stopped.
+/// Records `next` for the row as generate() does, then hands a kept token to on_token (which may
+/// end the row: a stop text); false once the row has stopped.
 bool advance(GenerationResult& result, std::vector<int64_t>& ids, int64_t next, const at::Tensor& logits,
              const Completion& c) {
-  if (std::find(c.config.stop_tokens.begin(), c.config.stop_tokens.end(), next) != c.config.stop_tokens.end()) {
-    result.stop_reason = "stop_token";
-    return false;
-  }
-  ids.push_back(next);
-  result.tokens.push_back(next);
-  if (c.config.output_logits) result.logits.push_back(logits);
-  if (c.on_token && !c.on_token(next)) {
+  const size_t kept = result.tokens.size();
+  const bool more = record_token(result, ids, next, logits, c.config);
+  if (result.tokens.size() > kept && c.on_token && !c.on_token(next)) {
     result.stop_reason = "stop_sequence";
     return false;
   }
-  if (static_cast<int64_t>(result.tokens.size()) >= c.config.max_new_tokens) {
-    result.stop_reason = "max_new_tokens";
-    return false;
-  }
-  return true;
+  return more;
 }
 
 at::Tensor last_logits(const at::Tensor& logits) { return logits.select(1, -1).to(torch::kCPU, torch::kFloat); }
@@ -205,7 +199,7 @@ void ContinuousBatcher::admit(std::vector<Running>& running) {
       const std::string name = row_adapter(c.adapter);
       PEFT_CHECK(name == PeftModel::kBaseAdapterName || model_.has_adapter(name), kC,
                  "adapter: '{}' was unloaded before the request ran", name);
-      row.offset = model_.base_model().geometry().max_positions - window(name);
+      row.offset = virtual_tokens(name);
       auto cache = std::make_shared<nn::KVCache>();
       models::ModelInputs in;
       in.kv_cache = cache;
@@ -215,7 +209,6 @@ void ContinuousBatcher::admit(std::vector<Running>& running) {
       const at::Tensor logits = last_logits(model_.forward(in, {name}).logits)[0];
       const bool more = c.config.max_new_tokens > 0 &&
                         advance(row.result, row.ids, next_token(logits, row.ids, c.config, row.gen), logits, c);
-      if (c.config.max_new_tokens == 0) row.result.stop_reason = "max_new_tokens";
       if (!more) {
         std::lock_guard<std::mutex> lock(mutex_);
         ++stats_.completed;

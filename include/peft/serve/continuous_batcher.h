@@ -74,6 +74,8 @@ class ContinuousBatcher {
   void loop();
   void admit(std::vector<Running>& running);
   void step(std::vector<Running>& running);
+  /// The adapter's virtual tokens (its tokens are numbered after them) and the positions left.
+  int64_t virtual_tokens(const std::string& adapter) const;
   int64_t window(const std::string& adapter) const;
   /// What submit() may check without touching the model (it runs on other threads): each
   /// adapter's context window, or why it cannot be served. Called on the worker (or before it starts).
