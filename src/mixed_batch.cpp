@@ -15,17 +15,12 @@ namespace {
 
 constexpr const char* kC = "peft_model";
 
-int64_t batch_rows(const models::ModelInputs& in) {
+/// The input that counts the batch's rows (and gives their device).
+const at::Tensor& batch_input(const models::ModelInputs& in) {
   for (const at::Tensor* t : {&in.input_ids, &in.pixel_values, &in.embedding_output})
-    if (t->defined() && t->dim() >= 1) return t->size(0);
+    if (t->defined() && t->dim() >= 1) return *t;
   PEFT_CHECK(false, kC, "a mixed-adapter batch needs input_ids, pixel_values or embedding_output to count its rows");
-  return 0;
-}
-
-c10::Device batch_device(const models::ModelInputs& in) {
-  for (const at::Tensor* t : {&in.input_ids, &in.pixel_values, &in.embedding_output})
-    if (t->defined()) return t->device();
-  return c10::Device(c10::kCPU);
+  return in.input_ids;
 }
 
 }  // namespace
@@ -72,8 +67,6 @@ void PeftModel::set_row_groups(const std::map<std::string, at::Tensor>& rows_by_
 
 models::ModelInputs PeftModel::prepare_mixed_prompts(const models::ModelInputs& inputs,
                                                      const std::map<std::string, at::Tensor>& rows_by_adapter) {
-  // Decoding: the prompts went in with the first forward and are in the cache.
-  if (inputs.kv_cache && !inputs.kv_cache->empty()) return inputs;
   models::ModelInputs out = inputs;
   bool first = true;
   for (const auto& entry : rows_by_adapter) {
@@ -95,7 +88,7 @@ models::ModelInputs PeftModel::prepare_mixed_prompts(const models::ModelInputs& 
 }
 
 models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs, const std::vector<std::string>& adapter_names) {
-  const int64_t B = batch_rows(inputs);
+  const int64_t B = batch_input(inputs).size(0);
   PEFT_CHECK(static_cast<int64_t>(adapter_names.size()) == B, kC,
              "adapter_names has {} names for a batch of {} rows (one per row expected)", adapter_names.size(), B);
   PEFT_CHECK(!base_->is_training(), kC,
@@ -167,7 +160,7 @@ models::ModelOutput PeftModel::forward(const models::ModelInputs& inputs, const 
                  p.placement() != first.placement() ? "placement" : "length");
     }
   }
-  const c10::Device device = batch_device(inputs);
+  const c10::Device device = batch_input(inputs).device();
   std::map<std::string, at::Tensor> row_index;
   for (const auto& [name, r] : rows) row_index[name] = torch::tensor(r, torch::kLong).to(device);
   ScopedState restore(*this);

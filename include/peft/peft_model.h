@@ -208,7 +208,7 @@ class PeftModel {
   struct ScopedState;
   /// Routes every extension point by row groups (empty: no routing).
   void set_row_groups(const std::map<std::string, at::Tensor>& rows_by_adapter);
-  /// The batch with every row's prompt in place (mixed prompt-method batches).
+  /// The batch with every row's prompt in place (mixed prompt-method batches, before the cache holds them).
   models::ModelInputs prepare_mixed_prompts(const models::ModelInputs& inputs,
                                             const std::map<std::string, at::Tensor>& rows_by_adapter);
   /// Makes the model compute with the active adapter (or none) and sets requires_grad accordingly.

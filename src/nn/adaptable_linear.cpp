@@ -102,23 +102,19 @@ at::Tensor AdaptableLinearImpl::forward_groups(const at::Tensor& x) {
     const auto d = g.adapter.empty() ? nullptr : delta(g.adapter);
     PEFT_CHECK(!(d && merged(g.adapter)), "nn", "adapter '{}' is merged into this layer; unmerge it to mix adapters",
                g.adapter);
-    if (!d && !g.weight.defined() && !g.bias.defined()) continue;  // these rows keep the base projection
+    const bool own_tensors = g.weight.defined() || g.bias.defined();
+    if (!d && !own_tensors) continue;  // these rows keep the base projection
     const at::Tensor xg = x.index_select(0, g.rows);
-    if (d && !d->adapts_input() && !g.weight.defined() && !g.bias.defined()) {
+    const bool own_projection = own_tensors || d->adapts_input();  // d is set when !own_tensors
+    if (!own_projection) {
       // An additive delta adds to the shared projection's rows (no copy of them).
       const at::Tensor added = d->added_output(xg, y.scalar_type());
       if (added.defined()) {
-        if (y.requires_grad() || added.requires_grad()) {
-          y = y.index_add(0, g.rows, added);
-        } else {
-          y.index_add_(0, g.rows, added);
-        }
+        y = add_to_rows(std::move(y), g.rows, added);
         continue;
       }
     }
-    at::Tensor yg = (d && d->adapts_input()) || g.weight.defined() || g.bias.defined()
-                        ? project(d ? d->adapt_input(xg) : xg, g.weight, g.bias)
-                        : y.index_select(0, g.rows);
+    at::Tensor yg = own_projection ? project(d ? d->adapt_input(xg) : xg, g.weight, g.bias) : y.index_select(0, g.rows);
     if (d) yg = d->adapt_output(xg, yg);
     y = put_rows(std::move(y), g.rows, yg);
   }

@@ -37,6 +37,13 @@ inline at::Tensor put_rows(at::Tensor y, const at::Tensor& rows, const at::Tenso
   return y;
 }
 
+/// `y` with `values` added to rows `rows`, in place under the same rule as put_rows.
+inline at::Tensor add_to_rows(at::Tensor y, const at::Tensor& rows, const at::Tensor& values) {
+  if (y.requires_grad() || values.requires_grad()) return y.index_add(0, rows, values);
+  y.index_add_(0, rows, values);
+  return y;
+}
+
 /// `y` (computed for every row with the module's own tensors) with the rows of each group that
 /// carries copies replaced by `compute(x rows, weight, bias)`; the copies default to `weight`, `bias`.
 template <typename Compute>
