@@ -71,35 +71,47 @@ at::Tensor task_arithmetic(const std::vector<at::Tensor>& tensors, const std::ve
   return (s * weight_column(weights, s)).sum(0);
 }
 
+namespace {
+
+/// `prune` applied to each tensor, in order (DARE's draws come in that order).
+template <typename Prune>
+std::vector<at::Tensor> pruned(const std::vector<at::Tensor>& tensors, Prune&& prune) {
+  std::vector<at::Tensor> out;
+  for (const auto& t : tensors) out.push_back(prune(t));
+  return out;
+}
+
+/// TIES' last two steps: the sign elected from the pruned tensors (before weighting, as HF PEFT),
+/// then the disjoint mean of the weighted ones.
+at::Tensor elect_and_merge(const std::vector<at::Tensor>& pruned_tensors, const std::vector<double>& weights,
+                           const std::string& majority_sign_method) {
+  const at::Tensor s = stack(pruned_tensors);
+  const at::Tensor mask = majority_sign_mask(s, majority_sign_method);
+  return disjoint_merge(s * weight_column(weights, s), mask);
+}
+
+}  // namespace
+
 at::Tensor magnitude_prune(const std::vector<at::Tensor>& tensors, const std::vector<double>& weights, double density) {
-  std::vector<at::Tensor> pruned;
-  for (const auto& t : tensors) pruned.push_back(magnitude_prune_tensor(t, density));
-  return task_arithmetic(pruned, weights);
+  return task_arithmetic(pruned(tensors, [&](const at::Tensor& t) { return magnitude_prune_tensor(t, density); }), weights);
 }
 
 at::Tensor ties(const std::vector<at::Tensor>& tensors, const std::vector<double>& weights, double density,
                 const std::string& majority_sign_method) {
-  std::vector<at::Tensor> pruned;
-  for (const auto& t : tensors) pruned.push_back(magnitude_prune_tensor(t, density));
-  const at::Tensor s = stack(pruned);
-  const at::Tensor mask = majority_sign_mask(s, majority_sign_method);  // elected before weighting, as HF PEFT
-  return disjoint_merge(s * weight_column(weights, s), mask);
+  return elect_and_merge(pruned(tensors, [&](const at::Tensor& t) { return magnitude_prune_tensor(t, density); }),
+                         weights, majority_sign_method);
 }
 
 at::Tensor dare_linear(const std::vector<at::Tensor>& tensors, const std::vector<double>& weights, double density,
                        at::Generator& gen) {
-  std::vector<at::Tensor> pruned;
-  for (const auto& t : tensors) pruned.push_back(random_prune_tensor(t, density, gen));
-  return task_arithmetic(pruned, weights);
+  return task_arithmetic(pruned(tensors, [&](const at::Tensor& t) { return random_prune_tensor(t, density, gen); }),
+                         weights);
 }
 
 at::Tensor dare_ties(const std::vector<at::Tensor>& tensors, const std::vector<double>& weights, double density,
                      const std::string& majority_sign_method, at::Generator& gen) {
-  std::vector<at::Tensor> pruned;
-  for (const auto& t : tensors) pruned.push_back(random_prune_tensor(t, density, gen));
-  const at::Tensor s = stack(pruned);
-  const at::Tensor mask = majority_sign_mask(s, majority_sign_method);
-  return disjoint_merge(s * weight_column(weights, s), mask);
+  return elect_and_merge(pruned(tensors, [&](const at::Tensor& t) { return random_prune_tensor(t, density, gen); }),
+                         weights, majority_sign_method);
 }
 
 }  // namespace peft::methods::merging
