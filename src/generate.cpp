@@ -10,6 +10,7 @@
 #include "peft/nn/kv_cache.h"
 #include "peft/nn/prompt_encoder.h"
 #include "peft/peft_model.h"
+#include "next_logits.h"
 
 namespace peft {
 namespace {
@@ -50,6 +51,12 @@ int64_t next_token(at::Tensor logits, const std::vector<int64_t>& seen, const Ge
     probs = torch::zeros_like(probs).scatter_(-1, order, sorted);
   }
   return (gen ? at::multinomial(probs, 1, false, *gen) : torch::multinomial(probs, 1)).item<int64_t>();
+}
+
+at::Tensor next_logits(const at::Tensor& logits, PeftModel& model) {
+  PEFT_CHECK(logits.defined() && logits.dim() == 3, kC, "{} returns no per-token logits: generation needs a causal LM",
+             model.base_model().architecture());
+  return logits.select(1, -1).to(torch::kCPU, torch::kFloat);
 }
 
 bool record_token(GenerationResult& result, std::vector<int64_t>& ids, int64_t next, const at::Tensor& logits,
@@ -98,30 +105,28 @@ int64_t context_window(PeftModel& model, const std::string& adapter) {
   return window;
 }
 
-/// One forward of `rows`' current batch: a mixed-adapter batch when the rows name adapters.
-models::ModelOutput run(PeftModel& model, const models::ModelInputs& in, const std::vector<Row>& rows,
-                        const std::vector<size_t>& which) {
-  if (rows[which.front()].adapter.empty()) return model.forward(in);
+/// The adapter_names entries of rows `which` (empty when the rows run the active adapters).
+std::vector<std::string> adapters_of(const std::vector<Row>& rows, const std::vector<size_t>& which) {
   std::vector<std::string> names;
+  if (rows[which.front()].adapter.empty()) return names;
   for (size_t r : which) names.push_back(rows[r].adapter);
-  return model.forward(in, names);
+  return names;
 }
 
-at::Tensor next_logits(const at::Tensor& logits, const PeftModel& model) {
-  PEFT_CHECK(logits.defined() && logits.dim() == 3, kC, "{} returns no per-token logits: generation needs a causal LM",
-             const_cast<PeftModel&>(model).base_model().architecture());
-  return logits.select(1, -1).to(torch::kCPU, torch::kFloat);
+/// One forward: a mixed-adapter batch when the rows name adapters.
+models::ModelOutput run(PeftModel& model, const models::ModelInputs& in, const std::vector<std::string>& names) {
+  return names.empty() ? model.forward(in) : model.forward(in, names);
 }
 
 /// The reference: every step recomputes the row's last `window` tokens.
 void continue_uncached(PeftModel& model, Row& row, const GenerationConfig& c, std::optional<at::Generator>& gen,
                        c10::Device device) {
-  const std::vector<Row> alone = {Row{{}, row.adapter}};
+  const std::vector<std::string> names = row.adapter.empty() ? std::vector<std::string>{} : std::vector<std::string>{row.adapter};
   while (!row.done) {
     const auto n = std::min<int64_t>(static_cast<int64_t>(row.ids.size()), row.window);
     models::ModelInputs in;
     in.input_ids = torch::tensor(std::vector<int64_t>(row.ids.end() - n, row.ids.end()), torch::kLong).unsqueeze(0).to(device);
-    const at::Tensor logits = next_logits(run(model, in, alone, {0}).logits, model)[0];
+    const at::Tensor logits = next_logits(run(model, in, names).logits, model)[0];
     advance(row, next_token(logits, row.ids, c, gen), logits, c);
   }
 }
@@ -163,7 +168,7 @@ void continue_cached(PeftModel& model, std::vector<Row>& rows, const GenerationC
   in.position_ids = positions.to(device);
   in.attention_mask = B > 1 || longest > static_cast<int64_t>(rows[running[0]].ids.size()) ? mask.to(device) : at::Tensor();
   while (!running.empty()) {
-    const at::Tensor logits = next_logits(run(model, in, rows, running).logits, model);
+    const at::Tensor logits = next_logits(run(model, in, adapters_of(rows, running)).logits, model);
     std::vector<int64_t> keep, tokens, step_positions;
     for (size_t b = 0; b < running.size(); ++b) {
       Row& row = rows[running[b]];

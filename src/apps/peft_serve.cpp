@@ -176,7 +176,6 @@ class Metrics {
 };
 
 struct Server {
-  peft::PeftModel& model;
   peft::serve::ContinuousBatcher& batcher;
   AdapterStore& store;
   Metrics& metrics;
@@ -372,13 +371,12 @@ int run(int argc, char** argv) {
   load.task = "causal_lm";
   peft::PeftModel model(peft::models::load_pretrained(model_dir, load));
   const auto pinned = peft::checkpoint::load_adapters(model, adapter_specs);
-  model.eval();
   auto tok = peft::tokenizers::load_tokenizer(model_dir);
   peft::serve::ContinuousBatcher batcher(model, max_batch);
   AdapterStore store(batcher, adapter_dir, max_loaded);
   for (const auto& n : pinned) store.pin(n);
   Metrics metrics;
-  Server server{model, batcher, store, metrics, *tok, {}, max_tokens_limit};
+  Server server{batcher, store, metrics, *tok, {}, max_tokens_limit};
 
   httplib::Server http;
   http.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<size_t>(http_threads)); };

@@ -10,6 +10,7 @@
 #include "peft/nn/kv_cache.h"
 #include "peft/nn/prompt_encoder.h"
 #include "peft/peft_model.h"
+#include "next_logits.h"
 
 namespace peft::serve {
 namespace {
@@ -165,8 +166,6 @@ bool advance(GenerationResult& result, std::vector<int64_t>& ids, int64_t next, 
   return more;
 }
 
-at::Tensor last_logits(const at::Tensor& logits) { return logits.select(1, -1).to(torch::kCPU, torch::kFloat); }
-
 }  // namespace
 
 void ContinuousBatcher::admit(std::vector<Running>& running) {
@@ -206,7 +205,7 @@ void ContinuousBatcher::admit(std::vector<Running>& running) {
       const auto n = static_cast<int64_t>(c.prompt.size());
       in.input_ids = torch::tensor(c.prompt, torch::kLong).unsqueeze(0).to(device);
       in.position_ids = torch::arange(row.offset, row.offset + n, torch::kLong).unsqueeze(0).to(device);
-      const at::Tensor logits = last_logits(model_.forward(in, {name}).logits)[0];
+      const at::Tensor logits = next_logits(model_.forward(in, {name}).logits, model_)[0];
       const bool more = c.config.max_new_tokens > 0 &&
                         advance(row.result, row.ids, next_token(logits, row.ids, c.config, row.gen), logits, c);
       if (!more) {
@@ -242,7 +241,7 @@ void ContinuousBatcher::step(std::vector<Running>& running) {
     in.kv_cache = cache_;
     in.input_ids = torch::tensor(tokens, torch::kLong).unsqueeze(1).to(device);
     in.position_ids = torch::tensor(positions, torch::kLong).unsqueeze(1).to(device);
-    const at::Tensor logits = last_logits(model_.forward(in, names).logits);
+    const at::Tensor logits = next_logits(model_.forward(in, names).logits, model_);
     std::vector<int64_t> keep;
     std::vector<Running> still, finished;
     int64_t finished_tokens = 0;
