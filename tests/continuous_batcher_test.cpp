@@ -102,6 +102,38 @@ TEST_P(Batcher, ConcurrentRequestsForDifferentDeltasEachEqualTheirSingleResult) 
   EXPECT_EQ(stats.failed, 0);
 }
 
+TEST_P(Batcher, UnderSteadyLoadTheCacheStaysAsShortAsTheLongestRequest) {
+  auto model = served(GetParam());
+  // 24 requests through 3 rows: some row always runs, so the cache is never emptied in between.
+  std::vector<Case> all;
+  const std::vector<std::string> adapters = {"x", "y", "", "p"};
+  int64_t longest = 0;
+  for (int64_t i = 0; i < 24; ++i) {
+    Case c;
+    for (int64_t t = 0; t <= i % 7; ++t) c.prompt.push_back(3 + (5 * i + t) % 40);
+    c.adapter = adapters[i % adapters.size()];
+    c.config.max_new_tokens = 2 + i % 5;
+    const int64_t prefix = c.adapter == "p" ? 3 : 0;
+    longest = std::max<int64_t>(longest, prefix + static_cast<int64_t>(c.prompt.size()) + c.config.max_new_tokens);
+    all.push_back(c);
+  }
+  std::vector<GenerationResult> expected;
+  for (const auto& c : all) expected.push_back(alone(*model, c));
+  serve::ContinuousBatcher batcher(*model, /*max_batch=*/3);
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  auto held = batcher.exclusive([gate](PeftModel&, const auto&) { gate.wait(); });
+  std::vector<std::future<GenerationResult>> futures;
+  for (const auto& c : all) futures.push_back(batcher.submit({c.prompt, c.config, c.adapter, {}}));
+  release.set_value();
+  held.get();
+  for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(futures[i].get().tokens, expected[i].tokens) << "request " << i;
+  const auto stats = batcher.stats();
+  EXPECT_GT(stats.largest_cache_positions, 0);
+  EXPECT_LE(stats.largest_cache_positions, longest) << "the padding of rows that left is dropped";
+  EXPECT_EQ(stats.cache_positions, 0) << "nothing runs, nothing is cached";
+}
+
 INSTANTIATE_TEST_SUITE_P(Families, Batcher, ::testing::Values("gpt2", "llama"));
 
 TEST(BatcherErrors, BadRequestsAreRefusedAndTheBatcherGoesOn) {

@@ -67,6 +67,44 @@ TEST(KVCache, SelectedRowsContinueAsIfAlone) {
   EXPECT_LT(max_abs_diff(next.select(1, 0), model->forward(whole).logits.select(1, 3)), 1e-5);
 }
 
+TEST(KVCache, JoinedRowsLeaveAndTheirPaddingIsDropped) {
+  for (const std::string family : {"gpt2", "llama"}) {
+    auto model = tiny_model(family);
+    model->eval();
+    torch::NoGradGuard g;
+    const std::vector<int64_t> long_row = {5, 9, 14, 3, 22, 7}, short_row = {4, 8};
+    auto prompt = [&](const std::vector<int64_t>& ids) {  // a row's prompt in a cache of its own
+      auto cache = std::make_shared<nn::KVCache>();
+      models::ModelInputs in;
+      in.kv_cache = cache;
+      in.input_ids = torch::tensor(ids, torch::kLong).unsqueeze(0);
+      model->forward(in);
+      return cache;
+    };
+    auto cache = prompt(long_row);
+    cache->add_rows(*prompt(short_row));  // the short row joins, left-padded to 6 positions
+    EXPECT_EQ(cache->length(), 6);
+    EXPECT_EQ(cache->batch(), 2);
+    cache->select_rows(torch::tensor({1}, torch::kLong));  // the long row leaves
+    EXPECT_EQ(cache->drop_unattended_prefix(), 4) << family;
+    EXPECT_EQ(cache->length(), 2);
+    EXPECT_EQ(cache->drop_unattended_prefix(), 0) << "nothing left to drop";
+    models::ModelInputs in;
+    in.kv_cache = cache;
+    in.input_ids = torch::tensor({{15}}, torch::kLong);
+    in.position_ids = torch::tensor({{2}}, torch::kLong);
+    const at::Tensor next = model->forward(in).logits;
+    models::ModelInputs whole;
+    whole.input_ids = torch::tensor({4, 8, 15}, torch::kLong).unsqueeze(0);
+    EXPECT_LT(max_abs_diff(next.select(1, 0), model->forward(whole).logits.select(1, 2)), 1e-5) << family;
+    // With both rows kept nothing is attended by neither, so nothing goes.
+    auto both = prompt(long_row);
+    both->add_rows(*prompt(short_row));
+    EXPECT_EQ(both->drop_unattended_prefix(), 0);
+    EXPECT_EQ(both->length(), 6);
+  }
+}
+
 TEST(KVCache, MisuseIsNamed) {
   auto model = tiny_model("gpt2");
   model->eval();

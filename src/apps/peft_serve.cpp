@@ -157,6 +157,7 @@ class Metrics {
     out += fmt::format("# TYPE peft_decode_seconds_total counter\npeft_decode_seconds_total {}\n", s.decode_seconds);
     out += fmt::format("# TYPE peft_queue_length gauge\npeft_queue_length {}\n", s.queued);
     out += fmt::format("# TYPE peft_running_requests gauge\npeft_running_requests {}\n", s.running);
+    out += fmt::format("# TYPE peft_cache_positions gauge\npeft_cache_positions {}\n", s.cache_positions);
     out += fmt::format("# TYPE peft_loaded_adapters gauge\npeft_loaded_adapters {}\n", loaded);
     out += "# TYPE peft_request_seconds histogram\n";
     for (size_t i = 0; i < kBuckets.size(); ++i)

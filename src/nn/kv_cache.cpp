@@ -93,6 +93,23 @@ void KVCache::add_rows(const KVCache& other) {
   length_ = length;
 }
 
+int64_t KVCache::drop_unattended_prefix() {
+  PEFT_CHECK(layers_seen_ == 0, kC, "positions dropped in the middle of a forward");
+  if (!mask_.defined() || length_ == 0) return 0;
+  const at::Tensor attended = mask_.ne(0).any(0);  // [length]: some row attends the position
+  if (!attended.any().item<bool>()) return 0;      // nothing attended at all: leave it to the caller
+  const int64_t first = attended.to(torch::kInt).argmax().item<int64_t>();  // the first attended one
+  if (first > 0) {
+    for (auto* list : {&keys_, &values_})
+      for (auto& t : *list)
+        if (t.defined()) t = t.narrow(2, first, length_ - first).contiguous();
+    mask_ = mask_.narrow(1, first, length_ - first).contiguous();
+    length_ -= first;
+  }
+  if (mask_.ne(0).all().item<bool>()) mask_ = at::Tensor();  // every key attended again: no mask needed
+  return first;
+}
+
 void KVCache::clear() { *this = KVCache(); }
 
 int64_t KVCache::bytes() const {

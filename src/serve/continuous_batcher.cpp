@@ -148,6 +148,8 @@ void ContinuousBatcher::loop() {
     running_adapters_.clear();
     for (const auto& r : running) running_adapters_.push_back(r.request->completion.adapter);
     stats_.running = static_cast<int64_t>(running.size());
+    stats_.cache_positions = cache_ ? cache_->length() : 0;
+    stats_.largest_cache_positions = std::max(stats_.largest_cache_positions, stats_.cache_positions);
   }
 }
 
@@ -271,6 +273,9 @@ void ContinuousBatcher::step(std::vector<Running>& running) {
       cache_.reset();
     } else if (still.size() < running.size()) {
       cache_->select_rows(torch::tensor(keep, torch::kLong));
+      // Under steady load some row always runs: without this the cache would grow by a position
+      // every step, padded for every row (the batcher passes positions, so the length may shrink).
+      cache_->drop_unattended_prefix();
     }
     running = std::move(still);
   } catch (...) {

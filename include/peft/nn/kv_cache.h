@@ -35,6 +35,10 @@ class KVCache {
   /// Appends `other`'s rows after this cache's (continuous batching: a request that ran its prompt
   /// alone joins the running batch). The shorter side is left-padded with masked positions.
   void add_rows(const KVCache& other);
+  /// Drops the leading positions that no row attends (the padding of rows that have left a
+  /// continuous batch) and returns how many. length() shrinks by as much, so later forwards must
+  /// pass their position_ids: the default numbering counts cached positions.
+  int64_t drop_unattended_prefix();
   void clear();
 
   /// Bytes the cached keys, values and mask take.

@@ -46,6 +46,8 @@ struct BatcherStats {
   int64_t decoded_rows = 0;  ///< rows over all decoding steps (/ decode_steps: the mean batch)
   double prefill_seconds = 0, decode_seconds = 0;  ///< time in prompt forwards / decoding steps
   int64_t largest_batch = 0;
+  int64_t cache_positions = 0;          ///< positions the running rows' key/value cache holds now
+  int64_t largest_cache_positions = 0;  ///< the most it has held (bounded by the longest request)
 };
 
 class ContinuousBatcher {
