@@ -21,6 +21,7 @@
 #include "peft/core/process.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
+#include "peft/serve/classifier_pool.h"
 #include "peft/serve/completion_request.h"
 #include "peft/serve/continuous_batcher.h"
 #include "peft/tokenizers/tokenizer.h"
@@ -39,69 +40,101 @@ void reply_error(httplib::Response& res, int status, const std::string& message)
   res.set_content(nlohmann::json{{"error", {{"message", message}, {"code", status}}}}.dump(), "application/json");
 }
 
+/// What a request wants a delta for: completions (the causal LM), classification, or either
+/// (POST /v1/adapters loads it for later requests).
+enum class Use { completion, classification, any };
+
 /// Deltas: the ones named on the command line stay loaded; the ones requests name load from
-/// --adapter-dir on first use and are evicted least recently used beyond --max-loaded.
+/// --adapter-dir on first use and are evicted least recently used beyond --max-loaded. A
+/// sequence-classification delta (task_type SEQ_CLS) goes to the classifiers, any other to the LM.
 class AdapterStore {
  public:
-  AdapterStore(peft::serve::ContinuousBatcher& batcher, std::string dir, int64_t max_loaded)
-      : batcher_(batcher), dir_(std::move(dir)), max_loaded_(max_loaded) {}
-  void pin(const std::string& name) { pinned_.push_back(name); }
+  AdapterStore(peft::serve::ContinuousBatcher& batcher, peft::serve::ClassifierPool& classifiers, std::string dir,
+               int64_t max_loaded)
+      : batcher_(batcher), classifiers_(classifiers), dir_(std::move(dir)), max_loaded_(max_loaded) {}
 
-  /// Makes `name` loaded (HttpError 404 / 400 when it cannot be).
-  void ensure(const std::string& name) {
-    if (name.empty() || name == peft::PeftModel::kBaseAdapterName) return;
+  /// Keeps a delta from eviction until the request holding it has been queued (or answered).
+  class Lease {
+   public:
+    Lease() = default;
+    Lease(AdapterStore* s, std::string n) : store_(s), name_(std::move(n)) {}
+    Lease(Lease&& o) noexcept : store_(std::exchange(o.store_, nullptr)), name_(std::move(o.name_)) {}
+    Lease& operator=(Lease&&) = delete;
+    ~Lease() {
+      if (!store_) return;
+      std::lock_guard<std::mutex> lock(store_->mutex_);
+      if (--store_->leases_[name_] == 0) store_->leases_.erase(name_);
+    }
+
+   private:
+    AdapterStore* store_ = nullptr;
+    std::string name_;
+  };
+
+  /// Loads a delta named on the command line (NAME=DIR, or DIR for "default"); never evicted.
+  void pin(const std::string& spec) {
+    const auto eq = spec.find('=');
+    const std::string name = eq == std::string::npos ? "default" : spec.substr(0, eq);
+    const std::string path = eq == std::string::npos ? spec : spec.substr(eq + 1);
+    PEFT_CHECK(!name.empty() && !path.empty(), "serve", "--adapter: expected NAME=DIR or DIR, found '{}'", spec);
+    PEFT_CHECK(std::find(pinned_.begin(), pinned_.end(), name) == pinned_.end(), "serve",
+               "--adapter: '{}' is named twice", name);
+    load(name, path);
+    pinned_.push_back(name);
+  }
+
+  /// Makes `name` loaded for `use` (HttpError 404 / 400 when it cannot be) and leases it.
+  Lease ensure(const std::string& name, Use use) {
+    if (name.empty() || name == peft::PeftModel::kBaseAdapterName) {
+      if (use == Use::classification) throw HttpError{400, "adapter: classification needs a sequence-classification delta"};
+      return {};
+    }
     std::lock_guard<std::mutex> lock(mutex_);
-    if (std::find(pinned_.begin(), pinned_.end(), name) != pinned_.end()) return;
+    const bool pinned = std::find(pinned_.begin(), pinned_.end(), name) != pinned_.end();
     if (auto it = std::find(lru_.begin(), lru_.end(), name); it != lru_.end()) {
       lru_.splice(lru_.begin(), lru_, it);
-      return;
+    } else if (!pinned) {
+      const fs::path path = resolve(name);
+      std::vector<std::string> evict;
+      for (auto it = lru_.rbegin(); it != lru_.rend() && static_cast<int64_t>(lru_.size() - evict.size()) >= max_loaded_; ++it)
+        if (!leases_.count(*it)) evict.push_back(*it);
+      try {
+        load(name, path.string());
+      } catch (const peft::Error& e) {
+        throw HttpError{400, fmt::format("adapter '{}': {}", name, e.what())};
+      }
+      lru_.push_front(name);
+      for (const auto& old : evict) unload(old, /*only_if_idle=*/true);
     }
-    const fs::path path = resolve(name);
-    std::vector<std::string> evict;
-    for (auto it = lru_.rbegin(); it != lru_.rend() && static_cast<int64_t>(lru_.size() - evict.size()) >= max_loaded_; ++it)
-      evict.push_back(*it);
-    std::vector<std::string> evicted;
-    auto done = batcher_.exclusive([&](peft::PeftModel& model, const auto& in_use) {
-      peft::checkpoint::load_adapter(model, path.string(), name);
-      for (const auto& old : evict)
-        if (!in_use(old)) {  // a delta still serving requests stays until a later load
-          model.delete_adapter(old);
-          evicted.push_back(old);
-        }
-    });
-    try {
-      done.get();
-    } catch (const peft::Error& e) {
-      throw HttpError{400, fmt::format("adapter '{}': {}", name, e.what())};
-    }
-    for (const auto& old : evicted) lru_.remove(old);
-    lru_.push_front(name);
+    const bool classifier = classifiers_.has(name);
+    if (use == Use::completion && classifier)
+      throw HttpError{400, fmt::format("adapter: '{}' is a sequence-classification delta (POST /v1/classify)", name)};
+    if (use == Use::classification && !classifier)
+      throw HttpError{400, fmt::format("adapter: '{}' is not a sequence-classification delta (POST /v1/completions)", name)};
+    ++leases_[name];
+    return Lease(this, name);
   }
 
   void remove(const std::string& name) {
     std::lock_guard<std::mutex> lock(mutex_);
-    bool found = false;
-    auto done = batcher_.exclusive([&](peft::PeftModel& model, const auto& in_use) {
-      if (!model.has_adapter(name)) return;
-      found = true;
-      if (in_use(name)) throw HttpError{409, fmt::format("adapter '{}' is serving requests; try again", name)};
-      model.delete_adapter(name);
-    });
-    done.get();
-    if (!found) throw HttpError{404, fmt::format("adapter: no adapter named '{}' is loaded", name)};
-    lru_.remove(name);
-    pinned_.erase(std::remove(pinned_.begin(), pinned_.end(), name), pinned_.end());
+    const bool known = std::find(pinned_.begin(), pinned_.end(), name) != pinned_.end() ||
+                       std::find(lru_.begin(), lru_.end(), name) != lru_.end();
+    if (!known) throw HttpError{404, fmt::format("adapter: no adapter named '{}' is loaded", name)};
+    if (leases_.count(name)) throw HttpError{409, fmt::format("adapter '{}' is serving requests; try again", name)};
+    unload(name, /*only_if_idle=*/false);
   }
 
   nlohmann::json list() {
     std::lock_guard<std::mutex> lock(mutex_);
     nlohmann::json out = nlohmann::json::array();
+    auto pinned = [&](const std::string& n) { return std::find(pinned_.begin(), pinned_.end(), n) != pinned_.end(); };
     batcher_.exclusive([&](peft::PeftModel& m, const auto&) {
       for (const auto& n : m.adapters())
-        out.push_back({{"name", n},
-                       {"method", m.adapter_config(n).method()},
-                       {"pinned", std::find(pinned_.begin(), pinned_.end(), n) != pinned_.end()}});
+        out.push_back({{"name", n}, {"method", m.adapter_config(n).method()}, {"task", "completion"}, {"pinned", pinned(n)}});
     }).get();
+    for (const auto& n : classifiers_.adapters())
+      out.push_back({{"name", n}, {"method", classifiers_.method(n)}, {"task", "classification"}, {"labels", classifiers_.labels(n)},
+                     {"pinned", pinned(n)}});
     return out;
   }
 
@@ -111,6 +144,33 @@ class AdapterStore {
   }
 
  private:
+  void load(const std::string& name, const std::string& path) {
+    if (peft::serve::ClassifierPool::is_classifier_delta(path)) {
+      classifiers_.load(name, path);
+      return;
+    }
+    batcher_.exclusive([&](peft::PeftModel& model, const auto&) { peft::checkpoint::load_adapter(model, path, name); }).get();
+  }
+
+  /// Drops a delta from memory (only_if_idle: unless a queued or running request still uses it;
+  /// it then stays until a later load evicts it). Under mutex_.
+  void unload(const std::string& name, bool only_if_idle) {
+    bool gone = classifiers_.remove(name);
+    if (!gone)
+      batcher_.exclusive([&](peft::PeftModel& model, const auto& in_use) {
+        if (!model.has_adapter(name)) return;
+        if (in_use(name)) {
+          if (only_if_idle) return;
+          throw HttpError{409, fmt::format("adapter '{}' is serving requests; try again", name)};
+        }
+        model.delete_adapter(name);
+        gone = true;
+      }).get();
+    if (!gone) return;
+    lru_.remove(name);
+    pinned_.erase(std::remove(pinned_.begin(), pinned_.end(), name), pinned_.end());
+  }
+
   /// The delta directory for `name` inside --adapter-dir (never outside it, symlinks included).
   fs::path resolve(const std::string& name) const {
     if (dir_.empty()) throw HttpError{404, fmt::format("adapter: no adapter named '{}' is loaded", name)};
@@ -128,11 +188,13 @@ class AdapterStore {
   }
 
   peft::serve::ContinuousBatcher& batcher_;
+  peft::serve::ClassifierPool& classifiers_;
   std::string dir_;
   int64_t max_loaded_;
   std::mutex mutex_;
   std::vector<std::string> pinned_;
-  std::list<std::string> lru_;  // most recently used first
+  std::list<std::string> lru_;           // most recently used first
+  std::map<std::string, int64_t> leases_;  // requests holding a delta between ensure() and queueing
 };
 
 /// Request counts and latencies for GET /metrics (Prometheus text format).
@@ -177,7 +239,9 @@ class Metrics {
 };
 
 struct Server {
+  static constexpr size_t kMaxClassifyInputs = 256;
   peft::serve::ContinuousBatcher& batcher;
+  peft::serve::ClassifierPool& classifiers;
   AdapterStore& store;
   Metrics& metrics;
   peft::tokenizers::Tokenizer& tok;
@@ -252,7 +316,7 @@ struct Server {
     } catch (const peft::Error& e) {
       throw HttpError{400, e.what()};
     }
-    store.ensure(r.adapter);
+    const auto lease = store.ensure(r.adapter, Use::completion);  // held until every prompt is queued
     const std::string id = fmt::format("cmpl-{}", next_id++);
     const auto created = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
     const std::string model_name = r.adapter.empty() ? std::string("base") : r.adapter;
@@ -324,6 +388,35 @@ struct Server {
             {"usage", {{"prompt_tokens", prompt_tokens}, {"completion_tokens", completion_tokens},
                        {"total_tokens", prompt_tokens + completion_tokens}}}};
   }
+
+  /// POST /v1/classify: label probabilities of each input text under a classification delta.
+  nlohmann::json classify(const nlohmann::json& body) {
+    peft::serve::ClassifyRequest r;
+    try {
+      r = peft::serve::parse_classify_request(body, kMaxClassifyInputs);
+    } catch (const peft::Error& e) {
+      throw HttpError{400, e.what()};
+    }
+    const auto lease = store.ensure(r.adapter, Use::classification);  // not evicted while it runs
+    std::vector<std::vector<int64_t>> inputs;
+    int64_t tokens = 0;
+    for (const auto& text : r.inputs) {
+      inputs.push_back(encode(text));
+      tokens += static_cast<int64_t>(inputs.back().size());
+    }
+    const auto labels = classifiers.labels(r.adapter);
+    nlohmann::json data = nlohmann::json::array();
+    const auto results = classifiers.classify(r.adapter, inputs);
+    for (size_t i = 0; i < results.size(); ++i) {
+      nlohmann::json probabilities = nlohmann::json::object();
+      for (size_t k = 0; k < labels.size(); ++k) probabilities[labels[k]] = results[i].probabilities[k];
+      data.push_back({{"index", i},
+                      {"label", labels[static_cast<size_t>(results[i].label)]},
+                      {"label_index", results[i].label},
+                      {"probabilities", probabilities}});
+    }
+    return {{"object", "classification"}, {"model", r.adapter}, {"data", data}, {"usage", {{"prompt_tokens", tokens}}}};
+  }
 };
 
 nlohmann::json parse_body(const httplib::Request& req) {
@@ -370,14 +463,16 @@ int run(int argc, char** argv) {
   peft::core::configure_threads(threads);
   peft::models::LoadOptions load;
   load.task = "causal_lm";
-  peft::PeftModel model(peft::models::load_pretrained(model_dir, load));
-  const auto pinned = peft::checkpoint::load_adapters(model, adapter_specs);
+  const auto base = peft::models::load_pretrained(model_dir, load);
+  peft::PeftModel model(base);
+  // Classification deltas get classifiers whose backbone is this base's tensors (held once).
+  peft::serve::ClassifierPool classifiers(model_dir, {}, base);
   auto tok = peft::tokenizers::load_tokenizer(model_dir);
   peft::serve::ContinuousBatcher batcher(model, max_batch);
-  AdapterStore store(batcher, adapter_dir, max_loaded);
-  for (const auto& n : pinned) store.pin(n);
+  AdapterStore store(batcher, classifiers, adapter_dir, max_loaded);
+  for (const auto& spec : adapter_specs) store.pin(spec);
   Metrics metrics;
-  Server server{batcher, store, metrics, *tok, {}, max_tokens_limit};
+  Server server{batcher, classifiers, store, metrics, *tok, {}, max_tokens_limit};
 
   httplib::Server http;
   http.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<size_t>(http_threads)); };
@@ -409,6 +504,9 @@ int run(int argc, char** argv) {
               const auto out = server.completions(parse_body(req), res);
               if (!out.is_null()) res.set_content(out.dump(), "application/json");
             }));
+  http.Post("/v1/classify", handle([&](const httplib::Request& req, httplib::Response& res) {
+              res.set_content(server.classify(parse_body(req)).dump(), "application/json");
+            }));
   http.Get("/v1/adapters", handle([&](const httplib::Request&, httplib::Response& res) {
              res.set_content(nlohmann::json{{"adapters", store.list()}}.dump(), "application/json");
            }));
@@ -416,7 +514,7 @@ int run(int argc, char** argv) {
               const auto body = parse_body(req);
               if (!body.is_object() || !body.contains("name") || !body["name"].is_string() || body.size() != 1)
                 throw HttpError{400, "name: expected {\"name\": \"<delta in the adapter directory>\"}"};
-              store.ensure(body["name"].get<std::string>());
+              store.ensure(body["name"].get<std::string>(), Use::any);
               res.set_content(nlohmann::json{{"loaded", body["name"]}}.dump(), "application/json");
             }));
   http.Delete(R"(/v1/adapters/([A-Za-z0-9_\-]+))", handle([&](const httplib::Request& req, httplib::Response& res) {

@@ -89,4 +89,20 @@ CompletionRequest parse_completion_request(const nlohmann::json& body, int64_t m
   return r;
 }
 
+ClassifyRequest parse_classify_request(const nlohmann::json& body, size_t max_inputs) {
+  PEFT_CHECK(body.is_object(), kC, "the body must be a JSON object");
+  static const std::set<std::string> known = {"input", "adapter", "model", "user"};
+  for (const auto& [key, value] : body.items())
+    PEFT_CHECK(known.count(key), kC, "unknown field '{}' (fields: input, adapter)", key);
+  PEFT_CHECK(body.contains("input"), kC, "input: required");
+  PEFT_CHECK(body.contains("adapter") && body["adapter"].is_string() && !body["adapter"].get<std::string>().empty(), kC,
+             "adapter: required, the name of a sequence-classification delta");
+  ClassifyRequest r;
+  r.inputs = strings(body["input"], "input");
+  PEFT_CHECK(r.inputs.size() <= max_inputs, kC, "input: {} texts, at most {} per request", r.inputs.size(), max_inputs);
+  for (const auto& t : r.inputs) PEFT_CHECK(!t.empty(), kC, "input: an empty text");
+  r.adapter = body["adapter"].get<std::string>();
+  return r;
+}
+
 }  // namespace peft::serve

@@ -1,5 +1,6 @@
-// The body of an OpenAI-style completion request, checked field by field: what peft-serve's
-// POST /v1/completions reads, for any front end that takes the same JSON.
+// The bodies of an OpenAI-style completion request and of a classification request, checked field
+// by field: what peft-serve's POST /v1/completions and /v1/classify read, for any front end that
+// takes the same JSON.
 #pragma once
 
 #include <cstdint>
@@ -24,5 +25,13 @@ struct CompletionRequest {
 /// Reads a request body. Throws peft::Error naming the field and what was expected, for unknown
 /// fields too; `max_tokens_limit` caps max_tokens.
 CompletionRequest parse_completion_request(const nlohmann::json& body, int64_t max_tokens_limit);
+
+struct ClassifyRequest {
+  std::vector<std::string> inputs;  ///< "input": a string or a list of strings
+  std::string adapter;              ///< "adapter": the sequence-classification delta (required)
+};
+
+/// Reads a POST /v1/classify body (unknown fields refused by name); at most `max_inputs` texts.
+ClassifyRequest parse_classify_request(const nlohmann::json& body, size_t max_inputs);
 
 }  // namespace peft::serve
