@@ -1,7 +1,11 @@
 // peft-serve as a real process on a loopback port: completions equal in-process generation,
 // concurrent requests for different deltas, lazy loading and eviction, streaming, and every bad
 // input answered with its status while the server keeps serving.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <spawn.h>
 #include <sys/wait.h>
 
@@ -246,6 +250,165 @@ TEST(Serve, ApiKeyIsRequiredWhenGiven) {
   httplib::Headers auth = {{"Authorization", "Bearer s3cret"}};
   EXPECT_EQ(c.Get("/health", auth)->status, 200);
   EXPECT_EQ(c.Get("/health", httplib::Headers{{"Authorization", "Bearer wrong"}})->status, 401);
+}
+
+TEST(Serve, ClassifyServesClassificationDeltasBesideCompletions) {
+  TempDir dir;
+  const std::string deltas = dir.file("deltas");
+  write_deltas(deltas);
+  const std::vector<std::string> texts = {"Call now to claim your free prize", "See you at lunch"};
+  std::vector<at::Tensor> expected;
+  {
+    auto tok = tokenizers::load_tokenizer(model_dir());
+    models::LoadOptions o;
+    o.task = "sequence_classification";
+    o.num_labels = 3;
+    PeftModel m(models::load_pretrained(model_dir(), o));
+    m.add_adapter("default", *methods::parse_config({{"peft_type", "LORA"}, {"task_type", "SEQ_CLS"}, {"r", 4},
+                                                     {"target_modules", {"c_attn"}}, {"fan_in_fan_out", true}}));
+    torch::manual_seed(9);
+    {
+      torch::NoGradGuard g;
+      for (auto& p : m.trainable_parameters()) p.add_(torch::randn_like(p) * 0.3);
+    }
+    checkpoint::save_adapter(m, deltas + "/topic");
+    m.eval();
+    torch::NoGradGuard g;
+    for (const auto& t : texts) {
+      models::ModelInputs in;
+      in.input_ids = torch::tensor(tok->encode(t), torch::kLong).unsqueeze(0);
+      expected.push_back(m.forward(in).logits.reshape({-1}).to(torch::kFloat64).softmax(0));
+    }
+  }
+  ServeProcess server({"--model", model_dir(), "--adapter-dir", deltas}, dir.file("serve.log"));
+  const int port = server.port();
+  auto c = client(port);
+  auto res = c.Post("/v1/classify", nlohmann::json{{"input", texts}, {"adapter", "topic"}}.dump(), "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const auto out = nlohmann::json::parse(res->body);
+  ASSERT_EQ(out["data"].size(), texts.size());
+  for (size_t i = 0; i < texts.size(); ++i) {
+    const auto& d = out["data"][i];
+    ASSERT_EQ(d["probabilities"].size(), 3u) << d.dump();
+    for (int64_t k = 0; k < 3; ++k)
+      EXPECT_NEAR(d["probabilities"][fmt::format("LABEL_{}", k)].get<double>(), expected[i][k].item<double>(), 1e-9) << i;
+    EXPECT_EQ(d["label_index"].get<int64_t>(), expected[i].argmax().item<int64_t>());
+    EXPECT_EQ(d["label"], fmt::format("LABEL_{}", d["label_index"].get<int64_t>()));
+  }
+  // The LM on the shared base still equals generate(), with and without a delta.
+  for (const std::string adapter : {"", "beta"}) {
+    nlohmann::json body = {{"prompt", "The whale"}, {"max_tokens", 8}, {"temperature", 0}};
+    if (!adapter.empty()) body["adapter"] = adapter;
+    const auto got = completion(port, body);
+    EXPECT_EQ(got["choices"][0]["tokens"].get<std::vector<int64_t>>(), expected_tokens(deltas, adapter, "The whale", 8)) << adapter;
+  }
+  const std::vector<std::tuple<std::string, std::string, int, std::string>> bad = {
+      {"/v1/classify", R"({"input": "x", "adapter": "beta"})", 400, "not a sequence-classification delta"},
+      {"/v1/completions", R"({"prompt": "x", "adapter": "topic"})", 400, "/v1/classify"},
+      {"/v1/classify", R"({"input": "x"})", 400, "adapter"},
+      {"/v1/classify", R"({"input": "x", "adapter": "nope"})", 404, "nope"},
+      {"/v1/classify", R"({"input": [], "adapter": "topic"})", 400, "input"},
+      {"/v1/classify", R"({"input": "x", "adapter": "topic", "top_k": 2})", 400, "top_k"},
+      {"/v1/classify", "[1, 2", 400, "malformed JSON"},
+  };
+  for (const auto& [path, body, status, mentions] : bad) {
+    auto r = c.Post(path.c_str(), body, "application/json");
+    ASSERT_TRUE(r) << body;
+    EXPECT_EQ(r->status, status) << body << " -> " << r->body;
+    EXPECT_NE(r->body.find(mentions), std::string::npos) << body << " -> " << r->body;
+  }
+  const auto listed = nlohmann::json::parse(c.Get("/v1/adapters")->body);
+  bool seen = false;
+  for (const auto& a : listed["adapters"])
+    if (a["name"] == "topic") {
+      seen = true;
+      EXPECT_EQ(a["task"], "classification");
+      EXPECT_EQ(a["labels"].size(), 3u);
+    }
+  EXPECT_TRUE(seen) << listed.dump();
+  EXPECT_EQ(c.Delete("/v1/adapters/topic")->status, 200);
+  EXPECT_EQ(c.Post("/v1/classify", R"({"input": "x", "adapter": "topic"})", "application/json")->status, 200) << "loads again";
+  EXPECT_EQ(server.stop(), 0) << slurp(server.log());
+}
+
+TEST(Serve, SigtermFinishesTheRequestsInFlight) {
+  TempDir dir;
+  ServeProcess server({"--model", model_dir()}, dir.file("serve.log"));
+  const int port = server.port();
+  std::vector<nlohmann::json> got(4);
+  std::vector<int> status(4, 0);
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < got.size(); ++i)
+    clients.emplace_back([&, i] {
+      got[i] = completion(port, {{"prompt", "It was"}, {"max_tokens", 200}, {"temperature", 0.8}, {"seed", i}}, &status[i]);
+    });
+  // SIGTERM once the requests are decoding.
+  auto c = client(port);
+  for (int i = 0; i < 2000; ++i) {
+    auto m = c.Get("/metrics");
+    if (m && m->body.find("peft_running_requests 0") == std::string::npos) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  EXPECT_EQ(server.stop(), 0) << slurp(server.log());
+  for (auto& t : clients) t.join();
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(status[i], 200) << got[i].dump();
+    EXPECT_GT(got[i]["usage"]["completion_tokens"].get<int64_t>(), 0) << got[i].dump();
+  }
+  EXPECT_NE(slurp(server.log()).find("peft-serve stopped"), std::string::npos);
+  EXPECT_TRUE(completion(port, {{"prompt", "x"}}).contains("transport_error")) << "no longer listening";
+}
+
+/// A raw client that sends `data`, then waits for the reply or its closing: what came back and when.
+std::pair<std::string, double> raw_exchange(int port, const std::string& data, double wait_s) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return {"connect failed", 0};
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  (void)!send(fd, data.data(), data.size(), 0);
+  timeval tv{static_cast<time_t>(wait_s), 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) {
+    out.append(buf, static_cast<size_t>(n));
+    if (out.find("\r\n\r\n") != std::string::npos && out.find("}}") != std::string::npos) break;
+  }
+  close(fd);
+  return {out, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+}
+
+TEST(Serve, SlowClientsAreCutOffWithoutHoldingOthersUp) {
+  TempDir dir;
+  ServeProcess server({"--model", model_dir(), "--io-timeout", "1", "--http-threads", "4"}, dir.file("serve.log"));
+  const int port = server.port();
+  // Three clients stall: a body shorter than its Content-Length, headers never finished, nothing at all.
+  std::vector<std::pair<std::string, double>> slow(3);
+  std::vector<std::thread> stalled;
+  const std::vector<std::string> sends = {
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"prompt\"",
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\n", ""};
+  for (size_t i = 0; i < sends.size(); ++i) stalled.emplace_back([&, i] { slow[i] = raw_exchange(port, sends[i], 10); });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  // Meanwhile a well-behaved request is answered.
+  int status = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto ok = completion(port, {{"prompt", "The whale"}, {"max_tokens", 4}, {"temperature", 0}}, &status);
+  EXPECT_EQ(status, 200) << ok.dump();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+  for (auto& t : stalled) t.join();
+  EXPECT_NE(slow[0].first.find("400"), std::string::npos) << slow[0].first;
+  EXPECT_NE(slow[0].first.find("Content-Length"), std::string::npos) << "a JSON error saying why: " << slow[0].first;
+  for (const auto& [reply, seconds] : slow) EXPECT_LT(seconds, 8.0) << "cut off after --io-timeout: " << reply;
+  EXPECT_EQ(completion(port, {{"prompt", "x"}, {"max_tokens", 2}}, &status).contains("choices"), true);
+  EXPECT_EQ(server.stop(), 0) << slurp(server.log());
 }
 
 }  // namespace

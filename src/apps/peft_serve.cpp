@@ -432,6 +432,7 @@ int run(int argc, char** argv) {
   std::string model_dir, adapter_dir, host = "127.0.0.1", api_key;
   std::vector<std::string> adapter_specs;
   int port = 8080, threads = 0, http_threads = 32;
+  double io_timeout = 10;
   int64_t max_loaded = 16, max_batch = 16, max_tokens_limit = 1024;
   size_t max_body = 1 << 20;
   app.add_option("--model", model_dir, "causal LM directory (with its tokenizer)")->required();
@@ -446,6 +447,8 @@ int run(int argc, char** argv) {
   app.add_option("--max-tokens", max_tokens_limit, "the largest max_tokens a request may ask for")->capture_default_str();
   app.add_option("--max-body-bytes", max_body, "larger request bodies get 413")->capture_default_str();
   app.add_option("--http-threads", http_threads, "connections served at once")->capture_default_str();
+  app.add_option("--io-timeout", io_timeout, "seconds a client may take to send its request or read a reply")
+      ->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--threads", threads, "CPU threads for the model (default: all cores)");
   try {
     app.parse(argc, argv);
@@ -477,8 +480,10 @@ int run(int argc, char** argv) {
   httplib::Server http;
   http.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<size_t>(http_threads)); };
   http.set_payload_max_length(max_body);
-  http.set_read_timeout(10, 0);
-  http.set_write_timeout(10, 0);
+  const auto io_sec = static_cast<time_t>(io_timeout);
+  const auto io_usec = static_cast<time_t>((io_timeout - static_cast<double>(io_sec)) * 1e6);
+  http.set_read_timeout(io_sec, io_usec);  // a slow client holds one HTTP thread for at most this long
+  http.set_write_timeout(io_sec, io_usec);
   http.set_pre_routing_handler([&](const httplib::Request& req, httplib::Response& res) {
     if (api_key.empty() || req.get_header_value("Authorization") == "Bearer " + api_key) return httplib::Server::HandlerResponse::Unhandled;
     reply_error(res, 401, "missing or wrong API key (Authorization: Bearer KEY)");
@@ -527,8 +532,15 @@ int run(int argc, char** argv) {
   http.Get("/metrics", handle([&](const httplib::Request&, httplib::Response& res) {
              res.set_content(metrics.text(batcher.stats(), store.loaded()), "text/plain; version=0.0.4");
            }));
+  http.set_keep_alive_timeout(std::max<time_t>(io_sec, 1));
   http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
-    if (res.body.empty()) reply_error(res, res.status, res.status == 413 ? "body: larger than --max-body-bytes" : "no such endpoint");
+    if (!res.body.empty()) return;
+    const char* why = res.status == 413   ? "body: larger than --max-body-bytes"
+                      : res.status == 404 ? "no such endpoint"
+                      : res.status == 400 ? "request: incomplete or malformed HTTP (a body shorter than its "
+                                            "Content-Length, or not sent within --io-timeout)"
+                                          : "request: refused";
+    reply_error(res, res.status, why);
   });
 
   const int bound = port == 0 ? http.bind_to_any_port(host) : (http.bind_to_port(host, port) ? port : -1);

@@ -21,7 +21,7 @@ int64_t share_weights(PretrainedModel& target, PretrainedModel& source) {
     if (own(name) || it == from.end()) return;
     const at::Tensor& s = it->second;
     if (s.sizes() != t.sizes() || s.scalar_type() != t.scalar_type() || s.device() != t.device()) return;
-    if (t.is_same(s)) return;
+    if (t.is_alias_of(s)) return;  // shared already
     t.set_data(s);  // the same storage from now on: the target's copy is freed
     ++shared;
   };
