@@ -57,7 +57,7 @@ for _ in $(seq 600); do
 done
 [ -n "$port" ] || { echo "serve_load.sh: peft-serve did not start" >&2; cat "$log" >&2; exit 1; }
 
-python3 scripts/load_test.py --port "$port" --adapters "$(IFS=,; echo "${names[*]}")" "$@"
+python3 scripts/load_test.py --port "$port" --server-pid "$server" --adapters "$(IFS=,; echo "${names[*]}")" "$@"
 python3 - "$port" <<'EOF'
 import sys, urllib.request
 text = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode()

@@ -208,6 +208,11 @@ class Metrics {
     ++count_;
     sum_ += seconds;
   }
+  /// A request refused before any handler ran (body too large, HTTP cut short): no latency to record.
+  void count(int status) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++by_status_[status];
+  }
   std::string text(const peft::serve::BatcherStats& s, int64_t loaded) {
     std::lock_guard<std::mutex> lock(mutex_);
     std::string out = "# TYPE peft_requests_total counter\n";
@@ -533,8 +538,9 @@ int run(int argc, char** argv) {
              res.set_content(metrics.text(batcher.stats(), store.loaded()), "text/plain; version=0.0.4");
            }));
   http.set_keep_alive_timeout(std::max<time_t>(io_sec, 1));
-  http.set_error_handler([](const httplib::Request&, httplib::Response& res) {
-    if (!res.body.empty()) return;
+  http.set_error_handler([&metrics](const httplib::Request&, httplib::Response& res) {
+    if (!res.body.empty()) return;  // a handler's own error, counted by handle()
+    metrics.count(res.status);
     const char* why = res.status == 413   ? "body: larger than --max-body-bytes"
                       : res.status == 404 ? "no such endpoint"
                       : res.status == 400 ? "request: incomplete or malformed HTTP (a body shorter than its "

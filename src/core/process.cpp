@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -55,6 +56,10 @@ void select_blas_core(char** argv) {
   if (core == nullptr) return;
   ::setenv("OPENBLAS_CORETYPE", core, 1);
   fmt::print(stderr, "[peft info] OPENBLAS_CORETYPE={} (set for this CPU; export OPENBLAS_CORETYPE to override)\n", core);
+  // The binary's own path, not /proc/self/exe: the process keeps its name (ps, pkill, top).
+  std::error_code ec;
+  const std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
+  if (!ec && !self.empty()) ::execv(self.c_str(), argv);
   ::execv("/proc/self/exe", argv);
   // exec failed: carry on with the default kernels.
 }

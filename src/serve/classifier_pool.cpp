@@ -46,7 +46,10 @@ ClassifierPool::Head& ClassifierPool::head_for(int64_t num_labels) {
   if (num_labels > 0) options.num_labels = num_labels;
   auto model = models::load_pretrained(model_dir_, options);
   if (!base_) base_ = model;  // the first classifier's backbone is the one the others share
-  if (base_ != model) models::share_weights(*model, *base_);
+  if (base_ != model)
+    PEFT_CHECK(models::share_weights(*model, *base_) > 0, kC,
+               "{}: the classifier shares no tensor with the served base (load both with the same dtype and device)",
+               model_dir_);
   auto head = std::make_unique<Head>();
   const auto config = model->config_json();
   for (int64_t i = 0; i < num_labels; ++i) {
