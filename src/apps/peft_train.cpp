@@ -1,11 +1,15 @@
 // peft-train: one JSON config per run (model, method, data, trainer), --set overrides.
 // Trains a delta with any registered method, or the whole model ("method": "full"), including
 // pretraining from a fresh config ("init": "config"). Resumable with --resume.
+#include <cstdlib>
 #include <filesystem>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <torch/torch.h>
 
+#include "peft/train/distributed.h"
+#include "peft/train/launch.h"
 #include "peft/train/run_config.h"
 #include "peft/train/training_adapter.h"
 #include "peft/core/process.h"
@@ -28,21 +32,55 @@ int run(int argc, char** argv) {
   app.add_flag("--resume", resume, "continue from <output_dir>/state");
   bool overwrite = false;
   app.add_flag("--overwrite", overwrite, "replace an earlier run's outputs in output_dir (state/, best/, final/, log.jsonl)");
-  app.add_option("--threads", threads, "CPU threads (default: all cores)");
+  app.add_option("--threads", threads, "CPU threads (default: all cores; with --nproc, per rank: the cores shared out)");
+  int nproc = 1;
+  app.add_option("--nproc", nproc, "data-parallel ranks to start on this machine (as torchrun --nproc-per-node)")
+      ->check(CLI::Range(1, 1024));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  if (nproc > 1) {  // the launcher: the same command once per rank, without --nproc
+    PEFT_CHECK(!std::getenv("WORLD_SIZE"), "launch", "--nproc inside a distributed run (WORLD_SIZE is set): use one or the other");
+    peft::train::LocalLaunch launch;
+    launch.argv = {argv[0]};
+    for (int i = 1; i < argc; ++i) {
+      const std::string a = argv[i];
+      if (a == "--nproc") {
+        ++i;
+        continue;
+      }
+      if (a.rfind("--nproc=", 0) == 0) continue;
+      launch.argv.push_back(a);
+    }
+    if (threads <= 0) {
+      launch.argv.push_back("--threads");
+      launch.argv.push_back(std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(nproc))));
+    }
+    launch.nproc = nproc;
+    return peft::train::launch_local_ranks(launch);
+  }
   const auto config = peft::train::load_run_config(config_path, sets);
   peft::core::configure_threads(config.value("threads", threads));
   auto parts = peft::train::build_run(config, config_path, /*need_train=*/true);
   if (overwrite) parts.trainer.overwrite = true;
-  peft::train::prepare_output_dir(parts.trainer, resume);  // before anything is written
-  fmt::print("train: {}\n", parts.train->describe());
+  // torchrun's environment (or --nproc's): join the ranks; rank 0 alone writes and prints.
+  if (const auto dist = peft::train::distributed_options_from_env(); dist && dist->world_size > 1) {
+    if (parts.trainer.device.is_cuda()) parts.trainer.device = c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(dist->local_rank));
+    parts.trainer.distributed = std::make_shared<peft::train::DistributedContext>(*dist, parts.trainer.device);
+  }
+  const bool main_rank = !parts.trainer.distributed || parts.trainer.distributed->is_main();
+  if (!main_rank) parts.trainer.progress = false;
+  auto say = [main_rank](const std::string& line) {
+    if (main_rank) fmt::print("{}\n", line);
+  };
+  if (main_rank) peft::train::prepare_output_dir(parts.trainer, resume);  // before anything is written
+  if (parts.trainer.distributed) parts.trainer.distributed->barrier();    // ... by any rank
+  say(fmt::format("train: {}", parts.train->describe()));
   const auto eval_sets = peft::train::evaluation_sets(parts);
-  if (parts.validation) fmt::print("validation (selects best/): {}\n", parts.validation->describe());
-  if (parts.eval) fmt::print("{}: {}\n", eval_sets.test ? "test (scored once, at the end)" : "eval", parts.eval->describe());
+  if (parts.validation) say(fmt::format("validation (selects best/): {}", parts.validation->describe()));
+  if (parts.eval) say(fmt::format("{}: {}", eval_sets.test ? "test (scored once, at the end)" : "eval", parts.eval->describe()));
 
   const nlohmann::json method = config.value("method", nlohmann::json("full"));
   std::unique_ptr<peft::PeftModel> peft_model;
@@ -53,7 +91,7 @@ int run(int argc, char** argv) {
     target = peft::train::trainable_model(parts.model);
     int64_t n = 0;
     for (const auto& p : parts.model->parameters()) n += p.numel();
-    fmt::print("full training: {} parameters\n", n);
+    say(fmt::format("full training: {} parameters", n));
   } else {
     peft_model = std::make_unique<peft::PeftModel>(parts.model);
     peft_model->set_precision({parts.delta_dtype, parts.save_dtype});
@@ -61,9 +99,9 @@ int run(int argc, char** argv) {
     peft::train::add_training_adapter(*peft_model, "default", *peft::methods::parse_config(method), batches,
                                       parts.trainer.output_dir, resume);
     target = peft::train::trainable_delta(*peft_model);
-    fmt::print("{}\n", peft_model->trainable_parameters_report());
+    say(peft_model->trainable_parameters_report());
   }
-  if (!parts.trainer.output_dir.empty()) {
+  if (!parts.trainer.output_dir.empty() && main_rank) {
     std::filesystem::create_directories(parts.trainer.output_dir);
     peft::core::write_json_file(parts.trainer.output_dir + "/run_config.json", config);
   }
@@ -74,17 +112,19 @@ int run(int argc, char** argv) {
   }
   auto result = trainer.train();
   if (result.last_eval)
-    fmt::print("{} after step {}: {}\n", parts.validation ? "validation" : "eval", result.steps,
-               result.last_eval->to_json());
+    say(fmt::format("{} after step {}: {}", parts.validation ? "validation" : "eval", result.steps, result.last_eval->to_json()));
   if (result.test_eval)
-    fmt::print("test of the delta of step {} (the best on validation): {}\n", result.selected_step,
-               result.test_eval->to_json());
+    say(fmt::format("test of the delta of step {} (the best on validation): {}", result.selected_step,
+                    result.test_eval->to_json()));
+  if (auto& d = parts.trainer.distributed; d && !result.losses.empty())
+    say(fmt::format("distributed: {} ranks ({}); communication {:.2f} s of this rank's run", d->world_size(), d->backend(),
+                    d->communication_seconds()));
   if (result.interrupted) {
-    fmt::print("interrupted; continue with: peft-train --config {} --resume\n", config_path);
+    say(fmt::format("interrupted; continue with: peft-train --config {} --resume", config_path));
     return 130;
   }
   if (!parts.trainer.output_dir.empty())
-    fmt::print("saved: {}/final ({})\n", parts.trainer.output_dir, method.is_string() ? "model" : "delta");
+    say(fmt::format("saved: {}/final ({})", parts.trainer.output_dir, method.is_string() ? "model" : "delta"));
   return 0;
 }
 

@@ -23,6 +23,7 @@
 #include "peft/optim/adamw.h"
 #include "peft/optim/grad_scaler.h"
 #include "peft/optim/schedule.h"
+#include "peft/train/distributed.h"
 
 namespace peft::train {
 namespace fs = std::filesystem;
@@ -115,6 +116,16 @@ struct Trainer::Impl {
   int64_t nonfinite = 0;
   std::string metric;
 
+  DistributedContext* dist() const { return config.distributed.get(); }
+  /// Rank 0 (or the only process) writes output_dir.
+  bool writes() const { return !config.output_dir.empty() && (!dist() || dist()->is_main()); }
+  /// This rank's slice of a global batch.
+  std::vector<int64_t> my_slice(std::vector<int64_t> global) const {
+    if (!dist()) return global;
+    const auto per = static_cast<int64_t>(global.size()) / dist()->world_size();
+    return {global.begin() + per * dist()->rank(), global.begin() + per * (dist()->rank() + 1)};
+  }
+
   models::ModelOutput forward(const models::ModelInputs& inputs) const {
     AutocastScope scope(config.device.type(), autocast);
     return target.forward(inputs);
@@ -141,7 +152,7 @@ struct Trainer::Impl {
   }
 
   void log_line(const std::string& json) const {
-    if (config.output_dir.empty()) return;
+    if (!writes()) return;
     std::ofstream out(config.output_dir + "/log.jsonl", std::ios::app);
     out << json << "\n";
   }
@@ -201,7 +212,16 @@ Trainer::Trainer(Trainable target, TrainerConfig config, std::shared_ptr<const d
     m.scaler = std::make_unique<optim::GradScaler>(so);
   }
   m.sampler = std::make_unique<data::Sampler>(m.train->size(), c.seed, /*shuffle=*/true);
-  if (!c.output_dir.empty()) fs::create_directories(c.output_dir);
+  if (m.writes()) fs::create_directories(c.output_dir);
+  if (auto* d = m.dist()) {
+    PEFT_CHECK(c.batch_size % d->world_size() == 0, kC,
+               "batch_size {} (the global batch) must divide by the world size {}: each rank takes an equal slice",
+               c.batch_size, d->world_size());
+    // Every rank starts from rank 0's delta (random initialisations agree by seed, but need not).
+    std::vector<at::Tensor> start;
+    for (const auto& [name, t] : m.tracked()) start.push_back(t);
+    d->broadcast(start);
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -210,6 +230,7 @@ int64_t Trainer::step() const { return impl_->step; }
 
 void Trainer::save_state(const std::string& dir) const {
   const auto& m = *impl_;
+  if (m.dist() && !m.dist()->is_main()) return;  // rank 0 writes; every rank holds the same state
   core::write_directory_atomic(dir, [&](const std::string& staging) {
     safetensors::TensorMap params;
     for (const auto& [name, p] : m.params) params[name] = p.detach().cpu().contiguous();
@@ -235,7 +256,8 @@ void Trainer::save_state(const std::string& dir) const {
                         {"metric", m.metric},
                         {"seed", m.config.seed},
                         {"batch_size", m.config.batch_size},
-                        {"grad_accum", m.config.grad_accum}};
+                        {"grad_accum", m.config.grad_accum},
+                        {"world_size", m.dist() ? m.dist()->world_size() : 1}};
     j["best"] = m.best ? nlohmann::json(*m.best) : nlohmann::json(nullptr);
     if (m.scaler) {
       j["loss_scale"] = m.scaler->state().scale;
@@ -319,6 +341,11 @@ void Trainer::resume(const std::string& dir) {
                 "unless a later evaluation beats the best so far", dir);
     }
   }
+  const int64_t saved_world = j.value("world_size", int64_t{1}), world = m.dist() ? m.dist()->world_size() : 1;
+  if (saved_world != world)
+    log::warn("{}: saved by {} process(es), resumed by {}: the global batches continue unchanged (batch_size {} is the "
+              "global batch); only each rank's slice of them, and dropout's random draws, differ from an uninterrupted run",
+              where, saved_world, world, m.config.batch_size);
   m.resumed = true;
   log::info("resumed from {} at step {}", dir, m.step);
 }
@@ -326,7 +353,7 @@ void Trainer::resume(const std::string& dir) {
 TrainResult Trainer::train() {
   auto& m = *impl_;
   const auto& c = m.config;
-  if (m.step == 0 && !m.resumed) prepare_output_dir(c, /*resuming=*/false);
+  if (m.step == 0 && !m.resumed && m.writes()) prepare_output_dir(c, /*resuming=*/false);
   TrainResult result;
   SigintScope sigint;
   const bool tty = c.progress && ::isatty(STDERR_FILENO);
@@ -338,7 +365,7 @@ TrainResult Trainer::train() {
     if (!m.eval) return std::nullopt;
     m.target.set_training(false);
     auto r = evaluate([&m](const models::ModelInputs& in) { return m.forward(in); }, *m.eval, c.batch_size,
-                      c.eval_batches, c.device);
+                      c.eval_batches, c.device, m.dist());
     m.target.set_training(true);
     m.log_line(fmt::format("{{\"step\": {}, \"eval\": {}}}", m.step, r.to_json()));
     result.last_eval = r;
@@ -348,7 +375,7 @@ TrainResult Trainer::train() {
       m.bad_evals = 0;
       result.best_eval = r;
       if (m.test) m.keep_best();
-      if (!c.output_dir.empty()) m.target.save(c.output_dir + "/best");
+      if (m.writes()) m.target.save(c.output_dir + "/best");
     } else {
       ++m.bad_evals;
     }
@@ -357,7 +384,13 @@ TrainResult Trainer::train() {
 
   m.target.set_training(true);
   while (m.step < c.max_steps) {
-    if (g_interrupted) {
+    bool interrupted = g_interrupted;
+    if (auto* d = m.dist()) {  // one rank interrupted stops them all, at the same step
+      std::vector<at::Tensor> flag = {torch::tensor({interrupted ? 1L : 0L}, torch::kLong)};
+      d->all_reduce_sum(flag);
+      interrupted = flag[0].item<int64_t>() > 0;
+    }
+    if (interrupted) {
       if (!c.output_dir.empty()) save_state(c.output_dir + "/state");
       log::warn("interrupted at step {}: training state saved to {}/state", m.step, c.output_dir);
       result.interrupted = true;
@@ -368,21 +401,38 @@ TrainResult Trainer::train() {
     m.opt->zero_grad();
     double loss_sum = 0;
     bool finite = true;
+    int64_t step_tokens = 0;
     for (int64_t micro = 0; micro < c.grad_accum; ++micro) {
-      auto batch = to_device(m.train->batch(m.sampler->next(c.batch_size)), c.device);
-      tokens += batch.attention_mask.defined() ? batch.attention_mask.sum().item<int64_t>()
-                                               : (batch.input_ids.defined() ? batch.input_ids.numel() : batch.pixel_values.size(0));
+      // The global batch's indices come from the one sampler every rank runs alike.
+      const auto indices = m.my_slice(m.sampler->next(c.batch_size));
+      if (!finite) continue;  // a non-finite loss skips the step; the batches it would have used are spent
+      auto batch = to_device(m.train->batch(indices), c.device);
+      step_tokens += batch.attention_mask.defined() ? batch.attention_mask.sum().item<int64_t>()
+                                                    : (batch.input_ids.defined() ? batch.input_ids.numel() : batch.pixel_values.size(0));
       auto out = m.forward(batch);  // autocast covers the forward only, as PyTorch advises
       PEFT_CHECK(out.loss.defined(), kC, "the model returned no loss (does the batch carry labels?)");
       const double value = out.loss.item<double>();
       if (!std::isfinite(value)) {
         finite = false;
-        break;
+        continue;
       }
       at::Tensor loss = out.loss.to(torch::kFloat) / static_cast<double>(c.grad_accum);
       (m.scaler ? m.scaler->scale(loss) : loss).backward();
       loss_sum += value / static_cast<double>(c.grad_accum);
     }
+    if (auto* d = m.dist()) {  // the mean loss, every rank's tokens, and whether any rank saw a non-finite loss
+      std::vector<at::Tensor> stats = {torch::tensor({loss_sum, finite ? 0.0 : 1.0, static_cast<double>(step_tokens)}, torch::kFloat64)};
+      d->all_reduce_sum(stats);
+      loss_sum = stats[0][0].item<double>() / d->world_size();
+      finite = stats[0][1].item<double>() == 0;
+      step_tokens = static_cast<int64_t>(stats[0][2].item<double>());
+      if (finite) {
+        std::vector<at::Tensor> tensors;
+        for (const auto& [name, p] : m.params) tensors.push_back(p);
+        d->average_gradients(tensors);  // before unscaling and clipping: they see the reduced gradient
+      }
+    }
+    tokens += step_tokens;
     ++m.step;
     if (!finite) {
       ++m.nonfinite;
@@ -436,12 +486,12 @@ TrainResult Trainer::train() {
         break;
       }
     }
-    if (c.save_every > 0 && m.step % c.save_every == 0 && !c.output_dir.empty()) save_state(c.output_dir + "/state");
+    if (c.save_every > 0 && m.step % c.save_every == 0 && m.writes()) save_state(c.output_dir + "/state");
   }
   if (tty) fmt::print(stderr, "\n");
   if (!result.interrupted) {
     if (m.step >= c.max_steps || result.early_stopped) run_eval();
-    if (!c.output_dir.empty()) {
+    if (m.writes()) {
       save_state(c.output_dir + "/state");
       m.target.save(c.output_dir + "/final");
     }
@@ -454,7 +504,7 @@ TrainResult Trainer::train() {
       }
       m.target.set_training(false);
       result.test_eval = evaluate([&m](const models::ModelInputs& in) { return m.forward(in); }, *m.test,
-                                  c.batch_size, /*max_batches=*/0, c.device);
+                                  c.batch_size, /*max_batches=*/0, c.device, m.dist());
       m.log_line(fmt::format("{{\"step\": {}, \"selected_step\": {}, \"test\": {}}}", m.step, result.selected_step,
                              result.test_eval->to_json()));
     }

@@ -47,7 +47,8 @@ class DistributedContext {
   const std::string& backend() const;
 
   /// Averages the gradients of `params` over the ranks, packed into flat buckets of up to
-  /// `bucket_bytes` (one all-reduce each; tensors without a gradient take part as zeros).
+  /// `bucket_bytes` (one all-reduce each). A tensor without a gradient takes part as zeros when
+  /// another rank has one, and stays without one when no rank has.
   void average_gradients(const std::vector<at::Tensor>& params, int64_t bucket_bytes = 25 << 20);
   /// Sums each tensor over the ranks, in place.
   void all_reduce_sum(std::vector<at::Tensor>& tensors);

@@ -24,6 +24,8 @@ class PeftModel;
 
 namespace peft::train {
 
+class DistributedContext;
+
 struct TrainerConfig {
   int64_t max_steps = 1000;
   int64_t batch_size = 16;
@@ -60,6 +62,11 @@ struct TrainerConfig {
   std::string loss_scaling = "auto";
   double loss_scale_init = 65536.0;
   int64_t loss_scale_growth_interval = 2000;
+  /// Data parallelism (see distributed.h): batch_size is the global batch, each rank takes its
+  /// slice of it (batch_size must divide by the world size); the delta starts from rank 0's values,
+  /// gradients are averaged before clipping, evaluation is sharded and reduced, and rank 0 alone
+  /// writes output_dir. Unset: one process.
+  std::shared_ptr<DistributedContext> distributed;
 };
 
 /// What the trainer optimizes and how it is saved.
@@ -94,9 +101,12 @@ struct EvalResult {
 
 using data::to_device;
 
-/// Mean loss and task metrics over a dataset (classifier if its labels() are non-empty).
+/// Mean loss and task metrics over a dataset (classifier if its labels() are non-empty). With
+/// `distributed`, every rank calls it: each runs its share of the batches and the sums are reduced,
+/// so every rank gets the single-process result.
 EvalResult evaluate(const std::function<models::ModelOutput(const models::ModelInputs&)>& forward,
-                    const data::Dataset& dataset, int64_t batch_size, int64_t max_batches, c10::Device device);
+                    const data::Dataset& dataset, int64_t batch_size, int64_t max_batches, c10::Device device,
+                    DistributedContext* distributed = nullptr);
 
 struct TrainResult {
   int64_t steps = 0;
