@@ -124,6 +124,20 @@ DistributedContext::DistributedContext(const DistributedOptions& o, c10::Device 
                Impl::first_line(e.what()));
   }
   m.store->setTimeout(timeout);
+  m.store->set(fmt::format("joined/{}", o.rank), std::vector<uint8_t>{1});
+  // Who has not joined (the rendezvous key each rank sets first), for an error naming them.
+  auto not_joined = [&]() -> std::string {
+    std::vector<int> missing;
+    try {
+      for (int r = 0; r < o.world_size; ++r)
+        if (!m.store->check({fmt::format("joined/{}", r)})) missing.push_back(r);
+    } catch (const std::exception&) {
+      return "";
+    }
+    if (missing.empty()) return "";
+    return fmt::format(" — rank(s) {} never joined (not started, or pointed at another MASTER_ADDR / MASTER_PORT)",
+                       fmt::join(missing, ", "));
+  };
   if (m.backend == "gloo") {
     auto go = c10d::ProcessGroupGloo::Options::create(timeout);
     go->devices.push_back(o.master_addr == "127.0.0.1" || o.master_addr == "localhost"
@@ -133,8 +147,8 @@ DistributedContext::DistributedContext(const DistributedOptions& o, c10::Device 
     try {
       m.group = c10::make_intrusive<c10d::ProcessGroupGloo>(m.store, o.rank, o.world_size, go);
     } catch (const std::exception& e) {
-      PEFT_CHECK(false, kC, "rank {}: joining the gloo group of {} ranks failed: {}{}", o.rank, o.world_size,
-                 Impl::first_line(e.what()), m.who_is_behind());
+      PEFT_CHECK(false, kC, "rank {}: joining the gloo group of {} ranks failed within {} s: {}{}", o.rank, o.world_size,
+                 o.timeout_s, Impl::first_line(e.what()), not_joined());
     }
   } else {
 #if defined(USE_C10D_NCCL)
