@@ -171,9 +171,14 @@ int DistributedContext::world_size() const { return impl_->options.world_size; }
 const std::string& DistributedContext::backend() const { return impl_->backend; }
 double DistributedContext::communication_seconds() const { return impl_->comm_seconds; }
 
-void DistributedContext::average_gradients(const std::vector<at::Tensor>& all_params, int64_t bucket_bytes) {
+void DistributedContext::average_gradients(const std::vector<at::Tensor>& all_params, int64_t bucket_bytes,
+                                           bool agree_on_presence) {
   torch::NoGradGuard no_grad;
   const double scale = 1.0 / static_cast<double>(world_size());
+  if (!agree_on_presence) {
+    average_present_gradients(all_params, bucket_bytes, scale);
+    return;
+  }
   // A tensor no rank has a gradient for keeps none (the optimizer skips it, as in one process);
   // one some rank has takes part, as zeros where it has none.
   std::vector<at::Tensor> has = {torch::zeros({static_cast<int64_t>(all_params.size())}, torch::kLong)};
@@ -183,6 +188,11 @@ void DistributedContext::average_gradients(const std::vector<at::Tensor>& all_pa
   std::vector<at::Tensor> params;
   for (size_t k = 0; k < all_params.size(); ++k)
     if (has[0][static_cast<int64_t>(k)].item<int64_t>() > 0) params.push_back(all_params[k]);
+  average_present_gradients(params, bucket_bytes, scale);
+}
+
+void DistributedContext::average_present_gradients(const std::vector<at::Tensor>& params, int64_t bucket_bytes,
+                                                   double scale) {
   size_t i = 0;
   while (i < params.size()) {
     // A bucket: consecutive tensors of one dtype and device, up to bucket_bytes (at least one).

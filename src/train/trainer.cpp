@@ -383,14 +383,9 @@ TrainResult Trainer::train() {
   };
 
   m.target.set_training(true);
+  bool agreed_interrupt = false;  // distributed: a rank was interrupted (agreed in the last step's exchange)
   while (m.step < c.max_steps) {
-    bool interrupted = g_interrupted;
-    if (auto* d = m.dist()) {  // one rank interrupted stops them all, at the same step
-      std::vector<at::Tensor> flag = {torch::tensor({interrupted ? 1L : 0L}, torch::kLong)};
-      d->all_reduce_sum(flag);
-      interrupted = flag[0].item<int64_t>() > 0;
-    }
-    if (interrupted) {
+    if (m.dist() ? agreed_interrupt : g_interrupted.load()) {
       if (!c.output_dir.empty()) save_state(c.output_dir + "/state");
       log::warn("interrupted at step {}: training state saved to {}/state", m.step, c.output_dir);
       result.interrupted = true;
@@ -420,16 +415,24 @@ TrainResult Trainer::train() {
       (m.scaler ? m.scaler->scale(loss) : loss).backward();
       loss_sum += value / static_cast<double>(c.grad_accum);
     }
-    if (auto* d = m.dist()) {  // the mean loss, every rank's tokens, and whether any rank saw a non-finite loss
-      std::vector<at::Tensor> stats = {torch::tensor({loss_sum, finite ? 0.0 : 1.0, static_cast<double>(step_tokens)}, torch::kFloat64)};
+    if (auto* d = m.dist()) {
+      // One small exchange: the mean loss, every rank's tokens, whether any rank saw a non-finite
+      // loss or was interrupted, and which tensors have a gradient on some rank.
+      std::vector<double> local = {loss_sum, finite ? 0.0 : 1.0, static_cast<double>(step_tokens), g_interrupted ? 1.0 : 0.0};
+      for (const auto& [name, p] : m.params) local.push_back(p.grad().defined() ? 1.0 : 0.0);
+      std::vector<at::Tensor> stats = {torch::tensor(local, torch::kFloat64)};
       d->all_reduce_sum(stats);
-      loss_sum = stats[0][0].item<double>() / d->world_size();
-      finite = stats[0][1].item<double>() == 0;
-      step_tokens = static_cast<int64_t>(stats[0][2].item<double>());
+      const auto agreed = stats[0].accessor<double, 1>();
+      loss_sum = agreed[0] / d->world_size();
+      finite = agreed[1] == 0;
+      step_tokens = static_cast<int64_t>(agreed[2]);
+      agreed_interrupt = agreed[3] > 0;
       if (finite) {
         std::vector<at::Tensor> tensors;
-        for (const auto& [name, p] : m.params) tensors.push_back(p);
-        d->average_gradients(tensors);  // before unscaling and clipping: they see the reduced gradient
+        for (size_t k = 0; k < m.params.size(); ++k)
+          if (agreed[static_cast<int64_t>(4 + k)] > 0) tensors.push_back(m.params[k].second);
+        // Before unscaling and clipping: they see the reduced gradient.
+        d->average_gradients(tensors, 25 << 20, /*agree_on_presence=*/false);
       }
     }
     tokens += step_tokens;

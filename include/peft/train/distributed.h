@@ -49,7 +49,10 @@ class DistributedContext {
   /// Averages the gradients of `params` over the ranks, packed into flat buckets of up to
   /// `bucket_bytes` (one all-reduce each). A tensor without a gradient takes part as zeros when
   /// another rank has one, and stays without one when no rank has.
-  void average_gradients(const std::vector<at::Tensor>& params, int64_t bucket_bytes = 25 << 20);
+  /// With `agree_on_presence` false the caller has agreed already (one collective fewer): every
+  /// tensor takes part, as zeros where it has no gradient.
+  void average_gradients(const std::vector<at::Tensor>& params, int64_t bucket_bytes = 25 << 20,
+                         bool agree_on_presence = true);
   /// Sums each tensor over the ranks, in place.
   void all_reduce_sum(std::vector<at::Tensor>& tensors);
   /// Rank 0's values into every rank's tensors, in place.
@@ -59,6 +62,7 @@ class DistributedContext {
   double communication_seconds() const;
 
  private:
+  void average_present_gradients(const std::vector<at::Tensor>& params, int64_t bucket_bytes, double scale);
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
