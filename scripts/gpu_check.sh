@@ -132,6 +132,24 @@ if $build_ok; then
   done
 fi
 
+# Data parallelism on NCCL: LoRA on the bundled tiny GPT-2 (SOTU, global batch 16), 1 GPU against
+# `peft-train --nproc 2` on 2 GPUs; skipped where fewer than 2 GPUs are visible.
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+if $build_ok && [ "${gpus:-0}" -ge 2 ]; then
+  for n in 1 2; do
+    note "peft-train LoRA on cuda, --nproc $n (nccl)"
+    out="$BUILD/dp$n"
+    timeout 180 "$BUILD/peft-train" --config configs/sotu_prompt_methods.json --overwrite --nproc "$n" \
+      --set 'method={"peft_type":"LORA","task_type":"CAUSAL_LM","r":8,"target_modules":["c_attn","c_fc"],"fan_in_fan_out":true}' \
+      --set device=cuda --set trainer.max_steps=60 --set trainer.eval_every=0 --set trainer.log_every=10 \
+      --set trainer.warmup_steps=0 --set "output_dir=$out" >> "$LOG" 2>&1
+    row=$(grep tokens_per_s "$out/log.jsonl" 2>/dev/null | tail -1)
+    echo "{\"impl\": \"peft.cpp\", \"data_parallel\": $n, \"backend\": \"nccl\", \"result\": ${row:-null}}" >> "$parts/bench.jsonl"
+  done
+else
+  note "data parallel on NCCL: skipped (${gpus:-0} GPU visible, 2 needed)"
+fi
+
 # ---- report ---------------------------------------------------------------------
 "$PY" - "$parts" "$REPORT_DIR/gpu_report.json" "$(( $(date +%s) - t0 ))" <<'PYEOF'
 import json, os, sys
