@@ -1,7 +1,8 @@
 // Data-parallel training as real processes on loopback (peft-train --nproc 2, torchrun's
-// environment): 2 ranks on a global batch equal 1 process on the same batch (losses, evaluation and
-// the final delta) for LoRA, a bottleneck adapter, prefix tuning and AdaMix's routing; resume after a
-// rank is killed; a rank that never arrives and a wrong MASTER_PORT end with errors naming them.
+// environment): 2 ranks on a global batch of 16 equal 1 process on the same batch (losses,
+// evaluation and the final delta) for LoRA, a bottleneck adapter, prefix tuning, AdaMix's routing
+// and methods with state derived from data (DSEE, LST, S3PET); resume after a rank is killed; a
+// hung rank, a rank that never arrives and a wrong MASTER_PORT end with errors naming them.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -62,7 +63,7 @@ nlohmann::json run_config(const std::string& out, const nlohmann::json& method, 
           {"task", classify ? "sequence_classification" : "causal_lm"},
           {"method", method},
           {"data", data},
-          {"trainer", {{"max_steps", steps}, {"batch_size", 8}, {"lr", 0.01}, {"warmup_steps", 0}, {"eval_every", 2},
+          {"trainer", {{"max_steps", steps}, {"batch_size", 16}, {"lr", 0.01}, {"warmup_steps", 0}, {"eval_every", 2},
                        {"eval_batches", 3}, {"log_every", 1}, {"max_grad_norm", 1.0}}},
           {"output_dir", out},
           {"dtype", dtype},
@@ -92,6 +93,12 @@ TEST(Distributed, TwoRanksOnAGlobalBatchEqualOneProcess) {
       {"bottleneck", {{"peft_type", "BOTTLENECK_ADAPTER"}, {"task_type", "SEQ_CLS"}, {"bottleneck_size", 16}}, true},
       {"prefix", {{"peft_type", "PREFIX_TUNING"}, {"task_type", "CAUSAL_LM"}, {"num_virtual_tokens", 4}}, false},
       {"adamix", {{"peft_type", "ADAMIX"}, {"task_type", "CAUSAL_LM"}, {"num_experts", 4}}, false},
+      // State from data before training (masks, Fisher-initialised side network, a searched
+      // structure): every rank derives the same, and training keeps it in step.
+      {"dsee", {{"peft_type", "DSEE"}, {"task_type", "SEQ_CLS"}, {"r", 4}, {"num_sparse", 32}}, true},
+      {"lst", {{"peft_type", "LST"}, {"task_type", "SEQ_CLS"}, {"reduction_factor", 8}, {"side_init", "fisher"}, {"fisher_batches", 2}}, true},
+      {"s3pet", {{"peft_type", "S3PET"}, {"task_type", "CAUSAL_LM"}, {"budget", 0.002}, {"search_space", {"lora", "bias", "ln", "adapter"}},
+                 {"search", {{"strategy", "darts"}, {"steps", 6}, {"validation_fraction", 0.2}, {"seed", 1}}}}, false},
       {"lora float32", {{"peft_type", "LORA"}, {"task_type", "SEQ_CLS"}, {"r", 4}, {"fan_in_fan_out", true}}, true, "float32"},
   };
   const std::string train = PEFT_TRAIN_BIN;
@@ -172,6 +179,39 @@ TEST(Distributed, ResumesAfterARankIsKilledAndNamesIt) {
   for (size_t k = 1; k <= 5; ++k)
     EXPECT_NEAR(resumed.losses[resumed.losses.size() - k], whole.losses[whole.losses.size() - k], 1e-6) << k;
   expect_same_delta(dir.file("run/final"), dir.file("full/final"), "resumed");
+}
+
+TEST(Distributed, AHungRankIsNamedWithinTheTimeout) {
+  TempDir dir;
+  auto cfg = run_config(dir.file("run"), {{"peft_type", "LORA"}, {"task_type", "SEQ_CLS"}, {"r", 2}}, true, 400);
+  cfg["trainer"]["eval_every"] = 0;
+  core::write_json_file(dir.file("run.json"), cfg);
+  const std::string train = PEFT_TRAIN_BIN;
+  const pid_t launcher = fork();
+  if (launcher == 0) {
+    const std::string log = dir.file("hung.log");
+    freopen(log.c_str(), "w", stdout);
+    dup2(fileno(stdout), STDERR_FILENO);
+    setenv("PEFT_DIST_TIMEOUT", "3", 1);
+    execl(train.c_str(), train.c_str(), "--nproc", "2", "--config", dir.file("run.json").c_str(), nullptr);
+    _exit(127);
+  }
+  // Once training runs (a log line), rank 1 stops answering: SIGSTOP, as a hung process.
+  bool stopped = false;
+  for (int i = 0; i < 3000 && !stopped; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (slurp(dir.file("run/log.jsonl")).empty()) continue;
+    if (const pid_t rank1 = child_of(launcher, 1); rank1 > 0) stopped = kill(rank1, SIGSTOP) == 0;
+  }
+  const auto t0 = std::chrono::steady_clock::now();
+  int status = 0;
+  waitpid(launcher, &status, 0);
+  const std::string log = slurp(dir.file("hung.log"));
+  ASSERT_TRUE(stopped) << log;
+  EXPECT_FALSE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << log;
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60) << "no hang: " << log;
+  EXPECT_NE(log.find("not arrived: rank 1"), std::string::npos) << log;
+  EXPECT_NE(log.find("rank 1 still running: terminated"), std::string::npos) << log;
 }
 
 /// One rank started by hand, with torchrun's variables.

@@ -59,6 +59,8 @@ int run(int argc, char** argv) {
       launch.argv.push_back(std::to_string(std::max(1u, std::thread::hardware_concurrency() / static_cast<unsigned>(nproc))));
     }
     launch.nproc = nproc;
+    // Ranks that outlive a failed one are stuck: the others fail within the collective timeout.
+    if (const auto timeout = std::getenv("PEFT_DIST_TIMEOUT")) launch.grace_s = std::min(30.0, std::max(1.0, std::atof(timeout)));
     return peft::train::launch_local_ranks(launch);
   }
   const auto config = peft::train::load_run_config(config_path, sets);
