@@ -259,16 +259,6 @@ void ContinuousBatcher::step(std::vector<Running>& running) {
         finished.push_back(std::move(r));
       }
     }
-    {  // the stats count a request before its caller hears back
-      std::lock_guard<std::mutex> lock(mutex_);
-      ++stats_.decode_steps;
-      stats_.decode_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      stats_.decoded_rows += static_cast<int64_t>(running.size());
-      stats_.largest_batch = std::max<int64_t>(stats_.largest_batch, static_cast<int64_t>(running.size()));
-      stats_.completed += static_cast<int64_t>(finished.size());
-      stats_.tokens_generated += finished_tokens;
-    }
-    for (auto& r : finished) r.request->done.set_value(std::move(r.result));
     if (still.empty()) {
       cache_.reset();
     } else if (still.size() < running.size()) {
@@ -277,6 +267,18 @@ void ContinuousBatcher::step(std::vector<Running>& running) {
       // every step, padded for every row (the batcher passes positions, so the length may shrink).
       cache_->drop_unattended_prefix();
     }
+    {  // the stats count a request (and the cache it leaves) before its caller hears back
+      std::lock_guard<std::mutex> lock(mutex_);
+      ++stats_.decode_steps;
+      stats_.decode_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      stats_.decoded_rows += static_cast<int64_t>(running.size());
+      stats_.largest_batch = std::max<int64_t>(stats_.largest_batch, static_cast<int64_t>(running.size()));
+      stats_.completed += static_cast<int64_t>(finished.size());
+      stats_.tokens_generated += finished_tokens;
+      stats_.cache_positions = cache_ ? cache_->length() : 0;
+      stats_.largest_cache_positions = std::max(stats_.largest_cache_positions, stats_.cache_positions);
+    }
+    for (auto& r : finished) r.request->done.set_value(std::move(r.result));
     running = std::move(still);
   } catch (...) {
     // A step that fails ends every running request with its error; the batcher goes on.

@@ -169,7 +169,7 @@ TrainerConfig trainer_config_from_json(const nlohmann::json& t, const std::strin
 RunParts build_run(const nlohmann::json& config, const std::string& where, bool need_train) {
   core::reject_unknown_keys(config, {"model", "init", "task", "num_labels", "tokenizer", "method", "data", "trainer",
                                      "output_dir", "threads", "device", "dtype", "seed", "resume", "adapter",
-                                     "delta_dtype", "save_dtype", "gradient_checkpointing", "quantization"},
+                                     "delta_dtype", "save_dtype", "gradient_checkpointing", "quantization", "privacy"},
                             kC, where);
   RunParts parts;
   const std::string model_dir = get_or<std::string>(config, "model", "", kC, where);
@@ -209,7 +209,26 @@ RunParts build_run(const nlohmann::json& config, const std::string& where, bool 
   parts.trainer.seed = seed;
   parts.trainer.device = load.device;
   parts.trainer.output_dir = get_or<std::string>(config, "output_dir", "", kC, where);
+  if (config.contains("privacy") && !config["privacy"].is_null())
+    parts.trainer.privacy = privacy_config_from_json(config["privacy"], where + " privacy");
   return parts;
+}
+
+privacy::DpSgdConfig privacy_config_from_json(const nlohmann::json& p, const std::string& where) {
+  PEFT_CHECK(p.is_object(), kC, "{}: expected an object like {{\"target_epsilon\": 8, \"delta\": 1e-5, \"max_grad_norm\": 1.0}}",
+             where);
+  core::reject_unknown_keys(p, {"target_epsilon", "noise_multiplier", "delta", "max_grad_norm", "sampling", "noise_seed"}, kC,
+                            where);
+  privacy::DpSgdConfig c;
+  c.max_grad_norm = get_or<double>(p, "max_grad_norm", c.max_grad_norm, kC, where);
+  c.delta = get_or<double>(p, "delta", c.delta, kC, where);
+  c.sampling = get_or<std::string>(p, "sampling", c.sampling, kC, where);
+  if (p.contains("noise_multiplier")) c.noise_multiplier = get_or<double>(p, "noise_multiplier", 0.0, kC, where);
+  if (p.contains("target_epsilon")) c.target_epsilon = get_or<double>(p, "target_epsilon", 0.0, kC, where);
+  if (p.contains("noise_seed")) c.noise_seed = get_or<uint64_t>(p, "noise_seed", 0, kC, where);
+  PEFT_CHECK(c.noise_multiplier.has_value() != c.target_epsilon.has_value(), kC,
+             "{}: give noise_multiplier or target_epsilon (one of them)", where);
+  return c;
 }
 
 EvaluationSets evaluation_sets(const RunParts& parts) {

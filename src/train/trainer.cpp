@@ -24,6 +24,11 @@
 #include "peft/optim/grad_scaler.h"
 #include "peft/optim/schedule.h"
 #include "peft/train/distributed.h"
+#include "peft/privacy/rdp_accountant.h"
+#include "private_gradient.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <random>
 
 namespace peft::train {
 namespace fs = std::filesystem;
@@ -115,6 +120,34 @@ struct Trainer::Impl {
   int64_t bad_evals = 0;
   int64_t nonfinite = 0;
   std::string metric;
+
+  // DP-SGD (config.privacy): the noise multiplier, the sample rate, and the accountant.
+  double dp_sigma = 0, dp_rate = 0;
+  std::unique_ptr<privacy::RdpAccountant> accountant;
+  std::optional<double> epsilon() const {
+    if (!accountant) return std::nullopt;
+    return accountant->spent(config.privacy->delta).epsilon;
+  }
+  /// The step's sampling and noise randomness: from noise_seed and the step (reproducible, and
+  /// resumable without saved state), else from the operating system's entropy.
+  uint64_t dp_seed(uint64_t stream) const {
+    if (!config.privacy->noise_seed) return (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}();
+    std::seed_seq seq{*config.privacy->noise_seed, static_cast<uint64_t>(step), stream};
+    uint64_t out[2];
+    seq.generate(out, out + 2);
+    return out[0];
+  }
+  /// Writes what a private delta's guarantee is beside it.
+  void write_privacy(const std::string& dir) const {
+    if (!accountant) return;
+    const auto spent = accountant->spent(config.privacy->delta);
+    nlohmann::json j = {{"mechanism", "DP-SGD (per-example clipping, Gaussian noise)"},
+                        {"accountant", "RDP of the subsampled Gaussian, Balle et al. 2020 conversion"},
+                        {"epsilon", spent.epsilon}, {"delta", config.privacy->delta}, {"rdp_order", spent.order},
+                        {"noise_multiplier", dp_sigma}, {"sample_rate", dp_rate}, {"steps", accountant->steps()},
+                        {"max_grad_norm", config.privacy->max_grad_norm}, {"sampling", config.privacy->sampling}};
+    core::write_file_atomic(dir + "/privacy.json", j.dump(2) + "\n");
+  }
 
   DistributedContext* dist() const { return config.distributed.get(); }
   /// Rank 0 (or the only process) writes output_dir.
@@ -213,6 +246,38 @@ Trainer::Trainer(Trainable target, TrainerConfig config, std::shared_ptr<const d
   }
   m.sampler = std::make_unique<data::Sampler>(m.train->size(), c.seed, /*shuffle=*/true);
   if (m.writes()) fs::create_directories(c.output_dir);
+  if (c.privacy) {
+    const auto& p = *c.privacy;
+    PEFT_CHECK(c.grad_accum == 1, kC, "privacy: grad_accum must be 1 (accumulated batches are not the Poisson sample the "
+               "accountant assumes); raise batch_size instead");
+    PEFT_CHECK(!c.distributed, kC, "privacy: DP-SGD does not run data-parallel yet (one process)");
+    PEFT_CHECK(!m.scaler && c.mixed_precision != "fp16", kC, "privacy: loss scaling (fp16) is not supported with DP-SGD");
+    PEFT_CHECK(p.max_grad_norm > 0 && std::isfinite(p.max_grad_norm), kC, "privacy.max_grad_norm must be > 0, found {}",
+               p.max_grad_norm);
+    PEFT_CHECK(p.delta > 0 && p.delta < 1, kC, "privacy.delta must be in (0, 1), found {}", p.delta);
+    PEFT_CHECK(p.noise_multiplier.has_value() != p.target_epsilon.has_value(), kC,
+               "privacy: give noise_multiplier or target_epsilon (one of them)");
+    PEFT_CHECK(p.sampling == "poisson" || p.sampling == "shuffle", kC, "privacy.sampling must be poisson or shuffle, found '{}'",
+               p.sampling);
+    m.dp_rate = static_cast<double>(c.batch_size) / static_cast<double>(m.train->size());
+    PEFT_CHECK(m.dp_rate <= 1, kC, "privacy: batch_size {} exceeds the {} training examples", c.batch_size, m.train->size());
+    if (p.noise_multiplier) {
+      PEFT_CHECK(*p.noise_multiplier >= 0, kC, "privacy.noise_multiplier must be >= 0, found {}", *p.noise_multiplier);
+      m.dp_sigma = *p.noise_multiplier;
+    } else {
+      m.dp_sigma = privacy::noise_multiplier_for(*p.target_epsilon, p.delta, m.dp_rate, c.max_steps);
+    }
+    m.accountant = std::make_unique<privacy::RdpAccountant>();
+    log::info("DP-SGD: noise multiplier {:.4f}{}, sample rate {:.5f} ({} of {} examples expected per batch, {} sampling), "
+              "clipping norm {}, delta {}; per-example gradients by a loop over each batch's examples",
+              m.dp_sigma, p.target_epsilon ? fmt::format(" (for epsilon {} after {} steps)", *p.target_epsilon, c.max_steps) : "",
+              m.dp_rate, c.batch_size, m.train->size(), p.sampling, p.max_grad_norm, p.delta);
+    if (p.sampling == "shuffle")
+      log::warn("privacy.sampling shuffle: epsilon is computed as for Poisson sampling at the same rate (as Opacus and "
+                "TF Privacy report it); only poisson sampling matches the accountant's assumption");
+    if (!p.noise_seed)
+      log::info("DP-SGD: sampling and noise come from the system's entropy (set privacy.noise_seed only for reproducible tests)");
+  }
   if (auto* d = m.dist()) {
     PEFT_CHECK(c.batch_size % d->world_size() == 0, kC,
                "batch_size {} (the global batch) must divide by the world size {}: each rank takes an equal slice",
@@ -259,6 +324,11 @@ void Trainer::save_state(const std::string& dir) const {
                         {"grad_accum", m.config.grad_accum},
                         {"world_size", m.dist() ? m.dist()->world_size() : 1}};
     j["best"] = m.best ? nlohmann::json(*m.best) : nlohmann::json(nullptr);
+    if (m.accountant) {
+      nlohmann::json h = nlohmann::json::array();
+      for (const auto& e : m.accountant->history()) h.push_back({e.noise_multiplier, e.sample_rate, e.steps});
+      j["privacy_history"] = h;
+    }
     if (m.scaler) {
       j["loss_scale"] = m.scaler->state().scale;
       j["loss_scale_growth_tracker"] = m.scaler->state().growth_tracker;
@@ -315,6 +385,15 @@ void Trainer::resume(const std::string& dir) {
     if (!unknown.empty())
       log::warn("{}/rng.safetensors: this process has no generator {}: not restored", dir, fmt::join(unknown, ", "));
   }
+  if (m.accountant) {
+    PEFT_CHECK(j.contains("privacy_history"), kC, "{}: saved without DP-SGD (no privacy_history): a private run cannot "
+               "continue a non-private one", where);
+    std::vector<privacy::PrivacyStep> h;
+    for (const auto& e : j.at("privacy_history")) h.push_back({e.at(0).get<double>(), e.at(1).get<double>(), e.at(2).get<int64_t>()});
+    m.accountant->set_history(std::move(h));
+  } else {
+    PEFT_CHECK(!j.contains("privacy_history"), kC, "{}: saved by a DP-SGD run: resume it with the same privacy settings", where);
+  }
   m.step = j.at("step").get<int64_t>();
   m.sampler->restore({j.at("epoch").get<int64_t>(), j.at("cursor").get<int64_t>()});
   m.bad_evals = j.at("bad_evals").get<int64_t>();
@@ -367,7 +446,8 @@ TrainResult Trainer::train() {
     auto r = evaluate([&m](const models::ModelInputs& in) { return m.forward(in); }, *m.eval, c.batch_size,
                       c.eval_batches, c.device, m.dist());
     m.target.set_training(true);
-    m.log_line(fmt::format("{{\"step\": {}, \"eval\": {}}}", m.step, r.to_json()));
+    m.log_line(m.accountant ? fmt::format("{{\"step\": {}, \"eval\": {}, \"epsilon\": {:.6f}}}", m.step, r.to_json(), *m.epsilon())
+                            : fmt::format("{{\"step\": {}, \"eval\": {}}}", m.step, r.to_json()));
     result.last_eval = r;
     const double s = m.score(r);
     if (!m.best || s > *m.best) {
@@ -375,7 +455,10 @@ TrainResult Trainer::train() {
       m.bad_evals = 0;
       result.best_eval = r;
       if (m.test) m.keep_best();
-      if (m.writes()) m.target.save(c.output_dir + "/best");
+      if (m.writes()) {
+        m.target.save(c.output_dir + "/best");
+        m.write_privacy(c.output_dir + "/best");
+      }
     } else {
       ++m.bad_evals;
     }
@@ -397,7 +480,21 @@ TrainResult Trainer::train() {
     double loss_sum = 0;
     bool finite = true;
     int64_t step_tokens = 0;
-    for (int64_t micro = 0; micro < c.grad_accum; ++micro) {
+    if (m.accountant) {  // DP-SGD: the noised sum of clipped per-example gradients
+      std::mt19937_64 sampling_rng(m.dp_seed(0));
+      const auto indices = c.privacy->sampling == "poisson" ? poisson_sample(m.train->size(), m.dp_rate, sampling_rng)
+                                                            : m.sampler->next(c.batch_size);
+      at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(m.dp_seed(1));
+      std::vector<at::Tensor> tensors;
+      for (const auto& [name, p] : m.params) tensors.push_back(p);
+      const auto pg = private_gradient([&m](const models::ModelInputs& in) { return m.forward(in); }, *m.train, indices,
+                                       tensors, c.privacy->max_grad_norm, m.dp_sigma, static_cast<double>(c.batch_size),
+                                       noise, c.device);
+      m.accountant->step(m.dp_sigma, m.dp_rate);
+      loss_sum = pg.examples > 0 ? pg.loss_sum / static_cast<double>(pg.examples) : 0.0;
+      step_tokens = pg.tokens;
+    }
+    for (int64_t micro = 0; micro < (m.accountant ? 0 : c.grad_accum); ++micro) {
       // The global batch's indices come from the one sampler every rank runs alike.
       const auto indices = m.my_slice(m.sampler->next(c.batch_size));
       if (!finite) continue;  // a non-finite loss skips the step; the batches it would have used are spent
@@ -461,7 +558,8 @@ TrainResult Trainer::train() {
         continue;
       }
     }
-    const double norm = optim::clip_grad_norm(m.params, c.max_grad_norm);
+    // DP-SGD clipped each example's gradient already; the noised sum is not clipped again.
+    const double norm = optim::clip_grad_norm(m.params, m.accountant ? 0.0 : c.max_grad_norm);
     m.opt->step(lr);
     result.losses.push_back(loss_sum);
     // Training-step time alone (batching, forward, backward, update), without evaluations.
@@ -497,6 +595,7 @@ TrainResult Trainer::train() {
     if (m.writes()) {
       save_state(c.output_dir + "/state");
       m.target.save(c.output_dir + "/final");
+      m.write_privacy(c.output_dir + "/final");
     }
     if (m.test) {
       result.selected_step = m.step;
@@ -514,6 +613,7 @@ TrainResult Trainer::train() {
   }
   m.target.set_training(false);
   result.steps = m.step;
+  result.epsilon = m.epsilon();
   return result;
 }
 

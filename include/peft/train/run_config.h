@@ -44,6 +44,10 @@ RunData load_run_data(const nlohmann::json& data, const std::string& tokenizer_d
 /// A run's "trainer" object over TrainerConfig's defaults (seed, device and output_dir are the run's).
 TrainerConfig trainer_config_from_json(const nlohmann::json& trainer, const std::string& where);
 
+/// A run's "privacy" object (DP-SGD): target_epsilon or noise_multiplier, delta, max_grad_norm,
+/// sampling, noise_seed.
+privacy::DpSgdConfig privacy_config_from_json(const nlohmann::json& privacy, const std::string& where);
+
 struct RunParts {
   std::shared_ptr<tokenizers::Tokenizer> tokenizer;  ///< null for image data
   std::shared_ptr<models::PretrainedModel> model;

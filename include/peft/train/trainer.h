@@ -17,6 +17,7 @@
 #include "peft/data/batch_source.h"
 #include "peft/data/dataset.h"
 #include "peft/models/model.h"
+#include "peft/privacy/dp_sgd.h"
 
 namespace peft {
 class PeftModel;
@@ -67,6 +68,10 @@ struct TrainerConfig {
   /// gradients are averaged before clipping, evaluation is sharded and reduced, and rank 0 alone
   /// writes output_dir. Unset: one process.
   std::shared_ptr<DistributedContext> distributed;
+  /// DP-SGD on the trainable tensors (see privacy/dp_sgd.h): per-example gradients are clipped and
+  /// noised, batches Poisson-sampled, ε reported in every evaluation line and written beside each
+  /// saved delta (privacy.json). grad_accum must be 1; max_grad_norm above is not used.
+  std::optional<privacy::DpSgdConfig> privacy;
 };
 
 /// What the trainer optimizes and how it is saved.
@@ -116,6 +121,7 @@ struct TrainResult {
   int64_t overflow_steps = 0;   ///< skipped by the loss scaler (inf / nan gradients)
   std::vector<double> losses;   ///< the loss of every optimizer step run in this call
   std::optional<EvalResult> last_eval, best_eval;
+  std::optional<double> epsilon;  ///< DP-SGD: ε spent for the configured δ after the last step
   /// With a test set: its scores for the tensors of the best evaluation (step selected_step), or
   /// of the last step when nothing was evaluated.
   std::optional<EvalResult> test_eval;
