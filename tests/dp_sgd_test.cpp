@@ -10,12 +10,12 @@
 
 #include "peft/methods/method.h"
 #include "peft/peft_model.h"
+#include "peft/privacy/private_gradient.h"
 #include "peft/privacy/rdp_accountant.h"
 #include "peft/train/run_config.h"
 #include "peft/train/trainer.h"
 #include "test_util.h"
 #include "tiny_models.h"
-#include "train/private_gradient.h"
 
 namespace peft::test {
 namespace {
@@ -80,7 +80,7 @@ TEST(DpSgd, ThePrivateGradientIsTheSumOfClippedPerExampleGradients) {
     }
     expected /= 8.0;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
-    const auto r = train::private_gradient(d.target.forward, *data, idx, d.params, clip, /*sigma=*/0.0, /*expected=*/8.0, gen,
+    const auto r = privacy::private_gradient(d.target.forward, *data, idx, d.params, clip, /*sigma=*/0.0, /*expected=*/8.0, gen,
                                            c10::Device(c10::kCPU));
     EXPECT_EQ(r.examples, 4);
     EXPECT_EQ(r.clipped, clipped) << clip;
@@ -95,7 +95,7 @@ TEST(DpSgd, TheNoiseHasStdSigmaTimesCOverTheExpectedBatch) {
   const double sigma = 1.3, clip = 0.7, expected = 5.0;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(123);
   // No example sampled: the gradient is the noise alone.
-  train::private_gradient(d.target.forward, *data, {}, d.params, clip, sigma, expected, gen, c10::Device(c10::kCPU));
+  privacy::private_gradient(d.target.forward, *data, {}, d.params, clip, sigma, expected, gen, c10::Device(c10::kCPU));
   const at::Tensor g = flat_grad(d.params);
   const double n = static_cast<double>(g.numel());
   ASSERT_GT(n, 1000);

@@ -451,7 +451,7 @@ TEST(Tools, GenerateMixesAdaptersPerPromptAndMergeCombinesDeltas) {
 TEST(Tools, BenchReportsEveryMethodInItsOwnProcess) {
   TempDir dir;
   ASSERT_EQ(run(std::string(PEFT_BENCH_BIN) + " --threads 1 --layers 2 --hidden 32 --heads 4 --vocab 100 --seq 16"
-                    " --batch 2 --steps 2 --warmup 1 --gemm --methods full,lora,lst --json " + dir.file("b.jsonl") +
+                    " --batch 2 --steps 2 --warmup 1 --gemm --dp --methods full,lora,lst --json " + dir.file("b.jsonl") +
                     " --profile " + dir.path(),
                 dir.file("b.log")),
             0)
@@ -468,6 +468,7 @@ TEST(Tools, BenchReportsEveryMethodInItsOwnProcess) {
     EXPECT_GT(rows[m]["step_ms"].get<double>(), 0.0) << m;
     EXPECT_GT(rows[m]["memory_mib"].get<double>(), 0.0) << m;
     EXPECT_GT(rows[m]["inference"]["with_delta_ms"].get<double>(), 0.0) << m;
+    EXPECT_GT(rows[m]["dp"]["dp_step_ms"].get<double>(), 0.0) << m << ": --dp times a DP-SGD step too";
   }
   EXPECT_EQ(rows["full"]["trainable_params"], rows["full"]["total_params"]);
   // Forward FLOPs: 2 layers x (24 N d^2 + 4 N T d) + 2 N d V with N = 32 tokens, T = 16, d = 32, V = 100;

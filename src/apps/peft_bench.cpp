@@ -12,9 +12,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <optional>
 #include <sstream>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <CLI/CLI.hpp>
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
@@ -31,6 +33,7 @@
 #include "peft/methods/method.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
+#include "peft/privacy/private_gradient.h"
 #include "peft/optim/adamw.h"
 
 extern char** environ;
@@ -58,6 +61,7 @@ struct Setup {
   std::string dtype = "float32";
   std::string device = "cpu";
   bool checkpointing = false;
+  bool dp = false;  ///< also time a DP-SGD step (per-example clipping and noise) on the same batch
   std::string quant = "none";  ///< none | int8 | nf4 | fp4: the frozen linears' storage (compute in `dtype`)
   bool double_quant = false;
 
@@ -66,6 +70,23 @@ struct Setup {
     nlohmann::json q = {{"type", quant}, {"double_quant", double_quant && quant != "int8"}, {"compute_dtype", dtype}};
     return peft::models::QuantizationConfig::from_json(q, "--quant");
   }
+};
+
+/// The benchmark batch as a dataset of its rows, for DP-SGD's per-example gradients.
+class BatchRows : public peft::data::Dataset {
+ public:
+  explicit BatchRows(at::Tensor ids) : ids_(std::move(ids)) {}
+  int64_t size() const override { return ids_.size(0); }
+  peft::models::ModelInputs batch(const std::vector<int64_t>& indices) const override {
+    peft::models::ModelInputs in;
+    in.input_ids = ids_.index_select(0, torch::tensor(indices, torch::kLong).to(ids_.device()));
+    in.labels = in.input_ids;
+    return in;
+  }
+  std::string describe() const override { return "the benchmark batch"; }
+
+ private:
+  at::Tensor ids_;
 };
 
 nlohmann::json model_config(const Geometry& g) {
@@ -289,6 +310,27 @@ nlohmann::json measure(const std::string& method, Geometry g, const Setup& setup
     if (s >= warmup) times.push_back(ms);
   }
   profile.reset();
+  // DP-SGD on the same batch: each row's gradient clipped (C = 1), summed, noised (σ = 1), stepped.
+  nlohmann::json dp = nullptr;
+  if (setup.dp) {
+    const BatchRows rows(batch.input_ids);
+    std::vector<int64_t> all(static_cast<size_t>(g.batch));
+    std::iota(all.begin(), all.end(), 0);
+    at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(0);
+    std::vector<double> dp_times;
+    for (int s = 0; s < warmup + steps; ++s) {
+      sync();
+      const auto t0 = std::chrono::steady_clock::now();
+      peft::privacy::private_gradient(forward, rows, all, trained, 1.0, 1.0, static_cast<double>(g.batch), noise, device);
+      opt.step(1e-4);
+      opt.zero_grad();
+      sync();
+      const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (s >= warmup) dp_times.push_back(ms);
+    }
+    dp = {{"dp_step_ms", median(dp_times)}, {"dp_vs_step", median(dp_times) / median(times)},
+          {"per_sample_gradients", "per-example loop"}};
+  }
   const double peak = peft::core::peak_resident_mib(), step_ms = median(times);
   const int64_t cuda_peak = device.is_cuda() ? peft::core::cuda_peak_bytes(device.index() < 0 ? 0 : device.index()) : -1;
   int64_t optimizer_bytes = 0;
@@ -344,6 +386,7 @@ nlohmann::json measure(const std::string& method, Geometry g, const Setup& setup
           {"trainable_params", trainable},
           {"total_params", total},
           {"step_ms", step_ms},
+          {"dp", dp},
           {"tokens_per_s", 1000.0 * static_cast<double>(g.batch * g.seq) / step_ms},
           {"peak_rss_mib", peak},
           {"setup_mib", rss_setup - rss_start},
@@ -660,6 +703,7 @@ int run(int argc, char** argv) {
   app.add_option("--dtype", setup.dtype, "the frozen base's dtype: float32, bfloat16 or float16");
   app.add_option("--device", setup.device, "cpu or cuda");
   app.add_flag("--checkpointing", setup.checkpointing, "activation checkpointing of every block");
+  app.add_flag("--dp", setup.dp, "also time a DP-SGD step on the same batch (per-example clipping and noise)");
   std::string quants = "none";
   app.add_option("--quant", quants,
                  "comma-separated storages of the frozen linears, each run side by side: none | int8 | nf4 | fp4 "
@@ -742,6 +786,7 @@ int run(int argc, char** argv) {
     args.insert(args.end(), {"--family", g.family, "--dtype", setup.dtype, "--device", setup.device});
     if (!setup.model_dir.empty()) args.insert(args.end(), {"--model", setup.model_dir});
     if (setup.checkpointing) args.push_back("--checkpointing");
+    if (setup.dp) args.push_back("--dp");
     args.insert(args.end(), {"--quant", storage});
     if (setup.double_quant) args.push_back("--double-quant");
     if (!profile_dir.empty()) args.insert(args.end(), {"--profile", profile_dir});

@@ -25,7 +25,7 @@
 #include "peft/optim/schedule.h"
 #include "peft/train/distributed.h"
 #include "peft/privacy/rdp_accountant.h"
-#include "private_gradient.h"
+#include "peft/privacy/private_gradient.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <random>
@@ -482,12 +482,12 @@ TrainResult Trainer::train() {
     int64_t step_tokens = 0;
     if (m.accountant) {  // DP-SGD: the noised sum of clipped per-example gradients
       std::mt19937_64 sampling_rng(m.dp_seed(0));
-      const auto indices = c.privacy->sampling == "poisson" ? poisson_sample(m.train->size(), m.dp_rate, sampling_rng)
+      const auto indices = c.privacy->sampling == "poisson" ? privacy::poisson_sample(m.train->size(), m.dp_rate, sampling_rng)
                                                             : m.sampler->next(c.batch_size);
       at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(m.dp_seed(1));
       std::vector<at::Tensor> tensors;
       for (const auto& [name, p] : m.params) tensors.push_back(p);
-      const auto pg = private_gradient([&m](const models::ModelInputs& in) { return m.forward(in); }, *m.train, indices,
+      const auto pg = privacy::private_gradient([&m](const models::ModelInputs& in) { return m.forward(in); }, *m.train, indices,
                                        tensors, c.privacy->max_grad_norm, m.dp_sigma, static_cast<double>(c.batch_size),
                                        noise, c.device);
       m.accountant->step(m.dp_sigma, m.dp_rate);

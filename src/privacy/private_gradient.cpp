@@ -1,4 +1,4 @@
-#include "private_gradient.h"
+#include "peft/privacy/private_gradient.h"
 
 #include <cmath>
 
@@ -7,7 +7,7 @@
 #include "peft/core/error.h"
 #include "peft/data/batch_source.h"
 
-namespace peft::train {
+namespace peft::privacy {
 
 std::vector<int64_t> poisson_sample(int64_t n, double q, std::mt19937_64& rng) {
   std::bernoulli_distribution in(q);
@@ -58,4 +58,4 @@ PrivateGradient private_gradient(const std::function<models::ModelOutput(const m
   return r;
 }
 
-}  // namespace peft::train
+}  // namespace peft::privacy

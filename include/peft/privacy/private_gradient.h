@@ -1,5 +1,6 @@
-// DP-SGD's gradient for the Trainer: Poisson sampling, and the noised sum of clipped per-example
-// gradients (by a loop over the examples: every method's gradient, whatever its parameters).
+// DP-SGD's gradient, for the Trainer or an application's own loop: Poisson sampling, and the
+// noised sum of clipped per-example gradients (by a loop over the examples: every method's
+// gradient, whatever its parameters).
 #pragma once
 
 #include <cstdint>
@@ -8,13 +9,14 @@
 #include <utility>
 #include <vector>
 
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
 #include "peft/data/dataset.h"
 #include "peft/models/io.h"
 
-namespace peft::train {
+namespace peft::privacy {
 
 /// Each of n examples with probability q (Bernoulli each): the batch size varies.
 std::vector<int64_t> poisson_sample(int64_t n, double q, std::mt19937_64& rng);
@@ -33,4 +35,4 @@ PrivateGradient private_gradient(const std::function<models::ModelOutput(const m
                                  const std::vector<at::Tensor>& params, double clip_norm, double noise_multiplier,
                                  double expected_batch, at::Generator& noise, c10::Device device);
 
-}  // namespace peft::train
+}  // namespace peft::privacy
