@@ -64,6 +64,23 @@ std::vector<Case> cases() {
           {{1, 2, 3, 4, 5, 6, 7}, "y", short_one}};
 }
 
+/// Holds the batcher's thread until release(), so that every request queued meanwhile shares its
+/// decoding steps.
+class Hold {
+ public:
+  explicit Hold(serve::ContinuousBatcher& batcher)
+      : gate_(release_.get_future().share()), held_(batcher.exclusive([gate = gate_](PeftModel&, const auto&) { gate.wait(); })) {}
+  void release() {
+    release_.set_value();
+    held_.get();
+  }
+
+ private:
+  std::promise<void> release_;
+  std::shared_future<void> gate_;
+  std::future<void> held_;
+};
+
 class Batcher : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Batcher, ConcurrentRequestsForDifferentDeltasEachEqualTheirSingleResult) {
@@ -72,10 +89,7 @@ TEST_P(Batcher, ConcurrentRequestsForDifferentDeltasEachEqualTheirSingleResult) 
   std::vector<GenerationResult> expected;
   for (const auto& c : all) expected.push_back(alone(*model, c));
   serve::ContinuousBatcher batcher(*model, /*max_batch=*/4);
-  // Hold the batcher's thread until every request is queued, so that they share decoding steps.
-  std::promise<void> release;
-  auto gate = release.get_future().share();
-  auto held = batcher.exclusive([gate](PeftModel&, const auto&) { gate.wait(); });
+  Hold hold(batcher);
   std::vector<std::vector<int64_t>> streamed(all.size());
   std::vector<std::future<GenerationResult>> futures;
   for (size_t i = 0; i < all.size(); ++i) {
@@ -85,8 +99,7 @@ TEST_P(Batcher, ConcurrentRequestsForDifferentDeltasEachEqualTheirSingleResult) 
                               }};
     futures.push_back(batcher.submit(std::move(c)));
   }
-  release.set_value();
-  held.get();
+  hold.release();
   for (size_t i = 0; i < all.size(); ++i) {
     const auto got = futures[i].get();
     EXPECT_EQ(got.tokens, expected[i].tokens) << "request " << i << " (" << all[i].adapter << ")";
@@ -120,13 +133,10 @@ TEST_P(Batcher, UnderSteadyLoadTheCacheStaysAsShortAsTheLongestRequest) {
   std::vector<GenerationResult> expected;
   for (const auto& c : all) expected.push_back(alone(*model, c));
   serve::ContinuousBatcher batcher(*model, /*max_batch=*/3);
-  std::promise<void> release;
-  auto gate = release.get_future().share();
-  auto held = batcher.exclusive([gate](PeftModel&, const auto&) { gate.wait(); });
+  Hold hold(batcher);
   std::vector<std::future<GenerationResult>> futures;
   for (const auto& c : all) futures.push_back(batcher.submit({c.prompt, c.config, c.adapter, {}}));
-  release.set_value();
-  held.get();
+  hold.release();
   for (size_t i = 0; i < all.size(); ++i) EXPECT_EQ(futures[i].get().tokens, expected[i].tokens) << "request " << i;
   const auto stats = batcher.stats();
   EXPECT_GT(stats.largest_cache_positions, 0);

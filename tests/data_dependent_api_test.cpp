@@ -26,13 +26,6 @@
 namespace peft::test {
 namespace {
 
-std::string source(const std::string& rel) { return std::string(PEFT_SOURCE_DIR) + "/" + rel; }
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 /// A one-step spam run of `method` on the bundled tiny GPT-2.
 nlohmann::json run_config(const nlohmann::json& method, const std::string& out) {
   return {{"model", source("examples/models/tiny-gpt2-en")},

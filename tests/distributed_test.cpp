@@ -25,13 +25,6 @@
 namespace peft::test {
 namespace {
 
-std::string source(const std::string& rel) { return std::string(PEFT_SOURCE_DIR) + "/" + rel; }
-int run(const std::string& cmd, const std::string& log) { return std::system((cmd + " > " + log + " 2>&1").c_str()); }
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 struct Run {
   std::vector<double> losses;
   std::vector<std::string> evals;

@@ -33,11 +33,6 @@ namespace {
 
 std::string model_dir() { return std::string(PEFT_SOURCE_DIR) + "/examples/models/tiny-gpt2-en"; }
 
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 /// A running peft-serve; stopped with SIGTERM at destruction.
 class ServeProcess {
  public:

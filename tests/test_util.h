@@ -1,6 +1,7 @@
 // Shared helpers for the test suite.
 #pragma once
 
+#include <cstdlib>
 #include <filesystem>
 #include <functional>
 #include <fstream>
@@ -27,6 +28,18 @@ inline std::string error_of(const std::function<void()>& f) {
 }
 
 inline std::string fixture(const std::string& rel) { return std::string(PEFT_TEST_FIXTURES) + "/" + rel; }
+
+/// A file of the source tree (bundled models, data, configs).
+inline std::string source(const std::string& rel) { return std::string(PEFT_SOURCE_DIR) + "/" + rel; }
+
+/// The whole text of a file ("" when it cannot be read).
+inline std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+/// Runs a shell command with its stdout and stderr in `log`; its exit status.
+inline int run(const std::string& cmd, const std::string& log) { return std::system((cmd + " > " + log + " 2>&1").c_str()); }
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   EXPECT_EQ(a.sizes(), b.sizes());

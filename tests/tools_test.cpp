@@ -26,15 +26,6 @@
 namespace peft::test {
 namespace {
 
-std::string source(const std::string& rel) { return std::string(PEFT_SOURCE_DIR) + "/" + rel; }
-
-int run(const std::string& cmd, const std::string& log) { return std::system((cmd + " > " + log + " 2>&1").c_str()); }
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
-
 /// A run config: LoRA r=4 with a new head on the bundled tiny GPT-2, bundled spam mails (train,
 /// test as eval), `data` merged over those keys, `trainer` as given, output in dir/run.
 nlohmann::json spam_lora_run(const TempDir& dir, const nlohmann::json& data, const nlohmann::json& trainer) {

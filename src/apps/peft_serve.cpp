@@ -71,14 +71,8 @@ class AdapterStore {
     std::string name_;
   };
 
-  /// Loads a delta named on the command line (NAME=DIR, or DIR for "default"); never evicted.
-  void pin(const std::string& spec) {
-    const auto eq = spec.find('=');
-    const std::string name = eq == std::string::npos ? "default" : spec.substr(0, eq);
-    const std::string path = eq == std::string::npos ? spec : spec.substr(eq + 1);
-    PEFT_CHECK(!name.empty() && !path.empty(), "serve", "--adapter: expected NAME=DIR or DIR, found '{}'", spec);
-    PEFT_CHECK(std::find(pinned_.begin(), pinned_.end(), name) == pinned_.end(), "serve",
-               "--adapter: '{}' is named twice", name);
+  /// Loads a delta named on the command line; never evicted.
+  void pin(const std::string& name, const std::string& path) {
     load(name, path);
     pinned_.push_back(name);
   }
@@ -478,7 +472,7 @@ int run(int argc, char** argv) {
   auto tok = peft::tokenizers::load_tokenizer(model_dir);
   peft::serve::ContinuousBatcher batcher(model, max_batch);
   AdapterStore store(batcher, classifiers, adapter_dir, max_loaded);
-  for (const auto& spec : adapter_specs) store.pin(spec);
+  for (const auto& [name, dir] : peft::checkpoint::parse_adapter_specs(adapter_specs)) store.pin(name, dir);
   Metrics metrics;
   Server server{batcher, classifiers, store, metrics, *tok, {}, max_tokens_limit};
 

@@ -188,8 +188,7 @@ void load_adapter(PeftModel& model, const std::string& dir, const std::string& a
   model.set_trainable(adapter, options.is_trainable);
 }
 
-std::vector<std::string> load_adapters(PeftModel& model, const std::vector<std::string>& specs,
-                                       const LoadOptions& options) {
+std::vector<std::pair<std::string, std::string>> parse_adapter_specs(const std::vector<std::string>& specs) {
   std::vector<std::pair<std::string, std::string>> named;
   for (const auto& spec : specs) {
     const auto eq = spec.find('=');
@@ -200,8 +199,13 @@ std::vector<std::string> load_adapters(PeftModel& model, const std::vector<std::
       PEFT_CHECK(n != name, kC, "adapter name '{}' is given twice ({} and {}); name each NAME=DIR", name, d, dir);
     named.emplace_back(std::move(name), std::move(dir));
   }
+  return named;
+}
+
+std::vector<std::string> load_adapters(PeftModel& model, const std::vector<std::string>& specs,
+                                       const LoadOptions& options) {
   std::vector<std::string> names;
-  for (const auto& [name, dir] : named) {
+  for (const auto& [name, dir] : parse_adapter_specs(specs)) {
     load_adapter(model, dir, name, options);
     names.push_back(name);
   }

@@ -166,18 +166,24 @@ double noise_multiplier_for(double target_epsilon, double delta, double q, int64
   PEFT_CHECK(target_epsilon > 0 && std::isfinite(target_epsilon), kC, "target_epsilon must be > 0, found {}", target_epsilon);
   PEFT_CHECK(steps >= 1, kC, "steps must be >= 1, found {}", steps);
   PEFT_CHECK(tolerance > 0, kC, "tolerance must be > 0, found {}", tolerance);
-  double lo = 0, hi = 10;
-  while (epsilon_for(hi, q, steps, delta, orders).epsilon > target_epsilon) {
+  auto eps = [&](double sigma) { return epsilon_for(sigma, q, steps, delta, orders).epsilon; };
+  double lo = 0, hi = 10, eps_hi = eps(hi);
+  while (eps_hi > target_epsilon) {
     lo = hi;
     hi *= 2;
     PEFT_CHECK(hi < 1e6, kC, "no noise multiplier below 1e6 reaches epsilon {} (delta {}, sample rate {}, {} steps)",
                target_epsilon, delta, q, steps);
+    eps_hi = eps(hi);
   }
   // Bisect until ε(hi) is within the tolerance below the target (ε falls as σ grows).
-  for (int it = 0; it < 200 && epsilon_for(hi, q, steps, delta, orders).epsilon < target_epsilon - tolerance * target_epsilon; ++it) {
-    const double mid = (lo + hi) / 2;
-    if (epsilon_for(mid, q, steps, delta, orders).epsilon > target_epsilon) lo = mid;
-    else hi = mid;
+  for (int it = 0; it < 200 && eps_hi < target_epsilon - tolerance * target_epsilon; ++it) {
+    const double mid = (lo + hi) / 2, eps_mid = eps(mid);
+    if (eps_mid > target_epsilon) {
+      lo = mid;
+    } else {
+      hi = mid;
+      eps_hi = eps_mid;
+    }
   }
   return hi;
 }

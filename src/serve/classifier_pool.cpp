@@ -119,26 +119,26 @@ std::vector<std::string> ClassifierPool::adapters() const {
   return out;
 }
 
-std::string ClassifierPool::method(const std::string& name) const {
-  std::lock_guard<std::mutex> lock(mutex_);
+ClassifierPool::Head& ClassifierPool::head_of(const std::string& name) const {
   const auto it = deltas_.find(name);
   PEFT_CHECK(it != deltas_.end(), kC, "adapter: no classification delta named '{}' is loaded", name);
-  return heads_.at(it->second)->model->adapter_config(name).method();
+  return *heads_.at(it->second);
+}
+
+std::string ClassifierPool::method(const std::string& name) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return head_of(name).model->adapter_config(name).method();
 }
 
 std::vector<std::string> ClassifierPool::labels(const std::string& name) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  const auto it = deltas_.find(name);
-  PEFT_CHECK(it != deltas_.end(), kC, "adapter: no classification delta named '{}' is loaded", name);
-  return heads_.at(it->second)->labels;
+  return head_of(name).labels;
 }
 
 std::vector<Classification> ClassifierPool::classify(const std::string& name,
                                                      const std::vector<std::vector<int64_t>>& inputs) {
   std::lock_guard<std::mutex> lock(mutex_);
-  const auto it = deltas_.find(name);
-  PEFT_CHECK(it != deltas_.end(), kC, "adapter: no classification delta named '{}' is loaded", name);
-  Head& head = *heads_.at(it->second);
+  Head& head = head_of(name);
   PeftModel& model = *head.model;
   const auto geometry = model.base_model().geometry();
   const c10::Device device = model.base_model().parameters().front().device();

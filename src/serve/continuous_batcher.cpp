@@ -125,6 +125,11 @@ void ContinuousBatcher::shutdown() {
   if (worker_.joinable()) worker_.join();
 }
 
+void ContinuousBatcher::record_cache_locked() {
+  stats_.cache_positions = cache_ ? cache_->length() : 0;
+  stats_.largest_cache_positions = std::max(stats_.largest_cache_positions, stats_.cache_positions);
+}
+
 BatcherStats ContinuousBatcher::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return stats_;
@@ -148,8 +153,7 @@ void ContinuousBatcher::loop() {
     running_adapters_.clear();
     for (const auto& r : running) running_adapters_.push_back(r.request->completion.adapter);
     stats_.running = static_cast<int64_t>(running.size());
-    stats_.cache_positions = cache_ ? cache_->length() : 0;
-    stats_.largest_cache_positions = std::max(stats_.largest_cache_positions, stats_.cache_positions);
+    record_cache_locked();
   }
 }
 
@@ -275,8 +279,7 @@ void ContinuousBatcher::step(std::vector<Running>& running) {
       stats_.largest_batch = std::max<int64_t>(stats_.largest_batch, static_cast<int64_t>(running.size()));
       stats_.completed += static_cast<int64_t>(finished.size());
       stats_.tokens_generated += finished_tokens;
-      stats_.cache_positions = cache_ ? cache_->length() : 0;
-      stats_.largest_cache_positions = std::max(stats_.largest_cache_positions, stats_.cache_positions);
+      record_cache_locked();
     }
     for (auto& r : finished) r.request->done.set_value(std::move(r.result));
     running = std::move(still);

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "peft/methods/method.h"
@@ -50,6 +51,9 @@ struct LoadOptions {
 /// error naming it; nothing is attached or changed on error.
 void load_adapter(PeftModel& model, const std::string& dir, const std::string& adapter = "default",
                   const LoadOptions& options = {});
+/// Command-line adapter specs, each "NAME=DIR" or "DIR" (the adapter "default"), as (name, dir)
+/// pairs in order; an empty part or a name given twice is an error naming it.
+std::vector<std::pair<std::string, std::string>> parse_adapter_specs(const std::vector<std::string>& specs);
 /// Loads adapters named on a command line: each spec is "NAME=DIR", or "DIR" for the adapter
 /// "default". Returns the names in order (the first loaded is active). Two specs of one name are
 /// refused before anything loads.

@@ -47,7 +47,8 @@ class ClassifierPool {
 
  private:
   struct Head;
-  Head& head_for(int64_t num_labels);  // under mutex_
+  Head& head_for(int64_t num_labels);         // under mutex_: built on first use
+  Head& head_of(const std::string& name) const;  // under mutex_: the loaded delta's, else an error
   int64_t delta_num_labels(const std::string& dir);
 
   std::string model_dir_;

@@ -82,6 +82,8 @@ class ContinuousBatcher {
   /// What submit() may check without touching the model (it runs on other threads): each
   /// adapter's context window, or why it cannot be served. Called on the worker (or before it starts).
   void refresh_adapters();
+  /// The cache's length into the stats (under mutex_, on the worker: it alone touches cache_).
+  void record_cache_locked();
 
   PeftModel& model_;
   int64_t max_batch_;
