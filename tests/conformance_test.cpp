@@ -13,6 +13,7 @@
 #include "peft/models/load.h"
 #include "peft/models/quantize.h"
 #include "peft/peft_model.h"
+#include "peft/privacy/per_sample_gradients.h"
 #include "peft/train/trainer.h"
 #include "test_util.h"
 #include "tiny_models.h"
@@ -470,6 +471,90 @@ models::ModelInputs rows_of(const models::ModelInputs& in, const std::vector<int
   out.pixel_values = pick(in.pixel_values);
   out.labels = pick(in.labels);
   return out;
+}
+
+/// Four distinct rows of different lengths (right-padded text; images for ViT) with the family's labels.
+models::ModelInputs varied_batch(const std::string& family) {
+  torch::manual_seed(21);
+  models::ModelInputs in;
+  if (family == "vit") {
+    in.pixel_values = torch::randn({4, 2, 12, 12});
+    in.labels = torch::tensor({1, 4, 0, 2}, torch::kLong);
+    return in;
+  }
+  const std::vector<int64_t> lengths = {9, 6, 8, 4};
+  const int64_t pad = family == "roberta" ? 1 : 0;
+  in.input_ids = torch::randint(2, 61, {4, 9}, torch::kLong);
+  in.attention_mask = torch::ones({4, 9}, torch::kLong);
+  for (int64_t i = 0; i < 4; ++i) {
+    in.attention_mask.index_put_({i, torch::indexing::Slice(lengths[i], 9)}, 0);
+    in.input_ids.index_put_({i, torch::indexing::Slice(lengths[i], 9)}, pad);
+  }
+  if (family == "bert") in.token_type_ids = (torch::arange(9) >= 3).to(torch::kLong).unsqueeze(0).repeat({4, 1});
+  in.labels = is_classifier(family) ? torch::tensor({2, 0, 1, 2}, torch::kLong)
+                                    : torch::where(in.attention_mask.to(torch::kBool), in.input_ids, torch::full_like(in.input_ids, -100));
+  return in;
+}
+
+/// The methods whose every trainable tensor has a per-sample rule (DP-SGD runs them batched).
+bool has_per_sample_rules(const MethodCase& m) {
+  static const std::set<std::string> kTypes = {"LORA", "IA3", "BITFIT", "BOTTLENECK_ADAPTER", "DSEE", "SPARSE_ADAPTER"};
+  return kTypes.count(m.config["peft_type"].get<std::string>()) != 0 || m.name.rfind("s3pet_structure", 0) == 0;
+}
+
+TEST_P(Conformance, PerSampleGradientsEqualThePerExampleLoopInFloat64) {
+  auto base = tiny_base(torch::kDouble);
+  PeftModel model(base);
+  model.add_adapter("default", *config());
+  perturb(model, 0.2);
+  model.eval();  // dropout off: the batched pass and the loop see the same function
+  std::vector<at::Tensor> params;
+  std::vector<std::string> names;
+  for (const auto& p : model.base_model().named_parameters())
+    if (p.value().requires_grad()) {
+      params.push_back(p.value());
+      names.push_back(p.key());
+    }
+  const auto in = varied_batch(GetParam().family);
+  auto forward = [&](const models::ModelInputs& x) { return model.forward(x); };
+  privacy::PerSampleBatch batched(forward, in, params, privacy::PerSampleNorms::kMaterialize, names);
+  if (!batched.ok()) {
+    EXPECT_FALSE(has_per_sample_rules(GetParam().method)) << batched.why();
+    const bool named = std::any_of(names.begin(), names.end(), [&](const std::string& n) { return batched.why().find("'" + n + "'") != std::string::npos; });
+    EXPECT_TRUE(named) << "the reason names the tensor: " << batched.why();
+    return;
+  }
+  const auto& o = batched.norms();
+  const std::vector<double> factors = {0.3, 1.0, 0.7, 0.1};
+  std::vector<at::Tensor> expected_sum, sum;
+  for (const auto& p : params) {
+    expected_sum.push_back(torch::zeros_like(p));
+    sum.push_back(torch::zeros_like(p));
+  }
+  for (int64_t i = 0; i < 4; ++i) {
+    for (const auto& p : params) p.mutable_grad().reset();
+    model.forward(rows_of(in, {i})).loss.backward();
+    double norm_sq = 0;
+    for (size_t k = 0; k < params.size(); ++k) {
+      const at::Tensor own = params[k].grad().defined() ? params[k].grad() : torch::zeros_like(params[k]);
+      norm_sq += own.pow(2).sum().item<double>();
+      expected_sum[k] += own * factors[static_cast<size_t>(i)];
+      const double tol = 1e-10 * std::max(1.0, own.abs().max().item<double>());
+      EXPECT_LT(max_abs_diff(batched.gradient(k)[i], own), tol) << "example " << i << " tensor " << k;
+    }
+    EXPECT_NEAR(o[i].item<double>(), std::sqrt(norm_sq), 1e-10 * std::max(1.0, std::sqrt(norm_sq))) << "example " << i;
+  }
+  batched.add_weighted(sum, torch::tensor(factors, torch::kFloat64));
+  for (size_t k = 0; k < params.size(); ++k)
+    EXPECT_LT(max_abs_diff(sum[k], expected_sum[k]), 1e-10 * std::max(1.0, expected_sum[k].abs().max().item<double>())) << k;
+  // The ghost norm (no per-sample gradient formed) gives the same norms and sums.
+  privacy::PerSampleBatch ghost(forward, in, params, privacy::PerSampleNorms::kGhost);
+  ASSERT_TRUE(ghost.ok()) << ghost.why();
+  EXPECT_LT(max_abs_diff(ghost.norms(), o), 1e-10 * std::max(1.0, o.max().item<double>()));
+  for (auto& t : sum) t.zero_();
+  ghost.add_weighted(sum, torch::tensor(factors, torch::kFloat64));
+  for (size_t k = 0; k < params.size(); ++k)
+    EXPECT_LT(max_abs_diff(sum[k], expected_sum[k]), 1e-10 * std::max(1.0, expected_sum[k].abs().max().item<double>())) << k;
 }
 
 TEST_P(Conformance, MixedAdapterBatchEqualsEachRowAlone) {

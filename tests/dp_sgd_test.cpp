@@ -68,6 +68,7 @@ TEST(DpSgd, ThePrivateGradientIsTheSumOfClippedPerExampleGradients) {
     std::sort(n.begin(), n.end());
     return (n[1] + n[2]) / 2;
   }();
+  for (const auto how : {privacy::PerSampleMethod::kLoop, privacy::PerSampleMethod::kVectorized})
   for (const double clip : {1e6, between, 1e-3}) {  // none, some, all clipped
     at::Tensor expected = torch::zeros_like(each[0]);
     int64_t clipped = 0;
@@ -80,12 +81,19 @@ TEST(DpSgd, ThePrivateGradientIsTheSumOfClippedPerExampleGradients) {
     }
     expected /= 8.0;
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
-    const auto r = privacy::private_gradient(d.target.forward, *data, idx, d.params, clip, /*sigma=*/0.0, /*expected=*/8.0, gen,
-                                           c10::Device(c10::kCPU));
+    privacy::PrivateGradientOptions o;
+    o.clip_norm = clip;
+    o.expected_batch = 8.0;
+    o.method = how;
+    o.max_physical_batch = 3;  // the batched pass in two chunks
+    const auto r = privacy::private_gradient(d.target.forward, *data, idx, d.params, o, gen, c10::Device(c10::kCPU));
     EXPECT_EQ(r.examples, 4);
+    EXPECT_EQ(r.vectorized, how == privacy::PerSampleMethod::kVectorized);
     EXPECT_EQ(r.clipped, clipped) << clip;
-    EXPECT_LT((flat_grad(d.params) - expected).abs().max().item<double>(), 1e-7 * std::max(1.0, expected.abs().max().item<double>()))
-        << "clip " << clip;
+    ASSERT_EQ(r.norms.size(), 4u);
+    for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(r.norms[i], each[i].norm().item<double>(), 1e-5 * each[i].norm().item<double>());
+    EXPECT_LT((flat_grad(d.params) - expected).abs().max().item<double>(), 1e-6 * std::max(1.0, expected.abs().max().item<double>()))
+        << "clip " << clip << " " << privacy::to_string(how);
   }
 }
 
@@ -95,7 +103,11 @@ TEST(DpSgd, TheNoiseHasStdSigmaTimesCOverTheExpectedBatch) {
   const double sigma = 1.3, clip = 0.7, expected = 5.0;
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(123);
   // No example sampled: the gradient is the noise alone.
-  privacy::private_gradient(d.target.forward, *data, {}, d.params, clip, sigma, expected, gen, c10::Device(c10::kCPU));
+  privacy::PrivateGradientOptions o;
+  o.clip_norm = clip;
+  o.noise_multiplier = sigma;
+  o.expected_batch = expected;
+  privacy::private_gradient(d.target.forward, *data, {}, d.params, o, gen, c10::Device(c10::kCPU));
   const at::Tensor g = flat_grad(d.params);
   const double n = static_cast<double>(g.numel());
   ASSERT_GT(n, 1000);
@@ -103,6 +115,43 @@ TEST(DpSgd, TheNoiseHasStdSigmaTimesCOverTheExpectedBatch) {
   // The sample std of n normal draws is within 5 standard errors (σ / sqrt(2n)) of the true one.
   EXPECT_NEAR(g.std().item<double>(), target, 5 * target / std::sqrt(2 * n));
   EXPECT_NEAR(g.mean().item<double>(), 0.0, 5 * target / std::sqrt(n));
+}
+
+TEST(DpSgd, AMethodWithoutPerSampleRulesFallsBackToTheLoopByName) {
+  auto data = random_blocks(4);
+  PeftModel model(tiny_model("gpt2"));
+  model.add_adapter("default", *methods::parse_config({{"peft_type", "PREFIX_TUNING"}, {"num_virtual_tokens", 3}}));
+  auto target = train::trainable_delta(model);
+  std::vector<at::Tensor> params;
+  privacy::PrivateGradientOptions o;
+  for (const auto& [name, p] : target.parameters()) {
+    params.push_back(p);
+    o.names.push_back(name);
+  }
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(1);
+  const auto r = privacy::private_gradient(target.forward, *data, {0, 1, 3}, params, o, gen, c10::Device(c10::kCPU));
+  EXPECT_FALSE(r.vectorized);
+  EXPECT_EQ(r.examples, 3);
+  EXPECT_NE(r.fallback.find("prompt_encoder.default.embedding.weight"), std::string::npos) << r.fallback;
+  EXPECT_NE(r.fallback.find("no per-sample rule"), std::string::npos) << r.fallback;
+  o.method = privacy::PerSampleMethod::kVectorized;
+  const std::string error = error_of([&] { privacy::private_gradient(target.forward, *data, {0}, params, o, gen, c10::Device(c10::kCPU)); });
+  EXPECT_NE(error.find("\"vectorized\""), std::string::npos) << error;
+  EXPECT_NE(error.find("prompt_encoder.default.embedding.weight"), std::string::npos) << error;
+}
+
+TEST(DpSgd, AnUnrecordedUseOfATensorIsCaughtByTheSumCheck) {
+  // A method's extra loss term on its own tensors is not per example: the batched pass must notice.
+  auto data = random_blocks(4);
+  auto d = lora_delta();
+  auto forward = [&](const models::ModelInputs& in) {
+    auto out = d.target.forward(in);
+    out.loss = out.loss + d.params[0].pow(2).sum();
+    return out;
+  };
+  privacy::PerSampleBatch ps(forward, data->batch({0, 1, 2}), d.params);
+  EXPECT_FALSE(ps.ok());
+  EXPECT_NE(ps.why().find("sum to"), std::string::npos) << ps.why();
 }
 
 train::TrainerConfig dp_config(const std::string& out) {

@@ -7,6 +7,7 @@
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
 #include "peft/core/strings.h"
+#include "peft/nn/per_sample.h"
 #include "peft/peft_model.h"
 
 namespace peft::methods {
@@ -63,7 +64,7 @@ AddedBiasDelta::AddedBiasDelta(int64_t out_features, const at::TensorOptions& op
   bias = register_parameter("bias", torch::zeros({out_features}, options));
 }
 
-at::Tensor AddedBiasDelta::adapt_output(const at::Tensor&, const at::Tensor& y) { return y + bias.to(y.scalar_type()); }
+at::Tensor AddedBiasDelta::adapt_output(const at::Tensor&, const at::Tensor& y) { return nn::recorded_add_bias(y, bias); }
 
 Method bitfit_method() {
   Method m;

@@ -8,6 +8,7 @@
 #include "method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
+#include "peft/nn/per_sample.h"
 #include "peft/peft_model.h"
 
 namespace peft::methods {
@@ -125,7 +126,7 @@ BottleneckImpl::BottleneckImpl(int64_t hidden, int64_t bottleneck, const std::st
 at::Tensor BottleneckImpl::forward(const at::Tensor& input, const at::Tensor& output) {
   const at::Tensor& source = parallel_ ? input : output;
   at::Tensor h = source.scalar_type() == down->weight.scalar_type() ? source : source.to(down->weight.scalar_type());
-  at::Tensor delta = up->forward(act_(down->forward(h)));
+  at::Tensor delta = nn::recorded_linear(act_(nn::recorded_linear(h, down->weight, down->bias)), up->weight, up->bias);
   if (scaling_ != 1.0) delta = delta * scaling_;
   return output + delta.to(output.scalar_type());
 }

@@ -10,6 +10,7 @@
 #include "peft/core/strings.h"
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
+#include "peft/nn/per_sample.h"
 #include "peft/peft_model.h"
 
 namespace peft::methods {
@@ -118,12 +119,12 @@ IA3Delta::IA3Delta(int64_t in_features, int64_t out_features, bool feedforward, 
 
 at::Tensor IA3Delta::adapt_input(const at::Tensor& x) {
   if (!feedforward_) return x;
-  return (x.to(ia3_l.scalar_type()) * ia3_l.flatten()).to(x.scalar_type());
+  return nn::recorded_scale(x.to(ia3_l.scalar_type()), ia3_l).to(x.scalar_type());
 }
 
 at::Tensor IA3Delta::adapt_output(const at::Tensor&, const at::Tensor& y) {
   if (feedforward_) return y;
-  return (y.to(ia3_l.scalar_type()) * ia3_l.flatten()).to(y.scalar_type());
+  return nn::recorded_scale(y.to(ia3_l.scalar_type()), ia3_l).to(y.scalar_type());
 }
 
 void IA3Delta::merge_into(at::Tensor& weight_out_in, at::Tensor& bias) {

@@ -10,6 +10,7 @@
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
 #include "peft/core/strings.h"
+#include "peft/nn/per_sample.h"
 #include "peft/peft_model.h"
 #include "config_fields.h"
 #include "lora_combine.h"
@@ -312,7 +313,7 @@ at::Tensor LoraDelta::added_output(const at::Tensor& x, c10::ScalarType dtype) {
   at::Tensor h = x.scalar_type() == lora_A->weight.scalar_type() ? x : x.to(lora_A->weight.scalar_type());
   if (dropout_ > 0.0) h = F::dropout(h, F::DropoutFuncOptions().p(dropout_).training(is_training()));
   // (x A^T) B^T: never forms the [out, in] product during training.
-  at::Tensor d = F::linear(F::linear(h, lora_A->weight), lora_B->weight) * scaling_;
+  at::Tensor d = nn::recorded_linear(nn::recorded_linear(h, lora_A->weight), lora_B->weight) * scaling_;
   return d.to(dtype);
 }
 

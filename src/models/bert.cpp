@@ -317,7 +317,7 @@ ModelOutput BertForSequenceClassification::forward(const ModelInputs& inputs) {
     const double p = config_.head.classifier_dropout.value_or(config_.hidden_dropout_prob);
     out.logits = classifier->forward(torch::dropout(out.pooler_output, p, is_training()));
   }
-  if (inputs.labels.defined()) out.loss = classification_loss(out.logits, inputs.labels, config_.head);
+  if (inputs.labels.defined()) out.loss = classification_loss(out.logits, inputs.labels, config_.head, inputs.per_example_loss);
   return out;
 }
 

@@ -302,7 +302,7 @@ ModelOutput GPT2LMHeadModel::forward(const ModelInputs& inputs) {
   ModelOutput out = transformer->forward(inputs);
   out.logits = lm_head ? lm_head->forward(out.last_hidden_state)
                        : F::linear(out.last_hidden_state, transformer->wte->weight);
-  if (inputs.labels.defined()) out.loss = causal_lm_loss(out.logits, lm_labels(inputs));
+  if (inputs.labels.defined()) out.loss = causal_lm_loss(out.logits, lm_labels(inputs), inputs.per_example_loss);
   return out;
 }
 
@@ -319,7 +319,7 @@ ModelOutput GPT2ForSequenceClassification::forward(const ModelInputs& inputs) {
   at::Tensor last = last_token_index(inputs.input_ids, inputs.attention_mask, config_.head.pad_token_id, "gpt2") +
                     virtual_tokens(inputs);
   out.logits = gather_rows(score->forward(out.last_hidden_state), last);
-  if (inputs.labels.defined()) out.loss = classification_loss(out.logits, inputs.labels, config_.head);
+  if (inputs.labels.defined()) out.loss = classification_loss(out.logits, inputs.labels, config_.head, inputs.per_example_loss);
   return out;
 }
 

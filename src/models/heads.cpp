@@ -59,7 +59,7 @@ at::Tensor upcast_half(const at::Tensor& t) {
 }
 }  // namespace
 
-at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels) {
+at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels, bool per_example) {
   PEFT_CHECK(labels.dim() == 2 && labels.size(0) == logits.size(0) && labels.size(1) == logits.size(1), "models",
              "labels have shape {}, expected [{}, {}] like input_ids", c10::str(labels.sizes()), logits.size(0),
              logits.size(1));
@@ -68,6 +68,13 @@ at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels) {
   const int64_t T = logits.size(1);
   at::Tensor next = labels.to(logits.device(), torch::kLong).slice(1, 1, T);
   at::Tensor shifted = torch::cat({next, torch::full({labels.size(0), 1}, -100, next.options())}, 1);
+  if (per_example) {
+    at::Tensor x = upcast_half(logits);
+    at::Tensor token = F::cross_entropy(x.reshape({-1, x.size(-1)}), shifted.reshape({-1}),
+                                        F::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kNone));
+    at::Tensor count = shifted.ne(-100).sum(1).clamp_min(1).to(token.scalar_type());
+    return token.view(shifted.sizes()).sum(1) / count;
+  }
   // Half-precision logits: no float32 copy of [B·T, V] (the float32 loss, chunk by chunk).
   if (logits.scalar_type() == at::kHalf || logits.scalar_type() == at::kBFloat16)
     return nn::chunked_cross_entropy(logits.reshape({-1, logits.size(-1)}), shifted.reshape({-1}), -100);
@@ -75,7 +82,8 @@ at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels) {
                           F::CrossEntropyFuncOptions().ignore_index(-100));
 }
 
-at::Tensor classification_loss(const at::Tensor& logits, const at::Tensor& labels, const HeadConfig& head) {
+at::Tensor classification_loss(const at::Tensor& logits, const at::Tensor& labels, const HeadConfig& head,
+                               bool per_example) {
   std::string type = head.problem_type;
   if (type.empty()) {
     if (head.num_labels == 1) type = "regression";
@@ -87,6 +95,8 @@ at::Tensor classification_loss(const at::Tensor& logits, const at::Tensor& label
   if (type == "regression") {
     PEFT_CHECK(labels.numel() == logits.numel(), "models", "regression labels have shape {}, expected {} values",
                c10::str(labels.sizes()), logits.numel());
+    if (per_example)
+      return F::mse_loss(x.reshape(labels.sizes()), labels.to(x.scalar_type()), F::MSELossFuncOptions().reduction(torch::kNone)).reshape({B, -1}).mean(1);
     return F::mse_loss(x.reshape(labels.sizes()), labels.to(x.scalar_type()));
   }
   if (type == "single_label_classification") {
@@ -96,10 +106,17 @@ at::Tensor classification_loss(const at::Tensor& logits, const at::Tensor& label
     at::Tensor y = labels.reshape({-1}).to(torch::kLong);
     const int64_t bad = ((y < 0) & (y != -100)).logical_or(y >= head.num_labels).sum().item<int64_t>();
     PEFT_CHECK(bad == 0, "models", "{} label(s) outside [0, {}) (and not -100)", bad, head.num_labels);
-    return F::cross_entropy(x.reshape({-1, head.num_labels}), y, F::CrossEntropyFuncOptions().ignore_index(-100));
+    auto options = F::CrossEntropyFuncOptions().ignore_index(-100);
+    if (per_example) options = options.reduction(torch::kNone);
+    return F::cross_entropy(x.reshape({-1, head.num_labels}), y, options);
   }
   PEFT_CHECK(labels.sizes() == logits.sizes(), "models", "multi-label targets have shape {}, expected {}",
              c10::str(labels.sizes()), c10::str(logits.sizes()));
+  if (per_example)
+    return F::binary_cross_entropy_with_logits(x, labels.to(x.scalar_type()),
+                                               F::BinaryCrossEntropyWithLogitsFuncOptions().reduction(torch::kNone))
+        .reshape({B, -1})
+        .mean(1);
   return F::binary_cross_entropy_with_logits(x, labels.to(x.scalar_type()));
 }
 

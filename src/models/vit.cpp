@@ -6,6 +6,7 @@
 #include "init_weights.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
+#include "peft/nn/per_sample.h"
 #include "prompt_inputs.h"
 
 namespace peft::models {
@@ -82,7 +83,10 @@ at::Tensor ViTPatchEmbeddingsImpl::forward(const at::Tensor& pixel_values) {
   PEFT_CHECK(pixel_values.is_floating_point(), kC, "pixel_values must be floating point, found {}",
              c10::toString(pixel_values.scalar_type()));
   at::Tensor x = pixel_values.to(projection->weight.scalar_type());
-  return projection->forward(x).flatten(2).transpose(1, 2);
+  at::Tensor patches = projection->forward(x).flatten(2).transpose(1, 2);
+  // The bias adds to every patch: recorded on [batch, patches, hidden] for per-sample gradients (BitFit).
+  if (nn::per_sample_recording()) nn::record_per_sample(nn::PerSampleRule::kBias, patches, {}, projection->bias);
+  return patches;
 }
 
 ViTEmbeddingsImpl::ViTEmbeddingsImpl(const ViTConfig& config) : dropout_(config.hidden_dropout_prob) {
@@ -227,7 +231,7 @@ ViTForImageClassification::ViTForImageClassification(const ViTConfig& config) : 
 ModelOutput ViTForImageClassification::forward(const ModelInputs& inputs) {
   ModelOutput out = vit->forward(inputs);
   out.logits = classifier->forward(out.last_hidden_state.select(1, 0));
-  if (inputs.labels.defined()) out.loss = classification_loss(out.logits, inputs.labels, config_.head);
+  if (inputs.labels.defined()) out.loss = classification_loss(out.logits, inputs.labels, config_.head, inputs.per_example_loss);
   return out;
 }
 

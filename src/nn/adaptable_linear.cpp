@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
+#include "peft/nn/per_sample.h"
 #include "peft/nn/quantized_linear.h"
 
 namespace peft::nn {
@@ -77,6 +78,18 @@ at::Tensor AdaptableLinearImpl::base_forward(const at::Tensor& x) const { return
 
 at::Tensor AdaptableLinearImpl::project(const at::Tensor& x, const at::Tensor& weight_override,
                                         const at::Tensor& bias_override) const {
+  at::Tensor y = project_unrecorded(x, weight_override, bias_override);
+  if (per_sample_recording()) {  // a trained copy of the weight (modules_to_save) or bias (BitFit)
+    if (!quantized_)
+      record_per_sample(fan_in_fan_out_ ? PerSampleRule::kLinearInOut : PerSampleRule::kLinear, y, x,
+                        weight_override.defined() ? weight_override : weight);
+    record_per_sample(PerSampleRule::kBias, y, {}, bias_override.defined() ? bias_override : bias);
+  }
+  return y;
+}
+
+at::Tensor AdaptableLinearImpl::project_unrecorded(const at::Tensor& x, const at::Tensor& weight_override,
+                                                   const at::Tensor& bias_override) const {
   const at::Tensor& b = bias_override.defined() ? bias_override : bias;
   if (!weight_override.defined()) {
     if (quantized_) return quantized_linear(x, quantized_, b, compute_dtype_);

@@ -2,6 +2,8 @@
 
 #include <torch/torch.h>
 
+#include "peft/nn/per_sample.h"
+
 namespace peft::nn {
 
 RMSNormImpl::RMSNormImpl(int64_t dim, double eps) : eps_(eps) {
@@ -13,6 +15,7 @@ at::Tensor RMSNormImpl::normalize(const at::Tensor& x, const at::Tensor& w) cons
   at::Tensor h = c10::elementSize(x.scalar_type()) < 4 ? x.to(torch::kFloat) : x;
   at::Tensor variance = h.pow(2).mean(-1, /*keepdim=*/true);
   h = h * torch::rsqrt(variance + eps_);
+  if (per_sample_recording()) return recorded_scale(h.to(x.scalar_type()), w);
   return w * h.to(x.scalar_type());
 }
 

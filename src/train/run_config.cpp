@@ -13,6 +13,7 @@
 #include "peft/data/text_blocks.h"
 #include "peft/data/text_classification.h"
 #include "peft/nn/module_dtype.h"
+#include "peft/privacy/private_gradient.h"
 
 namespace peft::train {
 namespace {
@@ -217,7 +218,8 @@ RunParts build_run(const nlohmann::json& config, const std::string& where, bool 
 privacy::DpSgdConfig privacy_config_from_json(const nlohmann::json& p, const std::string& where) {
   PEFT_CHECK(p.is_object(), kC, "{}: expected an object like {{\"target_epsilon\": 8, \"delta\": 1e-5, \"max_grad_norm\": 1.0}}",
              where);
-  core::reject_unknown_keys(p, {"target_epsilon", "noise_multiplier", "delta", "max_grad_norm", "sampling", "noise_seed"}, kC,
+  core::reject_unknown_keys(p, {"target_epsilon", "noise_multiplier", "delta", "max_grad_norm", "sampling", "noise_seed",
+                             "per_sample_gradients", "max_physical_batch"}, kC,
                             where);
   privacy::DpSgdConfig c;
   c.max_grad_norm = get_or<double>(p, "max_grad_norm", c.max_grad_norm, kC, where);
@@ -226,6 +228,11 @@ privacy::DpSgdConfig privacy_config_from_json(const nlohmann::json& p, const std
   if (p.contains("noise_multiplier")) c.noise_multiplier = get_or<double>(p, "noise_multiplier", 0.0, kC, where);
   if (p.contains("target_epsilon")) c.target_epsilon = get_or<double>(p, "target_epsilon", 0.0, kC, where);
   if (p.contains("noise_seed")) c.noise_seed = get_or<uint64_t>(p, "noise_seed", 0, kC, where);
+  c.per_sample_gradients = get_or<std::string>(p, "per_sample_gradients", c.per_sample_gradients, kC, where);
+  privacy::per_sample_method_from_string(c.per_sample_gradients, where);
+  c.max_physical_batch = get_or<int64_t>(p, "max_physical_batch", c.max_physical_batch, kC, where);
+  PEFT_CHECK(c.max_physical_batch >= 0, kC, "{}: max_physical_batch must be >= 0 (0: batch_size), found {}", where,
+             c.max_physical_batch);
   PEFT_CHECK(c.noise_multiplier.has_value() != c.target_epsilon.has_value(), kC,
              "{}: give noise_multiplier or target_epsilon (one of them)", where);
   return c;

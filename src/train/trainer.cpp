@@ -123,6 +123,7 @@ struct Trainer::Impl {
 
   // DP-SGD (config.privacy): the noise multiplier, the sample rate, and the accountant.
   double dp_sigma = 0, dp_rate = 0;
+  privacy::PerSampleMethod dp_method = privacy::PerSampleMethod::kAuto;  // kLoop once a batched pass fell back
   std::unique_ptr<privacy::RdpAccountant> accountant;
   std::optional<double> epsilon() const {
     if (!accountant) return std::nullopt;
@@ -269,9 +270,12 @@ Trainer::Trainer(Trainable target, TrainerConfig config, std::shared_ptr<const d
     }
     m.accountant = std::make_unique<privacy::RdpAccountant>();
     log::info("DP-SGD: noise multiplier {:.4f}{}, sample rate {:.5f} ({} of {} examples expected per batch, {} sampling), "
-              "clipping norm {}, delta {}; per-example gradients by a loop over each batch's examples",
+              "clipping norm {}, delta {}; per-sample gradients: {}",
               m.dp_sigma, p.target_epsilon ? fmt::format(" (for epsilon {} after {} steps)", *p.target_epsilon, c.max_steps) : "",
-              m.dp_rate, c.batch_size, m.train->size(), p.sampling, p.max_grad_norm, p.delta);
+              m.dp_rate, c.batch_size, m.train->size(), p.sampling, p.max_grad_norm, p.delta,
+              p.per_sample_gradients == "loop" ? "a loop over each batch's examples"
+                                               : "batched (" + p.per_sample_gradients + ")");
+    m.dp_method = privacy::per_sample_method_from_string(p.per_sample_gradients, "privacy");
     if (p.sampling == "shuffle")
       log::warn("privacy.sampling shuffle: epsilon is computed as for Poisson sampling at the same rate (as Opacus and "
                 "TF Privacy report it); only poisson sampling matches the accountant's assumption");
@@ -486,10 +490,22 @@ TrainResult Trainer::train() {
                                                             : m.sampler->next(c.batch_size);
       at::Generator noise = at::make_generator<at::CPUGeneratorImpl>(m.dp_seed(1));
       std::vector<at::Tensor> tensors;
-      for (const auto& [name, p] : m.params) tensors.push_back(p);
+      privacy::PrivateGradientOptions o;
+      for (const auto& [name, p] : m.params) {
+        tensors.push_back(p);
+        o.names.push_back(name);
+      }
+      o.clip_norm = c.privacy->max_grad_norm;
+      o.noise_multiplier = m.dp_sigma;
+      o.expected_batch = static_cast<double>(c.batch_size);
+      o.max_physical_batch = c.privacy->max_physical_batch > 0 ? c.privacy->max_physical_batch : c.batch_size;
+      o.method = m.dp_method;
       const auto pg = privacy::private_gradient([&m](const models::ModelInputs& in) { return m.forward(in); }, *m.train, indices,
-                                       tensors, c.privacy->max_grad_norm, m.dp_sigma, static_cast<double>(c.batch_size),
-                                       noise, c.device);
+                                                tensors, o, noise, c.device);
+      if (!pg.fallback.empty()) {
+        log::warn("DP-SGD: per-example gradients by a loop over each batch's examples from now on (slower): {}", pg.fallback);
+        m.dp_method = privacy::PerSampleMethod::kLoop;
+      }
       m.accountant->step(m.dp_sigma, m.dp_rate);
       loss_sum = pg.examples > 0 ? pg.loss_sum / static_cast<double>(pg.examples) : 0.0;
       step_tokens = pg.tokens;

@@ -24,11 +24,14 @@ struct HeadConfig {
 };
 
 /// Mean next-token cross-entropy: logits [b, t, v] predict labels [b, t] shifted by one; -100 ignored.
-at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels);
+/// `per_example`: [b], each row's mean over its own labelled tokens (0 for a row with none).
+at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels, bool per_example = false);
 
 /// HF's sequence-classification loss, choosing the problem type as HF does when it is unset:
 /// one label = regression (MSE), integer labels = cross-entropy, else multi-label (BCE with logits).
-at::Tensor classification_loss(const at::Tensor& logits, const at::Tensor& labels, const HeadConfig& head);
+/// `per_example`: [b], each row's own loss (ignored rows 0).
+at::Tensor classification_loss(const at::Tensor& logits, const at::Tensor& labels, const HeadConfig& head,
+                               bool per_example = false);
 
 /// Decoder pooling index per row, as HF's *ForSequenceClassification: the token before the first
 /// pad_token_id (the last token when there is none). Without pad_token_id only batch size 1 is

@@ -23,6 +23,9 @@ struct ModelInputs {
   /// Causal LM: int64 [batch, seq], -100 = ignore, shifted internally. Classification: int64
   /// [batch] class indices, or float [batch] (regression) / [batch, num_labels] (multi-label).
   at::Tensor labels;
+  /// With labels: loss is [batch], each example's own loss (its mean over its own tokens or
+  /// labels) instead of the batch mean: what per-sample gradients (DP-SGD) differentiate.
+  bool per_example_loss = false;
   bool output_hidden_states = false;
 
   // Set by prompt methods (PeftModel fills them; a caller may too).

@@ -104,8 +104,10 @@ class AdaptableLinearImpl : public torch::nn::Module, public RowRoutable {
   /// and quantized again, returning the error that adds (merge / unmerge).
   template <typename Change>
   RequantizationError change_weight(Change&& change);
-  /// The base projection with another weight ([storage layout]) and / or bias where given.
+  /// The base projection with another weight ([storage layout]) and / or bias where given; a
+  /// trainable weight or bias is recorded for per-sample gradients (nn/per_sample.h).
   at::Tensor project(const at::Tensor& x, const at::Tensor& weight_override, const at::Tensor& bias_override) const;
+  at::Tensor project_unrecorded(const at::Tensor& x, const at::Tensor& weight_override, const at::Tensor& bias_override) const;
   at::Tensor forward_groups(const at::Tensor& x);
 };
 

@@ -22,6 +22,12 @@ struct DpSgdConfig {
   /// Seeds sampling and noise for a reproducible run. Unset (the default, and what a private
   /// release needs): both come from the operating system's entropy, never from the run's seed.
   std::optional<uint64_t> noise_seed;
+  /// "auto" (one batched pass where every trainable tensor has a per-sample rule — LoRA, DSEE,
+  /// IA³, BitFit, bottleneck adapters, trained heads and norms — else a per-example loop, named in
+  /// the log), "vectorized" (refuse the loop) or "loop".
+  std::string per_sample_gradients = "auto";
+  /// Examples per batched pass (a Poisson batch may exceed batch_size); 0: batch_size.
+  int64_t max_physical_batch = 0;
 };
 
 }  // namespace peft::privacy

@@ -8,6 +8,7 @@
 #include "methods/method_helpers.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
+#include "peft/nn/per_sample.h"
 #include "peft/peft_model.h"
 
 namespace peft::methods {
@@ -107,13 +108,16 @@ at::Tensor DseeDelta::adapt_output(const at::Tensor& x, const at::Tensor& y) {
   at::Tensor h = x.to(lora_A.scalar_type());
   if (dropout_ > 0.0) h = F::dropout(h, F::DropoutFuncOptions().p(dropout_).training(is_training()));
   if (mask_.defined()) return y + F::linear(h, delta_weight()).to(y.scalar_type());  // pruned: dense, masked
-  at::Tensor low_rank = F::linear(F::linear(h, lora_A), lora_B);
+  at::Tensor low_rank = nn::recorded_linear(nn::recorded_linear(h, lora_A), lora_B);
   // S x without a dense S: each support entry (row, col) adds value · x[col] to row.
   at::Tensor flat = h.reshape({-1, in_});
   at::Tensor rows = torch::div(sparse_indices, in_, "floor"), cols = torch::remainder(sparse_indices, in_);
   at::Tensor sparse = torch::zeros({flat.size(0), out_}, flat.options())
-                          .index_add(1, rows, flat.index_select(1, cols) * sparse_values);
-  at::Tensor d = (low_rank + sparse.view(low_rank.sizes())) * scaling_;
+                          .index_add(1, rows, flat.index_select(1, cols) * sparse_values)
+                          .view(low_rank.sizes());
+  if (nn::per_sample_recording())
+    nn::record_per_sample(nn::PerSampleRule::kSparse, sparse, h, sparse_values, sparse_indices, in_);
+  at::Tensor d = (low_rank + sparse) * scaling_;
   return y + d.to(y.scalar_type());
 }
 

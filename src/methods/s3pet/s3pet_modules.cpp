@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
+#include "peft/nn/per_sample.h"
 
 namespace peft::methods {
 namespace {
@@ -49,11 +50,11 @@ at::Tensor S3petLinearDelta::adapt_output(const at::Tensor& x, const at::Tensor&
   // Computed in the delta's dtype (float32 beside a half-precision base), added in the base's.
   at::Tensor out = y;
   if (lora_A.defined()) {
-    at::Tensor d = torch::matmul(torch::matmul(x.to(lora_A.scalar_type()), lora_A.t()), lora_B.t()) * scale_;
+    at::Tensor d = nn::recorded_linear(nn::recorded_linear(x.to(lora_A.scalar_type()), lora_A), lora_B) * scale_;
     out = out + (bank_ && lora_gate_ >= 0 ? d * bank_->gate(lora_gate_) : d).to(y.scalar_type());
   }
-  if (bias_delta.defined())
-    out = out + (bank_ && bias_gate_ >= 0 ? bias_delta * bank_->gate(bias_gate_) : bias_delta).to(y.scalar_type());
+  if (bias_delta.defined() && bank_ && bias_gate_ >= 0) return out + (bias_delta * bank_->gate(bias_gate_)).to(y.scalar_type());
+  if (bias_delta.defined()) return nn::recorded_add_bias(out, bias_delta);
   return out;
 }
 
@@ -81,7 +82,8 @@ S3petAdapter::S3petAdapter(int64_t hidden, int64_t size, std::shared_ptr<GateBan
 }
 
 at::Tensor S3petAdapter::forward(const at::Tensor&, const at::Tensor& output) {
-  at::Tensor d = up->forward(torch::relu(down->forward(output.to(down->weight.scalar_type()))));
+  at::Tensor d = nn::recorded_linear(torch::relu(nn::recorded_linear(output.to(down->weight.scalar_type()), down->weight, down->bias)),
+                                     up->weight, up->bias);
   return output + (bank_ && gate_ >= 0 ? d * bank_->gate(gate_) : d).to(output.scalar_type());
 }
 
