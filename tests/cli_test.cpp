@@ -65,7 +65,7 @@ TEST(PeftForwardCli, EveryFamilyHeadAndLoraMatchesTheFixtures) {
     ASSERT_EQ(run(bin + " --model " + model + " --inputs " + inputs + " --out " + out), 0) << m;
     EXPECT_LT(max_file_diff(out, model + "/outputs.safetensors"), 1e-5) << m;
   }
-  for (const std::string m : {"bert", "llama"}) {
+  for (const std::string m : {"bert", "llama", "t5"}) {  // t5: encoder and decoder states, and the loss
     const std::string model = fixture("hf/models/" + m), adapter = fixture("hf/adapters/" + m + "_lora");
     const std::string args = " --model " + model + " --adapter " + adapter + "/adapter --inputs " + model +
                              "/inputs.safetensors --out " + out;

@@ -38,8 +38,17 @@ double max_output_diff(const models::ModelOutput& out, const std::string& ref_re
   check("logits", out.logits);
   check("last_hidden_state", out.last_hidden_state);
   check("pooler_output", out.pooler_output);
+  // Encoder-decoders: the fixtures name the decoder's hidden states, and hold the loss.
+  const bool seq2seq = out.encoder_last_hidden_state.defined();
   for (size_t i = 0; i < out.hidden_states.size(); ++i)
-    check("hidden_states." + std::to_string(i), out.hidden_states[i]);
+    check((seq2seq ? "decoder_hidden_states." : "hidden_states.") + std::to_string(i), out.hidden_states[i]);
+  check("encoder_last_hidden_state", out.encoder_last_hidden_state);
+  for (size_t i = 0; i < out.encoder_hidden_states.size(); ++i)
+    check("encoder_hidden_states." + std::to_string(i), out.encoder_hidden_states[i]);
+  if (ref.count("loss")) {
+    if (!out.loss.defined()) ADD_FAILURE() << "no loss to compare with " << ref_rel;
+    else check("loss", out.loss.reshape({-1}));
+  }
   if (ref.count("pooler_output") && !out.pooler_output.defined()) ADD_FAILURE() << "no pooler_output to compare";
   return worst;
 }

@@ -26,14 +26,16 @@ int run(int argc, char** argv) {
   app.add_flag("--merge", merge, "merge the delta into the base weights before running");
   app.add_option("--inputs", inputs_path,
                  "safetensors file with inputs by HF's names: input_ids, attention_mask, token_type_ids, "
-                 "position_ids (text) or pixel_values (vision)")
+                 "position_ids (text), pixel_values (vision); labels, decoder_input_ids, decoder_attention_mask "
+                 "(encoder-decoders)")
       ->required();
   app.add_option("--out", out_path,
                  "output safetensors: logits, last_hidden_state, pooler_output (where the model has one), "
-                 "hidden_states.<i>")
+                 "hidden_states.<i>; encoder-decoders: encoder_last_hidden_state, encoder_hidden_states.<i>, "
+                 "decoder_hidden_states.<i>; loss when labels are given")
       ->required();
   app.add_option("--task", task,
-                 "head to build: causal_lm | sequence_classification | image_classification | feature_extraction "
+                 "head to build: causal_lm | sequence_classification | image_classification | seq2seq_lm | feature_extraction "
                  "(default: config.json's architectures)");
   app.add_option("--num-labels", num_labels, "label count of a classification head (default: config.json's)");
   app.add_flag("--allow-extra-tensors", allow_extra, "ignore (and report) checkpoint tensors the model does not use");
@@ -73,9 +75,13 @@ int run(int argc, char** argv) {
     else if (t.name == "token_type_ids") inputs.token_type_ids = v.to(torch::kLong);
     else if (t.name == "position_ids") inputs.position_ids = v.to(torch::kLong);
     else if (t.name == "pixel_values") inputs.pixel_values = v;
+    else if (t.name == "labels") inputs.labels = v.is_floating_point() ? v : v.to(torch::kLong);
+    else if (t.name == "decoder_input_ids") inputs.decoder_input_ids = v.to(torch::kLong);
+    else if (t.name == "decoder_attention_mask") inputs.decoder_attention_mask = v;
     else
       peft::fail("cli", fmt::format("{}: input '{}' is not a model input (expected input_ids, attention_mask, "
-                                    "token_type_ids, position_ids or pixel_values)",
+                                    "token_type_ids, position_ids, pixel_values, labels, decoder_input_ids or "
+                                    "decoder_attention_mask)",
                                     inputs_path, t.name));
   }
   PEFT_CHECK(inputs.input_ids.defined() || inputs.pixel_values.defined(), "cli",
@@ -89,7 +95,14 @@ int run(int argc, char** argv) {
   if (out.logits.defined()) result["logits"] = f32(out.logits);
   result["last_hidden_state"] = f32(out.last_hidden_state);
   if (out.pooler_output.defined()) result["pooler_output"] = f32(out.pooler_output);
-  for (size_t i = 0; i < out.hidden_states.size(); ++i) result["hidden_states." + std::to_string(i)] = f32(out.hidden_states[i]);
+  // Encoder-decoders: the decoder's hidden states and the encoder's, under HF's output names.
+  const bool seq2seq = out.encoder_last_hidden_state.defined();
+  for (size_t i = 0; i < out.hidden_states.size(); ++i)
+    result[(seq2seq ? "decoder_hidden_states." : "hidden_states.") + std::to_string(i)] = f32(out.hidden_states[i]);
+  if (seq2seq) result["encoder_last_hidden_state"] = f32(out.encoder_last_hidden_state);
+  for (size_t i = 0; i < out.encoder_hidden_states.size(); ++i)
+    result["encoder_hidden_states." + std::to_string(i)] = f32(out.encoder_hidden_states[i]);
+  if (out.loss.defined()) result["loss"] = f32(out.loss.reshape({-1}));
   peft::safetensors::save_file(out_path, result);
   if (!compare_path.empty()) {
     peft::safetensors::File ref(compare_path);

@@ -28,7 +28,8 @@ const Defaults* defaults_of(const std::string& model_type) {
       {"mistral", {{"k_proj", "v_proj", "down_proj"}, {"down_proj"}}},
       {"bert", {{"key", "value", "output.dense"}, {"output.dense"}}},
       {"roberta", {{"key", "value", "output.dense"}, {"output.dense"}}},
-      {"vit", {{"key", "value", "output.dense"}, {"output.dense"}}}};
+      {"vit", {{"key", "value", "output.dense"}, {"output.dense"}}},
+      {"t5", {{"k", "v", "wo"}, {"wo"}}}};
   auto it = d.find(model_type);
   return it == d.end() ? nullptr : &it->second;
 }

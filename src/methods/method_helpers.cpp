@@ -81,7 +81,7 @@ void train_layer_norms(PeftModel& model, const std::string& adapter) {
 TargetModules query_value_targets(const std::string& model_type) {
   static const std::map<std::string, std::vector<std::string>> defaults = {
       {"gpt2", {"c_attn"}}, {"llama", {"q_proj", "v_proj"}}, {"mistral", {"q_proj", "v_proj"}},
-      {"bert", {"query", "value"}}, {"roberta", {"query", "value"}}, {"vit", {"query", "value"}}};
+      {"bert", {"query", "value"}}, {"roberta", {"query", "value"}}, {"vit", {"query", "value"}}, {"t5", {"q", "v"}}};
   TargetModules t;
   auto it = defaults.find(model_type);
   if (it != defaults.end()) t.names = it->second;

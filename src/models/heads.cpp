@@ -59,27 +59,42 @@ at::Tensor upcast_half(const at::Tensor& t) {
 }
 }  // namespace
 
-at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels, bool per_example) {
+namespace {
+/// Mean cross-entropy of logits [b, t, v] against targets [b, t] (-100 ignored); per row with `per_example`.
+at::Tensor token_loss(const at::Tensor& logits, const at::Tensor& targets, bool per_example) {
+  if (per_example) {
+    at::Tensor x = upcast_half(logits);
+    at::Tensor token = F::cross_entropy(x.reshape({-1, x.size(-1)}), targets.reshape({-1}),
+                                        F::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kNone));
+    at::Tensor count = targets.ne(-100).sum(1).clamp_min(1).to(token.scalar_type());
+    return token.view(targets.sizes()).sum(1) / count;
+  }
+  // Half-precision logits: no float32 copy of [B·T, V] (the float32 loss, chunk by chunk).
+  if (logits.scalar_type() == at::kHalf || logits.scalar_type() == at::kBFloat16)
+    return nn::chunked_cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}), -100);
+  return F::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}),
+                          F::CrossEntropyFuncOptions().ignore_index(-100));
+}
+
+void check_token_labels(const at::Tensor& logits, const at::Tensor& labels, const char* what) {
   PEFT_CHECK(labels.dim() == 2 && labels.size(0) == logits.size(0) && labels.size(1) == logits.size(1), "models",
-             "labels have shape {}, expected [{}, {}] like input_ids", c10::str(labels.sizes()), logits.size(0),
-             logits.size(1));
+             "labels have shape {}, expected [{}, {}] like {}", c10::str(labels.sizes()), logits.size(0), logits.size(1), what);
+}
+}  // namespace
+
+at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels, bool per_example) {
+  check_token_labels(logits, labels, "input_ids");
   // Position t predicts token t+1: shift the labels (the last position predicts nothing, -100) rather
   // than the logits, so the [B, T, V] logits are neither copied nor scattered back in the backward.
   const int64_t T = logits.size(1);
   at::Tensor next = labels.to(logits.device(), torch::kLong).slice(1, 1, T);
   at::Tensor shifted = torch::cat({next, torch::full({labels.size(0), 1}, -100, next.options())}, 1);
-  if (per_example) {
-    at::Tensor x = upcast_half(logits);
-    at::Tensor token = F::cross_entropy(x.reshape({-1, x.size(-1)}), shifted.reshape({-1}),
-                                        F::CrossEntropyFuncOptions().ignore_index(-100).reduction(torch::kNone));
-    at::Tensor count = shifted.ne(-100).sum(1).clamp_min(1).to(token.scalar_type());
-    return token.view(shifted.sizes()).sum(1) / count;
-  }
-  // Half-precision logits: no float32 copy of [B·T, V] (the float32 loss, chunk by chunk).
-  if (logits.scalar_type() == at::kHalf || logits.scalar_type() == at::kBFloat16)
-    return nn::chunked_cross_entropy(logits.reshape({-1, logits.size(-1)}), shifted.reshape({-1}), -100);
-  return F::cross_entropy(logits.reshape({-1, logits.size(-1)}), shifted.reshape({-1}),
-                          F::CrossEntropyFuncOptions().ignore_index(-100));
+  return token_loss(logits, shifted, per_example);
+}
+
+at::Tensor seq2seq_lm_loss(const at::Tensor& logits, const at::Tensor& labels, bool per_example) {
+  check_token_labels(logits, labels, "decoder_input_ids");
+  return token_loss(logits, labels.to(logits.device(), torch::kLong), per_example);
 }
 
 at::Tensor classification_loss(const at::Tensor& logits, const at::Tensor& labels, const HeadConfig& head,

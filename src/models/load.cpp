@@ -16,6 +16,7 @@
 #include "peft/models/bert.h"
 #include "peft/models/gpt2.h"
 #include "peft/models/llama.h"
+#include "peft/models/t5.h"
 #include "peft/models/vit.h"
 #include "init_weights.h"
 #include "peft/nn/module_dtype.h"
@@ -76,6 +77,9 @@ void register_builtins() {
     add("llama", "LlamaModel", "feature_extraction", make<LlamaForFeatureExtraction, LlamaConfig>());
     add("vit", "ViTForImageClassification", "image_classification", make<ViTForImageClassification, ViTConfig>());
     add("vit", "ViTModel", "feature_extraction", make<ViTForFeatureExtraction, ViTConfig>());
+    add("t5", "T5ForConditionalGeneration", "seq2seq_lm", make<T5ForConditionalGeneration, T5Config>());
+    add("t5", "T5EncoderModel", "feature_extraction", make<T5EncoderModel, T5Config>());
+    add("t5", "T5Model", "feature_extraction", make<T5Model, T5Config>());
   });
 }
 
@@ -163,13 +167,15 @@ std::string canonical_task(const std::string& task) {
       {"sequence_classification", "sequence_classification"},
       {"SEQ_CLS", "sequence_classification"},
       {"image_classification", "image_classification"},
+      {"seq2seq_lm", "seq2seq_lm"},
+      {"SEQ_2_SEQ_LM", "seq2seq_lm"},
       {"feature_extraction", "feature_extraction"},
       {"FEATURE_EXTRACTION", "feature_extraction"},
       {"custom", "custom"}};
   auto it = aliases.find(task);
   PEFT_CHECK(it != aliases.end(), kComponent,
-             "unknown task '{}' (expected causal_lm, sequence_classification, image_classification or "
-             "feature_extraction; or HF PEFT's CAUSAL_LM, SEQ_CLS, FEATURE_EXTRACTION)",
+             "unknown task '{}' (expected causal_lm, sequence_classification, image_classification, seq2seq_lm or "
+             "feature_extraction; or HF PEFT's CAUSAL_LM, SEQ_CLS, SEQ_2_SEQ_LM, FEATURE_EXTRACTION)",
              task);
   return it->second;
 }
@@ -394,6 +400,7 @@ ModelGeometry model_geometry(const nlohmann::json& config) {
   if (type == "bert" || type == "roberta") return BertConfig::from_json(config).geometry();
   if (type == "llama") return LlamaConfig::from_json(config).geometry();
   if (type == "vit") return ViTConfig::from_json(config).geometry();
+  if (type == "t5") return T5Config::from_json(config).geometry();
   // A registered custom backbone knows its geometry only once built.
   return create_model(config)->geometry();
 }

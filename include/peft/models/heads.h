@@ -27,6 +27,10 @@ struct HeadConfig {
 /// `per_example`: [b], each row's mean over its own labelled tokens (0 for a row with none).
 at::Tensor causal_lm_loss(const at::Tensor& logits, const at::Tensor& labels, bool per_example = false);
 
+/// Mean token cross-entropy without a shift (an encoder-decoder's labels align with its logits):
+/// logits [b, t, v], labels [b, t], -100 ignored. `per_example`: [b], as causal_lm_loss.
+at::Tensor seq2seq_lm_loss(const at::Tensor& logits, const at::Tensor& labels, bool per_example = false);
+
 /// HF's sequence-classification loss, choosing the problem type as HF does when it is unset:
 /// one label = regression (MSE), integer labels = cross-entropy, else multi-label (BCE with logits).
 /// `per_example`: [b], each row's own loss (ignored rows 0).

@@ -23,6 +23,10 @@ struct ModelInputs {
   /// Causal LM: int64 [batch, seq], -100 = ignore, shifted internally. Classification: int64
   /// [batch] class indices, or float [batch] (regression) / [batch, num_labels] (multi-label).
   at::Tensor labels;
+  /// Encoder-decoders (T5): the decoder's tokens [batch, target_len], and its padding mask. Absent
+  /// with labels: the labels shifted right (decoder_start_token_id first, -100 as the pad token).
+  at::Tensor decoder_input_ids;
+  at::Tensor decoder_attention_mask;
   /// With labels: loss is [batch], each example's own loss (its mean over its own tokens or
   /// labels) instead of the batch mean: what per-sample gradients (DP-SGD) differentiate.
   bool per_example_loss = false;
@@ -74,8 +78,13 @@ struct ModelOutput {
   at::Tensor loss;    ///< defined when labels were given
   at::Tensor last_hidden_state;
   at::Tensor pooler_output;  ///< BERT/RoBERTa/ViT backbones with a pooler
-  /// With output_hidden_states: embeddings, then each block's output (HF's tuple convention).
+  /// With output_hidden_states: embeddings, then each block's output (HF's tuple convention); the
+  /// decoder's for an encoder-decoder.
   std::vector<at::Tensor> hidden_states;
+  /// Encoder-decoders: the encoder's output (after its final norm) and, with output_hidden_states,
+  /// its hidden states (as hidden_states).
+  at::Tensor encoder_last_hidden_state;
+  std::vector<at::Tensor> encoder_hidden_states;
 };
 
 }  // namespace peft::models

@@ -1,0 +1,236 @@
+// T5 (encoder-decoder) against Hugging Face: the fixture model's logits, loss and every encoder and
+// decoder hidden state; HF PEFT's LoRA and IA³ deltas for it (outputs, merged outputs, the saved
+// files); the pieces HF's code fixes (label shifting, relative position buckets); other geometries.
+#include <torch/torch.h>
+
+#include "peft/checkpoint/delta.h"
+#include "peft/core/json_io.h"
+#include "peft/core/safetensors.h"
+#include "peft/methods/method.h"
+#include "peft/models/load.h"
+#include "peft/models/t5.h"
+#include "peft/peft_model.h"
+#include "peft/privacy/per_sample_gradients.h"
+#include "test_util.h"
+
+namespace peft::test {
+namespace {
+
+models::ModelInputs t5_inputs() { return fixture_inputs("hf/models/t5/inputs.safetensors"); }
+
+TEST(T5, MatchesHuggingFaceLogitsLossAndEveryHiddenState) {
+  auto model = models::load_pretrained(fixture("hf/models/t5"));
+  EXPECT_EQ(model->architecture(), "T5ForConditionalGeneration");
+  model->eval();
+  torch::NoGradGuard g;
+  const auto out = model->forward(t5_inputs());
+  ASSERT_EQ(out.encoder_hidden_states.size(), 3u);
+  ASSERT_EQ(out.hidden_states.size(), 3u);
+  const double diff = max_output_diff(out, "hf/models/t5/outputs.safetensors");
+  RecordProperty("max_abs_diff", fmt::format("{:.3e}", diff));
+  EXPECT_LT(diff, 1e-5);
+}
+
+TEST(T5, LabelsShiftRightIntoTheDecoderAsHuggingFaceDoes) {
+  auto model = models::load_pretrained(fixture("hf/models/t5"));
+  model->eval();
+  torch::NoGradGuard g;
+  auto in = t5_inputs();
+  const auto with_labels = model->forward(in);
+  // decoder_input_ids = [start, labels[:-1]] with -100 -> pad (both 0 here).
+  at::Tensor shifted = torch::zeros_like(in.labels);
+  shifted.slice(1, 1).copy_(in.labels.slice(1, 0, -1));
+  shifted.masked_fill_(shifted == -100, 0);
+  in.decoder_input_ids = shifted;
+  const auto given = model->forward(in);
+  EXPECT_TRUE(bit_equal(given.logits, with_labels.logits));
+  in.labels = at::Tensor();
+  EXPECT_FALSE(model->forward(in).loss.defined());
+  in.decoder_input_ids = at::Tensor();
+  EXPECT_NE(error_of([&] { model->forward(in); }).find("decoder_input_ids or labels"), std::string::npos);
+}
+
+TEST(T5, RelativePositionBucketsFollowHuggingFacesFormula) {
+  // num_buckets 8, max_distance 20: bidirectional halves to 4 per side, exact below 2, then log.
+  const at::Tensor rel = torch::arange(-25, 26, torch::kLong);
+  const at::Tensor bi = models::t5_relative_position_bucket(rel, true, 8, 20);
+  const at::Tensor causal = models::t5_relative_position_bucket(rel, false, 8, 20);
+  auto at_ = [&](const at::Tensor& b, int64_t r) { return b[r + 25].item<int64_t>(); };
+  // Values of HF's _relative_position_bucket for the same arguments.
+  EXPECT_EQ(at_(bi, 0), 0);
+  EXPECT_EQ(at_(bi, -1), 1);
+  EXPECT_EQ(at_(bi, 1), 5);  // keys after the query take the upper half
+  EXPECT_EQ(at_(bi, -2), 2);  // 2 + trunc(log(2/2) / log(20/2) · 2)
+  EXPECT_EQ(at_(bi, -7), 3);  // 2 + trunc(log(3.5) / log(10) · 2) = 2 + trunc(1.09)
+  EXPECT_EQ(at_(bi, 2), 6);
+  EXPECT_EQ(at_(bi, 25), 7);   // clipped to the half's last bucket
+  EXPECT_EQ(at_(bi, -25), 3);
+  EXPECT_EQ(at_(causal, 3), 0);  // the decoder's future keys share bucket 0 (masked anyway)
+  EXPECT_EQ(at_(causal, -1), 1);
+  EXPECT_EQ(at_(causal, -3), 3);  // exact below 4
+  EXPECT_EQ(at_(causal, -25), 7);
+}
+
+TEST(T5, EncoderModelReadsTheEncoderOfAFullCheckpoint) {
+  auto full = models::load_pretrained(fixture("hf/models/t5"));
+  auto config = core::read_json_file(fixture("hf/models/t5/config.json"));
+  config["architectures"] = {"T5EncoderModel"};
+  auto encoder = models::create_model(config);
+  EXPECT_EQ(encoder->architecture(), "T5EncoderModel");
+  models::load_weights(*encoder, fixture("hf/models/t5"));
+  torch::NoGradGuard g;
+  full->eval();
+  encoder->eval();
+  auto in = t5_inputs();
+  const auto reference = full->forward(in).encoder_last_hidden_state;
+  in.labels = at::Tensor();
+  EXPECT_TRUE(bit_equal(encoder->forward(in).last_hidden_state, reference));
+}
+
+TEST(T5, GatedUntiedGeometriesBuildTrainAndRefuseBadConfigs) {
+  nlohmann::json c = core::read_json_file(fixture("hf/models/t5/config.json"));
+  c["feed_forward_proj"] = "gated-gelu";
+  c["tie_word_embeddings"] = false;
+  c["num_decoder_layers"] = 3;
+  c["d_kv"] = 5;  // heads · d_kv need not equal d_model
+  auto model = models::create_model(c);
+  auto names = model->named_parameters();
+  EXPECT_TRUE(names.contains("decoder.block.2.layer.2.DenseReluDense.wi_1.weight"));
+  EXPECT_TRUE(names.contains("lm_head.weight"));
+  EXPECT_EQ(names["encoder.block.0.layer.0.SelfAttention.q.weight"].sizes(), (std::vector<int64_t>{20, 32}));
+  PeftModel peft(model);
+  peft.add_adapter("default", *methods::parse_config({{"peft_type", "LORA"}, {"task_type", "SEQ_2_SEQ_LM"}, {"r", 2}}));
+  peft.train();
+  torch::optim::AdamW opt(peft.trainable_parameters(), torch::optim::AdamWOptions(1e-2));
+  double first = 0, last = 0;
+  for (int step = 0; step < 6; ++step) {
+    opt.zero_grad();
+    auto loss = peft.forward(t5_inputs()).loss;
+    loss.backward();
+    opt.step();
+    (step == 0 ? first : last) = loss.item<double>();
+  }
+  EXPECT_LT(last, first);
+  c["feed_forward_proj"] = "gated-gelu-x";
+  EXPECT_NE(error_of([&] { models::create_model(c); }).find("feed_forward_proj"), std::string::npos);
+  c["feed_forward_proj"] = "relu";
+  c["num_heads"] = 0;
+  EXPECT_NE(error_of([&] { models::create_model(c); }).find("num_heads"), std::string::npos);
+}
+
+TEST(T5, PerSampleGradientsOfLoraEqualThePerExampleLoopInFloat64) {
+  models::LoadOptions o;
+  o.dtype = torch::kFloat64;
+  PeftModel model(models::load_pretrained(fixture("hf/models/t5"), o));
+  model.add_adapter("default", *methods::parse_config({{"peft_type", "LORA"}, {"task_type", "SEQ_2_SEQ_LM"}, {"r", 2},
+                                                       {"target_modules", {"q", "v", "wo"}}}));
+  {
+    torch::NoGradGuard g;
+    torch::manual_seed(2);
+    for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * 0.2);
+  }
+  model.eval();
+  const auto params = model.trainable_parameters();
+  const auto in = t5_inputs();
+  privacy::PerSampleBatch batched([&](const models::ModelInputs& x) { return model.forward(x); }, in, params);
+  ASSERT_TRUE(batched.ok()) << batched.why();
+  for (int64_t i = 0; i < 2; ++i) {
+    models::ModelInputs one = in;
+    const at::Tensor row = torch::tensor({i});
+    one.input_ids = in.input_ids.index_select(0, row);
+    one.attention_mask = in.attention_mask.index_select(0, row);
+    one.labels = in.labels.index_select(0, row);
+    for (const auto& p : params) p.mutable_grad().reset();
+    model.forward(one).loss.backward();
+    for (size_t k = 0; k < params.size(); ++k)
+      EXPECT_LT(max_abs_diff(batched.gradient(k)[i], params[k].grad()), 1e-10) << "example " << i << " tensor " << k;
+  }
+}
+
+TEST(T5, GradientCheckpointingKeepsLoraGradients) {
+  // Equal up to rounding, not bit for bit: every decoder block's gradient of the encoder output
+  // reaches it through its own recomputation, summed in another order.
+  std::vector<at::Tensor> reference;
+  for (const bool checkpointing : {false, true}) {
+    PeftModel model(models::load_pretrained(fixture("hf/models/t5")));
+    torch::manual_seed(9);  // the same random (non-zero) delta both times
+    model.add_adapter("default", *methods::parse_config({{"peft_type", "LORA"}, {"task_type", "SEQ_2_SEQ_LM"}, {"r", 2},
+                                                         {"target_modules", {"q", "v", "wo"}}, {"init_lora_weights", false}}));
+    model.base_model().set_gradient_checkpointing(checkpointing);
+    model.train();
+    model.forward(t5_inputs()).loss.backward();
+    for (size_t k = 0; k < model.trainable_parameters().size(); ++k) {
+      const at::Tensor g = model.trainable_parameters()[k].grad();
+      ASSERT_TRUE(g.defined());
+      if (!checkpointing) reference.push_back(g.clone());
+      else EXPECT_LT(max_abs_diff(g, reference[k]), 1e-6 * std::max(1.0, reference[k].abs().max().item<double>())) << k;
+    }
+  }
+}
+
+struct T5Adapter {
+  std::string name;
+  friend void PrintTo(const T5Adapter& a, std::ostream* os) { *os << a.name; }
+};
+
+class T5Adapters : public ::testing::TestWithParam<T5Adapter> {
+ protected:
+  std::string dir() const { return "hf/adapters/" + GetParam().name; }
+  std::unique_ptr<PeftModel> load() const {
+    auto model = std::make_unique<PeftModel>(models::load_pretrained(fixture("hf/models/t5")));
+    checkpoint::load_adapter(*model, fixture(dir() + "/adapter"));
+    model->eval();
+    return model;
+  }
+};
+
+TEST_P(T5Adapters, OutputsAndMergedOutputsMatchPeft) {
+  auto model = load();
+  torch::NoGradGuard g;
+  const double diff = max_output_diff(model->forward(t5_inputs()), dir() + "/outputs.safetensors");
+  RecordProperty("max_abs_diff", fmt::format("{:.3e}", diff));
+  EXPECT_LT(diff, 1e-5);
+  model->merge_adapter();
+  const double merged = max_output_diff(model->forward(t5_inputs()), dir() + "/merged_outputs.safetensors");
+  RecordProperty("merged_max_abs_diff", fmt::format("{:.3e}", merged));
+  EXPECT_LT(merged, 1e-5);
+  model->unmerge_adapter();
+  model->disable_adapters();  // the delta's effect is far above the tolerance
+  auto base = safetensors::load_file(fixture("hf/models/t5/outputs.safetensors"));
+  auto theirs = safetensors::load_file(fixture(dir() + "/outputs.safetensors"));
+  EXPECT_LT(max_abs_diff(model->forward(t5_inputs()).logits, base.at("logits")), 1e-5);
+  EXPECT_GT(max_abs_diff(base.at("logits"), theirs.at("logits")), 1e-3);
+}
+
+TEST_P(T5Adapters, SavesPeftsKeysAndConfig) {
+  auto model = load();
+  TempDir out;
+  checkpoint::save_adapter(*model, out.file("a"));
+  safetensors::File ours(out.file("a/adapter_model.safetensors"));
+  safetensors::File theirs(fixture(dir() + "/adapter/adapter_model.safetensors"));
+  ASSERT_EQ(ours.tensors().size(), theirs.tensors().size());
+  for (const auto& t : theirs.tensors()) {
+    ASSERT_TRUE(ours.contains(t.name)) << t.name;
+    EXPECT_TRUE(bit_equal(ours.load(t.name), theirs.load(t.name))) << t.name;
+  }
+  auto a = core::read_json_file(out.file("a/adapter_config.json"));
+  EXPECT_EQ(a["task_type"], "SEQ_2_SEQ_LM");
+  EXPECT_EQ(a["peft_type"], core::read_json_file(fixture(dir() + "/adapter/adapter_config.json"))["peft_type"]);
+}
+
+INSTANTIATE_TEST_SUITE_P(HF, T5Adapters, ::testing::Values(T5Adapter{"t5_lora"}, T5Adapter{"t5_ia3"}),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(T5, DefaultTargetsAreHfPeftsForT5) {
+  PeftModel lora(models::load_pretrained(fixture("hf/models/t5")));
+  lora.add_adapter("default", *methods::parse_config({{"peft_type", "LORA"}, {"task_type", "SEQ_2_SEQ_LM"}, {"r", 4}}));
+  // q and v in 2 encoder self-attentions, 2 decoder self- and 2 cross-attentions: 6 × 2 × 4 × (32 + 32).
+  EXPECT_EQ(element_count(lora.trainable_parameters()), 6 * 2 * 4 * 64);
+  PeftModel ia3(models::load_pretrained(fixture("hf/models/t5")));
+  ia3.add_adapter("default", *methods::parse_config({{"peft_type", "IA3"}, {"task_type", "SEQ_2_SEQ_LM"}}));
+  // k and v (32 outputs each) in 6 attentions, wo's 64 inputs in 4 feed-forwards.
+  EXPECT_EQ(element_count(ia3.trainable_parameters()), 6 * 2 * 32 + 4 * 64);
+}
+
+}  // namespace
+}  // namespace peft::test
