@@ -203,7 +203,7 @@ PerSampleBatch::PerSampleBatch(const std::function<models::ModelOutput(const mod
     const at::Tensor grad = t.param.grad();
     const double err = (grad.defined() ? all[k] - grad.to(t.dtype) : all[k]).norm().item<double>();
     const double rel = t.dtype == torch::kFloat64 && !half[k] ? 1e-9 : (half[k] ? 5e-2 : 1e-3);
-    const double tolerance = rel * std::max(norm_sq[k].sqrt().sum().item<double>(), 1e-6 * whole);
+    const double tolerance = rel * std::max(norm_sq[k].sqrt().sum().item<double>(), 1e-4 * whole);
     if (!(err <= tolerance)) {
       why_ = fmt::format("{}: the per-sample gradients sum to {:.3g} away from backward's gradient (tolerance {:.3g}); "
                          "the tensor is used by an op that does not record",
