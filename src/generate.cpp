@@ -10,6 +10,7 @@
 #include "peft/nn/kv_cache.h"
 #include "peft/nn/prompt_encoder.h"
 #include "peft/peft_model.h"
+#include "encoder_decoder_generation.h"
 #include "next_logits.h"
 
 namespace peft {
@@ -229,6 +230,17 @@ std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector
   const c10::Device device = model.base_model().parameters().front().device();
   std::optional<at::Generator> gen;
   if (config.seed) gen = at::make_generator<at::CPUGeneratorImpl>(*config.seed);
+  if (model.base_model().decoder_start_token()) {
+    std::vector<GenerationResult> out;
+    try {
+      out = generate_encoder_decoder(model, prompts, config, gen, device);
+    } catch (...) {
+      model.train(was_training);
+      throw;
+    }
+    model.train(was_training);
+    return out;
+  }
   std::vector<Row> rows(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     rows[i].ids = prompts[i];

@@ -1,7 +1,9 @@
 // Text generation with a causal LM, with or without a delta: greedy, or sampling with
 // temperature, top-k and nucleus (top-p) filtering and a repetition penalty; stop tokens; a
 // key/value cache (the prompt runs once, then one token per step); batches of prompts of
-// different lengths (left-padded, each row stopping on its own).
+// different lengths (left-padded, each row stopping on its own). Encoder-decoders (T5) take the
+// prompt as the encoder's input and generate the decoder's tokens: the encoder runs once, the
+// decoder one token per step over its cache and the cross-attention keys of the first step.
 #pragma once
 
 #include <cstdint>
@@ -50,7 +52,7 @@ struct GenerationResult {
 };
 
 /// Continues `prompt` (token ids, not empty) with the model's active adapter (or the bare base, or
-/// config.adapter_names' one). The model runs in eval mode without gradients. The context is the
+/// config.adapter_names' one); an encoder-decoder answers it (the tokens are the decoder's). The model runs in eval mode without gradients. The context is the
 /// last `geometry().max_positions` tokens, less the adapter's virtual tokens.
 GenerationResult generate(PeftModel& model, const std::vector<int64_t>& prompt, const GenerationConfig& config);
 /// The next token from one row's next-token logits (float32 [vocab] on the CPU), as generate

@@ -1,4 +1,4 @@
-// peft-generate: text generation with a causal LM (optionally with a delta): greedy, or
+// peft-generate: text generation with a causal LM or an encoder-decoder (optionally with a delta): greedy, or
 // sampling with temperature, top-k and nucleus (top-p) filtering, a repetition penalty, with
 // the key/value cache or recomputing the context each step (peft::generate).
 #include <CLI/CLI.hpp>
@@ -7,6 +7,7 @@
 #include "peft/core/process.h"
 #include "peft/checkpoint/delta.h"
 #include "peft/core/error.h"
+#include "peft/core/json_io.h"
 #include "peft/generate.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
@@ -15,17 +16,18 @@
 namespace {
 
 int run(int argc, char** argv) {
-  CLI::App app{"Generate text with a causal language model (and optionally a delta).", "peft-generate"};
+  CLI::App app{"Generate text with a causal language model or an encoder-decoder (and optionally a delta).",
+               "peft-generate"};
   std::string model_dir, tokenizer_dir;
   std::vector<std::string> adapter_specs, prompts, per_prompt;
   int64_t seed = 0;
   peft::GenerationConfig gen;
   int threads = 0;
-  app.add_option("--model", model_dir, "causal LM directory (with its tokenizer)")->required();
+  app.add_option("--model", model_dir, "causal LM or encoder-decoder directory (with its tokenizer)")->required();
   app.add_option("--adapter", adapter_specs,
                  "delta to load: NAME=DIR, or DIR (named 'default'); repeatable, the first is active");
   app.add_option("--tokenizer", tokenizer_dir, "tokenizer directory (default: the model's)");
-  app.add_option("--prompt", prompts, "text to continue (repeatable: one batch, each prompt continued on its own)")
+  app.add_option("--prompt", prompts, "text to continue, or an encoder-decoder's input (repeatable: one batch, each prompt on its own)")
       ->required();
   app.add_option("--adapter-per-prompt", per_prompt,
                  "one adapter name per prompt, comma-separated (__base__ = the bare base): a mixed-adapter batch")
@@ -54,7 +56,8 @@ int run(int argc, char** argv) {
   gen.seed = static_cast<uint64_t>(seed);
   gen.use_cache = !no_cache;
   peft::models::LoadOptions load;
-  load.task = "causal_lm";
+  load.task = peft::models::generation_task(peft::core::read_json_file(model_dir + "/config.json"));
+  const bool encoder_decoder = load.task == "seq2seq_lm";
   peft::PeftModel model(peft::models::load_pretrained(model_dir, load));
   PEFT_CHECK(per_prompt.empty() || per_prompt.size() == prompts.size(), "cli",
              "--adapter-per-prompt names {} adapters for {} prompts (one per --prompt expected)", per_prompt.size(),
@@ -64,7 +67,9 @@ int run(int argc, char** argv) {
   auto tok = peft::tokenizers::load_tokenizer(tokenizer_dir.empty() ? model_dir : tokenizer_dir);
   std::vector<std::vector<int64_t>> ids;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    ids.push_back(tok->encode(prompts[i]));
+    // An encoder-decoder's input ends with the end-of-sequence token, as the seq2seq data's sources do.
+    ids.push_back(tok->encode(prompts[i], /*add_special_tokens=*/!encoder_decoder));
+    if (encoder_decoder && tok->special().eos) ids.back().push_back(*tok->special().eos);
     PEFT_CHECK(!ids.back().empty(), "cli", "--prompt {} encodes to no tokens", i + 1);
   }
   gen.stop_tokens = stop_ids;
@@ -79,6 +84,10 @@ int run(int argc, char** argv) {
     const std::string all = tok->decode(all_ids);
     if (prompts.size() > 1)
       fmt::print("--- prompt {}{}\n", i + 1, per_prompt.empty() ? "" : " (" + per_prompt[i] + ")");
+    if (encoder_decoder) {  // the answer alone: it does not continue the prompt
+      fmt::print("{}\n", tok->decode(generated));
+      continue;
+    }
     fmt::print("{}{}\n", prompts[i],
                all.compare(0, before.size(), before) == 0 ? all.substr(before.size()) : tok->decode(generated));
   }

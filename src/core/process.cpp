@@ -26,6 +26,14 @@ int configure_threads(int threads) {
   return threads;
 }
 
+bool flush_denormals(bool on) {
+  bool supported = at::globalContext().setFlushDenormal(on);
+  // The flag is per thread: set it on each of the intra-op pool's threads too (grain 1: one item each).
+  const int64_t n = at::get_num_threads();
+  at::parallel_for(0, n, 1, [on](int64_t, int64_t) { at::globalContext().setFlushDenormal(on); });
+  return supported;
+}
+
 namespace {
 /// Training frees and re-allocates the same large activation and gradient buffers every step.
 /// glibc hands big blocks back to the kernel (munmap, heap trimming) and the next step pays a page

@@ -180,6 +180,14 @@ std::string canonical_task(const std::string& task) {
   return it->second;
 }
 
+std::string generation_task(const nlohmann::json& config) {
+  const bool encoder_decoder =
+      config.is_object() && ((config.contains("is_encoder_decoder") && config["is_encoder_decoder"].is_boolean() &&
+                              config["is_encoder_decoder"].get<bool>()) ||
+                             (config.contains("model_type") && config["model_type"] == "t5"));
+  return encoder_decoder ? "seq2seq_lm" : "causal_lm";
+}
+
 std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config, const std::string& task,
                                               std::optional<int64_t> num_labels) {
   register_builtins();

@@ -29,10 +29,8 @@ void check_t5_inputs(const ModelInputs& in) {
   PEFT_CHECK(!in.pixel_values.defined() && !in.token_type_ids.defined() && !in.position_ids.defined(), kC,
              "pixel_values / token_type_ids / position_ids given to a T5 model (it takes input_ids, attention_mask, "
              "decoder_input_ids, decoder_attention_mask and labels)");
-  PEFT_CHECK(!in.prompt_embeds.defined() && in.attention_prefix.empty(), kC,
-             "prompt and prefix inputs are not supported on encoder-decoders yet");
-  PEFT_CHECK(!in.kv_cache && !in.embedding_output.defined() && !in.stream_hook && !in.final_hidden_hook, kC,
-             "key/value caches and hidden-state taps are not supported on encoder-decoders yet");
+  PEFT_CHECK(!in.embedding_output.defined() && !in.stream_hook && !in.final_hidden_hook, kC,
+             "hidden-state taps are not supported on encoder-decoders yet");
   if (in.attention_mask.defined())
     PEFT_CHECK(in.attention_mask.sizes() == in.input_ids.sizes(), kC, "attention_mask has shape {}, expected {} like input_ids",
                c10::str(in.attention_mask.sizes()), c10::str(in.input_ids.sizes()));
@@ -53,7 +51,7 @@ ModelGeometry T5Config::geometry() const {
   const int64_t positions = original.is_object() && original.contains("n_positions") && original["n_positions"].is_number_integer()
                                 ? original["n_positions"].get<int64_t>()
                                 : 512;
-  return {num_layers, d_model, num_heads, num_heads, d_kv, vocab_size, d_ff, gated() ? 3 : 2, positions};
+  return {num_layers, d_model, num_heads, num_heads, d_kv, vocab_size, d_ff, gated() ? 3 : 2, positions, true};
 }
 
 void T5Config::validate() const {
@@ -166,20 +164,35 @@ T5AttentionImpl::T5AttentionImpl(const T5Config& config, bool has_relative_atten
     relative_attention_bias = register_module("relative_attention_bias", torch::nn::Embedding(buckets_, heads_));
 }
 
-at::Tensor T5AttentionImpl::compute_bias(int64_t query_len, int64_t key_len, c10::Device device) {
+at::Tensor T5AttentionImpl::compute_bias(int64_t query_len, int64_t key_len, c10::Device device, int64_t first_query) {
   PEFT_CHECK(relative_attention_bias.get() != nullptr, kC, "compute_bias on an attention layer without a relative bias");
   const auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
-  at::Tensor relative = torch::arange(key_len, opts).unsqueeze(0) - torch::arange(query_len, opts).unsqueeze(1);
+  at::Tensor relative = torch::arange(key_len, opts).unsqueeze(0) -
+                        torch::arange(first_query, first_query + query_len, opts).unsqueeze(1);
   at::Tensor b = t5_relative_position_bucket(relative, !causal_, buckets_, max_distance_);
   return relative_attention_bias->forward(b).permute({2, 0, 1}).unsqueeze(0);  // [1, heads, q, k]
 }
 
 at::Tensor T5AttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& key_value_states,
-                                    const at::Tensor& position_bias) {
-  const at::Tensor& source = key_value_states.defined() ? key_value_states : hidden;
+                                    const at::Tensor& position_bias, nn::KVCache* cache, size_t layer,
+                                    const nn::AttentionPrefix& prefix) {
+  const bool cross = key_value_states.defined();
+  const at::Tensor& source = cross ? key_value_states : hidden;
   at::Tensor qh = nn::split_heads(q->forward(hidden), heads_, d_kv_);
-  at::Tensor kh = nn::split_heads(k->forward(source), heads_, d_kv_);
-  at::Tensor vh = nn::split_heads(v->forward(source), heads_, d_kv_);
+  auto project = [&] {
+    return std::make_pair(nn::split_heads(k->forward(source), heads_, d_kv_), nn::split_heads(v->forward(source), heads_, d_kv_));
+  };
+  at::Tensor kh, vh;
+  if (cache && cross) {
+    std::tie(kh, vh) = cache->cross_attention(layer, project);  // the encoder's keys, computed on the first step
+  } else {
+    std::tie(kh, vh) = project();
+    if (!cross && prefix.key.defined()) {
+      kh = nn::with_prefix(prefix.key, kh);
+      vh = nn::with_prefix(prefix.value, vh);
+    }
+    if (cache) std::tie(kh, vh) = cache->append(layer, kh, vh);
+  }
   nn::AttentionOptions opts;  // T5 does not scale the scores (its initialization accounts for it)
   opts.score_divisor = 1.0;
   opts.dropout = dropout_;
@@ -233,15 +246,16 @@ T5BlockImpl::T5BlockImpl(const T5Config& config, bool is_decoder, bool has_relat
 }
 
 at::Tensor T5BlockImpl::forward(const at::Tensor& hidden, const at::Tensor& self_bias, const at::Tensor& encoder_hidden,
-                                const at::Tensor& cross_bias) {
+                                const at::Tensor& cross_bias, nn::KVCache* cache, size_t index,
+                                const nn::AttentionPrefix& prefix) {
   const bool train = is_training();
   auto self = layer->ptr<T5LayerSelfAttentionImpl>(0);
   at::Tensor normed = self->layer_norm->forward(hidden);
   at::Tensor h = hidden + adapters->apply("attention", normed,
-                                          drop(self->SelfAttention->forward(normed, {}, self_bias), dropout_, train));
+                                          drop(self->SelfAttention->forward(normed, {}, self_bias, cache, index, prefix), dropout_, train));
   if (is_decoder_) {
     auto cross = layer->ptr<T5LayerCrossAttentionImpl>(1);
-    h = h + drop(cross->EncDecAttention->forward(cross->layer_norm->forward(h), encoder_hidden, cross_bias), dropout_, train);
+    h = h + drop(cross->EncDecAttention->forward(cross->layer_norm->forward(h), encoder_hidden, cross_bias, cache, index), dropout_, train);
   }
   auto ff = layer->ptr<T5LayerFFImpl>(is_decoder_ ? 2 : 1);
   normed = ff->layer_norm->forward(h);
@@ -257,15 +271,31 @@ T5StackImpl::T5StackImpl(const T5Config& config, bool is_decoder) : is_decoder_(
 
 T5StackOutput T5StackImpl::forward(const at::Tensor& embeddings, const at::Tensor& attention_mask,
                                    const at::Tensor& encoder_hidden, const at::Tensor& encoder_mask,
-                                   bool output_hidden_states) {
+                                   bool output_hidden_states, nn::KVCache* cache,
+                                   const std::vector<nn::AttentionPrefix>& prefix) {
   const int64_t B = embeddings.size(0), T = embeddings.size(1);
   const auto dtype = embeddings.scalar_type();
   const auto device = embeddings.device();
-  at::Tensor mask = is_decoder_ ? nn::causal_additive_mask(attention_mask, B, T, T, dtype, device)
+  PEFT_CHECK(!cache || is_decoder_, kC, "a key/value cache is for the decoder (the encoder runs once, uncached)");
+  PEFT_CHECK(prefix.empty() || (is_decoder_ && prefix.size() == block->size()), kC,
+             "an attention prefix for {} layers given to a {}-layer {}", prefix.size(), block->size(),
+             is_decoder_ ? "decoder" : "encoder");
+  const int64_t p = prefix.empty() ? 0 : prefix.front().length();
+  for (const auto& layer_prefix : prefix)
+    PEFT_CHECK(layer_prefix.length() == p && layer_prefix.key.size(0) == B && layer_prefix.value.defined() &&
+                   layer_prefix.value.sizes() == layer_prefix.key.sizes(),
+               kC, "every layer's prefix must hold [{}, heads, {}, d_kv] keys and values", B, p);
+  const int64_t past = (cache ? cache->length() : 0) + p;  // keys before this forward's tokens
+  at::Tensor key_mask = attention_mask.defined() ? attention_mask.to(device) : at::Tensor();
+  if (key_mask.defined() && p > 0) key_mask = torch::cat({torch::ones({B, p}, key_mask.options()), key_mask}, 1);
+  if (cache) key_mask = cache->extend_key_mask(key_mask, B, p + T, block->size());
+  at::Tensor mask = is_decoder_ ? nn::causal_additive_mask(key_mask, B, T, past + T, dtype, device)
                                 : (attention_mask.defined() ? nn::additive_padding_mask(attention_mask.to(device), dtype)
                                                             : at::Tensor());
-  // The first layer's relative bias, with the mask, serves every layer of the stack.
-  at::Tensor self_bias = block->ptr<T5BlockImpl>(0)->layer->ptr<T5LayerSelfAttentionImpl>(0)->SelfAttention->compute_bias(T, T, device).to(dtype);
+  // The first layer's relative bias, with the mask, serves every layer of the stack (queries
+  // numbered after the cached and prefix keys).
+  at::Tensor self_bias = block->ptr<T5BlockImpl>(0)->layer->ptr<T5LayerSelfAttentionImpl>(0)->SelfAttention->compute_bias(
+      T, past + T, device, past).to(dtype);
   if (mask.defined()) self_bias = self_bias + mask;
   at::Tensor cross_bias;
   if (is_decoder_ && encoder_mask.defined()) cross_bias = nn::additive_padding_mask(encoder_mask.to(device), dtype);
@@ -273,14 +303,16 @@ T5StackOutput T5StackImpl::forward(const at::Tensor& embeddings, const at::Tenso
   T5StackOutput out;
   at::Tensor hidden = drop(embeddings, dropout_, is_training());
   const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
+  PEFT_CHECK(!(ckpt && cache), kC, "a key/value cache with gradient checkpointing while training");
   const auto params = ckpt ? nn::tensors_requiring_grad(parameters()) : std::vector<at::Tensor>{};
   for (size_t i = 0; i < block->size(); ++i) {
     if (output_hidden_states) out.hidden_states.push_back(hidden);
     auto b = block->ptr<T5BlockImpl>(i);
+    const nn::AttentionPrefix none, &layer_prefix = prefix.empty() ? none : prefix[i];
     hidden = ckpt ? nn::checkpointed([b, self_bias, cross_bias](const std::vector<at::Tensor>& in) {
-                      return b->forward(in[0], self_bias, in[1], cross_bias);
-                    }, {hidden, encoder_hidden}, params)
-                  : b->forward(hidden, self_bias, encoder_hidden, cross_bias);
+                      return b->forward(in[0], self_bias, in[1], cross_bias, nullptr, 0, {in[2], in[3]});
+                    }, {hidden, encoder_hidden, layer_prefix.key, layer_prefix.value}, params)
+                  : b->forward(hidden, self_bias, encoder_hidden, cross_bias, cache, i, layer_prefix);
   }
   out.last_hidden_state = drop(final_layer_norm->forward(hidden), dropout_, is_training());
   if (output_hidden_states) out.hidden_states.push_back(out.last_hidden_state);
@@ -345,10 +377,36 @@ at::Tensor T5FamilyModel::shift_right(const at::Tensor& labels) const {
 
 T5StackOutput T5FamilyModel::encode(const ModelInputs& inputs) {
   check_t5_inputs(inputs);
-  return encoder->forward(shared->forward(inputs.input_ids), inputs.attention_mask, {}, {}, inputs.output_hidden_states);
+  const int64_t B = inputs.input_ids.size(0), T = inputs.input_ids.size(1);
+  // Virtual tokens (prompt tuning) come first and are always attended.
+  auto with_virtual = [&](int64_t n) {
+    const at::Tensor& m = inputs.attention_mask;
+    return !m.defined() || n == 0 ? m : torch::cat({torch::ones({B, n}, m.options()), m}, 1);
+  };
+  if (inputs.encoder_outputs.defined()) {
+    const auto& e = inputs.encoder_outputs;
+    PEFT_CHECK(e.dim() == 3 && e.size(0) == B && e.size(1) >= T && e.size(2) == config_.d_model, kC,
+               "encoder_outputs have shape {}, expected [{}, {} (+ virtual tokens), {}] (the encoder's output for input_ids)",
+               c10::str(e.sizes()), B, T, config_.d_model);
+    PEFT_CHECK(!inputs.output_hidden_states, kC, "output_hidden_states with encoder_outputs (the encoder does not run)");
+    return {e, {}, with_virtual(e.size(1) - T)};
+  }
+  at::Tensor embeddings = shared->forward(inputs.input_ids);
+  const int64_t p = inputs.prompt_embeds.defined() ? inputs.prompt_embeds.size(1) : 0;
+  if (p > 0) {
+    PEFT_CHECK(inputs.prompt_embeds.dim() == 3 && inputs.prompt_embeds.size(0) == B &&
+                   inputs.prompt_embeds.size(2) == config_.d_model,
+               kC, "prompt_embeds have shape {}, expected [{}, p, {}]", c10::str(inputs.prompt_embeds.sizes()), B,
+               config_.d_model);
+    embeddings = torch::cat({inputs.prompt_embeds.to(embeddings.scalar_type()), embeddings}, 1);
+  }
+  const at::Tensor mask = with_virtual(p);
+  auto out = encoder->forward(embeddings, mask, {}, {}, inputs.output_hidden_states);
+  out.attention_mask = mask;
+  return out;
 }
 
-T5StackOutput T5FamilyModel::decode(const ModelInputs& inputs, const at::Tensor& encoder_hidden) {
+T5StackOutput T5FamilyModel::decode(const ModelInputs& inputs, const T5StackOutput& encoded) {
   at::Tensor ids = inputs.decoder_input_ids;
   if (!ids.defined()) {
     PEFT_CHECK(inputs.labels.defined(), kC, "give decoder_input_ids or labels (the decoder's tokens are the labels shifted right)");
@@ -362,8 +420,8 @@ T5StackOutput T5FamilyModel::decode(const ModelInputs& inputs, const at::Tensor&
     PEFT_CHECK(inputs.decoder_attention_mask.sizes() == ids.sizes(), kC,
                "decoder_attention_mask has shape {}, expected {} like decoder_input_ids",
                c10::str(inputs.decoder_attention_mask.sizes()), c10::str(ids.sizes()));
-  return decoder->forward(shared->forward(ids), inputs.decoder_attention_mask, encoder_hidden, inputs.attention_mask,
-                          inputs.output_hidden_states);
+  return decoder->forward(shared->forward(ids), inputs.decoder_attention_mask, encoded.last_hidden_state,
+                          encoded.attention_mask, inputs.output_hidden_states, inputs.kv_cache.get(), inputs.attention_prefix);
 }
 
 T5ForConditionalGeneration::T5ForConditionalGeneration(const T5Config& config) : T5FamilyModel(config, true) {
@@ -381,7 +439,7 @@ T5ForConditionalGeneration::T5ForConditionalGeneration(const T5Config& config) :
 
 ModelOutput T5ForConditionalGeneration::forward(const ModelInputs& inputs) {
   auto enc = encode(inputs);
-  auto dec = decode(inputs, enc.last_hidden_state);
+  auto dec = decode(inputs, enc);
   ModelOutput out;
   out.encoder_last_hidden_state = enc.last_hidden_state;
   out.encoder_hidden_states = std::move(enc.hidden_states);
@@ -408,7 +466,7 @@ ModelOutput T5Model::forward(const ModelInputs& inputs) {
   PEFT_CHECK(!inputs.labels.defined(), kC, "labels given to T5Model, which has no head; load T5ForConditionalGeneration");
   PEFT_CHECK(inputs.decoder_input_ids.defined(), kC, "T5Model needs decoder_input_ids");
   auto enc = encode(inputs);
-  auto dec = decode(inputs, enc.last_hidden_state);
+  auto dec = decode(inputs, enc);
   ModelOutput out;
   out.encoder_last_hidden_state = enc.last_hidden_state;
   out.encoder_hidden_states = std::move(enc.hidden_states);
@@ -418,8 +476,10 @@ ModelOutput T5Model::forward(const ModelInputs& inputs) {
 }
 
 ModelOutput T5EncoderModel::forward(const ModelInputs& inputs) {
-  PEFT_CHECK(!inputs.labels.defined() && !inputs.decoder_input_ids.defined(), kC,
-             "labels / decoder_input_ids given to T5EncoderModel, which has no decoder");
+  PEFT_CHECK(!inputs.labels.defined() && !inputs.decoder_input_ids.defined() && !inputs.kv_cache &&
+                 inputs.attention_prefix.empty(),
+             kC, "labels / decoder_input_ids / a key/value cache / an attention prefix given to T5EncoderModel, which "
+                 "has no decoder (HF PEFT's prefix enters the decoder)");
   auto enc = encode(inputs);
   ModelOutput out;
   out.last_hidden_state = enc.last_hidden_state;

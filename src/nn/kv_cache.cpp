@@ -53,9 +53,27 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(size_t layer, const at::Tensor
   return {k, v};
 }
 
+std::pair<at::Tensor, at::Tensor> KVCache::cross_attention(
+    size_t layer, const std::function<std::pair<at::Tensor, at::Tensor>()>& compute) {
+  if (layer >= cross_keys_.size()) {
+    cross_keys_.resize(layer + 1);
+    cross_values_.resize(layer + 1);
+  }
+  if (!cross_keys_[layer].defined()) {
+    auto [k, v] = compute();
+    PEFT_CHECK(k.defined() && v.defined() && k.dim() == 4 && v.dim() == 4, kC,
+               "layer {}: cross-attention keys / values must be [batch, heads, source_len, head_dim]", layer);
+    PEFT_CHECK(empty() || k.size(0) == batch(), kC, "layer {}: cross-attention keys for {} rows, the cache holds {}",
+               layer, k.size(0), batch());
+    cross_keys_[layer] = k;
+    cross_values_[layer] = v;
+  }
+  return {cross_keys_[layer], cross_values_[layer]};
+}
+
 void KVCache::select_rows(const at::Tensor& rows) {
   PEFT_CHECK(layers_seen_ == 0, kC, "rows selected in the middle of a forward");
-  for (auto* list : {&keys_, &values_})
+  for (auto* list : {&keys_, &values_, &cross_keys_, &cross_values_})
     for (auto& t : *list)
       if (t.defined()) t = t.index_select(0, rows.to(t.device()));
   if (mask_.defined()) mask_ = mask_.index_select(0, rows.to(mask_.device()));
@@ -64,6 +82,9 @@ void KVCache::select_rows(const at::Tensor& rows) {
 void KVCache::add_rows(const KVCache& other) {
   PEFT_CHECK(layers_seen_ == 0 && other.layers_seen_ == 0, kC, "rows added in the middle of a forward");
   PEFT_CHECK(!other.empty(), kC, "adding the rows of an empty cache (run their prompt first)");
+  PEFT_CHECK(!has_cross_attention() && !other.has_cross_attention(), kC,
+             "adding rows to an encoder-decoder's cache (their encoder outputs differ in length); run them in a batch "
+             "of their own");
   if (empty()) {
     *this = other;
     return;
@@ -114,7 +135,7 @@ void KVCache::clear() { *this = KVCache(); }
 
 int64_t KVCache::bytes() const {
   int64_t n = mask_.defined() ? mask_.numel() * mask_.element_size() : 0;
-  for (const auto* list : {&keys_, &values_})
+  for (const auto* list : {&keys_, &values_, &cross_keys_, &cross_values_})
     for (const auto& t : *list)
       if (t.defined()) n += t.numel() * t.element_size();
   return n;

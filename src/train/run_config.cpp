@@ -9,6 +9,8 @@
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
 #include "peft/data/idx_images.h"
+#include "peft/data/seq2seq.h"
+#include "peft/data/span_corruption.h"
 #include "peft/data/subset.h"
 #include "peft/data/text_blocks.h"
 #include "peft/data/text_classification.h"
@@ -69,11 +71,14 @@ RunData load_run_data(const nlohmann::json& d, const std::string& tok_dir, const
   core::reject_unknown_keys(d, {"kind", "train", "eval", "max_length", "text_field", "label_field", "skip_bad_records",
                                 "block_size", "max_tokens", "train_images", "train_labels", "eval_images",
                                 "eval_labels", "image_size", "channels", "max_value", "validation", "validation_images",
-                                "validation_labels", "validation_fraction", "validation_seed"},
+                                "validation_labels", "validation_fraction", "validation_seed", "source_field", "target_field",
+                                "source_prefix", "max_source_length", "max_target_length", "noise_density",
+                                "mean_noise_span_length", "sentinel_first", "sentinels", "span_seed", "variants"},
                             kC, dw);
   RunData parts;
   const std::string kind = get_or<std::string>(d, "kind", "", kC, dw);
-  if (kind == "jsonl_classification" || kind == "text") parts.tokenizer = tokenizers::load_tokenizer(tok_dir);
+  if (kind == "jsonl_classification" || kind == "text" || kind == "seq2seq_jsonl" || kind == "span_corruption")
+    parts.tokenizer = tokenizers::load_tokenizer(tok_dir);
   const std::string train_path = get_or<std::string>(d, kind == "idx" ? "train_images" : "train", "", kC, dw);
   const std::string eval_path = get_or<std::string>(d, kind == "idx" ? "eval_images" : "eval", "", kC, dw);
   const std::string validation_key = kind == "idx" ? "validation_images" : "validation";
@@ -112,6 +117,42 @@ RunData load_run_data(const nlohmann::json& d, const std::string& tok_dir, const
     if (!eval_path.empty()) parts.eval = std::make_shared<data::TextBlocksDataset>(eval_path, parts.tokenizer, o);
     if (!validation_path.empty())
       parts.validation = std::make_shared<data::TextBlocksDataset>(validation_path, parts.tokenizer, o);
+  } else if (kind == "seq2seq_jsonl") {
+    data::Seq2SeqOptions o;
+    o.source_field = get_or<std::string>(d, "source_field", o.source_field, kC, where);
+    o.target_field = get_or<std::string>(d, "target_field", o.target_field, kC, where);
+    o.source_prefix = get_or<std::string>(d, "source_prefix", o.source_prefix, kC, where);
+    o.max_source_length = get_or<int64_t>(d, "max_source_length", o.max_source_length, kC, where);
+    o.max_target_length = get_or<int64_t>(d, "max_target_length", o.max_target_length, kC, where);
+    o.skip_bad_records = get_or<bool>(d, "skip_bad_records", false, kC, where);
+    const auto& sp = parts.tokenizer->special();
+    o.pad_id = sp.pad.value_or(0);
+    o.eos_id = sp.eos;
+    auto make = [&](const std::string& path) { return std::make_shared<data::Seq2SeqDataset>(path, parts.tokenizer, o); };
+    if (!train_path.empty()) parts.train = make(train_path);
+    if (!eval_path.empty()) parts.eval = make(eval_path);
+    if (!validation_path.empty()) parts.validation = make(validation_path);
+  } else if (kind == "span_corruption") {
+    data::SpanCorruptionOptions o;
+    o.block_size = get_or<int64_t>(d, "block_size", o.block_size, kC, where);
+    o.max_tokens = get_or<int64_t>(d, "max_tokens", 0, kC, where);
+    o.noise_density = get_or<double>(d, "noise_density", o.noise_density, kC, where);
+    o.mean_noise_span_length = get_or<double>(d, "mean_noise_span_length", o.mean_noise_span_length, kC, where);
+    o.sentinel_first = get_or<int64_t>(d, "sentinel_first", parts.tokenizer->vocab_size(), kC, where);
+    o.sentinels = get_or<int64_t>(d, "sentinels", o.sentinels, kC, where);
+    o.seed = get_or<uint64_t>(d, "span_seed", 0, kC, where);
+    o.variants = get_or<int64_t>(d, "variants", 1, kC, where);
+    const auto eos = parts.tokenizer->special().eos;
+    PEFT_CHECK(eos.has_value(), kC, "{}: data.kind span_corruption needs a tokenizer with an end-of-sequence token", where);
+    o.eos_id = *eos;
+    auto make = [&](const std::string& path) {
+      return std::make_shared<data::SpanCorruptionDataset>(path, parts.tokenizer, o);
+    };
+    if (!train_path.empty()) parts.train = make(train_path);
+    if (!eval_path.empty()) parts.eval = make(eval_path);
+    if (!validation_path.empty()) parts.validation = make(validation_path);
+    for (const auto& set : {parts.train, parts.eval, parts.validation})
+      if (set) parts.max_token_id = std::static_pointer_cast<data::SpanCorruptionDataset>(set)->max_token_id();
   } else if (kind == "idx") {
     data::IdxImagesOptions o;
     o.image_size = get_or<int64_t>(d, "image_size", 0, kC, where);
@@ -125,13 +166,13 @@ RunData load_run_data(const nlohmann::json& d, const std::string& tok_dir, const
       parts.validation = std::make_shared<data::IdxImagesDataset>(
           validation_path, get_or<std::string>(d, "validation_labels", "", kC, where), o);
   } else {
-    fail(kC, fmt::format("{}: data.kind must be jsonl_classification, text or idx, found '{}'", where, kind));
+    fail(kC, fmt::format("{}: data.kind must be jsonl_classification, text, seq2seq_jsonl, span_corruption or idx, found '{}'", where, kind));
   }
   if (validation_fraction > 0.0 && parts.train) {
     // A text's blocks are consecutive: its tail keeps the validation text apart from the training text.
     auto split = data::split_validation(parts.train, validation_fraction,
                                         get_or<uint64_t>(d, "validation_seed", 0, kC, dw),
-                                        kind == "text" ? data::HoldOut::kTail : data::HoldOut::kRandom);
+                                        kind == "text" || kind == "span_corruption" ? data::HoldOut::kTail : data::HoldOut::kRandom);
     parts.train = split.train;
     parts.validation = split.validation;
   }
@@ -154,6 +195,7 @@ const std::vector<core::ConfigField<TrainerConfig>>& trainer_fields() {
       field("early_stopping_patience", &T::early_stopping_patience),
       field("max_nonfinite", &T::max_nonfinite), field("progress", &T::progress),
       field("overwrite", &T::overwrite),         field("no_decay", &T::no_decay),
+      field("flush_denormals", &T::flush_denormals),
       field("mixed_precision", &T::mixed_precision), field("loss_scaling", &T::loss_scaling),
       field("loss_scale_init", &T::loss_scale_init),
       field("loss_scale_growth_interval", &T::loss_scale_growth_interval)};
@@ -201,6 +243,13 @@ RunParts build_run(const nlohmann::json& config, const std::string& where, bool 
     if (load.dtype) nn::to_floating_dtype(*parts.model, *load.dtype);
     parts.model->to(load.device);
   }
+
+  // Ids the data introduces (span-corruption sentinels) must be rows of the model's embedding.
+  const int64_t vocab = parts.model->geometry().vocab_size;
+  PEFT_CHECK(!data.max_token_id || vocab <= 0 || *data.max_token_id < vocab, kC,
+             "{}: the span-corruption sentinels reach id {}, but the model's vocab_size is {} (raise vocab_size or "
+             "lower data.sentinel_first / data.sentinels)",
+             where, data.max_token_id.value_or(0), vocab);
 
   parts.delta_dtype = core::dtype_from_name(get_or<std::string>(config, "delta_dtype", "", kC, where), where + ": delta_dtype");
   parts.save_dtype = core::dtype_from_name(get_or<std::string>(config, "save_dtype", "", kC, where), where + ": save_dtype");

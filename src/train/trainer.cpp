@@ -17,6 +17,7 @@
 
 #include "peft/core/atomic_file.h"
 #include "peft/core/error.h"
+#include "peft/core/process.h"
 #include "peft/core/json_io.h"
 #include "peft/core/log.h"
 #include "peft/core/safetensors.h"
@@ -437,6 +438,7 @@ TrainResult Trainer::train() {
   auto& m = *impl_;
   const auto& c = m.config;
   if (m.step == 0 && !m.resumed && m.writes()) prepare_output_dir(c, /*resuming=*/false);
+  if (c.flush_denormals) core::flush_denormals(true);
   TrainResult result;
   SigintScope sigint;
   const bool tty = c.progress && ::isatty(STDERR_FILENO);

@@ -11,6 +11,12 @@ namespace peft::core {
 /// default is 1 on some machines), and logs it with the BLAS core type. Returns the count chosen.
 int configure_threads(int threads);
 
+/// Flushes denormal floats to zero (x86 FTZ/DAZ) on the calling thread and every LibTorch worker
+/// thread, or stops. Arithmetic on denormals is ~100x slower on x86: an optimizer's moment
+/// estimates for rarely seen embedding rows decay into that range (0.9^700 · 1e-5 < 1e-38) and
+/// make long runs slow down step by step. Returns whether the CPU supports it.
+bool flush_denormals(bool on);
+
 /// OpenBLAS 0.3.21 misdetects recent AVX-512 CPUs and falls back to a slow SSE3 kernel; the core
 /// type can only be chosen before the library loads. When OPENBLAS_CORETYPE is unset and the CPU
 /// has AVX-512 (AVX2), re-executes the process with SKYLAKEX (HASWELL) set. Returns only when no

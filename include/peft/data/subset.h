@@ -21,6 +21,7 @@ class SubsetDataset : public Dataset {
   std::vector<std::string> labels() const override { return parent_->labels(); }
   std::string describe() const override;
   const std::vector<int64_t>& indices() const { return indices_; }
+  const std::shared_ptr<const Dataset>& parent() const { return parent_; }
 
  private:
   std::shared_ptr<const Dataset> parent_;

@@ -27,6 +27,9 @@ struct ModelInputs {
   /// with labels: the labels shifted right (decoder_start_token_id first, -100 as the pad token).
   at::Tensor decoder_input_ids;
   at::Tensor decoder_attention_mask;
+  /// Encoder-decoders: the encoder's last_hidden_state from an earlier forward, used instead of
+  /// running the encoder again (generation encodes once); attention_mask stays the encoder's mask.
+  at::Tensor encoder_outputs;
   /// With labels: loss is [batch], each example's own loss (its mean over its own tokens or
   /// labels) instead of the batch mean: what per-sample gradients (DP-SGD) differentiate.
   bool per_example_loss = false;
@@ -41,7 +44,8 @@ struct ModelInputs {
   /// number the real tokens from p, as Hugging Face does with past_key_values.
   std::vector<nn::AttentionPrefix> attention_prefix;
 
-  /// Decoders (GPT-2, LLaMA): keys and values of earlier positions, which this forward extends.
+  /// Decoders (GPT-2, LLaMA; an encoder-decoder's decoder): keys and values of earlier positions,
+  /// which this forward extends (for an encoder-decoder, decoder_input_ids are the new tokens).
   /// input_ids then holds only the new tokens; attention_mask, when given, covers only them (the
   /// cache keeps the mask of the earlier ones); positions continue after the cached ones. Prompt
   /// inputs go in with the first forward only (they become the cache's first entries). Not with
@@ -71,6 +75,7 @@ struct ModelGeometry {
   int64_t intermediate_size = 0;  ///< the feed-forward width
   int64_t mlp_matrices = 2;       ///< feed-forward projections per block (3 for gated SwiGLU)
   int64_t max_positions = 0;      ///< the longest sequence the model takes (tokens, or patches + [CLS])
+  bool encoder_decoder = false;   ///< T5: an encoder and a decoder (prompt methods feed both)
 };
 
 struct ModelOutput {

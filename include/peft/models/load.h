@@ -49,6 +49,9 @@ std::vector<std::string> registered_model_types();
 std::vector<std::string> registered_architectures(const std::string& model_type);
 /// The canonical task name for a task or HF PEFT task_type; unknown names are an error listing both.
 std::string canonical_task(const std::string& task);
+/// The task a generating tool loads a config for: seq2seq_lm for encoder-decoders (config.json's
+/// "is_encoder_decoder", or a T5 model_type), causal_lm otherwise.
+std::string generation_task(const nlohmann::json& config);
 
 /// A randomly initialized model from a config (HF's config.json content), for `task` (see LoadOptions).
 std::shared_ptr<PretrainedModel> create_model(const nlohmann::json& config, const std::string& task = "",

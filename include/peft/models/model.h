@@ -4,6 +4,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <utility>
@@ -37,6 +38,9 @@ class PretrainedModel : public torch::nn::Module {
   virtual void init_weights() = 0;
   /// Number of transformer blocks.
   virtual int64_t num_layers() const = 0;
+  /// Encoder-decoders: the token their decoder starts from (generation feeds it first); unset for
+  /// encoders and decoders.
+  virtual std::optional<int64_t> decoder_start_token() const { return std::nullopt; }
   /// Width of the residual stream (what block adapters read and write).
   virtual int64_t hidden_size() const = 0;
   /// Layer counts and attention shapes.

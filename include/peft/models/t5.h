@@ -17,6 +17,7 @@
 #include "peft/models/model.h"
 #include "peft/nn/activations.h"
 #include "peft/nn/checkpoint.h"
+#include "peft/nn/kv_cache.h"
 #include "peft/nn/rms_norm.h"
 
 namespace peft::models {
@@ -58,10 +59,14 @@ class T5AttentionImpl : public torch::nn::Module {
  public:
   T5AttentionImpl(const T5Config& config, bool has_relative_attention_bias, bool causal);
   /// softmax(q kᵀ + position_bias) v; keys and values from `key_value_states` (cross-attention) or
-  /// `hidden`. `position_bias` [1 or batch, heads, q, k] already holds the mask.
-  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& key_value_states, const at::Tensor& position_bias);
-  /// The learned bias [1, heads, query_len, key_len] (first layer of a stack only).
-  at::Tensor compute_bias(int64_t query_len, int64_t key_len, c10::Device device);
+  /// `hidden`. `position_bias` [1 or batch, heads, q, k] already holds the mask. With `cache`,
+  /// self-attention appends its keys to layer `layer`'s and cross-attention computes its keys once.
+  /// A `prefix` (prefix tuning, self-attention only) puts its keys and values before this forward's.
+  at::Tensor forward(const at::Tensor& hidden, const at::Tensor& key_value_states, const at::Tensor& position_bias,
+                     nn::KVCache* cache = nullptr, size_t layer = 0, const nn::AttentionPrefix& prefix = {});
+  /// The learned bias [1, heads, query_len, key_len] for queries at positions first_query.. (first
+  /// layer of a stack only).
+  at::Tensor compute_bias(int64_t query_len, int64_t key_len, c10::Device device, int64_t first_query = 0);
   bool has_relative_attention_bias() const { return relative_attention_bias.get() != nullptr; }
 
   nn::AdaptableLinear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
@@ -115,9 +120,11 @@ TORCH_MODULE(T5LayerFF);
 class T5BlockImpl : public torch::nn::Module {
  public:
   T5BlockImpl(const T5Config& config, bool is_decoder, bool has_relative_attention_bias);
-  /// `self_bias` / `cross_bias` hold the position bias and the masks.
+  /// `self_bias` / `cross_bias` hold the position bias and the masks; `cache` (decoder) holds
+  /// layer `index`'s keys and values.
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& self_bias, const at::Tensor& encoder_hidden,
-                     const at::Tensor& cross_bias);
+                     const at::Tensor& cross_bias, nn::KVCache* cache = nullptr, size_t index = 0,
+                     const nn::AttentionPrefix& prefix = {});
 
   torch::nn::ModuleList layer{nullptr};  ///< self-attention, [cross-attention,] feed-forward
   nn::BlockAdapters adapters{nullptr};
@@ -131,14 +138,19 @@ TORCH_MODULE(T5Block);
 struct T5StackOutput {
   at::Tensor last_hidden_state;
   std::vector<at::Tensor> hidden_states;
+  /// The encoder's: the mask over its positions, virtual tokens included (undefined: all attended).
+  at::Tensor attention_mask;
 };
 
 class T5StackImpl : public torch::nn::Module, public nn::BlockStack {
  public:
   T5StackImpl(const T5Config& config, bool is_decoder);
-  /// `embeddings` [batch, seq, d_model]; the decoder also takes the encoder's output and mask.
+  /// `embeddings` [batch, seq, d_model]; the decoder also takes the encoder's output and mask, and
+  /// a key/value cache (the new positions follow the cached ones) and one prefix per layer (its p
+  /// keys come first: the tokens are numbered from p, as HF does with past_key_values).
   T5StackOutput forward(const at::Tensor& embeddings, const at::Tensor& attention_mask, const at::Tensor& encoder_hidden,
-                        const at::Tensor& encoder_mask, bool output_hidden_states);
+                        const at::Tensor& encoder_mask, bool output_hidden_states, nn::KVCache* cache = nullptr,
+                        const std::vector<nn::AttentionPrefix>& prefix = {});
 
   torch::nn::ModuleList block{nullptr};
   nn::RMSNorm final_layer_norm{nullptr};
@@ -156,6 +168,9 @@ class T5FamilyModel : public PretrainedModel {
   std::string model_type() const override { return "t5"; }
   nlohmann::json config_json() const override;
   int64_t num_layers() const override { return config_.num_layers; }
+  std::optional<int64_t> decoder_start_token() const override {
+    return decoder ? std::optional<int64_t>(config_.decoder_start_token_id) : std::nullopt;
+  }
   int64_t hidden_size() const override { return config_.d_model; }
   ModelGeometry geometry() const override { return config_.geometry(); }
   std::string layers_pattern() const override { return "block"; }
@@ -171,10 +186,12 @@ class T5FamilyModel : public PretrainedModel {
   T5Stack decoder{nullptr};  ///< null for T5EncoderModel
 
  protected:
-  /// The encoder's output for `inputs` (and its hidden states when asked).
+  /// The encoder's output for `inputs` (prompt_embeds before the tokens; its hidden states when
+  /// asked), or inputs.encoder_outputs (leading positions past input_ids' are virtual tokens).
   T5StackOutput encode(const ModelInputs& inputs);
-  /// The decoder's output given the encoder's; decoder inputs from decoder_input_ids or shifted labels.
-  T5StackOutput decode(const ModelInputs& inputs, const at::Tensor& encoder_hidden);
+  /// The decoder's output given the encoder's; decoder inputs from decoder_input_ids or shifted
+  /// labels; the attention prefix (prefix tuning) enters the decoder's self-attention.
+  T5StackOutput decode(const ModelInputs& inputs, const T5StackOutput& encoded);
   /// HF's _shift_right: decoder_start_token_id first, -100 replaced by pad_token_id.
   at::Tensor shift_right(const at::Tensor& labels) const;
 

@@ -1,10 +1,13 @@
 // The keys and values a causal decoder has computed so far, layer by layer, so that decoding runs
 // the prompt once and then one token per step (Hugging Face's past_key_values). Keys are stored
 // as attention scores them (rotated in LLaMA). A prefix-tuning adapter's keys and values are the
-// first entries, a prompt-tuning adapter's virtual tokens the first positions.
+// first entries, a prompt-tuning adapter's virtual tokens the first positions. An encoder-decoder's
+// decoder also keeps each layer's cross-attention keys and values here: they depend on the encoder
+// alone, so they are computed on the first step and reused.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -29,6 +32,12 @@ class KVCache {
   /// has appended.
   std::pair<at::Tensor, at::Tensor> append(size_t layer, const at::Tensor& key, const at::Tensor& value);
 
+  /// Layer `layer`'s cross-attention keys and values: `compute()`'s on the first call, the same
+  /// tensors after (until clear or select_rows, which keeps their rows).
+  std::pair<at::Tensor, at::Tensor> cross_attention(size_t layer,
+                                                    const std::function<std::pair<at::Tensor, at::Tensor>()>& compute);
+  bool has_cross_attention() const { return !cross_keys_.empty(); }
+
   /// Keeps the batch rows `rows` (int64 indices, in that order) of every cached tensor: the rows
   /// of a batched generation that are still running.
   void select_rows(const at::Tensor& rows);
@@ -46,6 +55,7 @@ class KVCache {
 
  private:
   std::vector<at::Tensor> keys_, values_;
+  std::vector<at::Tensor> cross_keys_, cross_values_;  ///< per decoder layer; undefined until computed
   at::Tensor mask_;          ///< [batch, length], undefined while all ones
   int64_t length_ = 0;
   int64_t pending_ = 0;      ///< positions the current forward adds

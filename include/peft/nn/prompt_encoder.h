@@ -20,8 +20,11 @@ enum class PromptPlacement {
 class PromptEncoder : public torch::nn::Module {
  public:
   /// `table`: the trainable embedding [p, width] (the encoder's input when `transform` is given).
+  /// `submodules` 2 (encoder-decoders, HF's num_transformer_submodules): input embeddings take the
+  /// first half of the table's rows (the encoder's); a prefix's layer l takes rows 4l and 4l + 1 of
+  /// the key/value rows repeated twice, as HF PEFT's get_prompt lays them out.
   PromptEncoder(at::Tensor table, torch::nn::Sequential transform, PromptPlacement placement,
-                const models::ModelGeometry& geometry);
+                const models::ModelGeometry& geometry, int64_t submodules = 1);
   /// The batch with the prompt in place.
   models::ModelInputs prepare(const models::ModelInputs& inputs);
   /// The virtual-token table [p, width]: the embedding itself (a live parameter) without an
@@ -30,7 +33,11 @@ class PromptEncoder : public torch::nn::Module {
   /// Replaces embedding + encoder by a table of the encoder's current output.
   void eject();
   bool has_encoder() const { return !transform_.is_empty(); }
-  int64_t num_virtual_tokens() const { return embedding_->weight.size(0); }
+  /// The positions the prompt adds to the sequence (input embeddings) or to every layer's keys (prefix).
+  int64_t num_virtual_tokens() const {
+    const int64_t rows = embedding_->weight.size(0);
+    return placement_ == PromptPlacement::kInputEmbeddings ? rows / submodules_ : rows;
+  }
   PromptPlacement placement() const { return placement_; }
 
  private:
@@ -38,6 +45,7 @@ class PromptEncoder : public torch::nn::Module {
   torch::nn::Sequential transform_{nullptr};
   PromptPlacement placement_;
   models::ModelGeometry geometry_;
+  int64_t submodules_ = 1;
 };
 
 }  // namespace peft::nn

@@ -35,8 +35,10 @@ struct RunData {
   std::shared_ptr<data::Dataset> validation;
   /// The label count a classification set implies (its training set's labels), if any.
   std::optional<int64_t> num_labels;
+  /// The largest token id the data introduces beyond its tokenizer (span-corruption sentinels).
+  std::optional<int64_t> max_token_id;
 };
-/// `data.kind`: "jsonl_classification", "text" or "idx" (see the README); `tokenizer_dir` is
+/// `data.kind`: "jsonl_classification", "text", "seq2seq_jsonl", "span_corruption" or "idx" (see the README); `tokenizer_dir` is
 /// read for the text kinds. `need_train`: whether the training set is required.
 RunData load_run_data(const nlohmann::json& data, const std::string& tokenizer_dir, const std::string& where,
                       bool need_train);

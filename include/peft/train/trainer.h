@@ -54,6 +54,9 @@ struct TrainerConfig {
   /// when it starts); otherwise finding them is an error.
   bool overwrite = false;
   bool progress = true;            ///< a progress line on stderr when it is a terminal
+  /// Flush denormal floats to zero while training (core::flush_denormals; left on after): moment
+  /// estimates of rarely updated rows otherwise decay into denormals and slow every step.
+  bool flush_denormals = true;
   c10::Device device = c10::Device(c10::kCPU);
   /// Autocast of every forward: "no", "bf16" (CPU or CUDA) or "fp16" (CUDA). The base's storage
   /// dtype is the model's (LoadOptions::dtype); deltas keep theirs (DeltaPrecision).

@@ -47,9 +47,10 @@ void attach_p_tuning(PeftModel& model, MethodConfig& base_cfg, const std::string
     encoder = prompt_encoder(cfg);
     encoder->to(opts.device(), opts.dtype().toScalarType());
   }
-  at::Tensor table = torch::randn({cfg.prompt.num_virtual_tokens, cfg.prompt.token_dim}, opts);
-  model.attach_prompt_encoder(adapter,
-                              std::make_shared<nn::PromptEncoder>(table, encoder, nn::PromptPlacement::kInputEmbeddings, g));
+  const int64_t S = cfg.prompt.num_transformer_submodules;
+  at::Tensor table = torch::randn({cfg.prompt.num_virtual_tokens * S, cfg.prompt.token_dim}, opts);
+  model.attach_prompt_encoder(
+      adapter, std::make_shared<nn::PromptEncoder>(table, encoder, nn::PromptPlacement::kInputEmbeddings, g, S));
   model.add_modules_to_save(adapter, cfg.prompt.modules_to_save);
 }
 
@@ -57,7 +58,7 @@ int64_t count_p_tuning(const MethodConfig& base_cfg, const models::ModelGeometry
   auto cfg = dynamic_cast<const PTuningConfig&>(base_cfg);
   resolve(cfg, g);
   const int64_t d = cfg.prompt.token_dim, h = cfg.encoder_hidden_size;
-  int64_t n = cfg.prompt.num_virtual_tokens * d;
+  int64_t n = cfg.prompt.num_virtual_tokens * cfg.prompt.num_transformer_submodules * d;
   if (cfg.common.inference_mode) return n;
   if (cfg.encoder_reparameterization_type == "MLP") return n + (d * h + h) + (h * h + h) + (h * d + d);
   // Each LSTM layer and direction: 4 gates of W_ih [h, in], W_hh [h, h] and two biases.

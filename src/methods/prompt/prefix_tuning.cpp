@@ -43,7 +43,8 @@ void attach_prefix_tuning(PeftModel& model, MethodConfig& base_cfg, const std::s
     table = cfg.init_weights == "zero" ? torch::zeros({p, width}, opts) : torch::randn({p, width}, opts);
   }
   model.attach_prompt_encoder(
-      adapter, std::make_shared<nn::PromptEncoder>(table, transform, nn::PromptPlacement::kAttentionPrefix, g));
+      adapter, std::make_shared<nn::PromptEncoder>(table, transform, nn::PromptPlacement::kAttentionPrefix, g,
+                                                  cfg.prompt.num_transformer_submodules));
   model.add_modules_to_save(adapter, cfg.prompt.modules_to_save);
 }
 

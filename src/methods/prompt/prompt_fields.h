@@ -32,7 +32,7 @@ std::vector<ConfigField<C>> prompt_learning_fields() {
       }};
   using P = PromptLearningFields;
   return {member("num_virtual_tokens", &P::num_virtual_tokens, false), member("token_dim", &P::token_dim, true),
-          member("num_transformer_submodules", &P::num_transformer_submodules, false),
+          member("num_transformer_submodules", &P::num_transformer_submodules, true),
           member("num_attention_heads", &P::num_attention_heads, true), member("num_layers", &P::num_layers, true),
           modules_to_save};
 }

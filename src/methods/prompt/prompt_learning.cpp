@@ -14,9 +14,8 @@ void PromptLearningFields::validate(const std::string& c) const {
   PEFT_CHECK(token_dim >= 0 && num_attention_heads >= 0 && num_layers >= 0, c,
              "token_dim, num_attention_heads and num_layers must be positive or null, found {}, {}, {}", token_dim,
              num_attention_heads, num_layers);
-  PEFT_CHECK(num_transformer_submodules == 1, c,
-             "num_transformer_submodules must be 1 (encoder-only and decoder-only models), found {}",
-             num_transformer_submodules);
+  PEFT_CHECK(num_transformer_submodules >= 0 && num_transformer_submodules <= 2, c,
+             "num_transformer_submodules must be 1, 2 (encoder-decoders) or null, found {}", num_transformer_submodules);
 }
 
 void PromptLearningFields::resolve(const models::ModelGeometry& g, int64_t dim, int64_t heads, const std::string& c) {
@@ -25,6 +24,10 @@ void PromptLearningFields::resolve(const models::ModelGeometry& g, int64_t dim, 
     field = expected;
   };
   fill(num_layers, g.num_layers, "num_layers", "its layer count");
+  if (num_transformer_submodules == 0) num_transformer_submodules = g.encoder_decoder ? 2 : 1;
+  PEFT_CHECK(num_transformer_submodules == 1 || g.encoder_decoder, c,
+             "num_transformer_submodules is {}, but this model has one transformer stack (1 expected)",
+             num_transformer_submodules);
   fill(token_dim, dim, "token_dim", heads == g.num_heads ? "its hidden size" : "key/value heads x head_dim");
   fill(num_attention_heads, heads, "num_attention_heads",
        heads == g.num_heads ? "its attention heads" : "its key/value heads");

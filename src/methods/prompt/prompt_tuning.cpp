@@ -20,7 +20,8 @@ void attach_prompt_tuning(PeftModel& model, MethodConfig& base_cfg, const std::s
   const auto g = model.base_model().geometry();
   cfg.prompt.resolve(g, g.hidden_size, g.num_heads, kC);
   const auto opts = base_tensor_options(model);
-  const int64_t p = cfg.prompt.num_virtual_tokens;
+  // HF's total_virtual_tokens: a block of p rows per transformer submodule.
+  const int64_t p = cfg.prompt.num_virtual_tokens * cfg.prompt.num_transformer_submodules;
   at::Tensor table;
   if (cfg.common.inference_mode) {
     table = torch::zeros({p, g.hidden_size}, opts);  // the saved table replaces it
@@ -38,12 +39,15 @@ void attach_prompt_tuning(PeftModel& model, MethodConfig& base_cfg, const std::s
   }
   torch::nn::Sequential none{nullptr};
   model.attach_prompt_encoder(adapter,
-                              std::make_shared<nn::PromptEncoder>(table, none, nn::PromptPlacement::kInputEmbeddings, g));
+                              std::make_shared<nn::PromptEncoder>(table, none, nn::PromptPlacement::kInputEmbeddings, g,
+                                                                  cfg.prompt.num_transformer_submodules));
   model.add_modules_to_save(adapter, cfg.prompt.modules_to_save);
 }
 
 int64_t count_prompt_tuning(const MethodConfig& base_cfg, const models::ModelGeometry& g) {
-  return dynamic_cast<const PromptTuningConfig&>(base_cfg).prompt.num_virtual_tokens * g.hidden_size;
+  auto cfg = dynamic_cast<const PromptTuningConfig&>(base_cfg);
+  cfg.prompt.resolve(g, g.hidden_size, g.num_heads, kC);
+  return cfg.prompt.num_virtual_tokens * cfg.prompt.num_transformer_submodules * g.hidden_size;
 }
 
 }  // namespace

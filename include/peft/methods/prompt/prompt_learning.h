@@ -24,7 +24,9 @@ namespace peft::methods {
 struct PromptLearningFields {
   int64_t num_virtual_tokens = 20;
   int64_t token_dim = 0;
-  int64_t num_transformer_submodules = 1;
+  /// 1, or 2 for an encoder-decoder (HF's default there): the prompt table holds a block of p rows
+  /// per submodule (the encoder's first), a prefix is laid out for both.
+  int64_t num_transformer_submodules = 0;
   int64_t num_attention_heads = 0;
   int64_t num_layers = 0;
   /// Base modules trained and saved whole with the prompt (HF's PromptLearningConfig field; a
