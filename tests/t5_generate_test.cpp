@@ -174,6 +174,16 @@ TEST(T5Generate, TheCacheHoldsCrossAttentionKeysOnceAndRefusesJoiningRows) {
   EXPECT_NE(error_of([&] { cache.add_rows(other); }).find("encoder-decoder"), std::string::npos);
 }
 
+TEST(T5Generate, SentinelsPastTheTokenizersVocabularyDecodeAsExtraIds) {
+  auto tok = tokenizers::load_tokenizer(source("examples/models/tiny-gpt2-en"));
+  const auto hello = tok->encode("Hello there", false);
+  std::vector<int64_t> ids = hello;
+  ids.push_back(tok->vocab_size() + 2);
+  ids.insert(ids.end(), hello.begin(), hello.end());
+  EXPECT_EQ(train::decode_generated(*tok, ids), tok->decode(hello) + "<extra_id_2>" + tok->decode(hello));
+  EXPECT_EQ(train::decode_generated(*tok, hello), tok->decode(hello));
+}
+
 TEST(T5Generate, GenerationScoresAreTheMeanOfEachDecodedTargetsMetrics) {
   auto tok = tokenizers::load_tokenizer(source("examples/models/tiny-gpt2-en"));
   nlohmann::json config = core::read_json_file(fixture("hf/models/t5/config.json"));

@@ -12,6 +12,7 @@
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
 #include "peft/tokenizers/tokenizer.h"
+#include "peft/train/generation_eval.h"
 
 namespace {
 
@@ -77,17 +78,17 @@ int run(int argc, char** argv) {
   const auto results = peft::generate_batch(model, ids, gen);
   for (size_t i = 0; i < prompts.size(); ++i) {
     const std::vector<int64_t>& generated = results[i].tokens;
+    if (prompts.size() > 1)
+      fmt::print("--- prompt {}{}\n", i + 1, per_prompt.empty() ? "" : " (" + per_prompt[i] + ")");
+    if (encoder_decoder) {  // the answer alone: it does not continue the prompt
+      fmt::print("{}\n", peft::train::decode_generated(*tok, generated));
+      continue;
+    }
     std::vector<int64_t> all_ids = ids[i];
     all_ids.insert(all_ids.end(), generated.begin(), generated.end());
     // Decode the whole sequence: decoders that strip a leading space must see where text starts.
     const std::string before = tok->decode(ids[i]);
     const std::string all = tok->decode(all_ids);
-    if (prompts.size() > 1)
-      fmt::print("--- prompt {}{}\n", i + 1, per_prompt.empty() ? "" : " (" + per_prompt[i] + ")");
-    if (encoder_decoder) {  // the answer alone: it does not continue the prompt
-      fmt::print("{}\n", tok->decode(generated));
-      continue;
-    }
     fmt::print("{}{}\n", prompts[i],
                all.compare(0, before.size(), before) == 0 ? all.substr(before.size()) : tok->decode(generated));
   }

@@ -39,6 +39,21 @@ std::optional<Seq2SeqView> view_of(const data::Dataset& d) {
 
 }  // namespace
 
+std::string decode_generated(const tokenizers::Tokenizer& tokenizer, const std::vector<int64_t>& ids) {
+  const int64_t vocab = tokenizer.vocab_size();
+  std::string text;
+  std::vector<int64_t> run;  // ids the tokenizer knows, decoded together (BPE pieces join)
+  for (int64_t id : ids) {
+    if (id >= 0 && id < vocab) {
+      run.push_back(id);
+      continue;
+    }
+    text += tokenizer.decode(run) + fmt::format("<extra_id_{}>", id - vocab);
+    run.clear();
+  }
+  return text + tokenizer.decode(run);
+}
+
 bool is_seq2seq(const data::Dataset& dataset) { return view_of(dataset).has_value(); }
 
 GenerationScores evaluate_generation(PeftModel& model, const data::Dataset& data,
@@ -58,7 +73,7 @@ GenerationScores evaluate_generation(PeftModel& model, const data::Dataset& data
     const auto results = generate_batch(model, prompts, config);
     for (size_t r = 0; r < results.size(); ++r) {
       const int64_t i = view->at(first + static_cast<int64_t>(r));
-      const std::string prediction = tokenizer.decode(results[r].tokens), target = dataset.target(i);
+      const std::string prediction = decode_generated(tokenizer, results[r].tokens), target = dataset.target(i);
       em += exact_match(prediction, target);
       rouge += rouge_l(prediction, target).f1;
       if (s.samples.size() < 5) s.samples.push_back({dataset.source(i), prediction, target});

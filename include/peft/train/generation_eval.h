@@ -30,6 +30,10 @@ struct GenerationScores {
   std::string to_json() const;
 };
 
+/// Generated ids as text: ids past the tokenizer's vocabulary (span-corruption sentinels, which a
+/// model pretrained so may still emit) are written <extra_id_K>, K counted from the vocabulary's end.
+std::string decode_generated(const tokenizers::Tokenizer& tokenizer, const std::vector<int64_t>& ids);
+
 /// Whether `dataset` is sequence-to-sequence data (a Seq2SeqDataset, or a subset of one such as a
 /// validation split): what evaluate_generation scores.
 bool is_seq2seq(const data::Dataset& dataset);
