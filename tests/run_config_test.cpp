@@ -58,7 +58,28 @@ TEST(RunConfig, DataKindsFromJson) {
   EXPECT_EQ(data.num_labels.value_or(0), 2);
   EXPECT_EQ(data.train->batch({0, 1}).input_ids.size(1), 16);
   EXPECT_NE(error_of([&] { train::load_run_data({{"kind", "csv"}}, model, "run.json", false); })
-                .find("data.kind must be jsonl_classification, text or idx, found 'csv'"),
+                .find("data.kind must be jsonl_classification, text, seq2seq_jsonl, span_corruption or idx, found 'csv'"),
+            std::string::npos);
+  // Sequence-to-sequence kinds: a classification file's text / label as source / target, and
+  // span corruption with its sentinels after the tokenizer's vocabulary, held out at the tail.
+  auto seq = train::load_run_data({{"kind", "seq2seq_jsonl"},
+                                   {"train", std::string(PEFT_SOURCE_DIR) + "/examples/data/brown/train.jsonl"},
+                                   {"source_field", "text"}, {"target_field", "label"}, {"max_source_length", 12},
+                                   {"validation_fraction", 0.1}},
+                                  model, "run.json", true);
+  ASSERT_TRUE(seq.train && seq.validation);
+  EXPECT_LE(seq.train->batch({0, 1}).input_ids.size(1), 12);
+  EXPECT_FALSE(seq.num_labels.has_value());
+  auto spans = train::load_run_data({{"kind", "span_corruption"},
+                                     {"train", std::string(PEFT_SOURCE_DIR) + "/examples/data/sotu/train.txt"},
+                                     {"block_size", 32}, {"max_tokens", 3200}, {"sentinels", 8}, {"variants", 2}},
+                                    model, "run.json", true);
+  EXPECT_EQ(spans.train->size(), 200);
+  EXPECT_EQ(spans.max_token_id.value_or(0), 4000 + 2 - 1);  // 32 tokens: 5 noise in 2 spans
+  EXPECT_NE(error_of([&] {
+              train::load_run_data({{"kind", "seq2seq_jsonl"}, {"train", "x.jsonl"}, {"source_feld", "text"}}, model,
+                                   "run.json", true);
+            }).find("source_feld"),
             std::string::npos);
   EXPECT_NE(error_of([&] { train::load_run_data({{"kind", "text"}}, model, "run.json", true); }).find("data.train is required"),
             std::string::npos);

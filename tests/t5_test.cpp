@@ -206,6 +206,36 @@ TEST(T5, LinearAndBlockSlotMethodsTrainSaveAndLoadOnT5) {
   }
 }
 
+TEST(T5, CrossAttentionAdaptersSitInDecoderBlocksOnly) {
+  PeftModel model(models::load_pretrained(fixture("hf/models/t5")));
+  torch::NoGradGuard g;
+  model.eval();
+  const at::Tensor base = model.forward(t5_inputs()).logits;
+  model.add_adapter("default", *methods::parse_config({{"peft_type", "BOTTLENECK_ADAPTER"}, {"task_type", "SEQ_2_SEQ_LM"},
+                                                       {"preset", "houlsby"}, {"bottleneck_size", 4},
+                                                       {"cross_adapter", true}}));
+  // Two slots in each of 4 blocks, a third in the 2 decoder blocks: 10 adapters of 2·32·4 + 4 + 32.
+  int64_t adapters = 0;
+  for (const auto& item : model.base_model().named_parameters())
+    if (item.value().requires_grad() && item.key().find(".adapters.") != std::string::npos) adapters += item.value().numel();
+  EXPECT_EQ(adapters, 10 * (2 * 32 * 4 + 4 + 32));
+  EXPECT_LT(max_abs_diff(model.forward(t5_inputs()).logits, base), 1e-6);  // zero_up: the identity at init
+  TempDir dir;
+  for (auto& p : model.trainable_parameters()) p.normal_(0.0, 0.1);
+  checkpoint::save_adapter(model, dir.file("d"));
+  EXPECT_EQ(core::read_json_file(dir.file("d/adapter_config.json"))["cross_adapter"], true);
+  const at::Tensor expected = model.forward(t5_inputs()).logits;
+  PeftModel again(models::load_pretrained(fixture("hf/models/t5")));
+  checkpoint::load_adapter(again, dir.file("d"));
+  again.eval();
+  EXPECT_TRUE(bit_equal(again.forward(t5_inputs()).logits, expected));
+  PeftModel plain(models::load_pretrained(fixture("hf/models/gpt2")));
+  const auto e = error_of([&] {
+    plain.add_adapter("default", *methods::parse_config({{"peft_type", "BOTTLENECK_ADAPTER"}, {"cross_adapter", true}}));
+  });
+  EXPECT_NE(e.find("cross_adapter"), std::string::npos) << e;
+}
+
 TEST(T5, PromptMethodsTrainOnBothSubmoduleLayouts) {
   for (nlohmann::json cfg : std::vector<nlohmann::json>{
            {{"peft_type", "PROMPT_TUNING"}, {"num_virtual_tokens", 3}},

@@ -1,6 +1,7 @@
 #include "peft/methods/bottleneck_adapter.h"
 
 #include <cmath>
+#include <map>
 
 #include <torch/torch.h>
 
@@ -33,11 +34,23 @@ void attach_bottleneck(PeftModel& model, MethodConfig& base_cfg, const std::stri
   const int64_t hidden = model.base_model().hidden_size();
   const int64_t m = cfg.bottleneck(hidden);
   auto options = model.base_model().parameters().front().options();
-  for (const auto& path : selected_blocks(model, cfg.layers_to_transform, kC))
-    for (const auto& slot : cfg.slots())
+  std::map<std::string, nn::BlockAdapters> blocks;
+  for (auto& [path, slots] : model.base_model().block_adapters()) blocks.emplace(path, slots);
+  int64_t cross = 0;
+  for (const auto& path : selected_blocks(model, cfg.layers_to_transform, kC)) {
+    std::vector<std::string> slots = cfg.slots();
+    if (cfg.cross_adapter && blocks.count(path) && blocks.at(path)->offers("cross_attention")) {
+      slots.insert(slots.begin() + (slots.front() == "attention" ? 1 : 0), "cross_attention");
+      ++cross;
+    }
+    for (const auto& slot : slots)
       model.attach_block_adapter(adapter, path, slot,
                                  std::make_shared<BottleneckImpl>(hidden, m, cfg.activation(), cfg.scale(),
                                                                   cfg.parallel(), cfg.init_weights, options));
+  }
+  PEFT_CHECK(!cfg.cross_adapter || cross > 0, kC,
+             "cross_adapter: {} has no cross-attention in the selected blocks (encoder-decoder decoders have one)",
+             model.base_model().architecture());
   if (cfg.preset == "houlsby" || cfg.train_layer_norms) train_layer_norms(model, adapter);
   model.add_modules_to_save(adapter, cfg.modules_to_save);
 }
@@ -89,6 +102,10 @@ const std::vector<ConfigField<BottleneckAdapterConfig>>& bottleneck_adapter_fiel
       field("init_weights", &C::init_weights),
       written_as(field("scaling", &C::scaling), [](const C& c, nlohmann::json& j) { j["scaling"] = c.scale(); }),
       field("train_layer_norms", &C::train_layer_norms),
+      // Written only when set, so configs without it stay as they were.
+      written_as(field("cross_adapter", &C::cross_adapter), [](const C& c, nlohmann::json& j) {
+        if (c.cross_adapter) j["cross_adapter"] = true;
+      }),
       field("layers_to_transform", &C::layers_to_transform),
       string_list_field("modules_to_save", &C::modules_to_save)};
   return f;

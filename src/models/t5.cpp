@@ -243,6 +243,7 @@ T5BlockImpl::T5BlockImpl(const T5Config& config, bool is_decoder, bool has_relat
   if (is_decoder) layer->push_back(T5LayerCrossAttention(config));
   layer->push_back(T5LayerFF(config));
   adapters = register_module("adapters", nn::BlockAdapters());
+  if (is_decoder) adapters->offer_cross_attention();
 }
 
 at::Tensor T5BlockImpl::forward(const at::Tensor& hidden, const at::Tensor& self_bias, const at::Tensor& encoder_hidden,
@@ -255,7 +256,10 @@ at::Tensor T5BlockImpl::forward(const at::Tensor& hidden, const at::Tensor& self
                                           drop(self->SelfAttention->forward(normed, {}, self_bias, cache, index, prefix), dropout_, train));
   if (is_decoder_) {
     auto cross = layer->ptr<T5LayerCrossAttentionImpl>(1);
-    h = h + drop(cross->EncDecAttention->forward(cross->layer_norm->forward(h), encoder_hidden, cross_bias, cache, index), dropout_, train);
+    const at::Tensor normed_cross = cross->layer_norm->forward(h);
+    h = h + adapters->apply("cross_attention", normed_cross,
+                            drop(cross->EncDecAttention->forward(normed_cross, encoder_hidden, cross_bias, cache, index),
+                                 dropout_, train));
   }
   auto ff = layer->ptr<T5LayerFFImpl>(is_decoder_ ? 2 : 1);
   normed = ff->layer_norm->forward(h);

@@ -9,13 +9,14 @@
 namespace peft::nn {
 
 const std::vector<std::string>& BlockAdaptersImpl::slots() {
-  static const std::vector<std::string> s = {"attention", "ffn"};
+  static const std::vector<std::string> s = {"attention", "cross_attention", "ffn"};
   return s;
 }
 
 void BlockAdaptersImpl::add(const std::string& adapter, const std::string& slot, std::shared_ptr<SublayerAdapter> module) {
   PEFT_CHECK(std::find(slots().begin(), slots().end(), slot) != slots().end(), "nn",
-             "unknown block slot '{}' (slots: attention, ffn)", slot);
+             "unknown block slot '{}' (slots: attention, cross_attention, ffn)", slot);
+  PEFT_CHECK(offers(slot), "nn", "this block has no {} sublayer (only decoder blocks of an encoder-decoder do)", slot);
   add_entry(adapter, slot, std::move(module));
 }
 

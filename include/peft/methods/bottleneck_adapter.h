@@ -27,6 +27,9 @@ struct BottleneckAdapterConfig : MethodConfig {
   std::string init_weights = "zero_up";  ///< zero_up | houlsby
   double scaling = 0.0;              ///< default: 1 (sequential), 4 (parallel)
   bool train_layer_norms = false;    ///< houlsby trains them whatever this says
+  /// Also an adapter after each decoder block's cross-attention (encoder-decoders; AdapterHub's
+  /// cross_adapter); refused on a model without cross-attention.
+  bool cross_adapter = false;
   std::vector<int64_t> layers_to_transform;
   std::vector<std::string> modules_to_save;
 

@@ -1,6 +1,6 @@
 // The block-slot extension point: every transformer block passes each sublayer's output
-// (attention, feed-forward; before the residual add) through the sublayer adapters attached to
-// it. Sequential adapters transform that output; parallel ones add what they compute from the
+// (attention, feed-forward, and an encoder-decoder's cross-attention in its decoder blocks; before
+// the residual add) through the sublayer adapters attached to it. Sequential adapters transform that output; parallel ones add what they compute from the
 // sublayer's input. Bottleneck adapters, AdaMix, SparseAdapter and Compacter live here.
 #pragma once
 
@@ -25,12 +25,19 @@ class SublayerAdapter : public torch::nn::Module {
 class BlockAdaptersImpl : public AdapterHolder {
  public:
   BlockAdaptersImpl() : AdapterHolder("BlockAdapters") {}
-  /// The slots every block offers.
-  static const std::vector<std::string>& slots();  // {"attention", "ffn"}
+  /// The slots a block may offer: every block offers attention and ffn; decoder blocks of an
+  /// encoder-decoder also cross_attention.
+  static const std::vector<std::string>& slots();  // {"attention", "cross_attention", "ffn"}
+  /// Called by a block that has a cross-attention sublayer.
+  void offer_cross_attention() { cross_attention_ = true; }
+  bool offers(const std::string& slot) const { return slot != "cross_attention" || cross_attention_; }
 
   void add(const std::string& adapter, const std::string& slot, std::shared_ptr<SublayerAdapter> module);
   /// Runs the active adapters of `slot` in the order they were added (cheap when there are none).
   at::Tensor apply(const std::string& slot, const at::Tensor& input, const at::Tensor& output);
+
+ private:
+  bool cross_attention_ = false;
 };
 TORCH_MODULE(BlockAdapters);
 

@@ -71,7 +71,8 @@ std::vector<S3petCandidate> enumerate(PeftModel& model, const S3petConfig& cfg, 
   if (wanted("adapter")) {
     const int64_t d = model.base_model().hidden_size(), m = cfg.adapter_size;
     for (const auto& [path, block] : model.blocks())
-      for (const auto& slot : nn::BlockAdaptersImpl::slots()) out.push_back({"adapter", path, slot, 2 * d * m + m + d});
+      for (const auto& slot : nn::BlockAdaptersImpl::slots())
+        if (block->offers(slot)) out.push_back({"adapter", path, slot, 2 * d * m + m + d});
   }
   return out;
 }
