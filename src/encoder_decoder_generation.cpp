@@ -17,10 +17,6 @@ struct Seq2SeqRow {
   bool done = false;
 };
 
-models::ModelOutput run(PeftModel& model, const models::ModelInputs& in, const std::vector<std::string>& names) {
-  return names.empty() ? model.forward(in) : model.forward(in, names);
-}
-
 /// Every prompt right-padded into one encoder batch (the mask undefined when none is padded).
 std::pair<at::Tensor, at::Tensor> encoder_batch(const std::vector<std::vector<int64_t>>& prompts, int64_t pad) {
   size_t longest = 0;
@@ -45,7 +41,7 @@ void decode_uncached(PeftModel& model, const std::vector<int64_t>& prompt, const
   in.input_ids = torch::tensor(prompt, torch::kLong).unsqueeze(0).to(device);
   while (!row.done) {
     in.decoder_input_ids = torch::tensor(row.decoded, torch::kLong).unsqueeze(0).to(device);
-    const at::Tensor logits = next_logits(run(model, in, names).logits, model)[0];
+    const at::Tensor logits = next_logits(forward_rows(model, in, names).logits, model)[0];
     row.done = !record_token(row.result, row.decoded, next_token(logits, row.decoded, c, gen), logits, c);
   }
 }
@@ -78,7 +74,7 @@ std::vector<GenerationResult> generate_encoder_decoder(PeftModel& model, const s
       std::vector<std::string> names;
       if (!c.adapter_names.empty())
         for (size_t r : running) names.push_back(c.adapter_names[r]);
-      const auto out = run(model, in, names);
+      const auto out = forward_rows(model, in, names);
       if (!in.encoder_outputs.defined()) in.encoder_outputs = out.encoder_last_hidden_state;  // encoded once
       const at::Tensor logits = next_logits(out.logits, model);
       std::vector<int64_t> keep, tokens;

@@ -54,6 +54,10 @@ int64_t next_token(at::Tensor logits, const std::vector<int64_t>& seen, const Ge
   return (gen ? at::multinomial(probs, 1, false, *gen) : torch::multinomial(probs, 1)).item<int64_t>();
 }
 
+models::ModelOutput forward_rows(PeftModel& model, const models::ModelInputs& in, const std::vector<std::string>& names) {
+  return names.empty() ? model.forward(in) : model.forward(in, names);
+}
+
 at::Tensor next_logits(const at::Tensor& logits, PeftModel& model) {
   PEFT_CHECK(logits.defined() && logits.dim() == 3, kC, "{} returns no per-token logits: generation needs a causal LM",
              model.base_model().architecture());
@@ -114,10 +118,6 @@ std::vector<std::string> adapters_of(const std::vector<Row>& rows, const std::ve
   return names;
 }
 
-/// One forward: a mixed-adapter batch when the rows name adapters.
-models::ModelOutput run(PeftModel& model, const models::ModelInputs& in, const std::vector<std::string>& names) {
-  return names.empty() ? model.forward(in) : model.forward(in, names);
-}
 
 /// The reference: every step recomputes the row's last `window` tokens.
 void continue_uncached(PeftModel& model, Row& row, const GenerationConfig& c, std::optional<at::Generator>& gen,
@@ -127,7 +127,7 @@ void continue_uncached(PeftModel& model, Row& row, const GenerationConfig& c, st
     const auto n = std::min<int64_t>(static_cast<int64_t>(row.ids.size()), row.window);
     models::ModelInputs in;
     in.input_ids = torch::tensor(std::vector<int64_t>(row.ids.end() - n, row.ids.end()), torch::kLong).unsqueeze(0).to(device);
-    const at::Tensor logits = next_logits(run(model, in, names).logits, model)[0];
+    const at::Tensor logits = next_logits(forward_rows(model, in, names).logits, model)[0];
     advance(row, next_token(logits, row.ids, c, gen), logits, c);
   }
 }
@@ -169,7 +169,7 @@ void continue_cached(PeftModel& model, std::vector<Row>& rows, const GenerationC
   in.position_ids = positions.to(device);
   in.attention_mask = B > 1 || longest > static_cast<int64_t>(rows[running[0]].ids.size()) ? mask.to(device) : at::Tensor();
   while (!running.empty()) {
-    const at::Tensor logits = next_logits(run(model, in, adapters_of(rows, running)).logits, model);
+    const at::Tensor logits = next_logits(forward_rows(model, in, adapters_of(rows, running)).logits, model);
     std::vector<int64_t> keep, tokens, step_positions;
     for (size_t b = 0; b < running.size(); ++b) {
       Row& row = rows[running[b]];

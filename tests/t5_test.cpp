@@ -35,6 +35,18 @@ std::pair<double, double> train_on_fixture(PeftModel& model, int steps) {
   return {first, last};
 }
 
+/// Saves `model`'s delta to `dir` and loads it onto a fresh fixture base: the logits must be bit-equal.
+void expect_reload_is_bit_exact(PeftModel& model, const std::string& dir, const std::string& what) {
+  model.eval();
+  checkpoint::save_adapter(model, dir);
+  torch::NoGradGuard g;
+  const at::Tensor expected = model.forward(t5_inputs()).logits;
+  PeftModel again(models::load_pretrained(fixture("hf/models/t5")));
+  checkpoint::load_adapter(again, dir);
+  again.eval();
+  EXPECT_TRUE(bit_equal(again.forward(t5_inputs()).logits, expected)) << what;
+}
+
 TEST(T5, MatchesHuggingFaceLogitsLossAndEveryHiddenState) {
   auto model = models::load_pretrained(fixture("hf/models/t5"));
   EXPECT_EQ(model->architecture(), "T5ForConditionalGeneration");
@@ -194,15 +206,8 @@ TEST(T5, LinearAndBlockSlotMethodsTrainSaveAndLoadOnT5) {
     // Batched per-sample gradients cover every one of these methods on T5.
     privacy::PerSampleBatch ps([&](const models::ModelInputs& x) { return model.forward(x); }, t5_inputs(), params);
     EXPECT_TRUE(ps.ok()) << cfg.dump() << ": " << ps.why();
-    model.eval();
     TempDir dir;
-    checkpoint::save_adapter(model, dir.file("d"));
-    torch::NoGradGuard g;
-    const at::Tensor expected = model.forward(t5_inputs()).logits;
-    PeftModel again(models::load_pretrained(fixture("hf/models/t5")));
-    checkpoint::load_adapter(again, dir.file("d"));
-    again.eval();
-    EXPECT_TRUE(bit_equal(again.forward(t5_inputs()).logits, expected)) << cfg.dump();
+    expect_reload_is_bit_exact(model, dir.file("d"), cfg.dump());
   }
 }
 
@@ -222,13 +227,8 @@ TEST(T5, CrossAttentionAdaptersSitInDecoderBlocksOnly) {
   EXPECT_LT(max_abs_diff(model.forward(t5_inputs()).logits, base), 1e-6);  // zero_up: the identity at init
   TempDir dir;
   for (auto& p : model.trainable_parameters()) p.normal_(0.0, 0.1);
-  checkpoint::save_adapter(model, dir.file("d"));
+  expect_reload_is_bit_exact(model, dir.file("d"), "cross_adapter");
   EXPECT_EQ(core::read_json_file(dir.file("d/adapter_config.json"))["cross_adapter"], true);
-  const at::Tensor expected = model.forward(t5_inputs()).logits;
-  PeftModel again(models::load_pretrained(fixture("hf/models/t5")));
-  checkpoint::load_adapter(again, dir.file("d"));
-  again.eval();
-  EXPECT_TRUE(bit_equal(again.forward(t5_inputs()).logits, expected));
   PeftModel plain(models::load_pretrained(fixture("hf/models/gpt2")));
   const auto e = error_of([&] {
     plain.add_adapter("default", *methods::parse_config({{"peft_type", "BOTTLENECK_ADAPTER"}, {"cross_adapter", true}}));
@@ -250,17 +250,10 @@ TEST(T5, PromptMethodsTrainOnBothSubmoduleLayouts) {
     model.add_adapter("default", *methods::parse_config(cfg));
     const auto [first, last] = train_on_fixture(model, 5);
     EXPECT_LT(last, first) << cfg.dump();
-    model.eval();
     TempDir dir;
-    checkpoint::save_adapter(model, dir.file("d"));
+    expect_reload_is_bit_exact(model, dir.file("d"), cfg.dump());
     const auto saved = core::read_json_file(dir.file("d/adapter_config.json"));
     EXPECT_EQ(saved["num_transformer_submodules"], cfg.value("num_transformer_submodules", 2)) << cfg.dump();
-    torch::NoGradGuard g;
-    const at::Tensor expected = model.forward(t5_inputs()).logits;
-    PeftModel again(models::load_pretrained(fixture("hf/models/t5")));
-    checkpoint::load_adapter(again, dir.file("d"));
-    again.eval();
-    EXPECT_TRUE(bit_equal(again.forward(t5_inputs()).logits, expected)) << cfg.dump();
   }
   // Two submodules on a decoder-only model are refused by name.
   PeftModel gpt2(models::load_pretrained(fixture("hf/models/gpt2")));

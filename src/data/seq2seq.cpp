@@ -4,7 +4,7 @@
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
-#include "peft/core/log.h"
+#include "jsonl_records.h"
 
 namespace peft::data {
 namespace {
@@ -26,17 +26,9 @@ struct Parsed {
 
 Parsed parse_line(const std::string& line, const Seq2SeqOptions& o) {
   Parsed p;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::exception& e) {
-    p.error = fmt::format("invalid JSON ({})", e.what());
-    return p;
-  }
-  if (!j.is_object()) {
-    p.error = "expected a JSON object";
-    return p;
-  }
+  const auto parsed = parse_json_object(line, p.error);
+  if (!parsed) return p;
+  const nlohmann::json& j = *parsed;
   const auto s = text_of(j, o.source_field), t = text_of(j, o.target_field);
   if (!s) p.error = fmt::format("missing string field '{}'", o.source_field);
   else if (!t) p.error = fmt::format("missing string field '{}'", o.target_field);
@@ -55,38 +47,17 @@ Seq2SeqDataset::Seq2SeqDataset(const std::string& path, std::shared_ptr<const to
   PEFT_CHECK(options_.max_source_length >= 2 && options_.max_target_length >= 2, kC,
              "max_source_length and max_target_length must be at least 2, found {} and {}", options_.max_source_length,
              options_.max_target_length);
-  std::ifstream in(path, std::ios::binary);
-  PEFT_CHECK(in.good(), kC, "{}: cannot open the data file", path);
-  std::string line;
-  uint64_t offset = 0;
-  for (int64_t number = 1; std::getline(in, line); ++number) {
-    const uint64_t here = offset;
-    offset += line.size() + 1;
-    if (line.empty() || line == "\r") continue;
-    const Parsed p = parse_line(line, options_);
-    if (!p.error.empty()) {
-      PEFT_CHECK(options_.skip_bad_records, kC, "{}:{}: {} (skip_bad_records skips and counts such records)", path,
-                 number, p.error);
-      if (++skipped_ <= 5) log::warn("{}:{}: {} (skipped)", path, number, p.error);
-      continue;
-    }
-    offsets_.push_back(here);
-  }
-  PEFT_CHECK(!offsets_.empty(), kC, "{}: no usable records", path);
-  if (skipped_ > 0) log::warn("{}: skipped {} malformed record(s)", path, skipped_);
+  records_ = std::make_unique<JsonlRecords>(path, options_.skip_bad_records,
+                                            [&](const std::string& line) { return parse_line(line, options_).error; });
 }
 
+Seq2SeqDataset::~Seq2SeqDataset() = default;
+
+int64_t Seq2SeqDataset::size() const { return records_->size(); }
+int64_t Seq2SeqDataset::skipped() const { return records_->skipped(); }
+
 std::pair<std::string, std::string> Seq2SeqDataset::record(int64_t index) const {
-  PEFT_CHECK(index >= 0 && index < size(), kC, "record {} is outside [0, {})", index, size());
-  std::string line;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!file_.is_open()) file_.open(path_, std::ios::binary);
-    file_.clear();
-    file_.seekg(static_cast<std::streamoff>(offsets_[static_cast<size_t>(index)]));
-    std::getline(file_, line);
-    PEFT_CHECK(!file_.fail(), kC, "{}: could not read record {} (was the file changed?)", path_, index);
-  }
+  const std::string line = records_->line(index);
   Parsed p = parse_line(line, options_);
   PEFT_CHECK(p.error.empty(), kC, "{}: record {} no longer parses: {} (was the file changed?)", path_, index, p.error);
   return {std::move(p.source), std::move(p.target)};
@@ -103,8 +74,8 @@ std::vector<int64_t> Seq2SeqDataset::encode(const std::string& text, int64_t max
   return ids;
 }
 
-std::vector<int64_t> Seq2SeqDataset::source_tokens(int64_t index) const {
-  auto ids = encode(source(index), options_.max_source_length);
+std::vector<int64_t> Seq2SeqDataset::source_tokens(const std::string& source) const {
+  auto ids = encode(source, options_.max_source_length);
   if (ids.empty()) ids.push_back(options_.pad_id);
   return ids;
 }
@@ -114,8 +85,7 @@ models::ModelInputs Seq2SeqDataset::batch(const std::vector<int64_t>& indices) c
   int64_t source_len = 1, target_len = 1;
   for (int64_t i : indices) {
     auto [s, t] = record(i);
-    sources.push_back(encode(s, options_.max_source_length));
-    if (sources.back().empty()) sources.back().push_back(options_.pad_id);
+    sources.push_back(source_tokens(s));
     targets.push_back(encode(t, options_.max_target_length));
     source_len = std::max<int64_t>(source_len, static_cast<int64_t>(sources.back().size()));
     target_len = std::max<int64_t>(target_len, static_cast<int64_t>(targets.back().size()));
@@ -139,7 +109,7 @@ models::ModelInputs Seq2SeqDataset::batch(const std::vector<int64_t>& indices) c
 
 std::string Seq2SeqDataset::describe() const {
   return fmt::format("{}: {} records ('{}' -> '{}'); {} skipped; sources cut at {} tokens, targets at {}", path_,
-                     size(), options_.source_field, options_.target_field, skipped_, options_.max_source_length,
+                     size(), options_.source_field, options_.target_field, skipped(), options_.max_source_length,
                      options_.max_target_length);
 }
 

@@ -1,6 +1,5 @@
 #include "peft/data/text_classification.h"
 
-#include <fstream>
 #include <map>
 #include <set>
 
@@ -8,7 +7,7 @@
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
-#include "peft/core/log.h"
+#include "jsonl_records.h"
 
 namespace peft::data {
 namespace {
@@ -21,16 +20,10 @@ struct Parsed {
 
 Parsed parse_line(const std::string& line, const TextClassificationOptions& o) {
   Parsed p;
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(line);
-  } catch (const nlohmann::json::exception& e) {  // syntax, and numbers out of range (1e309)
-    p.error = fmt::format("invalid JSON ({})", e.what());
-    return p;
-  }
-  if (!j.is_object()) {
-    p.error = "expected a JSON object";
-  } else if (!j.contains(o.text_field) || !j[o.text_field].is_string()) {
+  const auto parsed = parse_json_object(line, p.error);
+  if (!parsed) return p;
+  const nlohmann::json& j = *parsed;
+  if (!j.contains(o.text_field) || !j[o.text_field].is_string()) {
     p.error = fmt::format("missing string field '{}'", o.text_field);
   } else if (!j.contains(o.label_field) || !(j[o.label_field].is_string() || j[o.label_field].is_number_integer())) {
     p.error = fmt::format("missing field '{}' (a string or an integer)", o.label_field);
@@ -48,56 +41,36 @@ TextClassificationDataset::TextClassificationDataset(const std::string& path,
                                                      TextClassificationOptions options)
     : path_(path), tokenizer_(std::move(tokenizer)), options_(std::move(options)) {
   PEFT_CHECK(options_.max_length >= 2, kC, "max_length must be at least 2, found {}", options_.max_length);
-  std::ifstream in(path, std::ios::binary);
-  PEFT_CHECK(in.good(), kC, "{}: cannot open the data file", path);
   const bool fixed_labels = !options_.labels.empty();
   std::map<std::string, int64_t> index;
   for (size_t i = 0; i < options_.labels.size(); ++i) index[options_.labels[i]] = static_cast<int64_t>(i);
   std::vector<std::string> raw_labels;
-  std::string line;
-  uint64_t offset = 0;
-  for (int64_t number = 1; std::getline(in, line); ++number) {
-    const uint64_t here = offset;
-    offset += line.size() + 1;
-    if (line.empty() || line == "\r") continue;
+  records_ = std::make_unique<JsonlRecords>(path, options_.skip_bad_records, [&](const std::string& line) {
     Parsed p = parse_line(line, options_);
     if (p.error.empty() && fixed_labels && !index.count(p.label)) {
       std::string known;
       for (const auto& l : options_.labels) known += (known.empty() ? "" : ", ") + l;
       p.error = fmt::format("label '{}' is not one of the training labels ({})", p.label, known);
     }
-    if (!p.error.empty()) {
-      PEFT_CHECK(options_.skip_bad_records, kC, "{}:{}: {} (skip_bad_records skips and counts such records)", path,
-                 number, p.error);
-      if (++skipped_ <= 5) log::warn("{}:{}: {} (skipped)", path, number, p.error);
-      continue;
-    }
-    offsets_.push_back(here);
-    raw_labels.push_back(p.label);
-  }
-  PEFT_CHECK(!offsets_.empty(), kC, "{}: no usable records", path);
+    if (p.error.empty()) raw_labels.push_back(p.label);
+    return p.error;
+  });
   if (!fixed_labels) {
     std::set<std::string> found(raw_labels.begin(), raw_labels.end());
     options_.labels.assign(found.begin(), found.end());
     for (size_t i = 0; i < options_.labels.size(); ++i) index[options_.labels[i]] = static_cast<int64_t>(i);
   }
   for (const auto& l : raw_labels) label_ids_.push_back(index.at(l));
-  seen_truncated_.assign(offsets_.size(), false);
-  if (skipped_ > 0) log::warn("{}: skipped {} malformed record(s)", path, skipped_);
+  seen_truncated_.assign(static_cast<size_t>(records_->size()), false);
 }
 
+TextClassificationDataset::~TextClassificationDataset() = default;
+
+int64_t TextClassificationDataset::size() const { return records_->size(); }
+int64_t TextClassificationDataset::skipped() const { return records_->skipped(); }
+
 std::string TextClassificationDataset::text(int64_t index) const {
-  PEFT_CHECK(index >= 0 && index < size(), kC, "record {} is outside [0, {})", index, size());
-  std::string line;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (!file_.is_open()) file_.open(path_, std::ios::binary);
-    file_.clear();
-    file_.seekg(static_cast<std::streamoff>(offsets_[static_cast<size_t>(index)]));
-    std::getline(file_, line);
-    PEFT_CHECK(!file_.fail(), kC, "{}: could not read record {} (was the file changed?)", path_, index);
-  }
-  return parse_line(line, options_).text;
+  return parse_line(records_->line(index), options_).text;
 }
 
 models::ModelInputs TextClassificationDataset::batch(const std::vector<int64_t>& indices) const {
@@ -143,7 +116,7 @@ std::string TextClassificationDataset::describe() const {
   for (size_t i = 0; i < counts.size(); ++i)
     per_label += fmt::format("{}{} {}", i ? ", " : "", counts[i], options_.labels[i]);
   return fmt::format("{}: {} records ({}); {} skipped; {} truncated to {} tokens so far", path_, size(), per_label,
-                     skipped_, truncated(), options_.max_length);
+                     skipped(), truncated(), options_.max_length);
 }
 
 }  // namespace peft::data

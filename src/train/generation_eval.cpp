@@ -68,15 +68,19 @@ GenerationScores evaluate_generation(PeftModel& model, const data::Dataset& data
   GenerationScores s;
   double em = 0, rouge = 0;
   for (int64_t first = 0; first < n; first += batch_size) {
+    std::vector<std::pair<std::string, std::string>> records;  // each record read once
     std::vector<std::vector<int64_t>> prompts;
-    for (int64_t i = first; i < std::min(n, first + batch_size); ++i) prompts.push_back(dataset.source_tokens(view->at(i)));
+    for (int64_t i = first; i < std::min(n, first + batch_size); ++i) {
+      records.push_back(dataset.record(view->at(i)));
+      prompts.push_back(dataset.source_tokens(records.back().first));
+    }
     const auto results = generate_batch(model, prompts, config);
     for (size_t r = 0; r < results.size(); ++r) {
-      const int64_t i = view->at(first + static_cast<int64_t>(r));
-      const std::string prediction = decode_generated(tokenizer, results[r].tokens), target = dataset.target(i);
+      const auto& [source, target] = records[r];
+      const std::string prediction = decode_generated(tokenizer, results[r].tokens);
       em += exact_match(prediction, target);
       rouge += rouge_l(prediction, target).f1;
-      if (s.samples.size() < 5) s.samples.push_back({dataset.source(i), prediction, target});
+      if (s.samples.size() < 5) s.samples.push_back({source, prediction, target});
     }
   }
   s.examples = n;

@@ -3,9 +3,7 @@
 // file is indexed in one streaming pass; records are read and tokenized per batch.
 #pragma once
 
-#include <fstream>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -28,32 +26,35 @@ struct Seq2SeqOptions {
   bool skip_bad_records = false;
 };
 
+class JsonlRecords;
+
 class Seq2SeqDataset : public Dataset {
  public:
   Seq2SeqDataset(const std::string& path, std::shared_ptr<const tokenizers::Tokenizer> tokenizer, Seq2SeqOptions options);
-  int64_t size() const override { return static_cast<int64_t>(offsets_.size()); }
+  ~Seq2SeqDataset() override;
+  int64_t size() const override;
   /// input_ids / attention_mask (right-padded sources), labels (targets, -100 past each end).
   models::ModelInputs batch(const std::vector<int64_t>& indices) const override;
   std::string describe() const override;
 
-  std::string source(int64_t index) const;  ///< the record's source text, prefix included
+  /// The record's (source, target) texts, the source prefix included (read from the file).
+  std::pair<std::string, std::string> record(int64_t index) const;
+  std::string source(int64_t index) const;
   std::string target(int64_t index) const;
-  /// The tokens the model reads for record `index` (prefix, truncation and end token applied).
-  std::vector<int64_t> source_tokens(int64_t index) const;
+  /// The tokens the model reads for a source text (truncation and end token applied).
+  std::vector<int64_t> source_tokens(const std::string& source) const;
+  /// The tokens the model reads for record `index`.
+  std::vector<int64_t> source_tokens(int64_t index) const { return source_tokens(source(index)); }
   const Seq2SeqOptions& options() const { return options_; }
-  int64_t skipped() const { return skipped_; }
+  int64_t skipped() const;
 
  private:
-  std::pair<std::string, std::string> record(int64_t index) const;
   std::vector<int64_t> encode(const std::string& text, int64_t max_length) const;
 
   std::string path_;
   std::shared_ptr<const tokenizers::Tokenizer> tokenizer_;
   Seq2SeqOptions options_;
-  std::vector<uint64_t> offsets_;
-  int64_t skipped_ = 0;
-  mutable std::mutex mutex_;
-  mutable std::ifstream file_;
+  std::unique_ptr<JsonlRecords> records_;  // records are read on demand
 };
 
 }  // namespace peft::data

@@ -3,7 +3,6 @@
 // per batch, so files larger than memory work.
 #pragma once
 
-#include <fstream>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -26,29 +25,30 @@ struct TextClassificationOptions {
   std::vector<std::string> labels;
 };
 
+class JsonlRecords;
+
 class TextClassificationDataset : public Dataset {
  public:
   TextClassificationDataset(const std::string& path, std::shared_ptr<const tokenizers::Tokenizer> tokenizer,
                             TextClassificationOptions options);
-  int64_t size() const override { return static_cast<int64_t>(offsets_.size()); }
+  ~TextClassificationDataset() override;
+  int64_t size() const override;
   models::ModelInputs batch(const std::vector<int64_t>& indices) const override;
   std::vector<std::string> labels() const override { return options_.labels; }
   std::string describe() const override;
 
   std::string text(int64_t index) const;  ///< the record's text (read from the file)
   int64_t label(int64_t index) const { return label_ids_.at(static_cast<size_t>(index)); }
-  int64_t skipped() const { return skipped_; }
+  int64_t skipped() const;
   int64_t truncated() const;
 
  private:
   std::string path_;
   std::shared_ptr<const tokenizers::Tokenizer> tokenizer_;
   TextClassificationOptions options_;
-  std::vector<uint64_t> offsets_;  // byte offset of each kept record's line
+  std::unique_ptr<JsonlRecords> records_;  // records are read on demand
   std::vector<int64_t> label_ids_;
-  int64_t skipped_ = 0;
-  mutable std::mutex mutex_;
-  mutable std::ifstream file_;  // records are read on demand
+  mutable std::mutex mutex_;  // guards seen_truncated_
   mutable std::vector<bool> seen_truncated_;
 };
 
