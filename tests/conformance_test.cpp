@@ -75,6 +75,26 @@ const std::vector<MethodCase> kCases = {
                           {"target_modules", "transformer\\.h\\.1\\..*c_(attn|fc)"}, {"modules_to_save", {"ln_f"}}}, {"gpt2"}},
 };
 
+/// The tiny families and T5 (a sequence-to-sequence LM; tiny_model and tiny_batch make it too).
+const std::vector<std::string>& conformance_families() {
+  static const std::vector<std::string> f = [] {
+    auto out = tiny_families();
+    out.push_back("t5");
+    return out;
+  }();
+  return f;
+}
+
+/// Cases that do not apply to T5, each refused with a reason naming what is missing
+/// (MethodsThatDoNotApplyToT5AreRefusedByName).
+const std::map<std::string, std::string> kRefusedOnT5 = {
+    {"llama_adapter", "encoder-decoder"},
+    {"llama_adapter_per_head", "encoder-decoder"},
+    {"lst", "side network"},
+    {"lst_gated_dropping_random", "side network"},
+    {"s3pet_search_space", "encoder-decoders"},
+};
+
 /// One method case on one family; classification families train their head (SEQ_CLS).
 struct Combo {
   MethodCase method;
@@ -85,10 +105,11 @@ struct Combo {
 std::vector<Combo> combos() {
   std::vector<Combo> out;
   for (const auto& c : kCases)
-    for (const auto& f : tiny_families())
-      if (c.families.empty() || std::find(c.families.begin(), c.families.end(), f) != c.families.end()) {
+    for (const auto& f : conformance_families())
+      if ((c.families.empty() || std::find(c.families.begin(), c.families.end(), f) != c.families.end()) &&
+          !(f == "t5" && kRefusedOnT5.count(c.name))) {
         Combo combo{c, f};
-        combo.method.config["task_type"] = is_classifier(f) ? "SEQ_CLS" : "CAUSAL_LM";
+        combo.method.config["task_type"] = is_classifier(f) ? "SEQ_CLS" : f == "t5" ? "SEQ_2_SEQ_LM" : "CAUSAL_LM";
         out.push_back(combo);
       }
   return out;
@@ -216,13 +237,15 @@ TEST_P(Conformance, MergedEqualsUnmerged) {
     }
     return;
   }
+  // float32 rounding of the merged weights, relative to the logits' scale (T5's untied head gives larger ones).
+  const double tol = 1e-5 * std::max(1.0, unmerged.abs().max().item<double>());
   model.merge_adapter();
-  EXPECT_LT(max_abs_diff(model.forward(batch()).logits, unmerged), 1e-5);
+  EXPECT_LT(max_abs_diff(model.forward(batch()).logits, unmerged), tol);
   model.unmerge_adapter();
-  EXPECT_LT(max_abs_diff(model.forward(batch()).logits, unmerged), 1e-5);
+  EXPECT_LT(max_abs_diff(model.forward(batch()).logits, unmerged), tol);
   for (auto& [name, t] : w_before) EXPECT_LT(max_abs_diff(base->named_parameters()[name], t), 1e-6) << name;
   auto merged = model.merge_and_unload();
-  EXPECT_LT(max_abs_diff(merged->forward(batch()).logits, unmerged), 1e-5);
+  EXPECT_LT(max_abs_diff(merged->forward(batch()).logits, unmerged), tol);
   for (const auto& [name, lin] : merged->adaptable_linears()) EXPECT_TRUE(lin->adapters().empty()) << name;
 }
 
@@ -295,6 +318,10 @@ TEST_P(Conformance, GradientsMatchFiniteDifferencesInFloat64) {
 }
 
 TEST_P(Conformance, GradientCheckpointingKeepsGradientsBitIdentical) {
+  // Every T5 decoder block reads the encoder's output, so its gradient sums per-block parts,
+  // in another order when the blocks are recomputed: close, not bit-equal.
+  std::string mode = GetParam().method.checkpointing;
+  if (GetParam().family == "t5" && mode == "exact") mode = "close";
   for (const bool dropout : {false, true}) {
     std::vector<at::Tensor> reference;
     double reference_loss = 0, reference_draw = 0;
@@ -308,7 +335,7 @@ TEST_P(Conformance, GradientCheckpointingKeepsGradientsBitIdentical) {
       model.train();
       model.set_gradient_checkpointing(checkpointing);
       torch::manual_seed(21);  // the same dropout draws in both runs
-      if (checkpointing && GetParam().method.checkpointing == "refused") {
+      if (checkpointing && mode == "refused") {
         EXPECT_THROW(model.forward_train(batch()), Error);
         return;
       }
@@ -329,7 +356,7 @@ TEST_P(Conformance, GradientCheckpointingKeepsGradientsBitIdentical) {
       for (size_t i = 0; i < grads.size(); ++i) {
         ASSERT_EQ(grads[i].defined(), reference[i].defined()) << i;
         if (!grads[i].defined()) continue;
-        if (GetParam().method.checkpointing == "close")
+        if (mode == "close")
           EXPECT_LE(max_abs_diff(grads[i], reference[i]), 1e-6 * (1.0 + reference[i].abs().max().item<double>())) << i;
         else
           EXPECT_TRUE(bit_equal(grads[i], reference[i])) << "dropout " << dropout << " tensor " << i << " max diff "
@@ -589,7 +616,9 @@ TEST_P(Conformance, MixedAdapterBatchEqualsEachRowAlone) {
         model.set_adapter(name);
       }
       const at::Tensor alone = model.forward(rows_of(in, {i})).logits;
-      EXPECT_LT(max_abs_diff(mixed[i], alone[0]), 1e-6) << "row " << i << " (" << name << ")";
+      // Batched products round differently; relative to the logits' scale (T5's untied head gives larger ones).
+      EXPECT_LT(max_abs_diff(mixed[i], alone[0]), 1e-6 * std::max(1.0, alone.abs().max().item<double>()))
+          << "row " << i << " (" << name << ")";
     }
     model.enable_adapters();
     if (prompt) {
@@ -694,6 +723,23 @@ TEST_P(Decoding, MixedAdapterGenerationEqualsEachRowAlone) {
       model.set_adapter(c.adapter_names[r]);
     }
     expect_same_decoding(batch[r], generate(model, prompts[r], alone), "row " + std::to_string(r));
+  }
+}
+
+TEST(ConformanceT5, MethodsThatDoNotApplyToT5AreRefusedByName) {
+  for (const auto& entry : kRefusedOnT5) {
+    const std::string& name = entry.first;
+    const std::string& reason = entry.second;
+    const auto it = std::find_if(kCases.begin(), kCases.end(), [&](const MethodCase& c) { return c.name == name; });
+    ASSERT_NE(it, kCases.end()) << name;
+    auto config = it->config;
+    config["task_type"] = "SEQ_2_SEQ_LM";
+    PeftModel model(tiny_model("t5"));
+    const std::string why = error_of([&] {
+      model.add_adapter("default", *methods::parse_config(config));
+      model.forward_train(tiny_batch("t5"));
+    });
+    EXPECT_NE(why.find(reason), std::string::npos) << name << ": " << why;
   }
 }
 

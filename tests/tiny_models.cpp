@@ -38,12 +38,19 @@ nlohmann::json tiny_config(const std::string& family) {
     return {{"model_type", "vit"}, {"hidden_size", 24}, {"num_hidden_layers", 2}, {"num_attention_heads", 3},
             {"intermediate_size", 40}, {"image_size", 12}, {"patch_size", 4}, {"num_channels", 2}, {"num_labels", 5},
             {"architectures", {"ViTForImageClassification"}}};
+  if (family == "t5")  // gated-GELU, untied head, a deeper decoder than encoder
+    return {{"model_type", "t5"}, {"vocab_size", 61}, {"d_model", 24}, {"d_kv", 6}, {"d_ff", 40}, {"num_layers", 2},
+            {"num_decoder_layers", 3}, {"num_heads", 4}, {"relative_attention_num_buckets", 8},
+            {"relative_attention_max_distance", 20}, {"dropout_rate", 0.0}, {"layer_norm_epsilon", 1e-6},
+            {"feed_forward_proj", "gated-gelu"}, {"tie_word_embeddings", false}, {"pad_token_id", 0},
+            {"eos_token_id", 1}, {"decoder_start_token_id", 0}, {"architectures", {"T5ForConditionalGeneration"}}};
   throw std::invalid_argument("unknown tiny family " + family);
 }
 
 nlohmann::json tiny_dropout(const std::string& family) {
   if (family == "gpt2") return {{"resid_pdrop", 0.1}, {"embd_pdrop", 0.1}, {"attn_pdrop", 0.1}};
   if (family == "llama") return {{"attention_dropout", 0.1}};
+  if (family == "t5") return {{"dropout_rate", 0.1}};
   return {{"hidden_dropout_prob", 0.1}, {"attention_probs_dropout_prob", 0.1}};
 }
 
@@ -100,6 +107,10 @@ models::ModelInputs tiny_batch(const std::string& family) {
   in.input_ids.index_put_({1, torch::indexing::Slice(6, 9)}, pad);
   if (family == "bert") in.token_type_ids = (torch::arange(9) >= 4).to(torch::kLong).unsqueeze(0).repeat({2, 1});
   in.labels = is_classifier(family) ? torch::tensor({2, 0}, torch::kLong) : in.input_ids.clone();
+  if (family == "t5") {  // a target of its own length, the second one shorter (-100 past its end)
+    in.labels = torch::randint(2, 61, {2, 5}, torch::kLong);
+    in.labels.index_put_({1, torch::indexing::Slice(3, 5)}, -100);
+  }
   return in;
 }
 

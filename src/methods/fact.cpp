@@ -76,10 +76,11 @@ int64_t count_fact(const MethodConfig& base_cfg, const models::ModelGeometry& g)
 
 int64_t fact_default_slices(const models::ModelGeometry& g) {
   const int64_t d = g.hidden_size, kv = g.num_kv_heads * g.head_dim;
-  int64_t per_layer = 2;                  // queries and the attention output
-  if (kv % d == 0) per_layer += 2 * (kv / d);  // keys and values
-  if (g.intermediate_size % d == 0) per_layer += g.mlp_matrices * (g.intermediate_size / d);
-  return per_layer * g.num_layers;
+  int64_t attention = 2;                         // queries and the attention output
+  if (kv % d == 0) attention += 2 * (kv / d);    // keys and values
+  const int64_t mlp = g.intermediate_size % d == 0 ? g.mlp_matrices * (g.intermediate_size / d) : 0;
+  // An encoder-decoder's decoder blocks add a cross-attention.
+  return (attention + mlp) * g.num_layers + (2 * attention + mlp) * g.num_decoder_layers;
 }
 
 FacTSharedImpl::FacTSharedImpl(int64_t d, int64_t r, const std::string& variant, int64_t slices,

@@ -22,6 +22,12 @@ int64_t layers_used(const LlamaAdapterConfig& cfg, int64_t available) {
 
 void attach_llama_adapter(PeftModel& model, MethodConfig& base_cfg, const std::string& adapter) {
   auto& cfg = dynamic_cast<LlamaAdapterConfig&>(base_cfg);
+  // Its gated prompt attends in a block's own self-attention; HF PEFT defines it for decoder
+  // stacks only and no paper places it in an encoder-decoder.
+  PEFT_CHECK(!model.base_model().geometry().encoder_decoder, kC,
+             "ADAPTION_PROMPT (LLaMA-Adapter) does not apply to the encoder-decoder {} model; use PREFIX_TUNING, "
+             "PROMPT_TUNING or P_TUNING for its attention or inputs",
+             model.base_model().model_type());
   std::vector<std::string> targets, all;
   for (const auto& [path, holder] : model.attention_layers()) {
     all.push_back(path);

@@ -17,8 +17,8 @@ PromptLengths check_prompt_inputs(const ModelInputs& inputs, int64_t batch, cons
     out.virtual_tokens = p.size(1);
   }
   if (inputs.attention_prefix.empty()) return out;
-  PEFT_CHECK(static_cast<int64_t>(inputs.attention_prefix.size()) == g.num_layers, c,
-             "attention_prefix has {} layers, the model has {}", inputs.attention_prefix.size(), g.num_layers);
+  PEFT_CHECK(static_cast<int64_t>(inputs.attention_prefix.size()) == g.prefix_layers(), c,
+             "attention_prefix has {} layers, the model has {}", inputs.attention_prefix.size(), g.prefix_layers());
   const int64_t len = inputs.attention_prefix.front().length();
   for (size_t i = 0; i < inputs.attention_prefix.size(); ++i) {
     const auto& pre = inputs.attention_prefix[i];

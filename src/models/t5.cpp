@@ -51,7 +51,8 @@ ModelGeometry T5Config::geometry() const {
   const int64_t positions = original.is_object() && original.contains("n_positions") && original["n_positions"].is_number_integer()
                                 ? original["n_positions"].get<int64_t>()
                                 : 512;
-  return {num_layers, d_model, num_heads, num_heads, d_kv, vocab_size, d_ff, gated() ? 3 : 2, positions, true};
+  return {num_layers, d_model, num_heads, num_heads, d_kv, vocab_size, d_ff, gated() ? 3 : 2, positions, true,
+          num_decoder_layers};
 }
 
 void T5Config::validate() const {
@@ -276,7 +277,7 @@ T5StackImpl::T5StackImpl(const T5Config& config, bool is_decoder) : is_decoder_(
 T5StackOutput T5StackImpl::forward(const at::Tensor& embeddings, const at::Tensor& attention_mask,
                                    const at::Tensor& encoder_hidden, const at::Tensor& encoder_mask,
                                    bool output_hidden_states, nn::KVCache* cache,
-                                   const std::vector<nn::AttentionPrefix>& prefix) {
+                                   const std::vector<nn::AttentionPrefix>& prefix, const torch::nn::Module* owner) {
   const int64_t B = embeddings.size(0), T = embeddings.size(1);
   const auto dtype = embeddings.scalar_type();
   const auto device = embeddings.device();
@@ -308,7 +309,7 @@ T5StackOutput T5StackImpl::forward(const at::Tensor& embeddings, const at::Tenso
   at::Tensor hidden = drop(embeddings, dropout_, is_training());
   const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
   PEFT_CHECK(!(ckpt && cache), kC, "a key/value cache with gradient checkpointing while training");
-  const auto params = ckpt ? nn::tensors_requiring_grad(parameters()) : std::vector<at::Tensor>{};
+  const auto params = ckpt ? nn::tensors_requiring_grad(owner ? owner->parameters() : parameters()) : std::vector<at::Tensor>{};
   for (size_t i = 0; i < block->size(); ++i) {
     if (output_hidden_states) out.hidden_states.push_back(hidden);
     auto b = block->ptr<T5BlockImpl>(i);
@@ -405,7 +406,7 @@ T5StackOutput T5FamilyModel::encode(const ModelInputs& inputs) {
     embeddings = torch::cat({inputs.prompt_embeds.to(embeddings.scalar_type()), embeddings}, 1);
   }
   const at::Tensor mask = with_virtual(p);
-  auto out = encoder->forward(embeddings, mask, {}, {}, inputs.output_hidden_states);
+  auto out = encoder->forward(embeddings, mask, {}, {}, inputs.output_hidden_states, nullptr, {}, this);
   out.attention_mask = mask;
   return out;
 }
@@ -425,7 +426,8 @@ T5StackOutput T5FamilyModel::decode(const ModelInputs& inputs, const T5StackOutp
                "decoder_attention_mask has shape {}, expected {} like decoder_input_ids",
                c10::str(inputs.decoder_attention_mask.sizes()), c10::str(ids.sizes()));
   return decoder->forward(shared->forward(ids), inputs.decoder_attention_mask, encoded.last_hidden_state,
-                          encoded.attention_mask, inputs.output_hidden_states, inputs.kv_cache.get(), inputs.attention_prefix);
+                          encoded.attention_mask, inputs.output_hidden_states, inputs.kv_cache.get(), inputs.attention_prefix,
+                          this);
 }
 
 T5ForConditionalGeneration::T5ForConditionalGeneration(const T5Config& config) : T5FamilyModel(config, true) {

@@ -63,11 +63,12 @@ models::ModelInputs PromptEncoder::prepare(const models::ModelInputs& inputs) {
   // With two submodules HF repeats the 2L rows and gives layer l rows 4l, 4l + 1 (then the
   // cross-attention's 4l + 2, 4l + 3, which T5 ignores): rows 4l mod 2L and 4l + 1 mod 2L.
   const auto& g = geometry_;
-  at::Tensor kv = table.view({p, 2 * g.num_layers, g.num_kv_heads, g.head_dim}).permute({1, 2, 0, 3});
+  const int64_t layers = g.prefix_layers();
+  at::Tensor kv = table.view({p, 2 * layers, g.num_kv_heads, g.head_dim}).permute({1, 2, 0, 3});
   out.attention_prefix.clear();
-  for (int64_t l = 0; l < g.num_layers; ++l) {
+  for (int64_t l = 0; l < layers; ++l) {
     auto batch = [&](int64_t row) { return kv[row].unsqueeze(0).expand({B, g.num_kv_heads, p, g.head_dim}); };
-    const int64_t key_row = (2 * submodules_ * l) % (2 * g.num_layers);
+    const int64_t key_row = (2 * submodules_ * l) % (2 * layers);
     out.attention_prefix.push_back({batch(key_row), batch(key_row + 1)});
   }
   return out;

@@ -76,6 +76,11 @@ struct ModelGeometry {
   int64_t mlp_matrices = 2;       ///< feed-forward projections per block (3 for gated SwiGLU)
   int64_t max_positions = 0;      ///< the longest sequence the model takes (tokens, or patches + [CLS])
   bool encoder_decoder = false;   ///< T5: an encoder and a decoder (prompt methods feed both)
+  int64_t num_decoder_layers = 0;  ///< encoder-decoders: the decoder's blocks (num_layers: the encoder's)
+
+  /// The blocks whose self-attention takes an attention prefix: an encoder-decoder's decoder
+  /// blocks (as HF PEFT feeds past_key_values to the decoder), else every block.
+  int64_t prefix_layers() const { return encoder_decoder ? num_decoder_layers : num_layers; }
 };
 
 struct ModelOutput {

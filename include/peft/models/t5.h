@@ -148,9 +148,11 @@ class T5StackImpl : public torch::nn::Module, public nn::BlockStack {
   /// `embeddings` [batch, seq, d_model]; the decoder also takes the encoder's output and mask, and
   /// a key/value cache (the new positions follow the cached ones) and one prefix per layer (its p
   /// keys come first: the tokens are numbered from p, as HF does with past_key_values).
+  /// `owner`: the model holding both stacks; checkpointed blocks route gradients to all its
+  /// trainable tensors, as a delta's tensor shared by every block lives under one stack only.
   T5StackOutput forward(const at::Tensor& embeddings, const at::Tensor& attention_mask, const at::Tensor& encoder_hidden,
                         const at::Tensor& encoder_mask, bool output_hidden_states, nn::KVCache* cache = nullptr,
-                        const std::vector<nn::AttentionPrefix>& prefix = {});
+                        const std::vector<nn::AttentionPrefix>& prefix = {}, const torch::nn::Module* owner = nullptr);
 
   torch::nn::ModuleList block{nullptr};
   nn::RMSNorm final_layer_norm{nullptr};

@@ -25,7 +25,7 @@ void attach_prefix_tuning(PeftModel& model, MethodConfig& base_cfg, const std::s
   const auto g = model.base_model().geometry();
   resolve(cfg, g);
   const auto opts = base_tensor_options(model);
-  const int64_t p = cfg.prompt.num_virtual_tokens, d = cfg.prompt.token_dim, width = 2 * g.num_layers * d;
+  const int64_t p = cfg.prompt.num_virtual_tokens, d = cfg.prompt.token_dim, width = 2 * g.prefix_layers() * d;
   // HF initializes the embedding as nn.Embedding does, N(0, 1); the MLP as nn.Linear does.
   torch::nn::Sequential transform;
   at::Tensor table;
@@ -52,7 +52,7 @@ int64_t count_prefix_tuning(const MethodConfig& base_cfg, const models::ModelGeo
   auto cfg = dynamic_cast<const PrefixTuningConfig&>(base_cfg);
   resolve(cfg, g);
   const int64_t p = cfg.prompt.num_virtual_tokens, d = cfg.prompt.token_dim, h = cfg.encoder_hidden_size;
-  const int64_t width = 2 * g.num_layers * d;
+  const int64_t width = 2 * g.prefix_layers() * d;
   if (!cfg.prefix_projection || cfg.common.inference_mode) return p * width;
   return p * d + (d * h + h) + (h * width + width);
 }

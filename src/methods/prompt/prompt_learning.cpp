@@ -23,7 +23,8 @@ void PromptLearningFields::resolve(const models::ModelGeometry& g, int64_t dim, 
     PEFT_CHECK(field == 0 || field == expected, c, "{} is {}, but this model needs {} ({})", key, field, expected, what);
     field = expected;
   };
-  fill(num_layers, g.num_layers, "num_layers", "its layer count");
+  fill(num_layers, g.prefix_layers(), "num_layers",
+       g.encoder_decoder ? "its decoder's layer count" : "its layer count");
   if (num_transformer_submodules == 0) num_transformer_submodules = g.encoder_decoder ? 2 : 1;
   PEFT_CHECK(num_transformer_submodules == 1 || g.encoder_decoder, c,
              "num_transformer_submodules is {}, but this model has one transformer stack (1 expected)",
