@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 
+from blas_kernel import with_blas_kernel
+
 CASES = [("float32", False), ("bfloat16", False), ("bfloat16", True)]
 
 
@@ -39,8 +41,7 @@ def main():
     ap.add_argument("--no-reference", action="store_true", help="peft.cpp only")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    env.setdefault("OPENBLAS_CORETYPE", "SKYLAKEX")
+    env = with_blas_kernel(dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
     with open(os.path.join(args.model, "config.json")) as f:
         c = json.load(f)
     rows = []

@@ -15,17 +15,11 @@ import statistics
 import subprocess
 import sys
 
+from blas_kernel import with_blas_kernel
+
 # peft-bench preset -> torch_reference.py --method
 METHODS = {"full": "full", "lora": "lora", "adapter": "adapter", "prefix_tuning": "prefix",
            "prompt_tuning": "prompt", "ia3": "ia3", "bitfit": "bitfit"}
-
-
-def cpu_has(flag):
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and f" {flag} " in line + " " for line in f)
-    except OSError:
-        return False
 
 
 def main():
@@ -49,9 +43,7 @@ def main():
     ap.add_argument("--out", default="", help="JSON lines of every measurement")
     a = ap.parse_args()
 
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-    if "OPENBLAS_CORETYPE" not in env and cpu_has("avx512f"):
-        env["OPENBLAS_CORETYPE"] = "SKYLAKEX"  # what peft-bench picks itself; the Python side must match
+    env = with_blas_kernel(dict(os.environ, OMP_NUM_THREADS=str(a.threads)))  # the Python side must match peft-bench
     geometry = ["--layers", str(a.layers), "--heads", str(a.heads), "--vocab", str(a.vocab), "--seq", str(a.seq),
                 "--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads)]
     rows, out = [], open(a.out, "w") if a.out else None

@@ -14,6 +14,7 @@ reruns everything). Then writes:
   docs/results.md    one table per task: method, trainable %, score ± spread over seeds,
                      score / full fine-tuning's, delta bytes, step time, peak memory
   docs/results.json  every run
+  docs/results-runs.jsonl  the ledger: one record per finished run, with the commit and CPU it ran on
   docs/results.svg, docs/results.png   score against trainable parameters (gnuplot)
   docs/results-curves.svg, .png        validation score against steps, seed 1 of each method
 
@@ -22,10 +23,11 @@ reruns everything). Then writes:
 --runs runs/results-gpt2-en-6m).
 
   scripts/results_table.py [--jobs 2] [--tasks spam,brown] [--methods LoRA,BitFit] [--seeds 3]
-                           [--base FAMILY=DIR] [--name STEM] [--runs DIR]
+                           [--base FAMILY=DIR] [--name STEM] [--runs DIR] [--ledger FILE]
 """
 import argparse
 import concurrent.futures as futures
+import hashlib
 import json
 import os
 import re
@@ -34,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -114,21 +117,104 @@ def parse_run(run_dir, stdout, task):
             "delta_bytes": directory_bytes(os.path.join(run_dir, "final"))}
 
 
-def finished(job):
-    """The record of an identical finished run on disk, or None."""
+_file_hashes = {}
+
+
+def file_sha256(path):
+    if path not in _file_hashes:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _file_hashes[path] = h.hexdigest()
+    return _file_hashes[path]
+
+
+def inputs_fingerprint(config_path, model_dir):
+    """SHA-256 over what a run's numbers depend on besides the code and its command: the run config,
+    the base model's files and every data file the config names."""
+    with open(os.path.join(ROOT, config_path), encoding="utf-8") as f:
+        cfg = json.load(f)
+    files = [config_path] + [os.path.join(model_dir, n) for n in ("config.json", "model.safetensors", "tokenizer.json")]
+    files += [v for v in cfg.get("data", {}).values() if isinstance(v, str) and os.path.isfile(os.path.join(ROOT, v))]
+    h = hashlib.sha256()
+    for rel in files:
+        full = os.path.join(ROOT, rel)
+        if os.path.isfile(full):
+            h.update(f"{rel}\0{file_sha256(full)}\n".encode())
+    return h.hexdigest()
+
+
+class Ledger:
+    """Every finished run of one table, a JSON line each, so that a table spans sessions and machines.
+    A line is appended once its run has finished; a torn last line (a killed process) is skipped."""
+
+    def __init__(self, path):
+        self.path, self.lock, self.records = path, threading.Lock(), {}
+        self.torn = False  # the file ends inside a line: the next record starts a new one
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            with open(path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                self.torn = f.read(1) != b"\n"
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    try:
+                        rec = json.loads(line)
+                        self.records[self.key(rec["cmd"], rec["inputs"])] = rec
+                    except (ValueError, KeyError) as e:
+                        print(f"{path}:{n}: skipped an unreadable record ({e})", file=sys.stderr)
+
+    @staticmethod
+    def key(cmd, inputs):
+        return json.dumps(cmd) + "\0" + inputs
+
+    def get(self, job):
+        return self.records.get(self.key(job["cmd"], job["inputs"]))
+
+    def add(self, rec):
+        with self.lock:
+            self.records[self.key(rec["cmd"], rec["inputs"])] = rec
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(("\n" if self.torn else "") + json.dumps(rec, sort_keys=True) + "\n")
+                self.torn = False
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def finished(job, ledger):
+    """The record of an identical finished run (same command and inputs) on disk or in the ledger, or None."""
     result_path = os.path.join(ROOT, job["dir"], "result.json")
-    if not os.path.exists(result_path):
-        return None
-    with open(result_path, encoding="utf-8") as f:
-        rec = json.load(f)
-    return rec if rec.get("cmd") == job["cmd"] else None
+    if os.path.exists(result_path):
+        with open(result_path, encoding="utf-8") as f:
+            rec = json.load(f)
+        if rec.get("cmd") == job["cmd"] and rec.get("inputs") == job["inputs"]:
+            return rec
+    return ledger.get(job)
+
+
+def provenance():
+    """The commit (with -dirty for uncommitted changes) and CPU a run ran on: step times and peak
+    memory are of that machine."""
+    def git(*a):
+        r = subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += "-dirty"
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"commit": commit, "cpu": cpu, "cores": os.cpu_count()}
 
 
 def run_one(job, args):
     """Runs one peft-train job unless an identical finished run is on disk; returns its record."""
     run_dir, cmd = os.path.join(ROOT, job["dir"]), job["cmd"]
     result_path = os.path.join(run_dir, "result.json")
-    done = None if args.force and job["dir"] not in args.ran else finished(job)
+    done = None if args.force and job["dir"] not in args.ran else finished(job, args.ledger)
     if done:
         return done
     if os.path.exists(run_dir):
@@ -144,8 +230,10 @@ def run_one(job, args):
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stdout[-2000:]}")
     rec = {"task": job["task"], "method": job["method"], "seed": job["seed"], "lr": job["lr"], "cmd": cmd,
+           "inputs": job["inputs"], **args.provenance,
            "peak_rss_mib": usage.ru_maxrss / 1024.0, **parse_run(run_dir, stdout, job["task_spec"])}
     atomic_write(result_path, json.dumps(rec, indent=1) + "\n")
+    args.ledger.add(rec)
     args.ran.add(job["dir"])
     return rec
 
@@ -222,7 +310,8 @@ def markdown(rows, plan, args, chosen):
              "is of the base model's parameters and includes the new classification head. Delta = the saved",
              "directory (for full fine-tuning: the whole model). Step time is the median training step",
              f"(forward, backward, AdamW) with {args.threads_per_job} thread per run and {args.jobs} runs at once;",
-             "peak memory is the run's peak resident set; both are indicative, as runs share the machine.",
+             "peak memory is the run's peak resident set; both are indicative, as runs share the machine",
+             f"(each run's commit and CPU are in its record in [{args.name}-runs.jsonl]({args.name}-runs.jsonl)).",
              f"Plots: score against trainable parameters [{args.name}.svg]({args.name}.svg); validation score against",
              f"steps (seed 1) [{args.name}-curves.svg]({args.name}-curves.svg).", "",
              "## Methods within 95 % of full fine-tuning at ≤ 2 % trainable parameters", "",
@@ -374,6 +463,8 @@ def main():
                          "(e.g. gpt2=examples/models/gpt2-en-6m); repeatable")
     ap.add_argument("--name", default="results",
                     help="file stem of the outputs in --out (default: results -> results.md, ...)")
+    ap.add_argument("--ledger", default="",
+                    help="the finished runs' record (default: OUT/NAME-runs.jsonl); runs found there are not run again")
     args = ap.parse_args()
     args.ran = set()  # run directories this invocation ran (--force reruns each once)
 
@@ -402,6 +493,10 @@ def main():
 
     # Paths relative to the project root (the runs' working directory) keep the records portable.
     train, runs = os.path.relpath(args.train, ROOT), os.path.relpath(args.runs, ROOT)
+    model_dirs = {}  # run config -> its base model directory
+    os.makedirs(args.out, exist_ok=True)
+    args.ledger = Ledger(args.ledger or os.path.join(args.out, args.name + "-runs.jsonl"))
+    args.provenance = provenance()
 
     def job(t, name, seed, lr):
         spec, entry = plan["tasks"][t], plan["methods"][name]
@@ -413,7 +508,12 @@ def main():
                "--set", f"threads={args.threads_per_job}"]
         if spec["family"] in bases:
             cmd += ["--set", f"model={bases[spec['family']]}"]
-        return {"task": t, "method": name, "seed": seed, "lr": lr, "dir": run_dir, "cmd": cmd, "task_spec": spec}
+        if spec["config"] not in model_dirs:
+            with open(os.path.join(ROOT, spec["config"]), encoding="utf-8") as f:
+                model_dirs[spec["config"]] = json.load(f)["model"]
+        model_dir = bases.get(spec["family"], model_dirs[spec["config"]])
+        return {"task": t, "method": name, "seed": seed, "lr": lr, "dir": run_dir, "cmd": cmd, "task_spec": spec,
+                "inputs": inputs_fingerprint(spec["config"], model_dir)}
 
     def grid(name):
         return plan["methods"][name].get("lr_grid", plan["lr_grid"])
@@ -439,7 +539,7 @@ def main():
             scores = {}
             for lr in values:
                 rec = next((r for r in records if r["task"] == sel and r["method"] == name and r["lr"] == lr), None)
-                rec = rec or finished(job(sel, name, 1, lr))
+                rec = rec or finished(job(sel, name, 1, lr), args.ledger)
                 if rec:
                     scores[lr] = rec["validation_score"]
             if len(scores) < len(values):
@@ -455,7 +555,7 @@ def main():
     for (f, name), values in grids.items():  # out of extensions: the best value tried
         if (f, name) not in chosen:
             sel = plan["selection"][f]
-            done = [(lr, finished(job(sel, name, 1, lr))) for lr in values]
+            done = [(lr, finished(job(sel, name, 1, lr), args.ledger)) for lr in values]
             scores = {lr: r["validation_score"] for lr, r in done if r}
             if len(scores) == len(values) - 1:  # all but the last extension, never run
                 chosen[(f, name)] = {"lr": best_lr(scores, plan["tasks"][sel]["metric"]), "validation": scores}
@@ -475,7 +575,7 @@ def main():
     # The table holds every finished run of the plan, not only the ones selected this time.
     for j in everything:
         if j not in jobs:
-            rec = finished(j)
+            rec = finished(j, args.ledger)
             if rec:
                 records.append(rec)
     os.makedirs(args.out, exist_ok=True)
