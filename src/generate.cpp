@@ -10,6 +10,7 @@
 #include "peft/nn/kv_cache.h"
 #include "peft/nn/prompt_encoder.h"
 #include "peft/peft_model.h"
+#include "peft/tokenizers/tokenizer.h"
 #include "encoder_decoder_generation.h"
 #include "next_logits.h"
 
@@ -269,6 +270,12 @@ std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector
 GenerationResult generate(PeftModel& model, const std::vector<int64_t>& prompt, const GenerationConfig& config) {
   PEFT_CHECK(!prompt.empty(), kC, "the prompt has no tokens");
   return std::move(generate_batch(model, {prompt}, config).front());
+}
+
+std::vector<int64_t> encode_prompt(const tokenizers::Tokenizer& tokenizer, const std::string& text, bool encoder_decoder) {
+  std::vector<int64_t> ids = tokenizer.encode(text, /*add_special_tokens=*/!encoder_decoder);
+  if (encoder_decoder && tokenizer.special().eos) ids.push_back(*tokenizer.special().eos);
+  return ids;
 }
 
 }  // namespace peft

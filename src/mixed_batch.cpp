@@ -17,9 +17,11 @@ constexpr const char* kC = "peft_model";
 
 /// The input that counts the batch's rows (and gives their device).
 const at::Tensor& batch_input(const models::ModelInputs& in) {
-  for (const at::Tensor* t : {&in.input_ids, &in.pixel_values, &in.embedding_output})
+  // decoder_input_ids last: an encoder-decoder's decoding step over a cache may run without input_ids.
+  for (const at::Tensor* t : {&in.input_ids, &in.pixel_values, &in.embedding_output, &in.decoder_input_ids})
     if (t->defined() && t->dim() >= 1) return *t;
-  PEFT_CHECK(false, kC, "a mixed-adapter batch needs input_ids, pixel_values or embedding_output to count its rows");
+  PEFT_CHECK(false, kC,
+             "a mixed-adapter batch needs input_ids, pixel_values, embedding_output or decoder_input_ids to count its rows");
   return in.input_ids;
 }
 

@@ -13,7 +13,7 @@
 namespace peft::test {
 namespace {
 
-/// Tiny GPT-2 / LLaMA with two LoRA deltas and a prefix-tuning delta, each perturbed.
+/// Tiny GPT-2 / LLaMA / T5 with two LoRA deltas and a prefix-tuning delta, each perturbed.
 std::unique_ptr<PeftModel> served(const std::string& family) {
   auto model = std::make_unique<PeftModel>(tiny_model(family));
   const std::vector<std::pair<std::string, nlohmann::json>> deltas = {
@@ -144,7 +144,8 @@ TEST_P(Batcher, UnderSteadyLoadTheCacheStaysAsShortAsTheLongestRequest) {
   EXPECT_EQ(stats.cache_positions, 0) << "nothing runs, nothing is cached";
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, Batcher, ::testing::Values("gpt2", "llama"));
+// T5: the prompt is the encoder's input; rows of other source lengths join, padded and masked.
+INSTANTIATE_TEST_SUITE_P(Families, Batcher, ::testing::Values("gpt2", "llama", "t5"));
 
 TEST(BatcherErrors, BadRequestsAreRefusedAndTheBatcherGoesOn) {
   auto model = served("gpt2");

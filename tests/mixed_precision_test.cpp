@@ -1,5 +1,6 @@
 // Mixed precision: a half-precision frozen base with float32 deltas and optimizer state, autocast,
 // dynamic loss scaling, and the dtype of saved deltas.
+#include <cmath>
 #include <filesystem>
 
 #include <torch/torch.h>
@@ -53,11 +54,18 @@ TEST(MixedPrecision, Bf16BaseLoraGradientsMatchTheFloat32BaseWithinBf16Tolerance
   for (const auto& family : tiny_families()) {
     const auto full = lora_gradients(family, torch::kFloat), half = lora_gradients(family, torch::kBFloat16);
     ASSERT_EQ(full.size(), half.size());
+    // bfloat16 keeps 8 significant bits (relative step 2^-8) of the base's weights and of what its
+    // GEMMs round, through a two-block model. Norms, not the largest entry: how often a bf16 GEMM
+    // rounds depends on the CPU (AVX-512 BF16 or not), and a near-zero gradient (a difference of
+    // larger terms) moves by more of itself than of the delta's gradient as a whole.
+    double total = 0.0;
+    for (const auto& g : full) total += g.pow(2).sum().item<double>();
+    total = std::sqrt(total);
     for (size_t i = 0; i < full.size(); ++i) {
-      const double scale = full[i].abs().max().item<double>();
-      EXPECT_GT(scale, 0.0) << family << " " << i;
-      // bfloat16 keeps 8 significant bits (relative step 2^-8) through a two-block model.
-      EXPECT_LE(max_abs_diff(half[i], full[i]), 0.05 * scale) << family << " tensor " << i;
+      const double own = full[i].norm().item<double>(), error = (half[i] - full[i]).norm().item<double>();
+      EXPECT_GT(own, 0.0) << family << " " << i;
+      EXPECT_LE(error, 0.05 * total) << family << " tensor " << i << " against the whole gradient";
+      EXPECT_LE(error, 0.25 * own) << family << " tensor " << i << " against itself";
     }
   }
 }

@@ -236,6 +236,49 @@ TEST(Serve, CompletionsEqualInProcessGenerationAndBadInputsGetTheirStatus) {
   EXPECT_NE(slurp(server.log()).find("peft-serve stopped"), std::string::npos);
 }
 
+TEST(Serve, AnEncoderDecodersConcurrentCompletionsEqualInProcessGeneration) {
+  const std::string t5 = std::string(PEFT_SOURCE_DIR) + "/examples/models/tiny-t5-en";
+  TempDir dir;
+  {
+    PeftModel model(models::load_pretrained(t5));
+    model.add_adapter("t", *methods::parse_config({{"peft_type", "LORA"}, {"task_type", "SEQ_2_SEQ_LM"}, {"r", 4},
+                                                   {"target_modules", {"q", "v", "wi_0", "wo"}}}));
+    torch::manual_seed(9);
+    torch::NoGradGuard g;
+    for (auto& p : model.trainable_parameters()) p.add_(torch::randn_like(p) * 0.3);
+    checkpoint::save_adapter(model, dir.file("t"), "t");
+  }
+  auto expected = [&](const std::string& adapter, const std::string& prompt, int64_t tokens) {
+    PeftModel model(models::load_pretrained(t5));
+    if (!adapter.empty()) checkpoint::load_adapter(model, dir.file(adapter), adapter);
+    auto tok = tokenizers::load_tokenizer(t5);
+    GenerationConfig c;
+    c.max_new_tokens = tokens;
+    c.stop_tokens.push_back(*tok->special().eos);
+    return generate(model, encode_prompt(*tok, prompt, /*encoder_decoder=*/true), c).tokens;
+  };
+  ServeProcess server({"--model", t5, "--adapter", "t=" + dir.file("t")}, dir.file("serve.log"));
+  const int port = server.port();
+  // Prompts of different lengths for the bare base and the delta, decoded in one batch.
+  const std::vector<std::pair<std::string, std::string>> requests = {
+      {"", "genre: The jury said the election was conducted well."}, {"t", "genre: It rained."},
+      {"t", "The whale swam on through the long grey night, and the ship followed it."}, {"", "Mr. Speaker"}};
+  std::vector<nlohmann::json> out(requests.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < requests.size(); ++i)
+    threads.emplace_back([&, i] {
+      nlohmann::json body = {{"prompt", requests[i].second}, {"max_tokens", 10}, {"temperature", 0}};
+      if (!requests[i].first.empty()) body["adapter"] = requests[i].first;
+      out[i] = completion(port, body);
+    });
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < requests.size(); ++i) {
+    ASSERT_TRUE(out[i].contains("choices")) << out[i].dump() << slurp(server.log());
+    EXPECT_EQ(out[i]["choices"][0]["tokens"].get<std::vector<int64_t>>(), expected(requests[i].first, requests[i].second, 10))
+        << "request " << i;
+  }
+}
+
 TEST(Serve, ApiKeyIsRequiredWhenGiven) {
   TempDir dir;
   ServeProcess server({"--model", model_dir(), "--api-key", "s3cret"}, dir.file("serve.log"));

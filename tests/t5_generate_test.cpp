@@ -151,7 +151,7 @@ TEST(T5Generate, EncoderOutputsGivenBackSkipTheEncoderWithTheSameLogits) {
   EXPECT_NE(error_of([&] { model->forward(in); }).find("encoder_outputs have shape"), std::string::npos);
 }
 
-TEST(T5Generate, TheCacheHoldsCrossAttentionKeysOnceAndRefusesJoiningRows) {
+TEST(T5Generate, TheCacheHoldsCrossAttentionKeysOnceAndRefusesJoiningADecodersRows) {
   nn::KVCache cache;
   int computed = 0;
   auto compute = [&] {
@@ -172,6 +172,57 @@ TEST(T5Generate, TheCacheHoldsCrossAttentionKeysOnceAndRefusesJoiningRows) {
   other.extend_key_mask({}, 1, 1, 1);
   other.append(0, torch::zeros({1, 2, 1, 4}), torch::zeros({1, 2, 1, 4}));
   EXPECT_NE(error_of([&] { cache.add_rows(other); }).find("encoder-decoder"), std::string::npos);
+}
+
+/// One prompt's first forward (encoder, start token) over a cache of its own.
+std::shared_ptr<nn::KVCache> first_step(PeftModel& model, const std::vector<int64_t>& prompt) {
+  models::ModelInputs in;
+  in.kv_cache = std::make_shared<nn::KVCache>();
+  in.input_ids = torch::tensor(prompt, torch::kLong).unsqueeze(0);
+  in.decoder_input_ids = torch::zeros({1, 1}, torch::kLong);
+  model.forward(in);
+  return in.kv_cache;
+}
+
+/// Layer 0's cached cross-attention keys (a cache that has them computes nothing).
+at::Tensor cross_keys(nn::KVCache& cache) {
+  return cache.cross_attention(0, [] { return std::make_pair(at::Tensor(), at::Tensor()); }).first;
+}
+
+TEST(T5Generate, JoinedRowsPadTheShorterSourceMaskedAndDecodeWithoutTheEncoderAsAlone) {
+  auto model = t5_with_lora();
+  torch::NoGradGuard g;
+  model->eval();
+  const auto& short_prompt = kPrompts[1];  // 3 tokens
+  const auto& long_prompt = kPrompts[2];   // 8 tokens
+  auto joined = first_step(*model, long_prompt);
+  joined->add_rows(*first_step(*model, short_prompt));
+  EXPECT_EQ(cross_keys(*joined).size(0), 2);
+  EXPECT_EQ(cross_keys(*joined).size(2), 8) << "the shorter source is padded to the longer";
+  const at::Tensor mask = joined->cross_attention_mask({});
+  ASSERT_TRUE(mask.defined());
+  EXPECT_TRUE(torch::equal(mask.sum(1), torch::tensor(std::vector<int64_t>{8, 3})));
+  // Each row's next step, decoder alone (no input_ids): the logits of that row's own cache.
+  const std::vector<int64_t> next = {7, 9};
+  models::ModelInputs step;
+  step.kv_cache = joined;
+  step.decoder_input_ids = torch::tensor(next, torch::kLong).unsqueeze(1);
+  const at::Tensor together = model->forward(step).logits;
+  for (int64_t r = 0; r < 2; ++r) {
+    models::ModelInputs own;
+    own.kv_cache = first_step(*model, r == 0 ? long_prompt : short_prompt);
+    own.decoder_input_ids = torch::tensor(std::vector<int64_t>{next[static_cast<size_t>(r)]}, torch::kLong).unsqueeze(1);
+    EXPECT_LT(max_abs_diff(together[r], model->forward(own).logits[0]), 1e-5) << "row " << r;
+  }
+  // The long row leaves: its source's padding goes with it.
+  joined->select_rows(torch::tensor(std::vector<int64_t>{1}, torch::kLong));
+  joined->drop_unattended_prefix();
+  EXPECT_EQ(cross_keys(*joined).size(2), 3);
+  EXPECT_FALSE(joined->cross_attention_mask({}).defined()) << "every remaining key attended";
+  models::ModelInputs bare;
+  bare.decoder_input_ids = torch::zeros({1, 1}, torch::kLong);
+  EXPECT_NE(error_of([&] { model->forward(bare); }).find("input_ids"), std::string::npos)
+      << "without a cache holding the encoder's keys, input_ids are needed";
 }
 
 TEST(T5Generate, SentinelsPastTheTokenizersVocabularyDecodeAsExtraIds) {

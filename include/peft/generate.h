@@ -16,6 +16,9 @@
 
 namespace peft {
 class PeftModel;
+namespace tokenizers {
+class Tokenizer;
+}
 
 struct GenerationConfig {
   int64_t max_new_tokens = 50;
@@ -68,5 +71,10 @@ bool record_token(GenerationResult& result, std::vector<int64_t>& ids, int64_t n
 /// Every prompt continued in one batch (left-padded to the longest); each row as if alone.
 std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector<std::vector<int64_t>>& prompts,
                                              const GenerationConfig& config);
+
+/// A prompt's token ids as generation takes them: a causal LM's with the tokenizer's special tokens
+/// (BOS); an encoder-decoder's input without them and ending with the end-of-sequence token, as the
+/// seq2seq data's sources do.
+std::vector<int64_t> encode_prompt(const tokenizers::Tokenizer& tokenizer, const std::string& text, bool encoder_decoder);
 
 }  // namespace peft

@@ -68,9 +68,7 @@ int run(int argc, char** argv) {
   auto tok = peft::tokenizers::load_tokenizer(tokenizer_dir.empty() ? model_dir : tokenizer_dir);
   std::vector<std::vector<int64_t>> ids;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    // An encoder-decoder's input ends with the end-of-sequence token, as the seq2seq data's sources do.
-    ids.push_back(tok->encode(prompts[i], /*add_special_tokens=*/!encoder_decoder));
-    if (encoder_decoder && tok->special().eos) ids.back().push_back(*tok->special().eos);
+    ids.push_back(peft::encode_prompt(*tok, prompts[i], encoder_decoder));
     PEFT_CHECK(!ids.back().empty(), "cli", "--prompt {} encodes to no tokens", i + 1);
   }
   gen.stop_tokens = stop_ids;

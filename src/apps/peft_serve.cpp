@@ -18,13 +18,16 @@
 
 #include "peft/checkpoint/delta.h"
 #include "peft/core/error.h"
+#include "peft/core/json_io.h"
 #include "peft/core/process.h"
+#include "peft/generate.h"
 #include "peft/models/load.h"
 #include "peft/peft_model.h"
 #include "peft/serve/classifier_pool.h"
 #include "peft/serve/completion_request.h"
 #include "peft/serve/continuous_batcher.h"
 #include "peft/tokenizers/tokenizer.h"
+#include "peft/train/generation_eval.h"
 
 namespace {
 namespace fs = std::filesystem;
@@ -248,13 +251,19 @@ struct Server {
   int64_t max_tokens_limit;
   std::atomic<int64_t> next_id{1};
 
+  bool encoder_decoder = false;  // prompts go to the encoder, ending with its end-of-sequence token
+
   std::vector<int64_t> encode(const std::string& text) {
     std::lock_guard<std::mutex> lock(tok_mutex);
     return tok.encode(text);
   }
+  std::vector<int64_t> encode_prompt(const std::string& text) {
+    std::lock_guard<std::mutex> lock(tok_mutex);
+    return peft::encode_prompt(tok, text, encoder_decoder);
+  }
   std::string decode(const std::vector<int64_t>& ids) {
     std::lock_guard<std::mutex> lock(tok_mutex);
-    return tok.decode(ids);
+    return peft::train::decode_generated(tok, ids);  // a T5's sentinels past the vocabulary: <extra_id_K>
   }
 
   /// A completion request for one prompt, with the stop texts ending it.
@@ -276,7 +285,7 @@ struct Server {
   Choice submit(const peft::serve::CompletionRequest& r, const std::string& prompt,
                 std::function<void(const std::string&)> on_text = {}) {
     Choice c;
-    c.prompt = encode(prompt);
+    c.prompt = encode_prompt(prompt);
     if (c.prompt.empty()) throw HttpError{400, "prompt: encodes to no tokens"};
     peft::serve::Completion job;
     job.prompt = c.prompt;
@@ -434,7 +443,7 @@ int run(int argc, char** argv) {
   double io_timeout = 10;
   int64_t max_loaded = 16, max_batch = 16, max_tokens_limit = 1024;
   size_t max_body = 1 << 20;
-  app.add_option("--model", model_dir, "causal LM directory (with its tokenizer)")->required();
+  app.add_option("--model", model_dir, "causal LM or encoder-decoder directory (with its tokenizer)")->required();
   app.add_option("--adapter", adapter_specs, "delta to keep loaded: NAME=DIR or DIR (repeatable)");
   app.add_option("--adapter-dir", adapter_dir, "directory of deltas (one sub-directory each) loaded when a request names them");
   app.add_option("--max-loaded", max_loaded, "deltas from --adapter-dir kept loaded (least recently used evicted)")
@@ -464,7 +473,7 @@ int run(int argc, char** argv) {
 
   peft::core::configure_threads(threads);
   peft::models::LoadOptions load;
-  load.task = "causal_lm";
+  load.task = peft::models::generation_task(peft::core::read_json_file(model_dir + "/config.json"));
   const auto base = peft::models::load_pretrained(model_dir, load);
   peft::PeftModel model(base);
   // Classification deltas get classifiers whose backbone is this base's tensors (held once).
@@ -475,6 +484,7 @@ int run(int argc, char** argv) {
   for (const auto& [name, dir] : peft::checkpoint::parse_adapter_specs(adapter_specs)) store.pin(name, dir);
   Metrics metrics;
   Server server{batcher, classifiers, store, metrics, *tok, {}, max_tokens_limit};
+  server.encoder_decoder = load.task == "seq2seq_lm";
 
   httplib::Server http;
   http.new_task_queue = [http_threads] { return new httplib::ThreadPool(static_cast<size_t>(http_threads)); };

@@ -23,8 +23,15 @@ at::Tensor drop(const at::Tensor& x, double p, bool training) {
 }
 
 /// What this encoder-decoder does not take yet, refused by name.
+/// A decoding step may leave out the encoder's inputs: the cache holds its keys.
+bool decoder_step_only(const ModelInputs& in) {
+  return !in.input_ids.defined() && in.kv_cache && in.kv_cache->has_cross_attention();
+}
+
 void check_t5_inputs(const ModelInputs& in) {
-  PEFT_CHECK(in.input_ids.defined() && in.input_ids.dim() == 2, kC, "input_ids must be a [batch, seq] tensor, found {}",
+  PEFT_CHECK((in.input_ids.defined() && in.input_ids.dim() == 2) || decoder_step_only(in), kC,
+             "input_ids must be a [batch, seq] tensor, found {} (only a decoding step over a cache that holds the "
+             "encoder's keys may leave it out)",
              in.input_ids.defined() ? c10::str(in.input_ids.sizes()) : "none");
   PEFT_CHECK(!in.pixel_values.defined() && !in.token_type_ids.defined() && !in.position_ids.defined(), kC,
              "pixel_values / token_type_ids / position_ids given to a T5 model (it takes input_ids, attention_mask, "
@@ -32,8 +39,8 @@ void check_t5_inputs(const ModelInputs& in) {
   PEFT_CHECK(!in.embedding_output.defined() && !in.stream_hook && !in.final_hidden_hook, kC,
              "hidden-state taps are not supported on encoder-decoders yet");
   if (in.attention_mask.defined())
-    PEFT_CHECK(in.attention_mask.sizes() == in.input_ids.sizes(), kC, "attention_mask has shape {}, expected {} like input_ids",
-               c10::str(in.attention_mask.sizes()), c10::str(in.input_ids.sizes()));
+    PEFT_CHECK(in.input_ids.defined() && in.attention_mask.sizes() == in.input_ids.sizes(), kC, "attention_mask has shape {}, expected {} like input_ids",
+               c10::str(in.attention_mask.sizes()), in.input_ids.defined() ? c10::str(in.input_ids.sizes()) : "none");
 }
 }  // namespace
 
@@ -149,8 +156,9 @@ at::Tensor t5_relative_position_bucket(const at::Tensor& relative_position, bool
   return buckets + torch::where(is_small, distance, large);
 }
 
-T5AttentionImpl::T5AttentionImpl(const T5Config& config, bool has_relative_attention_bias, bool causal)
-    : heads_(config.num_heads),
+T5AttentionImpl::T5AttentionImpl(const T5Config& config, bool has_relative_attention_bias, bool causal, bool cross)
+    : cross_(cross),
+      heads_(config.num_heads),
       d_kv_(config.d_kv),
       buckets_(config.relative_attention_num_buckets),
       max_distance_(config.relative_attention_max_distance),
@@ -177,10 +185,11 @@ at::Tensor T5AttentionImpl::compute_bias(int64_t query_len, int64_t key_len, c10
 at::Tensor T5AttentionImpl::forward(const at::Tensor& hidden, const at::Tensor& key_value_states,
                                     const at::Tensor& position_bias, nn::KVCache* cache, size_t layer,
                                     const nn::AttentionPrefix& prefix) {
-  const bool cross = key_value_states.defined();
+  const bool cross = cross_;
   const at::Tensor& source = cross ? key_value_states : hidden;
   at::Tensor qh = nn::split_heads(q->forward(hidden), heads_, d_kv_);
   auto project = [&] {
+    PEFT_CHECK(source.defined(), kC, "cross-attention without the encoder's output (and no cache holding its keys)");
     return std::make_pair(nn::split_heads(k->forward(source), heads_, d_kv_), nn::split_heads(v->forward(source), heads_, d_kv_));
   };
   at::Tensor kh, vh;
@@ -208,7 +217,7 @@ T5LayerSelfAttentionImpl::T5LayerSelfAttentionImpl(const T5Config& config, bool 
 }
 
 T5LayerCrossAttentionImpl::T5LayerCrossAttentionImpl(const T5Config& config) {
-  EncDecAttention = register_module("EncDecAttention", T5Attention(config, false, false));
+  EncDecAttention = register_module("EncDecAttention", T5Attention(config, false, false, /*cross=*/true));
   layer_norm = register_module("layer_norm", nn::RMSNorm(config.d_model, config.layer_norm_epsilon));
 }
 
@@ -303,7 +312,9 @@ T5StackOutput T5StackImpl::forward(const at::Tensor& embeddings, const at::Tenso
       T, past + T, device, past).to(dtype);
   if (mask.defined()) self_bias = self_bias + mask;
   at::Tensor cross_bias;
-  if (is_decoder_ && encoder_mask.defined()) cross_bias = nn::additive_padding_mask(encoder_mask.to(device), dtype);
+  // With a cache, its rows' own encoder masks (rows may have joined from other batches).
+  const at::Tensor source_mask = is_decoder_ && cache ? cache->cross_attention_mask(encoder_mask) : encoder_mask;
+  if (is_decoder_ && source_mask.defined()) cross_bias = nn::additive_padding_mask(source_mask.to(device), dtype);
 
   T5StackOutput out;
   at::Tensor hidden = drop(embeddings, dropout_, is_training());
@@ -382,6 +393,12 @@ at::Tensor T5FamilyModel::shift_right(const at::Tensor& labels) const {
 
 T5StackOutput T5FamilyModel::encode(const ModelInputs& inputs) {
   check_t5_inputs(inputs);
+  if (decoder_step_only(inputs)) {
+    PEFT_CHECK(decoder && inputs.decoder_input_ids.defined() && !inputs.encoder_outputs.defined(), kC,
+               "a decoding step without input_ids takes decoder_input_ids (and no encoder_outputs: the cache holds the "
+               "encoder's keys)");
+    return {};
+  }
   const int64_t B = inputs.input_ids.size(0), T = inputs.input_ids.size(1);
   // Virtual tokens (prompt tuning) come first and are always attended.
   auto with_virtual = [&](int64_t n) {
@@ -419,8 +436,9 @@ T5StackOutput T5FamilyModel::decode(const ModelInputs& inputs, const T5StackOutp
                "labels have shape {}, expected [{}, target_len]", c10::str(inputs.labels.sizes()), inputs.input_ids.size(0));
     ids = shift_right(inputs.labels.to(inputs.input_ids.device(), torch::kLong));
   }
-  PEFT_CHECK(ids.dim() == 2 && ids.size(0) == inputs.input_ids.size(0), kC,
-             "decoder_input_ids have shape {}, expected [{}, target_len]", c10::str(ids.sizes()), inputs.input_ids.size(0));
+  const int64_t batch = inputs.input_ids.defined() ? inputs.input_ids.size(0) : ids.size(0);
+  PEFT_CHECK(ids.dim() == 2 && ids.size(0) == batch, kC, "decoder_input_ids have shape {}, expected [{}, target_len]",
+             c10::str(ids.sizes()), batch);
   if (inputs.decoder_attention_mask.defined())
     PEFT_CHECK(inputs.decoder_attention_mask.sizes() == ids.sizes(), kC,
                "decoder_attention_mask has shape {}, expected {} like decoder_input_ids",

@@ -71,20 +71,69 @@ std::pair<at::Tensor, at::Tensor> KVCache::cross_attention(
   return {cross_keys_[layer], cross_values_[layer]};
 }
 
+at::Tensor KVCache::cross_attention_mask(const at::Tensor& given) {
+  if (!has_cross_attention()) cross_mask_ = given;
+  return cross_mask_;
+}
+
 void KVCache::select_rows(const at::Tensor& rows) {
   PEFT_CHECK(layers_seen_ == 0, kC, "rows selected in the middle of a forward");
   for (auto* list : {&keys_, &values_, &cross_keys_, &cross_values_})
     for (auto& t : *list)
       if (t.defined()) t = t.index_select(0, rows.to(t.device()));
-  if (mask_.defined()) mask_ = mask_.index_select(0, rows.to(mask_.device()));
+  for (auto* m : {&mask_, &cross_mask_})
+    if (m->defined()) *m = m->index_select(0, rows.to(m->device()));
+}
+
+namespace {
+/// A key mask [rows, own] (undefined: all ones) as [rows, length] with zeros before (`left`) or after it.
+at::Tensor padded_mask(const at::Tensor& mask, int64_t rows, int64_t own, int64_t length, bool left,
+                       c10::Device device) {
+  const auto opts = torch::TensorOptions().dtype(torch::kLong).device(device);
+  at::Tensor m = mask.defined() ? mask.to(opts) : torch::ones({rows, own}, opts);
+  if (own == length) return m;
+  at::Tensor pad = torch::zeros({rows, length - own}, opts);
+  return left ? torch::cat({pad, m}, 1) : torch::cat({m, pad}, 1);
+}
+
+/// [b, h, own, d] -> [b, h, length, d] with zeros before (`left`) or after.
+at::Tensor padded_keys(const at::Tensor& t, int64_t length, bool left) {
+  const int64_t own = t.size(2);
+  if (own == length) return t;
+  at::Tensor pad = torch::zeros({t.size(0), t.size(1), length - own, t.size(3)}, t.options());
+  return left ? torch::cat({pad, t}, 2) : torch::cat({t, pad}, 2);
+}
+}  // namespace
+
+void KVCache::add_cross_rows(const KVCache& other) {
+  PEFT_CHECK(cross_keys_.size() == other.cross_keys_.size(), kC,
+             "adding rows with cross-attention keys for {} layers to a cache with {}", other.cross_keys_.size(),
+             cross_keys_.size());
+  for (size_t l = 0; l < cross_keys_.size(); ++l)
+    PEFT_CHECK(cross_keys_[l].defined() && other.cross_keys_[l].defined(), kC,
+               "layer {}: cross-attention keys not computed yet (run the rows' first forward before joining them)", l);
+  const int64_t own = cross_keys_.front().size(2), theirs = other.cross_keys_.front().size(2);
+  const int64_t length = std::max(own, theirs);
+  if (cross_mask_.defined() || other.cross_mask_.defined() || own != theirs) {
+    const c10::Device device = cross_keys_.front().device();
+    cross_mask_ = torch::cat({padded_mask(cross_mask_, batch(), own, length, false, device),
+                              padded_mask(other.cross_mask_, other.batch(), theirs, length, false, device)},
+                             0);
+  }
+  for (size_t l = 0; l < cross_keys_.size(); ++l) {
+    cross_keys_[l] = torch::cat({padded_keys(cross_keys_[l], length, false), padded_keys(other.cross_keys_[l], length, false)}, 0);
+    cross_values_[l] =
+        torch::cat({padded_keys(cross_values_[l], length, false), padded_keys(other.cross_values_[l], length, false)}, 0);
+  }
 }
 
 void KVCache::add_rows(const KVCache& other) {
   PEFT_CHECK(layers_seen_ == 0 && other.layers_seen_ == 0, kC, "rows added in the middle of a forward");
   PEFT_CHECK(!other.empty(), kC, "adding the rows of an empty cache (run their prompt first)");
-  PEFT_CHECK(!has_cross_attention() && !other.has_cross_attention(), kC,
-             "adding rows to an encoder-decoder's cache (their encoder outputs differ in length); run them in a batch "
-             "of their own");
+  PEFT_CHECK((empty() && !has_cross_attention()) || has_cross_attention() == other.has_cross_attention(), kC,
+             "adding the rows of {} cache to {} one: an encoder-decoder's rows join an encoder-decoder's batch only",
+             other.has_cross_attention() ? "an encoder-decoder's" : "a decoder's",
+             has_cross_attention() ? "an encoder-decoder's" : "a decoder's");
   if (empty()) {
     *this = other;
     return;
@@ -92,23 +141,17 @@ void KVCache::add_rows(const KVCache& other) {
   PEFT_CHECK(keys_.size() == other.keys_.size(), kC, "adding rows of a {}-layer cache to a {}-layer one",
              other.keys_.size(), keys_.size());
   const int64_t length = std::max(length_, other.length_);
-  auto pad = [&](const at::Tensor& t, int64_t own) {  // [b, h, own, d] -> [b, h, length, d], zeros first
-    if (own == length) return t;
-    return torch::cat({torch::zeros({t.size(0), t.size(1), length - own, t.size(3)}, t.options()), t}, 2);
-  };
   at::Tensor combined_mask;  // computed before the rows change
   if (mask_.defined() || other.mask_.defined() || length_ != other.length_) {
-    auto full_mask = [&](const KVCache& c) {
-      const auto opts = torch::TensorOptions().dtype(torch::kLong).device(c.keys_.front().device());
-      at::Tensor m = c.mask_.defined() ? c.mask_ : torch::ones({c.batch(), c.length_}, opts);
-      if (c.length_ == length) return m;
-      return torch::cat({torch::zeros({m.size(0), length - c.length_}, opts), m.to(opts.device())}, 1);
-    };
-    combined_mask = torch::cat({full_mask(*this), full_mask(other)}, 0);
+    const c10::Device device = keys_.front().device();
+    combined_mask = torch::cat({padded_mask(mask_, batch(), length_, length, true, device),
+                                padded_mask(other.mask_, other.batch(), other.length_, length, true, device)},
+                               0);
   }
+  if (has_cross_attention()) add_cross_rows(other);  // before keys_ change: it reads batch()
   for (size_t l = 0; l < keys_.size(); ++l) {
-    keys_[l] = torch::cat({pad(keys_[l], length_), pad(other.keys_[l], other.length_)}, 0);
-    values_[l] = torch::cat({pad(values_[l], length_), pad(other.values_[l], other.length_)}, 0);
+    keys_[l] = torch::cat({padded_keys(keys_[l], length, true), padded_keys(other.keys_[l], length, true)}, 0);
+    values_[l] = torch::cat({padded_keys(values_[l], length, true), padded_keys(other.values_[l], length, true)}, 0);
   }
   mask_ = combined_mask;
   length_ = length;
@@ -116,6 +159,7 @@ void KVCache::add_rows(const KVCache& other) {
 
 int64_t KVCache::drop_unattended_prefix() {
   PEFT_CHECK(layers_seen_ == 0, kC, "positions dropped in the middle of a forward");
+  drop_unattended_cross_suffix();
   if (!mask_.defined() || length_ == 0) return 0;
   const at::Tensor attended = mask_.ne(0).any(0);  // [length]: some row attends the position
   if (!attended.any().item<bool>()) return 0;      // nothing attended at all: leave it to the caller
@@ -131,10 +175,26 @@ int64_t KVCache::drop_unattended_prefix() {
   return first;
 }
 
+void KVCache::drop_unattended_cross_suffix() {
+  if (!cross_mask_.defined() || cross_keys_.empty() || !cross_keys_.front().defined()) return;
+  const at::Tensor attended = cross_mask_.ne(0).any(0).nonzero();  // source positions some row attends
+  if (attended.numel() == 0) return;
+  const int64_t keep = attended.max().item<int64_t>() + 1, length = cross_mask_.size(1);
+  if (keep < length) {
+    for (auto* list : {&cross_keys_, &cross_values_})
+      for (auto& t : *list)
+        if (t.defined()) t = t.narrow(2, 0, keep).contiguous();
+    cross_mask_ = cross_mask_.narrow(1, 0, keep).contiguous();
+  }
+  if (cross_mask_.ne(0).all().item<bool>()) cross_mask_ = at::Tensor();
+}
+
 void KVCache::clear() { *this = KVCache(); }
 
 int64_t KVCache::bytes() const {
-  int64_t n = mask_.defined() ? mask_.numel() * mask_.element_size() : 0;
+  int64_t n = 0;
+  for (const auto* m : {&mask_, &cross_mask_})
+    if (m->defined()) n += m->numel() * m->element_size();
   for (const auto* list : {&keys_, &values_, &cross_keys_, &cross_values_})
     for (const auto& t : *list)
       if (t.defined()) n += t.numel() * t.element_size();

@@ -26,7 +26,7 @@ struct ContinuousBatcher::Request {
 
 struct ContinuousBatcher::Running {
   std::shared_ptr<Request> request;
-  std::vector<int64_t> ids;  // prompt + generated
+  std::vector<int64_t> ids;  // prompt + generated (an encoder-decoder: the start token + generated)
   GenerationResult result;
   std::optional<at::Generator> gen;
   int64_t offset = 0;  // the adapter's virtual tokens: positions start after them
@@ -35,6 +35,11 @@ struct ContinuousBatcher::Running {
 
 ContinuousBatcher::ContinuousBatcher(PeftModel& model, int64_t max_batch) : model_(model), max_batch_(max_batch) {
   PEFT_CHECK(max_batch >= 1, kC, "max_batch must be >= 1, found {}", max_batch);
+  if (model_.base_model().geometry().encoder_decoder) {
+    decoder_start_ = model_.base_model().decoder_start_token();
+    PEFT_CHECK(decoder_start_.has_value(), kC, "{} is an encoder-decoder without a decoder_start_token_id",
+               model_.base_model().architecture());
+  }
   model_.eval();
   refresh_adapters();
   worker_ = std::thread([this] { loop(); });
@@ -81,10 +86,18 @@ std::future<GenerationResult> ContinuousBatcher::submit(Completion request) {
   PEFT_CHECK(known != adapters_.end(), kC, "adapter: no adapter named '{}' is loaded", request.adapter);
   PEFT_CHECK(known->second.refusal.empty(), kC, "{}", known->second.refusal);
   const int64_t room = known->second.window;
-  const auto needed = static_cast<int64_t>(request.prompt.size()) + request.config.max_new_tokens;
-  PEFT_CHECK(needed <= room, kC,
-             "max_tokens: the prompt ({} tokens) and max_tokens ({}) exceed the model's context of {} positions",
-             request.prompt.size(), request.config.max_new_tokens, room);
+  const auto prompt_len = static_cast<int64_t>(request.prompt.size());
+  if (decoder_start_) {  // the prompt fills the encoder, the completion the decoder
+    PEFT_CHECK(prompt_len <= room, kC, "prompt: {} tokens exceed the encoder's {} positions", prompt_len, room);
+    const int64_t decoder_room = model_.base_model().geometry().max_positions - 1;  // after the start token
+    PEFT_CHECK(request.config.max_new_tokens <= decoder_room, kC,
+               "max_tokens: {} exceeds the decoder's {} positions after its start token", request.config.max_new_tokens,
+               decoder_room);
+  } else {
+    PEFT_CHECK(prompt_len + request.config.max_new_tokens <= room, kC,
+               "max_tokens: the prompt ({} tokens) and max_tokens ({}) exceed the model's context of {} positions",
+               prompt_len, request.config.max_new_tokens, room);
+  }
   r->completion = std::move(request);
   queue_.push_back(std::move(r));
   ++stats_.queued;
@@ -198,7 +211,7 @@ void ContinuousBatcher::admit(std::vector<Running>& running) {
     try {
       Running row;
       row.request = r;
-      row.ids = c.prompt;
+      row.ids = decoder_start_ ? std::vector<int64_t>{*decoder_start_} : c.prompt;
       row.result.stop_reason = "max_new_tokens";
       if (c.config.seed) row.gen = at::make_generator<at::CPUGeneratorImpl>(*c.config.seed);
       const std::string name = row_adapter(c.adapter);
@@ -210,7 +223,10 @@ void ContinuousBatcher::admit(std::vector<Running>& running) {
       in.kv_cache = cache;
       const auto n = static_cast<int64_t>(c.prompt.size());
       in.input_ids = torch::tensor(c.prompt, torch::kLong).unsqueeze(0).to(device);
-      in.position_ids = torch::arange(row.offset, row.offset + n, torch::kLong).unsqueeze(0).to(device);
+      if (decoder_start_)  // T5 numbers positions relatively: no position_ids
+        in.decoder_input_ids = torch::full({1, 1}, *decoder_start_, torch::kLong).to(device);
+      else
+        in.position_ids = torch::arange(row.offset, row.offset + n, torch::kLong).unsqueeze(0).to(device);
       const at::Tensor logits = next_logits(model_.forward(in, {name}).logits, model_)[0];
       const bool more = c.config.max_new_tokens > 0 &&
                         advance(row.result, row.ids, next_token(logits, row.ids, c.config, row.gen), logits, c);
@@ -245,8 +261,13 @@ void ContinuousBatcher::step(std::vector<Running>& running) {
   try {
     models::ModelInputs in;
     in.kv_cache = cache_;
-    in.input_ids = torch::tensor(tokens, torch::kLong).unsqueeze(1).to(device);
-    in.position_ids = torch::tensor(positions, torch::kLong).unsqueeze(1).to(device);
+    const at::Tensor last = torch::tensor(tokens, torch::kLong).unsqueeze(1).to(device);
+    if (decoder_start_) {  // the decoder alone: the cache holds every row's encoder keys and mask
+      in.decoder_input_ids = last;
+    } else {
+      in.input_ids = last;
+      in.position_ids = torch::tensor(positions, torch::kLong).unsqueeze(1).to(device);
+    }
     const at::Tensor logits = next_logits(model_.forward(in, names).logits, model_);
     std::vector<int64_t> keep;
     std::vector<Running> still, finished;

@@ -57,9 +57,10 @@ at::Tensor t5_relative_position_bucket(const at::Tensor& relative_position, bool
 
 class T5AttentionImpl : public torch::nn::Module {
  public:
-  T5AttentionImpl(const T5Config& config, bool has_relative_attention_bias, bool causal);
-  /// softmax(q kᵀ + position_bias) v; keys and values from `key_value_states` (cross-attention) or
-  /// `hidden`. `position_bias` [1 or batch, heads, q, k] already holds the mask. With `cache`,
+  /// `cross`: keys and values come from the encoder's output (EncDecAttention).
+  T5AttentionImpl(const T5Config& config, bool has_relative_attention_bias, bool causal, bool cross = false);
+  /// softmax(q kᵀ + position_bias) v; keys and values from `key_value_states` (cross-attention; it
+  /// may be undefined once the cache holds them) or `hidden`. `position_bias` [1 or batch, heads, q, k] already holds the mask. With `cache`,
   /// self-attention appends its keys to layer `layer`'s and cross-attention computes its keys once.
   /// A `prefix` (prefix tuning, self-attention only) puts its keys and values before this forward's.
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& key_value_states, const at::Tensor& position_bias,
@@ -73,6 +74,7 @@ class T5AttentionImpl : public torch::nn::Module {
   torch::nn::Embedding relative_attention_bias{nullptr};
 
  private:
+  bool cross_;
   int64_t heads_, d_kv_, buckets_, max_distance_;
   bool causal_;
   double dropout_;

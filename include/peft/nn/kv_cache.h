@@ -3,7 +3,7 @@
 // as attention scores them (rotated in LLaMA). A prefix-tuning adapter's keys and values are the
 // first entries, a prompt-tuning adapter's virtual tokens the first positions. An encoder-decoder's
 // decoder also keeps each layer's cross-attention keys and values here: they depend on the encoder
-// alone, so they are computed on the first step and reused.
+// alone, so they are computed on the first step and reused, with the encoder's mask of them.
 #pragma once
 
 #include <cstdint>
@@ -37,16 +37,22 @@ class KVCache {
   std::pair<at::Tensor, at::Tensor> cross_attention(size_t layer,
                                                     const std::function<std::pair<at::Tensor, at::Tensor>()>& compute);
   bool has_cross_attention() const { return !cross_keys_.empty(); }
+  /// The encoder mask [batch, source_len] of the cross-attention keys (undefined: all attended):
+  /// `given` while none are cached (it is kept with them), the kept one after — rows joined from
+  /// other caches have sources of other lengths, padded.
+  at::Tensor cross_attention_mask(const at::Tensor& given);
 
   /// Keeps the batch rows `rows` (int64 indices, in that order) of every cached tensor: the rows
   /// of a batched generation that are still running.
   void select_rows(const at::Tensor& rows);
   /// Appends `other`'s rows after this cache's (continuous batching: a request that ran its prompt
-  /// alone joins the running batch). The shorter side is left-padded with masked positions.
+  /// alone joins the running batch). The shorter side is left-padded with masked positions; an
+  /// encoder-decoder's cross-attention keys are right-padded to the longer source, masked too.
   void add_rows(const KVCache& other);
   /// Drops the leading positions that no row attends (the padding of rows that have left a
   /// continuous batch) and returns how many. length() shrinks by as much, so later forwards must
-  /// pass their position_ids: the default numbering counts cached positions.
+  /// pass their position_ids: the default numbering counts cached positions (T5's relative
+  /// positions need none). The cross-attention keys' trailing padding goes too.
   int64_t drop_unattended_prefix();
   void clear();
 
@@ -54,8 +60,12 @@ class KVCache {
   int64_t bytes() const;
 
  private:
+  void add_cross_rows(const KVCache& other);
+  void drop_unattended_cross_suffix();
+
   std::vector<at::Tensor> keys_, values_;
   std::vector<at::Tensor> cross_keys_, cross_values_;  ///< per decoder layer; undefined until computed
+  at::Tensor cross_mask_;    ///< [batch, source_len] of the cross-attention keys, undefined while all ones
   at::Tensor mask_;          ///< [batch, length], undefined while all ones
   int64_t length_ = 0;
   int64_t pending_ = 0;      ///< positions the current forward adds

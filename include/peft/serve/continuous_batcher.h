@@ -1,7 +1,9 @@
 // Continuous batching for a server: completions for different deltas decode together, one token
 // per running request per step. A request runs its prompt alone (its own key/value cache), then
 // joins the running batch at the next step (its cache rows appended, left-padded) and leaves it
-// when it stops; every row uses its own delta (a mixed-adapter batch) and its own sampler.
+// when it stops; every row uses its own delta (a mixed-adapter batch) and its own sampler. On an
+// encoder-decoder the prompt is the encoder's input: a request's first forward encodes it and
+// decodes the start token; its cross-attention keys join the batch's, padded to the longest source.
 #pragma once
 
 #include <condition_variable>
@@ -12,6 +14,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -28,7 +31,7 @@ class KVCache;
 namespace peft::serve {
 
 struct Completion {
-  std::vector<int64_t> prompt;  ///< token ids, not empty
+  std::vector<int64_t> prompt;  ///< token ids, not empty (an encoder-decoder's input, ending as its data's do)
   /// max_new_tokens, sampling, repetition_penalty, stop_tokens, seed (its own generator per
   /// request), output_logits; use_cache, pad_token and adapter_names do not apply.
   GenerationConfig config;
@@ -61,7 +64,7 @@ class ContinuousBatcher {
 
   /// Queues a request. Checked here (peft::Error naming the field): a known adapter, a non-empty
   /// prompt, the prompt plus max_new_tokens within the model's positions (less the adapter's
-  /// virtual tokens), a valid config. The future holds the result, or the error that ended it.
+  /// virtual tokens; an encoder-decoder: the prompt and max_new_tokens each), a valid config. The future holds the result, or the error that ended it.
   std::future<GenerationResult> submit(Completion request);
   /// Runs `task` on the batcher's thread between two decoding steps (load / delete adapters):
   /// `in_use` tells whether a queued or running request names an adapter.
@@ -87,6 +90,7 @@ class ContinuousBatcher {
 
   PeftModel& model_;
   int64_t max_batch_;
+  std::optional<int64_t> decoder_start_;  ///< set for an encoder-decoder: its decoder's first token
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Request>> queue_;
