@@ -26,3 +26,9 @@ mkdir -p "$model"
 cp configs/models/gpt2-en-6m.json "$model/config.json"
 cp "$work/final/model.safetensors" "$model/model.safetensors"
 cp "$work/init/tokenizer.json" "$work/init/tokenizer_config.json" "$model/"
+cp "$work/log.jsonl" "$model/training_log.jsonl"
+cp data/pretrain-base/stats.json "$model/corpus_stats.json"
+mkdir -p "$model/licenses"
+cp data/pretrain-base/licenses/gcide-copyright "$model/licenses/"  # GCIDE is GPL: its terms go with the weights
+/usr/bin/python3 scripts/plot_training_curve.py "$work/log.jsonl" "$model/training_curve" \
+    --title "gpt2-en-6m: pretraining on Brown, Moby Dick, SOTU (to 2000) and GCIDE"
