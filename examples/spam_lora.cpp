@@ -1,5 +1,5 @@
 // peft-spam-lora: the main job. Fine-tunes a LoRA delta (plus a new classification head) on a
-// frozen, pretrained tiny GPT-2 to tell spam from ham on real SpamAssassin mail; prints the
+// frozen, pretrained GPT-2 (examples/models/gpt2-en-6m) to tell spam from ham on real SpamAssassin mail; prints the
 // accuracy of the untuned base next to the tuned one, the delta's size next to the base's,
 // then reloads the delta onto a fresh base and classifies held-back mails with it.
 #include <filesystem>
@@ -37,7 +37,7 @@ std::string subject(const std::string& text) {
 int run(int argc, char** argv) {
   CLI::App app{"Fine-tune a LoRA delta on a frozen tiny GPT-2 to classify spam (SpamAssassin sample).",
                "peft-spam-lora"};
-  std::string model_dir = "examples/models/tiny-gpt2-en", train_path = "examples/data/spam/train.jsonl",
+  std::string model_dir = "examples/models/gpt2-en-6m", train_path = "examples/data/spam/train.jsonl",
               test_path = "examples/data/spam/test.jsonl", config_path = "configs/spam_lora.json",
               out_dir = "runs/spam-lora";
   peft::train::TrainerConfig tc;
