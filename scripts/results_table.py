@@ -27,6 +27,7 @@ reruns everything). Then writes:
 """
 import argparse
 import concurrent.futures as futures
+import functools
 import hashlib
 import json
 import os
@@ -117,24 +118,22 @@ def parse_run(run_dir, stdout, task):
             "delta_bytes": directory_bytes(os.path.join(run_dir, "final"))}
 
 
-_file_hashes = {}
-
-
+@functools.lru_cache(maxsize=None)
 def file_sha256(path):
-    if path not in _file_hashes:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _file_hashes[path] = h.hexdigest()
-    return _file_hashes[path]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
-def inputs_fingerprint(config_path, model_dir):
+@functools.lru_cache(maxsize=None)
+def inputs_fingerprint(config_path, base=None):
     """SHA-256 over what a run's numbers depend on besides the code and its command: the run config,
-    the base model's files and every data file the config names."""
+    the base model's files (`base`, else the config's model) and every data file the config names."""
     with open(os.path.join(ROOT, config_path), encoding="utf-8") as f:
         cfg = json.load(f)
+    model_dir = base or cfg["model"]
     files = [config_path] + [os.path.join(model_dir, n) for n in ("config.json", "model.safetensors", "tokenizer.json")]
     files += [v for v in cfg.get("data", {}).values() if isinstance(v, str) and os.path.isfile(os.path.join(ROOT, v))]
     h = hashlib.sha256()
@@ -493,7 +492,6 @@ def main():
 
     # Paths relative to the project root (the runs' working directory) keep the records portable.
     train, runs = os.path.relpath(args.train, ROOT), os.path.relpath(args.runs, ROOT)
-    model_dirs = {}  # run config -> its base model directory
     os.makedirs(args.out, exist_ok=True)
     args.ledger = Ledger(args.ledger or os.path.join(args.out, args.name + "-runs.jsonl"))
     args.provenance = provenance()
@@ -508,12 +506,8 @@ def main():
                "--set", f"threads={args.threads_per_job}"]
         if spec["family"] in bases:
             cmd += ["--set", f"model={bases[spec['family']]}"]
-        if spec["config"] not in model_dirs:
-            with open(os.path.join(ROOT, spec["config"]), encoding="utf-8") as f:
-                model_dirs[spec["config"]] = json.load(f)["model"]
-        model_dir = bases.get(spec["family"], model_dirs[spec["config"]])
         return {"task": t, "method": name, "seed": seed, "lr": lr, "dir": run_dir, "cmd": cmd, "task_spec": spec,
-                "inputs": inputs_fingerprint(spec["config"], model_dir)}
+                "inputs": inputs_fingerprint(spec["config"], bases.get(spec["family"]))}
 
     def grid(name):
         return plan["methods"][name].get("lr_grid", plan["lr_grid"])
