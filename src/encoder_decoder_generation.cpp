@@ -75,7 +75,9 @@ std::vector<GenerationResult> generate_encoder_decoder(PeftModel& model, const s
       if (!c.adapter_names.empty())
         for (size_t r : running) names.push_back(c.adapter_names[r]);
       const auto out = forward_rows(model, in, names);
-      if (!in.encoder_outputs.defined()) in.encoder_outputs = out.encoder_last_hidden_state;  // encoded once
+      // Encoded once: the cache now holds the encoder's keys and mask, so later steps run the decoder alone.
+      in.input_ids = at::Tensor();
+      in.attention_mask = at::Tensor();
       const at::Tensor logits = next_logits(out.logits, model);
       std::vector<int64_t> keep, tokens;
       for (size_t b = 0; b < running.size(); ++b) {
@@ -87,12 +89,9 @@ std::vector<GenerationResult> generate_encoder_decoder(PeftModel& model, const s
         tokens.push_back(row.decoded.back());
       }
       if (keep.empty()) break;
-      if (keep.size() < running.size()) {  // finished rows leave the cache and the encoder batch
+      if (keep.size() < running.size()) {  // finished rows leave the cache
         const at::Tensor idx = torch::tensor(keep, torch::kLong);
         in.kv_cache->select_rows(idx);
-        in.input_ids = in.input_ids.index_select(0, idx.to(device));
-        in.encoder_outputs = in.encoder_outputs.index_select(0, idx.to(device));
-        if (in.attention_mask.defined()) in.attention_mask = in.attention_mask.index_select(0, idx.to(device));
         std::vector<size_t> still;
         for (int64_t b : keep) still.push_back(running[static_cast<size_t>(b)]);
         running = std::move(still);

@@ -39,8 +39,9 @@ void check_t5_inputs(const ModelInputs& in) {
   PEFT_CHECK(!in.embedding_output.defined() && !in.stream_hook && !in.final_hidden_hook, kC,
              "hidden-state taps are not supported on encoder-decoders yet");
   if (in.attention_mask.defined())
-    PEFT_CHECK(in.input_ids.defined() && in.attention_mask.sizes() == in.input_ids.sizes(), kC, "attention_mask has shape {}, expected {} like input_ids",
-               c10::str(in.attention_mask.sizes()), in.input_ids.defined() ? c10::str(in.input_ids.sizes()) : "none");
+    PEFT_CHECK(in.input_ids.defined() && in.attention_mask.sizes() == in.input_ids.sizes(), kC,
+               "attention_mask has shape {}, expected {} like input_ids", c10::str(in.attention_mask.sizes()),
+               in.input_ids.defined() ? c10::str(in.input_ids.sizes()) : "none");
 }
 }  // namespace
 

@@ -121,7 +121,8 @@ void KVCache::add_cross_rows(const KVCache& other) {
                              0);
   }
   for (size_t l = 0; l < cross_keys_.size(); ++l) {
-    cross_keys_[l] = torch::cat({padded_keys(cross_keys_[l], length, false), padded_keys(other.cross_keys_[l], length, false)}, 0);
+    cross_keys_[l] =
+        torch::cat({padded_keys(cross_keys_[l], length, false), padded_keys(other.cross_keys_[l], length, false)}, 0);
     cross_values_[l] =
         torch::cat({padded_keys(cross_values_[l], length, false), padded_keys(other.cross_values_[l], length, false)}, 0);
   }

@@ -60,7 +60,8 @@ class T5AttentionImpl : public torch::nn::Module {
   /// `cross`: keys and values come from the encoder's output (EncDecAttention).
   T5AttentionImpl(const T5Config& config, bool has_relative_attention_bias, bool causal, bool cross = false);
   /// softmax(q kᵀ + position_bias) v; keys and values from `key_value_states` (cross-attention; it
-  /// may be undefined once the cache holds them) or `hidden`. `position_bias` [1 or batch, heads, q, k] already holds the mask. With `cache`,
+  /// may be undefined once the cache holds them) or `hidden`. `position_bias` [1 or batch, heads,
+  /// q, k] already holds the mask. With `cache`,
   /// self-attention appends its keys to layer `layer`'s and cross-attention computes its keys once.
   /// A `prefix` (prefix tuning, self-attention only) puts its keys and values before this forward's.
   at::Tensor forward(const at::Tensor& hidden, const at::Tensor& key_value_states, const at::Tensor& position_bias,

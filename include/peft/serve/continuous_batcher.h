@@ -64,7 +64,8 @@ class ContinuousBatcher {
 
   /// Queues a request. Checked here (peft::Error naming the field): a known adapter, a non-empty
   /// prompt, the prompt plus max_new_tokens within the model's positions (less the adapter's
-  /// virtual tokens; an encoder-decoder: the prompt and max_new_tokens each), a valid config. The future holds the result, or the error that ended it.
+  /// virtual tokens; an encoder-decoder: the prompt and max_new_tokens each), a valid config. The
+  /// future holds the result, or the error that ended it.
   std::future<GenerationResult> submit(Completion request);
   /// Runs `task` on the batcher's thread between two decoding steps (load / delete adapters):
   /// `in_use` tells whether a queued or running request names an adapter.
