@@ -222,25 +222,25 @@ double spam_test_accuracy(nlohmann::json cfg) {
   return result.test_eval ? result.test_eval->accuracy : 0.0;
 }
 
-TEST(Tools, LoraOnAnNf4BaseScoresWithinAPointOfTheBf16Base) {
-  // configs/train_spam_lora.json with mails cut to 64 tokens: both bases see the same data, init
-  // and steps; each delta is chosen on validation and scored once on the test mails.
+TEST(Tools, LoraOnAnNf4BaseScoresAsTheFloat32BaseDoes) {
+  // configs/train_spam_lora.json shortened to test size (mails cut to 32 tokens, 200 steps):
+  // both bases see the same data, init and steps, compute in float32, and each delta is chosen
+  // on validation and scored once on the 400 test mails. The full-length comparison (bf16
+  // compute, 300 steps) is a measurement in the README, not a test.
   TempDir dir;
-  auto cfg = spam_lora_run(dir, {{"max_length", 64}, {"validation_fraction", 0.1}},
-                           {{"max_steps", 300}, {"batch_size", 16}, {"lr", 0.002}, {"schedule", "linear"},
-                            {"warmup_steps", 20}, {"eval_every", 100}});
-  cfg["method"]["lora_dropout"] = 0.05;
+  auto cfg = spam_lora_run(dir, {{"max_length", 32}, {"validation_fraction", 0.1}},
+                           {{"max_steps", 200}, {"batch_size", 16}, {"lr", 0.004}, {"schedule", "linear"},
+                            {"warmup_steps", 10}, {"eval_every", 50}});
   cfg.erase("output_dir");
   cfg["method"]["r"] = 8;
   cfg["method"]["lora_alpha"] = 16;
   cfg["method"]["target_modules"] = {"c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"};
-  auto bf16 = cfg, nf4 = cfg;
-  bf16["dtype"] = "bfloat16";
-  nf4["quantization"] = {{"type", "nf4"}, {"double_quant", true}, {"compute_dtype", "bfloat16"}};
-  const double wide = spam_test_accuracy(bf16), quantized = spam_test_accuracy(nf4);
-  std::printf("spam test accuracy: bf16 base %.4f, nf4 base %.4f\n", wide, quantized);
-  EXPECT_GT(wide, 0.85) << "the bf16 run learns the task";
-  EXPECT_LE(std::abs(quantized - wide), 0.01) << "nf4 " << quantized << " vs bf16 " << wide;
+  auto nf4 = cfg;
+  nf4["quantization"] = {{"type", "nf4"}, {"double_quant", true}, {"compute_dtype", "float32"}};
+  const double wide = spam_test_accuracy(cfg), quantized = spam_test_accuracy(nf4);
+  std::printf("spam test accuracy: float32 base %.4f, nf4 base %.4f\n", wide, quantized);
+  EXPECT_GT(wide, 0.85) << "the float32 run learns the task";
+  EXPECT_LE(std::abs(quantized - wide), 0.02) << "nf4 " << quantized << " vs float32 " << wide;
 }
 
 TEST(Tools, PromptMethodsTrainResumeAndGenerate) {
