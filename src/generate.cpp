@@ -9,6 +9,7 @@
 #include "peft/core/error.h"
 #include "peft/nn/kv_cache.h"
 #include "peft/nn/prompt_encoder.h"
+#include "peft/nn/side_network.h"
 #include "peft/peft_model.h"
 #include "peft/tokenizers/tokenizer.h"
 #include "encoder_decoder_generation.h"
@@ -209,9 +210,25 @@ void GenerationConfig::validate() const {
   PEFT_CHECK(pad_token >= 0, kC, "pad_token must be a token id (>= 0), found {}", pad_token);
 }
 
+namespace {
+/// Whether every adapter these rows run can decode with a key/value cache (LST's side network
+/// re-reads the whole backbone stream each step and cannot).
+bool cache_applies(PeftModel& model, const GenerationConfig& c) {
+  const auto& names = c.adapter_names.empty() ? model.active_adapters() : c.adapter_names;
+  for (const auto& name : names) {
+    if (name == PeftModel::kBaseAdapterName || !model.has_adapter(name)) continue;
+    const auto side = model.side_network(name);
+    if (side && !side->decodes_with_kv_cache()) return false;
+  }
+  return true;
+}
+}  // namespace
+
 std::vector<GenerationResult> generate_batch(PeftModel& model, const std::vector<std::vector<int64_t>>& prompts,
-                                             const GenerationConfig& config) {
-  config.validate();
+                                             const GenerationConfig& requested) {
+  requested.validate();
+  GenerationConfig config = requested;
+  config.use_cache = requested.use_cache && cache_applies(model, requested);
   PEFT_CHECK(!prompts.empty(), kC, "no prompts");
   for (size_t i = 0; i < prompts.size(); ++i)
     PEFT_CHECK(!prompts[i].empty(), kC, "the prompt{} has no tokens", prompts.size() > 1 ? fmt::format(" {}", i) : "");

@@ -1,13 +1,16 @@
 // LST beyond the conformance suite: at full width a pruned copy with identity ladders computes
 // exactly the backbone (so the taps, the side's stream and the head hand-over are right on every
-// family); the backbone builds no autograd graph; pruning keeps the most important coordinates;
+// family, T5's encoder and decoder included); the backbone builds no autograd graph; pruning
+// keeps the most important coordinates;
 // Fisher initialization reads gradients and leaves the base untouched; counts and errors.
 #include <torch/torch.h>
 
 #include "peft/core/error.h"
 #include "peft/data/batch_source.h"
+#include "peft/generate.h"
 #include "peft/methods/lst/lst.h"
 #include "peft/methods/method.h"
+#include "peft/nn/kv_cache.h"
 #include "peft/peft_model.h"
 #include "test_util.h"
 #include "tiny_models.h"
@@ -16,7 +19,8 @@ namespace peft::test {
 namespace {
 
 std::shared_ptr<methods::MethodConfig> lst_config(nlohmann::json extra, const std::string& family) {
-  nlohmann::json j = {{"peft_type", "LST"}, {"task_type", is_classifier(family) ? "SEQ_CLS" : "CAUSAL_LM"}};
+  nlohmann::json j = {{"peft_type", "LST"},
+                      {"task_type", is_classifier(family) ? "SEQ_CLS" : family == "t5" ? "SEQ_2_SEQ_LM" : "CAUSAL_LM"}};
   j.update(extra);
   return methods::parse_config(j);
 }
@@ -33,8 +37,10 @@ TEST_P(LstFamilies, FullWidthPrunedCopyWithIdentityLaddersIsTheBackbone) {
   model.add_adapter("default", *lst_config({{"reduction_factor", 1}}, family));
   auto state = model.adapter_state_dict("default");
   const int64_t d = base->hidden_size();
-  for (const char* lin : {"side_network.first_downsample", "side_network.upsample"}) {
-    state.at(std::string(lin) + ".weight").copy_(torch::eye(d));
+  std::vector<std::string> identities = {"side_network.first_downsample", "side_network.upsample"};
+  if (family == "t5") identities.push_back("side_network.decoder_first_downsample");
+  for (const auto& lin : identities) {
+    state.at(lin + ".weight").copy_(torch::eye(d));
     state.at(std::string(lin) + ".bias").zero_();
   }
   state.at("side_network.gate_alphas").fill_(100.0);  // μ = σ(100 / T) = 1: the side follows its own stream
@@ -70,8 +76,77 @@ TEST_P(LstFamilies, BackboneBuildsNoGraphOnlyTheSideTrains) {
   for (auto& [name, p] : blocks) p.set_requires_grad(false);
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, LstFamilies, ::testing::ValuesIn(tiny_families()),
+const std::vector<std::string>& lst_families() {
+  static const std::vector<std::string> f = [] {
+    auto out = tiny_families();
+    out.push_back("t5");  // an encoder-decoder: a side encoder and a side decoder
+    return out;
+  }();
+  return f;
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, LstFamilies, ::testing::ValuesIn(lst_families()),
                          [](const auto& info) { return info.param; });
+
+TEST(Lst, T5SideHasAnEncoderAndADecoderWithTheirOwnLaddersAndLayers) {
+  auto base = tiny_model("t5");  // d_model 24, d_kv 6, 4 heads, d_ff 40 (gated), 2 + 3 layers
+  PeftModel model(base);
+  model.add_adapter("default", *lst_config({{"reduction_factor", 2}, {"side_layers", {1}}, {"side_decoder_layers", {0, 2}}}, "t5"));
+  auto state = model.adapter_state_dict("default");
+  auto has = [&](const std::string& suffix) {
+    for (const auto& [k, t] : state)
+      if (k.size() >= suffix.size() && k.compare(k.size() - suffix.size(), suffix.size(), suffix) == 0) return true;
+    return false;
+  };
+  EXPECT_TRUE(has("side.encoder.block.0.layer.0.SelfAttention.q.weight"));
+  EXPECT_FALSE(has("side.encoder.block.1.layer.0.SelfAttention.q.weight")) << "one encoder side block";
+  EXPECT_TRUE(has("side.decoder.block.1.layer.1.EncDecAttention.k.weight"));
+  EXPECT_FALSE(has("side.decoder.block.2.layer.0.SelfAttention.q.weight")) << "two decoder side blocks";
+  EXPECT_TRUE(has("side.decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"));
+  EXPECT_TRUE(has("side_network.decoder_first_downsample.weight"));
+  EXPECT_EQ(state.at("side_network.gate_alphas").numel(), 3);
+  EXPECT_EQ(state.at("side_network.side.encoder.block.0.layer.0.SelfAttention.q.weight").sizes(),
+            (std::vector<int64_t>{4 * 3, 12}));
+  // The side copies the backbone's relative position bias whole (its heads stay), from the
+  // stack's first layer even where the side block sits on a later one.
+  auto params = base->named_parameters();
+  EXPECT_TRUE(bit_equal(state.at("side_network.side.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+                        params["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]));
+  // Generation reruns the side on every step (no cache): it runs, and refuses a cache by name.
+  model.eval();
+  torch::NoGradGuard g;
+  auto batch = tiny_batch("t5");
+  auto out = model.forward(batch);
+  EXPECT_EQ(out.logits.size(1), batch.labels.size(1));
+  auto with_cache = batch;
+  with_cache.kv_cache = std::make_shared<nn::KVCache>();
+  EXPECT_NE(error_of([&] { model.forward(with_cache); }).find("use_cache = false"), std::string::npos);
+  // generate() decodes an LST adapter without a cache by itself: the same tokens as asked uncached.
+  GenerationConfig gen;
+  gen.max_new_tokens = 4;
+  const auto by_default = generate(model, {5, 6, 7, 1}, gen);
+  gen.use_cache = false;
+  EXPECT_EQ(by_default.tokens, generate(model, {5, 6, 7, 1}, gen).tokens);
+  EXPECT_FALSE(by_default.tokens.empty());
+  auto with_encoder_outputs = batch;
+  with_encoder_outputs.encoder_outputs = out.encoder_last_hidden_state;
+  EXPECT_NE(error_of([&] { model.forward(with_encoder_outputs); }).find("encoder_outputs"), std::string::npos);
+}
+
+TEST(Lst, T5ErrorsNameTheOption) {
+  PeftModel model(tiny_model("t5"));
+  EXPECT_NE(error_of([&] { model.add_adapter("a", *lst_config({{"reduction_factor", 4}}, "t5")); }).find("d_kv 6"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { model.add_adapter("b", *lst_config({{"side_decoder_layers", {3}}}, "t5")); })
+                .find("side_decoder_layers: layer 3"),
+            std::string::npos);
+  PeftModel gpt2(tiny_model("gpt2"));
+  EXPECT_NE(error_of([&] { gpt2.add_adapter("c", *lst_config({{"side_decoder_layers", {0}}}, "gpt2")); })
+                .find("side_decoder_layers"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { lst_config({{"side_decoder_layers", {1, 0}}}, "t5")->validate(); }).find("increasing"),
+            std::string::npos);
+}
 
 TEST(Lst, CountMatchesTheSideNetworkFormula) {
   auto base = tiny_model("gpt2");  // d = 32, 4 heads, d_ff = 128, 2 layers

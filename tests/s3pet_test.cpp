@@ -106,6 +106,37 @@ TEST(S3pet, HardConcreteGatesKeepEachModuleWithProbabilityP) {
   EXPECT_TRUE(bit_equal(c.gates(), p.clamp(1e-6, 1 - 1e-6)));
 }
 
+TEST(S3pet, SearchOnT5CoversBothStacksAndItsStructureStartsAsTheBase) {
+  auto base = tiny_model("t5");
+  std::map<std::string, at::Tensor> before;
+  for (auto& p : base->named_parameters()) before[p.key()] = p.value().detach().clone();
+  PeftModel model(base);
+  auto cfg = s3pet({{"task_type", "SEQ_2_SEQ_LM"}, {"search", {{"steps", 4}, {"alpha_lr", 0.5}, {"log_every", 0}}}});
+  model.add_adapter("a", *cfg);
+  auto result = methods::s3pet_search(model, "a", [] { return tiny_batch("t5"); }, [] { return tiny_batch("t5"); });
+  EXPECT_GT(controller(model).arch_logits.abs().max().item<double>(), 1e-3) << "α never moved";
+  int64_t encoder = 0, decoder = 0, norms = 0;
+  for (const auto& [candidate, p] : result.ranking) {
+    encoder += candidate.module.rfind("encoder.", 0) == 0;
+    decoder += candidate.module.rfind("decoder.", 0) == 0;
+    norms += candidate.kind == "ln";
+  }
+  EXPECT_GT(encoder, 0);
+  EXPECT_GT(decoder, 0);
+  EXPECT_GT(norms, 0);
+  int64_t used = 0;
+  for (const auto& m : result.structure->structure) used += m.params;
+  EXPECT_LE(used, methods::s3pet_budget(model, *cfg));
+  ASSERT_FALSE(result.structure->structure.empty());
+  model.delete_adapter("a");
+  for (auto& p : base->named_parameters()) EXPECT_TRUE(bit_equal(p.value(), before.at(p.key()))) << p.key();
+  base->eval();
+  torch::NoGradGuard g;
+  auto ref = base->forward(tiny_batch("t5")).logits.clone();
+  model.add_adapter("found", *result.structure);
+  EXPECT_TRUE(bit_equal(model.forward(tiny_batch("t5")).logits, ref));
+}
+
 TEST(S3pet, SearchMovesAlphaAndReturnsAStructureWithinTheBudget) {
   for (bool second_order : {false, true}) {
     auto base = tiny_model("gpt2");

@@ -2,6 +2,8 @@
 // decoder hidden state; HF PEFT's LoRA and IA³ deltas for it (outputs, merged outputs, the saved
 // files); the pieces HF's code fixes (label shifting, relative position buckets); other geometries.
 #include <filesystem>
+#include <map>
+#include <numeric>
 
 #include <torch/torch.h>
 
@@ -77,6 +79,65 @@ TEST(T5, LabelsShiftRightIntoTheDecoderAsHuggingFaceDoes) {
   EXPECT_FALSE(model->forward(in).loss.defined());
   in.decoder_input_ids = at::Tensor();
   EXPECT_NE(error_of([&] { model->forward(in); }).find("decoder_input_ids or labels"), std::string::npos);
+}
+
+TEST(T5, HiddenStateTapsNumberTheEncoderThenTheDecoderAndEmbeddingsMayBeGiven) {
+  auto model = std::dynamic_pointer_cast<models::T5ForConditionalGeneration>(models::load_pretrained(fixture("hf/models/t5")));
+  ASSERT_TRUE(model);
+  model->eval();
+  torch::NoGradGuard g;
+  auto in = t5_inputs();
+  const auto ref = model->forward(in);
+  const int64_t enc = model->config().num_layers, dec = model->config().num_decoder_layers;
+  // An identity hook sees every boundary, encoder first, and changes nothing.
+  std::vector<int64_t> seen;
+  std::map<int64_t, at::Tensor> streams;
+  auto tapped = in;
+  tapped.stream_hook = [&](int64_t i, const at::Tensor& h) {
+    seen.push_back(i);
+    streams[i] = h.clone();
+    return h;
+  };
+  at::Tensor final_seen;
+  tapped.final_hidden_hook = [&](const at::Tensor& h) {
+    final_seen = h.clone();
+    return h;
+  };
+  const auto out = model->forward(tapped);
+  std::vector<int64_t> expected(static_cast<size_t>(enc + dec + 2));
+  std::iota(expected.begin(), expected.end(), 0);
+  EXPECT_EQ(seen, expected);
+  EXPECT_TRUE(bit_equal(out.logits, ref.logits));
+  EXPECT_TRUE(bit_equal(final_seen, ref.last_hidden_state)) << "the final hook reads the decoder's output";
+  EXPECT_TRUE(bit_equal(model->encoder->final_layer_norm->forward(streams.at(enc)), ref.encoder_last_hidden_state))
+      << "the encoder's last tap is its stream before the final norm";
+  EXPECT_TRUE(bit_equal(streams.at(0), model->shared->forward(in.input_ids)));
+  at::Tensor shifted = torch::full_like(in.labels, model->config().decoder_start_token_id);
+  shifted.slice(1, 1).copy_(in.labels.slice(1, 0, -1));
+  shifted.masked_fill_(shifted == -100, model->config().pad_token_id);
+  EXPECT_TRUE(bit_equal(streams.at(enc + 1), model->shared->forward(shifted)));
+  // What a hook returns flows on: doubling the decoder's output doubles the (linear) head's logits.
+  tapped.stream_hook = nullptr;
+  tapped.final_hidden_hook = [](const at::Tensor& h) { return h * 2; };
+  EXPECT_LT(max_abs_diff(model->forward(tapped).logits, ref.logits * 2), 1e-5);
+  // Embedding outputs given instead of token ids: the same model output.
+  auto given = in;
+  given.input_ids = at::Tensor();
+  given.embedding_output = streams.at(0);
+  given.decoder_embedding_output = streams.at(enc + 1);
+  const auto from_embeddings = model->forward(given);
+  EXPECT_TRUE(bit_equal(from_embeddings.logits, ref.logits));
+  EXPECT_TRUE(bit_equal(from_embeddings.loss, ref.loss));
+  // Bad shapes and combinations are named.
+  auto bad = given;
+  bad.embedding_output = streams.at(0).narrow(2, 0, 3);
+  EXPECT_NE(error_of([&] { model->forward(bad); }).find("embedding_output has shape"), std::string::npos);
+  bad = given;
+  bad.decoder_embedding_output = streams.at(enc + 1).narrow(1, 0, 2);
+  EXPECT_NE(error_of([&] { model->forward(bad); }).find("labels has shape"), std::string::npos);
+  bad = given;
+  bad.prompt_embeds = torch::zeros({in.input_ids.size(0), 2, model->config().d_model});
+  EXPECT_NE(error_of([&] { model->forward(bad); }).find("prompt_embeds"), std::string::npos);
 }
 
 TEST(T5, RelativePositionBucketsFollowHuggingFacesFormula) {

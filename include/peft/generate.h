@@ -31,7 +31,8 @@ struct GenerationConfig {
   /// Generation ends at the first of these (it is not returned), e.g. the tokenizer's end-of-text.
   std::vector<int64_t> stop_tokens;
   /// Decode with a key/value cache. Without it every step recomputes the whole context (the
-  /// reference; LST's side network needs it). Either way, once a row fills the model's positions
+  /// reference; what generation does by itself for an adapter whose side network cannot decode
+  /// with a cache, such as LST's). Either way, once a row fills the model's positions
   /// its window slides: each further step recomputes the last max_positions tokens.
   bool use_cache = true;
   /// Sampling draws from a generator seeded with this (the same tokens on every run and device),

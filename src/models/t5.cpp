@@ -22,26 +22,55 @@ at::Tensor drop(const at::Tensor& x, double p, bool training) {
   return p > 0 && training ? F::dropout(x, F::DropoutFuncOptions().p(p).training(true)) : x;
 }
 
-/// What this encoder-decoder does not take yet, refused by name.
 /// A decoding step may leave out the encoder's inputs: the cache holds its keys.
 bool decoder_step_only(const ModelInputs& in) {
-  return !in.input_ids.defined() && in.kv_cache && in.kv_cache->has_cross_attention();
+  return !in.input_ids.defined() && !in.embedding_output.defined() && in.kv_cache && in.kv_cache->has_cross_attention();
 }
 
-void check_t5_inputs(const ModelInputs& in) {
-  PEFT_CHECK((in.input_ids.defined() && in.input_ids.dim() == 2) || decoder_step_only(in), kC,
-             "input_ids must be a [batch, seq] tensor, found {} (only a decoding step over a cache that holds the "
-             "encoder's keys may leave it out)",
+void check_t5_inputs(const ModelInputs& in, int64_t d_model) {
+  const at::Tensor& e = in.embedding_output;
+  PEFT_CHECK((in.input_ids.defined() && in.input_ids.dim() == 2) || e.defined() || decoder_step_only(in), kC,
+             "input_ids must be a [batch, seq] tensor, found {} (only embedding_output, or a decoding step over a cache "
+             "that holds the encoder's keys, may stand in for it)",
              in.input_ids.defined() ? c10::str(in.input_ids.sizes()) : "none");
   PEFT_CHECK(!in.pixel_values.defined() && !in.token_type_ids.defined() && !in.position_ids.defined(), kC,
              "pixel_values / token_type_ids / position_ids given to a T5 model (it takes input_ids, attention_mask, "
              "decoder_input_ids, decoder_attention_mask and labels)");
-  PEFT_CHECK(!in.embedding_output.defined() && !in.stream_hook && !in.final_hidden_hook, kC,
-             "hidden-state taps are not supported on encoder-decoders yet");
-  if (in.attention_mask.defined())
-    PEFT_CHECK(in.input_ids.defined() && in.attention_mask.sizes() == in.input_ids.sizes(), kC,
-               "attention_mask has shape {}, expected {} like input_ids", c10::str(in.attention_mask.sizes()),
-               in.input_ids.defined() ? c10::str(in.input_ids.sizes()) : "none");
+  if (e.defined()) {
+    PEFT_CHECK(e.dim() == 3 && e.size(2) == d_model, kC, "embedding_output has shape {}, expected [batch, seq, {}] (d_model)",
+               c10::str(e.sizes()), d_model);
+    PEFT_CHECK(!in.prompt_embeds.defined() && !in.encoder_outputs.defined(), kC,
+               "embedding_output cannot be combined with prompt_embeds or encoder_outputs");
+    PEFT_CHECK(!in.input_ids.defined() || (in.input_ids.dim() == 2 && in.input_ids.size(0) == e.size(0) &&
+                                           in.input_ids.size(1) == e.size(1)),
+               kC, "input_ids has shape {}, expected [{}, {}] like embedding_output", c10::str(in.input_ids.sizes()),
+               e.size(0), e.size(1));
+  }
+  const at::Tensor& d = in.decoder_embedding_output;
+  if (d.defined()) {
+    PEFT_CHECK(d.dim() == 3 && d.size(2) == d_model, kC,
+               "decoder_embedding_output has shape {}, expected [batch, target_len, {}] (d_model)", c10::str(d.sizes()),
+               d_model);
+    for (const at::Tensor* t : {&in.decoder_input_ids, &in.labels})
+      PEFT_CHECK(!t->defined() || (t->dim() == 2 && t->size(0) == d.size(0) && t->size(1) == d.size(1)), kC,
+                 "{} has shape {}, expected [{}, {}] like decoder_embedding_output",
+                 t == &in.labels ? "labels" : "decoder_input_ids", c10::str(t->sizes()), d.size(0), d.size(1));
+  }
+  if (in.attention_mask.defined()) {
+    const bool ok = in.input_ids.defined() ? in.attention_mask.sizes() == in.input_ids.sizes()
+                    : e.defined()          ? in.attention_mask.dim() == 2 && in.attention_mask.size(0) == e.size(0) &&
+                                        in.attention_mask.size(1) == e.size(1)
+                                           : false;
+    PEFT_CHECK(ok, kC, "attention_mask has shape {}, expected {} like input_ids (or embedding_output)",
+               c10::str(in.attention_mask.sizes()),
+               in.input_ids.defined() ? c10::str(in.input_ids.sizes())
+               : e.defined()          ? c10::str(e.sizes().slice(0, 2))
+                                      : std::string("none"));
+  }
+}
+
+at::Tensor tap_final(const ModelInputs& in, const at::Tensor& last_hidden_state) {
+  return in.final_hidden_hook ? in.final_hidden_hook(last_hidden_state) : last_hidden_state;
 }
 }  // namespace
 
@@ -287,7 +316,8 @@ T5StackImpl::T5StackImpl(const T5Config& config, bool is_decoder) : is_decoder_(
 T5StackOutput T5StackImpl::forward(const at::Tensor& embeddings, const at::Tensor& attention_mask,
                                    const at::Tensor& encoder_hidden, const at::Tensor& encoder_mask,
                                    bool output_hidden_states, nn::KVCache* cache,
-                                   const std::vector<nn::AttentionPrefix>& prefix, const torch::nn::Module* owner) {
+                                   const std::vector<nn::AttentionPrefix>& prefix, const torch::nn::Module* owner,
+                                   const T5StackTaps& taps) {
   const int64_t B = embeddings.size(0), T = embeddings.size(1);
   const auto dtype = embeddings.scalar_type();
   const auto device = embeddings.device();
@@ -318,7 +348,8 @@ T5StackOutput T5StackImpl::forward(const at::Tensor& embeddings, const at::Tenso
   if (is_decoder_ && source_mask.defined()) cross_bias = nn::additive_padding_mask(source_mask.to(device), dtype);
 
   T5StackOutput out;
-  at::Tensor hidden = drop(embeddings, dropout_, is_training());
+  at::Tensor hidden = taps.embeddings_given ? embeddings : drop(embeddings, dropout_, is_training());
+  auto tap = [&](size_t i, const at::Tensor& h) { return taps.hook ? taps.hook(taps.first + static_cast<int64_t>(i), h) : h; };
   const bool ckpt = nn::checkpointing_applies(checkpoint_blocks, is_training());
   PEFT_CHECK(!(ckpt && cache), kC, "a key/value cache with gradient checkpointing while training");
   const auto params = ckpt ? nn::tensors_requiring_grad(owner ? owner->parameters() : parameters()) : std::vector<at::Tensor>{};
@@ -326,12 +357,15 @@ T5StackOutput T5StackImpl::forward(const at::Tensor& embeddings, const at::Tenso
     if (output_hidden_states) out.hidden_states.push_back(hidden);
     auto b = block->ptr<T5BlockImpl>(i);
     const nn::AttentionPrefix none, &layer_prefix = prefix.empty() ? none : prefix[i];
-    hidden = ckpt ? nn::checkpointed([b, self_bias, cross_bias](const std::vector<at::Tensor>& in) {
-                      return b->forward(in[0], self_bias, in[1], cross_bias, nullptr, 0, {in[2], in[3]});
-                    }, {hidden, encoder_hidden, layer_prefix.key, layer_prefix.value}, params)
+    hidden = tap(i, hidden);
+    // The biases go in as inputs: a trained relative bias (a side network's) has a graph that
+    // every block's recomputation must reach through the checkpoint, not consume on its own.
+    hidden = ckpt ? nn::checkpointed([b](const std::vector<at::Tensor>& in) {
+                      return b->forward(in[0], in[4], in[1], in[5], nullptr, 0, {in[2], in[3]});
+                    }, {hidden, encoder_hidden, layer_prefix.key, layer_prefix.value, self_bias, cross_bias}, params)
                   : b->forward(hidden, self_bias, encoder_hidden, cross_bias, cache, i, layer_prefix);
   }
-  out.last_hidden_state = drop(final_layer_norm->forward(hidden), dropout_, is_training());
+  out.last_hidden_state = drop(final_layer_norm->forward(tap(block->size(), hidden)), dropout_, is_training());
   if (output_hidden_states) out.hidden_states.push_back(out.last_hidden_state);
   return out;
 }
@@ -393,14 +427,16 @@ at::Tensor T5FamilyModel::shift_right(const at::Tensor& labels) const {
 }
 
 T5StackOutput T5FamilyModel::encode(const ModelInputs& inputs) {
-  check_t5_inputs(inputs);
+  check_t5_inputs(inputs, config_.d_model);
   if (decoder_step_only(inputs)) {
     PEFT_CHECK(decoder && inputs.decoder_input_ids.defined() && !inputs.encoder_outputs.defined(), kC,
                "a decoding step without input_ids takes decoder_input_ids (and no encoder_outputs: the cache holds the "
                "encoder's keys)");
     return {};
   }
-  const int64_t B = inputs.input_ids.size(0), T = inputs.input_ids.size(1);
+  const bool given = inputs.embedding_output.defined();
+  const at::Tensor& first = given ? inputs.embedding_output : inputs.input_ids;
+  const int64_t B = first.size(0), T = first.size(1);
   // Virtual tokens (prompt tuning) come first and are always attended.
   auto with_virtual = [&](int64_t n) {
     const at::Tensor& m = inputs.attention_mask;
@@ -414,7 +450,7 @@ T5StackOutput T5FamilyModel::encode(const ModelInputs& inputs) {
     PEFT_CHECK(!inputs.output_hidden_states, kC, "output_hidden_states with encoder_outputs (the encoder does not run)");
     return {e, {}, with_virtual(e.size(1) - T)};
   }
-  at::Tensor embeddings = shared->forward(inputs.input_ids);
+  at::Tensor embeddings = given ? inputs.embedding_output : shared->forward(inputs.input_ids);
   const int64_t p = inputs.prompt_embeds.defined() ? inputs.prompt_embeds.size(1) : 0;
   if (p > 0) {
     PEFT_CHECK(inputs.prompt_embeds.dim() == 3 && inputs.prompt_embeds.size(0) == B &&
@@ -424,29 +460,44 @@ T5StackOutput T5FamilyModel::encode(const ModelInputs& inputs) {
     embeddings = torch::cat({inputs.prompt_embeds.to(embeddings.scalar_type()), embeddings}, 1);
   }
   const at::Tensor mask = with_virtual(p);
-  auto out = encoder->forward(embeddings, mask, {}, {}, inputs.output_hidden_states, nullptr, {}, this);
+  auto out = encoder->forward(embeddings, mask, {}, {}, inputs.output_hidden_states, nullptr, {}, this,
+                              {inputs.stream_hook, 0, given});
   out.attention_mask = mask;
   return out;
 }
 
 T5StackOutput T5FamilyModel::decode(const ModelInputs& inputs, const T5StackOutput& encoded) {
+  const at::Tensor& given = inputs.decoder_embedding_output;
   at::Tensor ids = inputs.decoder_input_ids;
-  if (!ids.defined()) {
-    PEFT_CHECK(inputs.labels.defined(), kC, "give decoder_input_ids or labels (the decoder's tokens are the labels shifted right)");
-    PEFT_CHECK(inputs.labels.dim() == 2 && inputs.labels.size(0) == inputs.input_ids.size(0), kC,
-               "labels have shape {}, expected [{}, target_len]", c10::str(inputs.labels.sizes()), inputs.input_ids.size(0));
-    ids = shift_right(inputs.labels.to(inputs.input_ids.device(), torch::kLong));
+  if (!given.defined()) {
+    if (!ids.defined()) {
+      PEFT_CHECK(inputs.labels.defined() && inputs.labels.dim() == 2, kC,
+                 "give decoder_input_ids or labels ([batch, target_len]: the decoder's tokens are the labels shifted "
+                 "right), or decoder_embedding_output; found labels {}",
+                 inputs.labels.defined() ? c10::str(inputs.labels.sizes()) : "none");
+      ids = shift_right(inputs.labels.to(shared->weight.device(), torch::kLong));
+    }
+    PEFT_CHECK(ids.dim() == 2, kC, "decoder_input_ids have shape {}, expected [batch, target_len]", c10::str(ids.sizes()));
   }
-  const int64_t batch = inputs.input_ids.defined() ? inputs.input_ids.size(0) : ids.size(0);
-  PEFT_CHECK(ids.dim() == 2 && ids.size(0) == batch, kC, "decoder_input_ids have shape {}, expected [{}, target_len]",
-             c10::str(ids.sizes()), batch);
+  const at::Tensor& first = given.defined() ? given : ids;
+  const int64_t batch = inputs.input_ids.defined()          ? inputs.input_ids.size(0)
+                        : inputs.embedding_output.defined() ? inputs.embedding_output.size(0)
+                                                            : first.size(0);
+  PEFT_CHECK(first.size(0) == batch, kC, "the decoder's inputs ({}) have shape {}, expected [{}, target_len]",
+             given.defined()                        ? "decoder_embedding_output"
+             : inputs.decoder_input_ids.defined() ? "decoder_input_ids"
+                                                  : "labels",
+             c10::str(first.sizes()), batch);
   if (inputs.decoder_attention_mask.defined())
-    PEFT_CHECK(inputs.decoder_attention_mask.sizes() == ids.sizes(), kC,
-               "decoder_attention_mask has shape {}, expected {} like decoder_input_ids",
-               c10::str(inputs.decoder_attention_mask.sizes()), c10::str(ids.sizes()));
-  return decoder->forward(shared->forward(ids), inputs.decoder_attention_mask, encoded.last_hidden_state,
-                          encoded.attention_mask, inputs.output_hidden_states, inputs.kv_cache.get(), inputs.attention_prefix,
-                          this);
+    PEFT_CHECK(inputs.decoder_attention_mask.dim() == 2 && inputs.decoder_attention_mask.size(0) == first.size(0) &&
+                   inputs.decoder_attention_mask.size(1) == first.size(1),
+               kC, "decoder_attention_mask has shape {}, expected [{}, {}] like the decoder's inputs",
+               c10::str(inputs.decoder_attention_mask.sizes()), first.size(0), first.size(1));
+  // The decoder's taps follow the encoder's L_enc + 1 boundaries.
+  return decoder->forward(given.defined() ? given : shared->forward(ids), inputs.decoder_attention_mask,
+                          encoded.last_hidden_state, encoded.attention_mask, inputs.output_hidden_states,
+                          inputs.kv_cache.get(), inputs.attention_prefix, this,
+                          {inputs.stream_hook, config_.num_layers + 1, given.defined()});
 }
 
 T5ForConditionalGeneration::T5ForConditionalGeneration(const T5Config& config) : T5FamilyModel(config, true) {
@@ -468,11 +519,11 @@ ModelOutput T5ForConditionalGeneration::forward(const ModelInputs& inputs) {
   ModelOutput out;
   out.encoder_last_hidden_state = enc.last_hidden_state;
   out.encoder_hidden_states = std::move(enc.hidden_states);
-  out.last_hidden_state = dec.last_hidden_state;
+  out.last_hidden_state = tap_final(inputs, dec.last_hidden_state);
   out.hidden_states = std::move(dec.hidden_states);
   // A tied head reads the decoder output scaled by d_model^-0.5 (Mesh TensorFlow's convention).
-  out.logits = lm_head ? lm_head->forward(dec.last_hidden_state)
-                       : F::linear(dec.last_hidden_state * std::pow(static_cast<double>(config_.d_model), -0.5), shared->weight);
+  out.logits = lm_head ? lm_head->forward(out.last_hidden_state)
+                       : F::linear(out.last_hidden_state * std::pow(static_cast<double>(config_.d_model), -0.5), shared->weight);
   if (inputs.labels.defined()) out.loss = seq2seq_lm_loss(out.logits, inputs.labels, inputs.per_example_loss);
   return out;
 }
@@ -489,25 +540,26 @@ T5EncoderModel::T5EncoderModel(const T5Config& config) : T5FamilyModel(config, f
 
 ModelOutput T5Model::forward(const ModelInputs& inputs) {
   PEFT_CHECK(!inputs.labels.defined(), kC, "labels given to T5Model, which has no head; load T5ForConditionalGeneration");
-  PEFT_CHECK(inputs.decoder_input_ids.defined(), kC, "T5Model needs decoder_input_ids");
+  PEFT_CHECK(inputs.decoder_input_ids.defined() || inputs.decoder_embedding_output.defined(), kC,
+             "T5Model needs decoder_input_ids (or decoder_embedding_output)");
   auto enc = encode(inputs);
   auto dec = decode(inputs, enc);
   ModelOutput out;
   out.encoder_last_hidden_state = enc.last_hidden_state;
   out.encoder_hidden_states = std::move(enc.hidden_states);
-  out.last_hidden_state = dec.last_hidden_state;
+  out.last_hidden_state = tap_final(inputs, dec.last_hidden_state);
   out.hidden_states = std::move(dec.hidden_states);
   return out;
 }
 
 ModelOutput T5EncoderModel::forward(const ModelInputs& inputs) {
-  PEFT_CHECK(!inputs.labels.defined() && !inputs.decoder_input_ids.defined() && !inputs.kv_cache &&
-                 inputs.attention_prefix.empty(),
-             kC, "labels / decoder_input_ids / a key/value cache / an attention prefix given to T5EncoderModel, which "
-                 "has no decoder (HF PEFT's prefix enters the decoder)");
+  PEFT_CHECK(!inputs.labels.defined() && !inputs.decoder_input_ids.defined() &&
+                 !inputs.decoder_embedding_output.defined() && !inputs.kv_cache && inputs.attention_prefix.empty(),
+             kC, "labels / decoder_input_ids / decoder_embedding_output / a key/value cache / an attention prefix given "
+                 "to T5EncoderModel, which has no decoder (HF PEFT's prefix enters the decoder)");
   auto enc = encode(inputs);
   ModelOutput out;
-  out.last_hidden_state = enc.last_hidden_state;
+  out.last_hidden_state = tap_final(inputs, enc.last_hidden_state);
   out.hidden_states = std::move(enc.hidden_states);
   return out;
 }

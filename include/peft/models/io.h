@@ -56,11 +56,16 @@ struct ModelInputs {
   /// The embedding layer's output [batch, seq, hidden], given instead of computing it: the first
   /// block reads it as is (input_ids / pixel_values may then be absent; attention_mask applies).
   at::Tensor embedding_output;
+  /// Encoder-decoders: the decoder's embedding output [batch, target_len, hidden], given instead
+  /// of embedding decoder_input_ids (labels, when given, still score it).
+  at::Tensor decoder_embedding_output;
   /// Called with the residual stream before block i (i < layers) and after the last block
-  /// (i == layers, before any final norm); the stream continues with what it returns.
+  /// (i == layers, before any final norm); the stream continues with what it returns. An
+  /// encoder-decoder numbers the encoder's boundaries 0..L_enc and the decoder's after them,
+  /// L_enc + 1 + j for j = 0..L_dec.
   std::function<at::Tensor(int64_t block, const at::Tensor& stream)> stream_hook;
-  /// Called with last_hidden_state before a pooler or head reads it; the model continues with
-  /// what it returns.
+  /// Called with last_hidden_state before a pooler or head reads it (an encoder-decoder's: the
+  /// decoder's); the model continues with what it returns.
   std::function<at::Tensor(const at::Tensor& last_hidden_state)> final_hidden_hook;
 };
 

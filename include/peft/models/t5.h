@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -145,6 +146,13 @@ struct T5StackOutput {
   at::Tensor attention_mask;
 };
 
+/// A stack's hidden-state taps (ModelInputs::stream_hook, numbered from `first`).
+struct T5StackTaps {
+  std::function<at::Tensor(int64_t block, const at::Tensor& stream)> hook;
+  int64_t first = 0;
+  bool embeddings_given = false;  ///< a caller's embedding output: no embedding dropout
+};
+
 class T5StackImpl : public torch::nn::Module, public nn::BlockStack {
  public:
   T5StackImpl(const T5Config& config, bool is_decoder);
@@ -155,7 +163,8 @@ class T5StackImpl : public torch::nn::Module, public nn::BlockStack {
   /// trainable tensors, as a delta's tensor shared by every block lives under one stack only.
   T5StackOutput forward(const at::Tensor& embeddings, const at::Tensor& attention_mask, const at::Tensor& encoder_hidden,
                         const at::Tensor& encoder_mask, bool output_hidden_states, nn::KVCache* cache = nullptr,
-                        const std::vector<nn::AttentionPrefix>& prefix = {}, const torch::nn::Module* owner = nullptr);
+                        const std::vector<nn::AttentionPrefix>& prefix = {}, const torch::nn::Module* owner = nullptr,
+                        const T5StackTaps& taps = {});
 
   torch::nn::ModuleList block{nullptr};
   nn::RMSNorm final_layer_norm{nullptr};
@@ -184,6 +193,9 @@ class T5FamilyModel : public PretrainedModel {
   bool ignorable_checkpoint_key(const std::string& key) const override;
   void init_weights() override;
   at::Tensor input_embeddings() override { return shared->weight; }
+  std::vector<std::string> block_stack_modules() const override {
+    return decoder ? std::vector<std::string>{"encoder", "decoder"} : std::vector<std::string>{"encoder"};
+  }
   const T5Config& config() const { return config_; }
 
   torch::nn::Embedding shared{nullptr};
@@ -191,11 +203,13 @@ class T5FamilyModel : public PretrainedModel {
   T5Stack decoder{nullptr};  ///< null for T5EncoderModel
 
  protected:
-  /// The encoder's output for `inputs` (prompt_embeds before the tokens; its hidden states when
-  /// asked), or inputs.encoder_outputs (leading positions past input_ids' are virtual tokens).
+  /// The encoder's output for `inputs` (prompt_embeds before the tokens, or embedding_output
+  /// instead of embedding them; its hidden states when asked), or inputs.encoder_outputs (leading
+  /// positions past input_ids' are virtual tokens).
   T5StackOutput encode(const ModelInputs& inputs);
-  /// The decoder's output given the encoder's; decoder inputs from decoder_input_ids or shifted
-  /// labels; the attention prefix (prefix tuning) enters the decoder's self-attention.
+  /// The decoder's output given the encoder's; decoder inputs from decoder_embedding_output,
+  /// decoder_input_ids or shifted labels; the attention prefix (prefix tuning) enters the
+  /// decoder's self-attention.
   T5StackOutput decode(const ModelInputs& inputs, const T5StackOutput& encoded);
   /// HF's _shift_right: decoder_start_token_id first, -100 replaced by pad_token_id.
   at::Tensor shift_right(const at::Tensor& labels) const;

@@ -19,6 +19,9 @@ class SideNetwork : public torch::nn::Module {
   /// Why the backbone's blocks must not be checkpointed while this network trains (it feeds
   /// tensors computed outside the blocks into them), or "" when they may be.
   virtual std::string checkpointing_conflict() const { return {}; }
+  /// Whether generation may decode with a key/value cache while this network runs (false: it
+  /// needs the whole sequence each step, so generate() recomputes it).
+  virtual bool decodes_with_kv_cache() const { return true; }
 };
 
 }  // namespace peft::nn

@@ -37,34 +37,46 @@ SizeKeys size_keys(const std::string& model_type) {
   if (model_type == "bert" || model_type == "roberta" || model_type == "llama")
     return {"hidden_size", "intermediate_size", "num_hidden_layers", true};
   if (model_type == "vit") return {"hidden_size", "intermediate_size", "num_hidden_layers", false};
-  fail(kC, fmt::format("no side network for model_type '{}' (supported: gpt2, bert, roberta, llama, vit)", model_type));
+  if (model_type == "t5") return {"d_model", "d_ff", "num_layers", true};
+  fail(kC, fmt::format("no side network for model_type '{}' (supported: gpt2, bert, roberta, llama, vit, t5)", model_type));
 }
 
-std::vector<int64_t> side_layers(const LstConfig& cfg, int64_t num_layers) {
-  std::vector<int64_t> out = cfg.side_layers;
+/// The chosen layers (`option`: the config key), every layer when none is chosen.
+std::vector<int64_t> chosen_layers(const std::vector<int64_t>& chosen, int64_t num_layers, const char* option) {
+  std::vector<int64_t> out = chosen;
   if (out.empty())
     for (int64_t i = 0; i < num_layers; ++i) out.push_back(i);
   for (int64_t l : out)
-    PEFT_CHECK(l < num_layers, kC, "side_layers: layer {} does not exist (the model has {})", l, num_layers);
+    PEFT_CHECK(l < num_layers, kC, "{}: layer {} does not exist (the model has {})", option, l, num_layers);
   return out;
 }
+
+/// The backbone's layer counts and the side blocks' backbone layers, per stack.
+struct SideLayout {
+  int64_t encoder_layers = 0;          ///< the backbone's (an encoder-decoder's encoder)
+  int64_t decoder_layers = 0;          ///< the backbone decoder's; 0 without one
+  std::vector<int64_t> encoder, decoder;
+  int64_t taps() const { return encoder_layers + 1 + (decoder_layers > 0 ? decoder_layers + 1 : 0); }
+  int64_t gates() const { return static_cast<int64_t>(encoder.size() + decoder.size()); }
+};
 
 class LstSideNetworkImpl : public nn::SideNetwork {
  public:
   LstSideNetworkImpl(std::shared_ptr<models::PretrainedModel> side_model, const LstConfig& cfg, int64_t hidden,
-                     std::vector<int64_t> layers, int64_t backbone_layers)
+                     SideLayout layout)
       : nn::SideNetwork("LstSideNetwork"),
         side_model_(std::move(side_model)),
-        layers_(std::move(layers)),
-        backbone_layers_(backbone_layers),
+        layout_(std::move(layout)),
         temperature_(cfg.gate_temperature),
         gated_(cfg.output == "gated") {
-    const int64_t ds = side_model_->hidden_size(), n = static_cast<int64_t>(layers_.size());
+    const int64_t ds = side_model_->hidden_size(), n = layout_.gates();
     side = register_module("side", std::make_shared<torch::nn::Module>("SideStack"));
     for (const auto& name : side_model_->block_stack_modules())
       for (const auto& child : side_model_->named_children())
         if (child.key() == name) side->register_module(name, child.value());
     first_downsample = register_module("first_downsample", torch::nn::Linear(hidden, ds));
+    if (layout_.decoder_layers > 0)
+      decoder_first_downsample = register_module("decoder_first_downsample", torch::nn::Linear(hidden, ds));
     downsamples = register_module("downsamples", torch::nn::ModuleList());
     for (int64_t i = 0; i < n; ++i) downsamples->push_back(torch::nn::Linear(hidden, ds));
     upsample = register_module("upsample", torch::nn::Linear(ds, hidden));
@@ -77,6 +89,8 @@ class LstSideNetworkImpl : public nn::SideNetwork {
     // token at a time would need a cache of its own for each side block.
     PEFT_CHECK(!inputs.kv_cache, "lst",
                "LST's side network has no key/value cache: generate without one (use_cache = false)");
+    PEFT_CHECK(!inputs.encoder_outputs.defined(), kC,
+               "LST's side encoder reads the backbone encoder's blocks: give input_ids, not encoder_outputs");
     // One forward's state: the backbone's stream at every block boundary, and the no-grad scope
     // the backbone runs in (closed when its final hidden state reaches the side network).
     struct Run {
@@ -84,7 +98,7 @@ class LstSideNetworkImpl : public nn::SideNetwork {
       std::unique_ptr<torch::NoGradGuard> no_grad;
     };
     auto run = std::make_shared<Run>();
-    run->taps.resize(static_cast<size_t>(backbone_layers_ + 1));
+    run->taps.resize(static_cast<size_t>(layout_.taps()));
     models::ModelInputs out = inputs;
     auto previous = inputs.stream_hook;
     out.stream_hook = [run, previous](int64_t block, const at::Tensor& stream) {
@@ -99,6 +113,8 @@ class LstSideNetworkImpl : public nn::SideNetwork {
     };
     return out;
   }
+
+  bool decodes_with_kv_cache() const override { return false; }
 
   // The side model's unused parts (embeddings, pooler) are not registered, yet its forward
   // passes through some of them: they follow every move of the network.
@@ -115,12 +131,12 @@ class LstSideNetworkImpl : public nn::SideNetwork {
     nn::SideNetwork::to(device, non_blocking);
   }
 
-  torch::nn::Linear first_downsample{nullptr}, upsample{nullptr};
-  torch::nn::ModuleList downsamples{nullptr};
+  torch::nn::Linear first_downsample{nullptr}, decoder_first_downsample{nullptr}, upsample{nullptr};
+  torch::nn::ModuleList downsamples{nullptr};  ///< the encoder's (or only) stack's ladders, then the decoder's
   std::shared_ptr<torch::nn::Module> side;
   at::Tensor gate_alphas, output_gate_alpha;
   const models::PretrainedModel& side_model() const { return *side_model_; }
-  const std::vector<int64_t>& layers() const { return layers_; }
+  const SideLayout& layout() const { return layout_; }
 
  private:
   at::Tensor side_forward(const models::ModelInputs& inputs, const std::vector<at::Tensor>& taps,
@@ -138,12 +154,23 @@ class LstSideNetworkImpl : public nn::SideNetwork {
     s.attention_mask = inputs.attention_mask;
     s.position_ids = inputs.position_ids;
     s.embedding_output = first_downsample->forward(taps.front().to(dtype));
-    const int64_t n = static_cast<int64_t>(layers_.size());
+    const int64_t n_enc = static_cast<int64_t>(layout_.encoder.size());
+    const int64_t n_dec = static_cast<int64_t>(layout_.decoder.size());
+    const int64_t backbone_decoder_first = layout_.encoder_layers + 1;  // the decoder's first tap
+    if (layout_.decoder_layers > 0) {
+      s.decoder_embedding_output = decoder_first_downsample->forward(taps.at(backbone_decoder_first).to(dtype));
+      s.decoder_attention_mask = inputs.decoder_attention_mask;
+    }
+    auto ladder = [&](int64_t gate, int64_t tap, const at::Tensor& h) {
+      at::Tensor mu = torch::sigmoid(gate_alphas[gate] / temperature_);
+      return mu * h + (1 - mu) * downsamples->ptr<torch::nn::LinearImpl>(gate)->forward(taps.at(tap).to(dtype));
+    };
+    // The side numbers its own taps the same way: its encoder's 0..n_enc, then its decoder's.
     s.stream_hook = [&](int64_t j, const at::Tensor& h) {
-      if (j >= n) return h;
-      at::Tensor mu = torch::sigmoid(gate_alphas[j] / temperature_);
-      at::Tensor ladder = downsamples->ptr<torch::nn::LinearImpl>(j)->forward(taps.at(layers_[j] + 1).to(dtype));
-      return mu * h + (1 - mu) * ladder;
+      if (j < n_enc) return ladder(j, layout_.encoder[j] + 1, h);
+      const int64_t k = j - (n_enc + 1);
+      if (k >= 0 && k < n_dec) return ladder(n_enc + k, backbone_decoder_first + layout_.decoder[k] + 1, h);
+      return h;
     };
     at::Tensor up = upsample->forward(side_model_->forward(s).last_hidden_state);
     if (!gated_) return up.to(backbone_final.scalar_type());
@@ -152,8 +179,7 @@ class LstSideNetworkImpl : public nn::SideNetwork {
   }
 
   std::shared_ptr<models::PretrainedModel> side_model_;  // its embeddings stay unregistered: never used
-  std::vector<int64_t> layers_;
-  int64_t backbone_layers_;
+  SideLayout layout_;
   double temperature_;
   bool gated_;
 };
@@ -171,7 +197,8 @@ SidePruning pruning_spec(PeftModel& model, const LstSideNetworkImpl& net) {
   spec.model_type = base.model_type();
   spec.backbone = base.geometry();
   spec.side = net.side_model().geometry();
-  spec.layers = net.layers();
+  spec.layers = net.layout().encoder;
+  spec.decoder_layers = net.layout().decoder;
   spec.layers_pattern = base.layers_pattern();
   const std::string prefix = base.base_model_prefix();
   const auto& names = model.base_parameter_names();
@@ -204,11 +231,23 @@ void attach_lst(PeftModel& model, MethodConfig& base_cfg, const std::string& ada
   PEFT_CHECK(!base.block_stack_modules().empty(), kC, "model_type '{}' names no block stack for a side network",
              base.model_type());
   const auto g = base.geometry();
-  const auto layers = side_layers(cfg, g.num_layers);
-  auto side_cfg = lst_side_config(base.config_json(), g, cfg.reduction_factor, static_cast<int64_t>(layers.size()));
-  auto side_model = models::create_model(side_cfg, "feature_extraction");
+  SideLayout layout;
+  layout.encoder_layers = g.num_layers;
+  layout.encoder = chosen_layers(cfg.side_layers, g.num_layers, "side_layers");
+  const bool with_decoder = base.decoder_start_token().has_value();  // an encoder-decoder's decoder
+  if (with_decoder) {
+    layout.decoder_layers = g.num_decoder_layers;
+    layout.decoder = chosen_layers(cfg.side_decoder_layers, g.num_decoder_layers, "side_decoder_layers");
+  } else {
+    PEFT_CHECK(cfg.side_decoder_layers.empty(), kC, "side_decoder_layers given for {} model without a decoder",
+               base.model_type());
+  }
+  auto side_cfg = lst_side_config(base.config_json(), g, cfg.reduction_factor, static_cast<int64_t>(layout.encoder.size()),
+                                  static_cast<int64_t>(layout.decoder.size()));
+  // An encoder-decoder's side names its own architecture (T5Model or T5EncoderModel).
+  auto side_model = models::create_model(side_cfg, side_cfg.contains("architectures") ? "" : "feature_extraction");
   const auto opts = base_tensor_options(model);
-  auto net = std::make_shared<LstSideNetworkImpl>(side_model, cfg, g.hidden_size, layers, g.num_layers);
+  auto net = std::make_shared<LstSideNetworkImpl>(side_model, cfg, g.hidden_size, std::move(layout));
   net->to(opts.device(), opts.dtype().toScalarType());
   if (cfg.side_init != "random") {
     // Magnitude importance; with side_init "fisher" the prepare hook re-prunes from batches.
@@ -221,32 +260,45 @@ void attach_lst(PeftModel& model, MethodConfig& base_cfg, const std::string& ada
 }  // namespace
 
 nlohmann::json lst_side_config(const nlohmann::json& backbone, const models::ModelGeometry& g, int64_t r,
-                               int64_t side_layers) {
+                               int64_t side_layers, int64_t side_decoder_layers) {
   const std::string type = backbone.value("model_type", "");
   const SizeKeys keys = size_keys(type);
+  const bool t5 = type == "t5";
   PEFT_CHECK(r >= 1, kC, "reduction_factor must be >= 1, found {}", r);
   PEFT_CHECK(g.hidden_size % r == 0 && g.intermediate_size % r == 0, kC,
              "reduction_factor {} must divide the hidden size {} and the feed-forward size {}", r, g.hidden_size,
              g.intermediate_size);
   const int64_t ds = g.hidden_size / r;
-  PEFT_CHECK(ds % g.num_heads == 0, kC,
-             "reduction_factor {}: the side width {} must be a multiple of the {} attention heads (head_dim {} / r)", r,
-             ds, g.num_heads, g.head_dim);
+  if (t5) {  // T5's heads have their own width (d_kv), not d_model / heads
+    PEFT_CHECK(g.head_dim % r == 0, kC, "reduction_factor {} must divide d_kv {} (the side keeps the {} heads)", r,
+               g.head_dim, g.num_heads);
+  } else {
+    PEFT_CHECK(ds % g.num_heads == 0, kC,
+               "reduction_factor {}: the side width {} must be a multiple of the {} attention heads (head_dim {} / r)",
+               r, ds, g.num_heads, g.head_dim);
+  }
   PEFT_CHECK(type != "llama" || (ds / g.num_heads) % 2 == 0, kC,
              "reduction_factor {}: the side head_dim {} must be even for rotary embeddings", r, ds / g.num_heads);
+  PEFT_CHECK(side_decoder_layers == 0 || t5, kC, "side decoder layers given for model_type '{}', which has no decoder",
+             type);
   nlohmann::json j = backbone;
   j[keys.hidden] = ds;
   j[keys.inner] = g.intermediate_size / r;
   j[keys.layers] = side_layers;
+  if (t5) {
+    j["d_kv"] = g.head_dim / r;
+    if (side_decoder_layers > 0) j["num_decoder_layers"] = side_decoder_layers;
+  }
   // The side reads the backbone's embeddings through a ladder: its own vocabulary is never used
   // (only as large as the special token ids the config names).
   if (keys.has_vocab) {
     int64_t vocab = 1;
-    for (const char* k : {"pad_token_id", "bos_token_id", "eos_token_id"})
+    for (const char* k : {"pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"})
       if (j.contains(k) && j[k].is_number_integer()) vocab = std::max(vocab, j[k].get<int64_t>() + 1);
     j["vocab_size"] = vocab;
   }
   for (const char* k : {"architectures", "head_dim", "num_labels", "id2label", "label2id"}) j.erase(k);
+  if (t5) j["architectures"] = {side_decoder_layers > 0 ? "T5Model" : "T5EncoderModel"};
   return j;
 }
 
@@ -291,6 +343,7 @@ const std::vector<ConfigField<LstConfig>>& lst_fields() {
       field("gate_alpha", &C::gate_alpha),
       field("gate_temperature", &C::gate_temperature),
       field("side_layers", &C::side_layers),
+      field("side_decoder_layers", &C::side_decoder_layers),
       field("side_init", &C::side_init),
       field("fisher_batches", &C::fisher_batches),
       field("output", &C::output)};
@@ -314,12 +367,15 @@ void LstConfig::validate() const {
              "side_init must be \"magnitude\", \"fisher\" or \"random\", found '{}'", side_init);
   PEFT_CHECK(fisher_batches >= 1, kC, "fisher_batches must be >= 1, found {}", fisher_batches);
   PEFT_CHECK(output == "side" || output == "gated", kC, "output must be \"side\" or \"gated\", found '{}'", output);
-  std::vector<int64_t> seen;
-  for (int64_t l : side_layers) {
-    PEFT_CHECK(l >= 0, kC, "side_layers entries must be >= 0, found {}", l);
-    PEFT_CHECK(std::find(seen.begin(), seen.end(), l) == seen.end(), kC, "side_layers lists layer {} twice", l);
-    PEFT_CHECK(seen.empty() || l > seen.back(), kC, "side_layers must be increasing, found {} after {}", l, seen.back());
-    seen.push_back(l);
+  for (const auto* list : {&side_layers, &side_decoder_layers}) {
+    const char* option = list == &side_layers ? "side_layers" : "side_decoder_layers";
+    std::vector<int64_t> seen;
+    for (int64_t l : *list) {
+      PEFT_CHECK(l >= 0, kC, "{} entries must be >= 0, found {}", option, l);
+      PEFT_CHECK(std::find(seen.begin(), seen.end(), l) == seen.end(), kC, "{} lists layer {} twice", option, l);
+      PEFT_CHECK(seen.empty() || l > seen.back(), kC, "{} must be increasing, found {} after {}", option, l, seen.back());
+      seen.push_back(l);
+    }
   }
 }
 

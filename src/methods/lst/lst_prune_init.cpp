@@ -10,12 +10,28 @@ namespace {
 
 constexpr const char* kC = "lst";
 
-enum class Axis { kResidual, kInner, kQuery, kKey, kValue, kOutput, kQkv };
+enum class Axis { kResidual, kInner, kQuery, kKey, kValue, kOutput, kQkv, kKeep };
 
 bool has(const std::string& name, const char* part) { return name.find(part) != std::string::npos; }
 
+/// T5's names: q/k/v/o under SelfAttention or EncDecAttention, wi (wi_0, wi_1) and wo under
+/// DenseReluDense; the relative position bias [buckets, heads] is kept whole (heads stay).
+std::vector<Axis> t5_axes_of(const std::string& name, const at::Tensor& t) {
+  if (has(name, "relative_attention_bias.")) return {Axis::kKeep, Axis::kKeep};
+  if (t.dim() == 1) return {Axis::kResidual};  // layer norms
+  if (has(name, "Attention.q.")) return {Axis::kQuery, Axis::kResidual};
+  if (has(name, "Attention.k.")) return {Axis::kKey, Axis::kResidual};
+  if (has(name, "Attention.v.")) return {Axis::kValue, Axis::kResidual};
+  if (has(name, "Attention.o.")) return {Axis::kResidual, Axis::kOutput};
+  if (has(name, "DenseReluDense.wi")) return {Axis::kInner, Axis::kResidual};
+  if (has(name, "DenseReluDense.wo.")) return {Axis::kResidual, Axis::kInner};
+  fail(kC, fmt::format("cannot prune '{}' for the side network: unknown module", name));
+}
+
 /// What each dimension of a backbone block parameter indexes, by the module it belongs to.
-std::vector<Axis> axes_of(const std::string& name, const at::Tensor& t, bool conv1d) {
+std::vector<Axis> axes_of(const std::string& name, const at::Tensor& t, const std::string& model_type) {
+  if (model_type == "t5") return t5_axes_of(name, t);
+  const bool conv1d = model_type == "gpt2";
   const bool is_weight = core::ends_with(name, ".weight") && t.dim() == 2;
   Axis out = Axis::kResidual, in = Axis::kResidual;
   if (has(name, "c_attn.")) out = Axis::kQkv;
@@ -37,7 +53,7 @@ at::Tensor top_sorted(const at::Tensor& scores, int64_t k) {
 
 struct Selection {
   at::Tensor residual;
-  std::map<int64_t, at::Tensor> inner, qk, vo;  // by backbone layer; qk/vo per kv head: [kv_heads, side head_dim]
+  std::map<std::string, at::Tensor> inner, qk, vo;  // by group (see Source); qk/vo per kv head: [kv_heads, side head_dim]
 };
 
 /// Per kv head, the side head_dim most important dimensions of `scores` [kv_heads * head_dim];
@@ -78,14 +94,14 @@ void init_side_from_backbone(const std::vector<std::pair<std::string, at::Tensor
   torch::NoGradGuard no_grad;
   const auto& g = spec.backbone;
   const auto& gs = spec.side;
-  const bool conv1d = spec.model_type == "gpt2", rotary = spec.model_type == "llama";
+  const bool rotary = spec.model_type == "llama";
   const int64_t H = g.num_heads, K = g.num_kv_heads, hd = g.head_dim;
   const std::string pat = spec.layers_pattern + ".";
 
-  // Side name -> (backbone name, backbone layer or -1).
+  // Side name -> backbone name and its group: the backbone name up to the layer index (a
+  // decoder's cross-attention a group of its own), empty outside the blocks.
   struct Source {
-    std::string name;
-    int64_t layer = -1;
+    std::string name, group;
   };
   auto source_of = [&](const std::string& side_name) {
     Source src;
@@ -94,10 +110,15 @@ void init_side_from_backbone(const std::vector<std::pair<std::string, at::Tensor
     if (at != std::string::npos && (at == 0 || name[at - 1] == '.')) {
       const size_t start = at + pat.size(), end = name.find('.', start);
       const int64_t j = std::stoll(name.substr(start, end - start));
-      PEFT_CHECK(j >= 0 && j < static_cast<int64_t>(spec.layers.size()), kC, "side parameter '{}' has no backbone layer",
+      const bool decoder = name.rfind("decoder.", 0) == 0 && !spec.decoder_layers.empty();
+      const auto& layers = decoder ? spec.decoder_layers : spec.layers;
+      PEFT_CHECK(j >= 0 && j < static_cast<int64_t>(layers.size()), kC, "side parameter '{}' has no backbone layer",
                  side_name);
-      src.layer = spec.layers[j];
-      name = name.substr(0, start) + std::to_string(src.layer) + name.substr(end);
+      // Only a stack's first layer holds T5's relative position bias: every side stack copies it.
+      const int64_t layer = has(name, "relative_attention_bias.") ? 0 : layers[j];
+      name = name.substr(0, start) + std::to_string(layer) + name.substr(end);
+      src.group = spec.backbone_prefix + name.substr(0, start) + std::to_string(layer) +
+                  (has(name, "EncDecAttention.") ? ":cross" : "");
     }
     src.name = spec.backbone_prefix + name;
     PEFT_CHECK(backbone_params.count(src.name) && importance.count(src.name), kC,
@@ -113,24 +134,25 @@ void init_side_from_backbone(const std::vector<std::pair<std::string, at::Tensor
   std::vector<Mapped> mapped;
   for (const auto& [side_name, side_t] : side_params) {
     Source src = source_of(side_name);
-    auto axes = axes_of(src.name, backbone_params.at(src.name), conv1d);
+    auto axes = axes_of(src.name, backbone_params.at(src.name), spec.model_type);
     mapped.push_back({std::move(src), std::move(axes)});
   }
 
   // Accumulate every axis' importance.
   auto zeros = [](int64_t n) { return torch::zeros({n}, torch::kDouble); };
   at::Tensor residual = zeros(g.hidden_size);
-  std::map<int64_t, at::Tensor> inner, qk, vo;
+  std::map<std::string, at::Tensor> inner, qk, vo;
   for (const auto& [src, axes] : mapped) {
     const at::Tensor imp = importance.at(src.name).detach().abs().to(torch::kCPU, torch::kDouble);
     for (size_t d = 0; d < axes.size(); ++d) {
       at::Tensor s = imp.dim() == 1 ? imp : imp.sum(1 - static_cast<int64_t>(d));
-      const int64_t l = src.layer;
-      auto acc = [&](std::map<int64_t, at::Tensor>& m, int64_t n) -> at::Tensor& {
+      const std::string& l = src.group;
+      auto acc = [&](std::map<std::string, at::Tensor>& m, int64_t n) -> at::Tensor& {
         if (!m.count(l)) m[l] = zeros(n);
         return m[l];
       };
       switch (axes[d]) {
+        case Axis::kKeep: break;
         case Axis::kResidual: residual += s; break;
         case Axis::kInner: acc(inner, g.intermediate_size) += s; break;
         case Axis::kQuery: acc(qk, K * hd) += fold_heads(s, H, K, hd); break;
@@ -157,10 +179,11 @@ void init_side_from_backbone(const std::vector<std::pair<std::string, at::Tensor
     const auto& [side_name, side_t] = side_params[i];
     const auto& [src, axes] = mapped[i];
     at::Tensor t = backbone_params.at(src.name).detach();
-    const int64_t l = src.layer;
+    const std::string& l = src.group;
     for (size_t d = 0; d < axes.size(); ++d) {
       at::Tensor idx;
       switch (axes[d]) {
+        case Axis::kKeep: continue;
         case Axis::kResidual: idx = sel.residual; break;
         case Axis::kInner: idx = sel.inner.at(l); break;
         case Axis::kQuery: idx = head_layout(sel.qk.at(l), H, hd); break;

@@ -1,7 +1,8 @@
 // LST's side-network initialization from a structurally pruned backbone: one set of kept
 // residual coordinates for the whole network, and per layer the kept feed-forward neurons and
 // per head the kept query/key and value/output dimensions (rotary pairs kept together), each
-// chosen by the summed importance of the weights that read or write it.
+// chosen by the summed importance of the weights that read or write it. An encoder-decoder's
+// self- and cross-attention choose their head dimensions apart.
 #pragma once
 
 #include <map>
@@ -17,7 +18,8 @@ namespace peft::methods {
 struct SidePruning {
   std::string model_type;
   models::ModelGeometry backbone, side;
-  std::vector<int64_t> layers;  ///< backbone layer of each side block
+  std::vector<int64_t> layers;  ///< backbone layer of each side block (an encoder-decoder's encoder)
+  std::vector<int64_t> decoder_layers;  ///< encoder-decoders: the backbone decoder layer of each side decoder block
   std::string layers_pattern;   ///< "h" in "h.3.attn"
   std::string backbone_prefix;  ///< "transformer." in front of the bare model's names ("" for a bare backbone)
 };

@@ -2,7 +2,9 @@
 // type at width d/r reads the frozen backbone through "ladders" — per-layer down-projections of
 // the backbone's block outputs, fused with gates μ_i = σ(α_i / T):
 //   h_side ← μ_i · h_side + (1 − μ_i) · Down_i(h_backbone^i), then side block i,
-// starting from Down_first(embeddings); the side's final hidden state is projected back to d
+// starting from Down_first(embeddings); on an encoder-decoder (T5) the side is a small T5 whose
+// encoder and decoder each read their backbone stack's ladders (the side decoder cross-attends
+// to the side encoder). The side's final hidden state is projected back to d
 // (Linear(d/r, d)) and fed to the frozen head (or mixed with the backbone's by one more gate).
 // The backbone is read through hidden-state taps only: no gradient path enters it, so training
 // keeps none of its activations — the method's memory saving. Side weights start from a
@@ -24,6 +26,9 @@ struct LstConfig : MethodConfig {
   double gate_temperature = 0.1;    ///< T
   /// Backbone layers that get a side block and a ladder (layer dropping); empty: every layer.
   std::vector<int64_t> side_layers;
+  /// Encoder-decoders: the decoder layers that get a side block (side_layers names the encoder's);
+  /// empty: every layer.
+  std::vector<int64_t> side_decoder_layers;
   /// "magnitude" | "fisher" (pruned backbone; Fisher needs batches, see lst_fisher_init) | "random"
   std::string side_init = "magnitude";
   int64_t fisher_batches = 8;       ///< batches peft-train spends on Fisher importance
@@ -39,9 +44,10 @@ struct LstConfig : MethodConfig {
 };
 
 /// The side network's config.json: the backbone's with widths divided by r and one layer per
-/// side block; errors name the size that r does not divide.
+/// side block (`side_decoder_layers`: an encoder-decoder's side decoder; 0 builds an encoder
+/// only); errors name the size that r does not divide.
 nlohmann::json lst_side_config(const nlohmann::json& backbone_config, const models::ModelGeometry& geometry,
-                               int64_t reduction_factor, int64_t side_layers);
+                               int64_t reduction_factor, int64_t side_layers, int64_t side_decoder_layers = 0);
 
 /// Re-initializes the side blocks of `adapter` from the backbone pruned by Fisher importance
 /// (squared loss gradients of the backbone's weights summed over `batches`).
