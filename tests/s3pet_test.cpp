@@ -135,6 +135,18 @@ TEST(S3pet, SearchOnT5CoversBothStacksAndItsStructureStartsAsTheBase) {
   auto ref = base->forward(tiny_batch("t5")).logits.clone();
   model.add_adapter("found", *result.structure);
   EXPECT_TRUE(bit_equal(model.forward(tiny_batch("t5")).logits, ref));
+  // A structure naming a decoder block's cross-attention slot reads back from its JSON.
+  auto cross = s3pet({{"task_type", "SEQ_2_SEQ_LM"},
+                      {"structure", {{{"kind", "adapter"}, {"module", "decoder.block.1"}, {"slot", "cross_attention"}}}}});
+  auto reread = std::dynamic_pointer_cast<methods::S3petConfig>(methods::parse_config(cross->to_json()));
+  ASSERT_TRUE(reread);
+  model.add_adapter("cross", *reread);
+  model.set_adapter("cross");
+  const auto& attached = dynamic_cast<const methods::S3petConfig&>(model.adapter_config("cross")).structure;
+  ASSERT_EQ(attached.size(), 1u);
+  EXPECT_EQ(attached.front().slot, "cross_attention");
+  EXPECT_EQ(model.count_parameters().trainable, attached.front().params);
+  EXPECT_EQ(attached.front().params, 2 * 24 * reread->adapter_size + reread->adapter_size + 24);  // d = 24
 }
 
 TEST(S3pet, SearchMovesAlphaAndReturnsAStructureWithinTheBudget) {

@@ -159,8 +159,11 @@ S3petCandidate candidate_from_json(const nlohmann::json& j, const std::string& w
   c.params = core::get_or<int64_t>(j, "params", 0, kC, where);
   PEFT_CHECK(contains(kKinds, c.kind), kC, "{}: kind must be one of {}, found '{}'", where, fmt::join(kKinds, ", "), c.kind);
   PEFT_CHECK(!c.module.empty(), kC, "{}: module is required", where);
-  PEFT_CHECK(c.kind == "adapter" ? (c.slot == "attention" || c.slot == "ffn") : c.slot.empty(), kC,
-             "{}: slot is \"attention\" or \"ffn\" for adapters and absent otherwise, found '{}'", where, c.slot);
+  const auto& slots = nn::BlockAdaptersImpl::slots();
+  PEFT_CHECK(c.kind == "adapter" ? contains(slots, c.slot) : c.slot.empty(), kC,
+             "{}: slot is one of {} for adapters (cross_attention in an encoder-decoder's decoder blocks) and absent "
+             "otherwise, found '{}'",
+             where, fmt::join(slots, ", "), c.slot);
   return c;
 }
 
