@@ -106,17 +106,45 @@ TEST(S3pet, HardConcreteGatesKeepEachModuleWithProbabilityP) {
   EXPECT_TRUE(bit_equal(c.gates(), p.clamp(1e-6, 1 - 1e-6)));
 }
 
-TEST(S3pet, SearchOnT5CoversBothStacksAndItsStructureStartsAsTheBase) {
-  auto base = tiny_model("t5");
+/// Searches on a tiny `family` model and checks what every search gives: α moved, the ranking
+/// ordered, a structure within the budget led by the most probable module, the base untouched,
+/// and the structure retraining from scratch as the base. Returns the ranking.
+std::vector<std::pair<methods::S3petCandidate, double>> search_and_check(const std::string& family, bool second_order) {
+  auto base = tiny_model(family);
   std::map<std::string, at::Tensor> before;
   for (auto& p : base->named_parameters()) before[p.key()] = p.value().detach().clone();
   PeftModel model(base);
-  auto cfg = s3pet({{"task_type", "SEQ_2_SEQ_LM"}, {"search", {{"steps", 4}, {"alpha_lr", 0.5}, {"log_every", 0}}}});
+  nlohmann::json extra = {{"search", {{"steps", 4}, {"alpha_lr", 0.5}, {"second_order", second_order}, {"log_every", 0}}}};
+  if (family == "t5") extra["task_type"] = "SEQ_2_SEQ_LM";
+  auto cfg = s3pet(extra);
   model.add_adapter("a", *cfg);
-  auto result = methods::s3pet_search(model, "a", [] { return tiny_batch("t5"); }, [] { return tiny_batch("t5"); });
+  auto result = methods::s3pet_search(model, "a", [&] { return tiny_batch(family); }, [&] { return tiny_batch(family); });
   EXPECT_GT(controller(model).arch_logits.abs().max().item<double>(), 1e-3) << "α never moved";
+  EXPECT_EQ(result.ranking.size(), controller(model).candidates().size());
+  for (size_t i = 1; i < result.ranking.size(); ++i) EXPECT_GE(result.ranking[i - 1].second, result.ranking[i].second);
+  int64_t used = 0;
+  for (const auto& m : result.structure->structure) used += m.params;
+  EXPECT_LE(used, methods::s3pet_budget(model, *cfg));
+  EXPECT_FALSE(result.structure->structure.empty());
+  if (!result.structure->structure.empty())
+    EXPECT_EQ(result.structure->structure.front().module, result.ranking.front().first.module)
+        << "the most probable module is kept first";
+  model.delete_adapter("a");
+  for (auto& p : base->named_parameters()) EXPECT_TRUE(bit_equal(p.value(), before.at(p.key()))) << p.key();
+  // The structure retrains from scratch: a fresh, ungated adapter that starts as the base.
+  base->eval();
+  torch::NoGradGuard g;
+  auto ref = base->forward(tiny_batch(family)).logits.clone();
+  model.add_adapter("found", *result.structure);
+  EXPECT_TRUE(bit_equal(model.forward(tiny_batch(family)).logits, ref));
+  EXPECT_EQ(model.count_parameters().trainable, used);
+  return result.ranking;
+}
+
+TEST(S3pet, SearchOnT5CoversBothStacksAndItsStructureStartsAsTheBase) {
+  const auto ranking = search_and_check("t5", false);
   int64_t encoder = 0, decoder = 0, norms = 0;
-  for (const auto& [candidate, p] : result.ranking) {
+  for (const auto& [candidate, p] : ranking) {
     encoder += candidate.module.rfind("encoder.", 0) == 0;
     decoder += candidate.module.rfind("decoder.", 0) == 0;
     norms += candidate.kind == "ln";
@@ -124,24 +152,13 @@ TEST(S3pet, SearchOnT5CoversBothStacksAndItsStructureStartsAsTheBase) {
   EXPECT_GT(encoder, 0);
   EXPECT_GT(decoder, 0);
   EXPECT_GT(norms, 0);
-  int64_t used = 0;
-  for (const auto& m : result.structure->structure) used += m.params;
-  EXPECT_LE(used, methods::s3pet_budget(model, *cfg));
-  ASSERT_FALSE(result.structure->structure.empty());
-  model.delete_adapter("a");
-  for (auto& p : base->named_parameters()) EXPECT_TRUE(bit_equal(p.value(), before.at(p.key()))) << p.key();
-  base->eval();
-  torch::NoGradGuard g;
-  auto ref = base->forward(tiny_batch("t5")).logits.clone();
-  model.add_adapter("found", *result.structure);
-  EXPECT_TRUE(bit_equal(model.forward(tiny_batch("t5")).logits, ref));
   // A structure naming a decoder block's cross-attention slot reads back from its JSON.
+  PeftModel model(tiny_model("t5"));
   auto cross = s3pet({{"task_type", "SEQ_2_SEQ_LM"},
                       {"structure", {{{"kind", "adapter"}, {"module", "decoder.block.1"}, {"slot", "cross_attention"}}}}});
   auto reread = std::dynamic_pointer_cast<methods::S3petConfig>(methods::parse_config(cross->to_json()));
   ASSERT_TRUE(reread);
   model.add_adapter("cross", *reread);
-  model.set_adapter("cross");
   const auto& attached = dynamic_cast<const methods::S3petConfig&>(model.adapter_config("cross")).structure;
   ASSERT_EQ(attached.size(), 1u);
   EXPECT_EQ(attached.front().slot, "cross_attention");
@@ -150,34 +167,7 @@ TEST(S3pet, SearchOnT5CoversBothStacksAndItsStructureStartsAsTheBase) {
 }
 
 TEST(S3pet, SearchMovesAlphaAndReturnsAStructureWithinTheBudget) {
-  for (bool second_order : {false, true}) {
-    auto base = tiny_model("gpt2");
-    std::map<std::string, at::Tensor> before;
-    for (auto& p : base->named_parameters()) before[p.key()] = p.value().detach().clone();
-    PeftModel model(base);
-    auto cfg = s3pet({{"search", {{"steps", 4}, {"alpha_lr", 0.5}, {"second_order", second_order}, {"log_every", 0}}}});
-    model.add_adapter("a", *cfg);
-    auto result = methods::s3pet_search(model, "a", [] { return tiny_batch("gpt2"); }, [] { return tiny_batch("gpt2"); });
-    EXPECT_GT(controller(model).arch_logits.abs().max().item<double>(), 1e-3) << "α never moved";
-    ASSERT_EQ(result.ranking.size(), controller(model).candidates().size());
-    for (size_t i = 1; i < result.ranking.size(); ++i) EXPECT_GE(result.ranking[i - 1].second, result.ranking[i].second);
-    int64_t used = 0;
-    for (const auto& m : result.structure->structure) used += m.params;
-    const int64_t budget = methods::s3pet_budget(model, *cfg);
-    EXPECT_LE(used, budget);
-    EXPECT_FALSE(result.structure->structure.empty());
-    EXPECT_EQ(result.structure->structure.front().module, result.ranking.front().first.module)
-        << "the most probable module is kept first";
-    model.delete_adapter("a");
-    for (auto& p : base->named_parameters()) EXPECT_TRUE(bit_equal(p.value(), before.at(p.key()))) << p.key();
-    // The structure retrains from scratch: a fresh, ungated adapter that starts as the base.
-    base->eval();
-    torch::NoGradGuard g;
-    auto ref = base->forward(tiny_batch("gpt2")).logits.clone();
-    model.add_adapter("found", *result.structure);
-    EXPECT_TRUE(bit_equal(model.forward(tiny_batch("gpt2")).logits, ref));
-    EXPECT_EQ(model.count_parameters().trainable, used);
-  }
+  for (bool second_order : {false, true}) search_and_check("gpt2", second_order);
 }
 
 TEST(S3pet, RandomStructuresAreSeededAndWithinTheBudget) {

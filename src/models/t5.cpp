@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include "init_weights.h"
+#include "prompt_inputs.h"
 #include "peft/core/error.h"
 #include "peft/core/json_io.h"
 #include "peft/core/strings.h"
@@ -27,50 +28,31 @@ bool decoder_step_only(const ModelInputs& in) {
   return !in.input_ids.defined() && !in.embedding_output.defined() && in.kv_cache && in.kv_cache->has_cross_attention();
 }
 
-void check_t5_inputs(const ModelInputs& in, int64_t d_model) {
-  const at::Tensor& e = in.embedding_output;
-  PEFT_CHECK((in.input_ids.defined() && in.input_ids.dim() == 2) || e.defined() || decoder_step_only(in), kC,
+void check_t5_inputs(const ModelInputs& in, const ModelGeometry& geometry) {
+  // The shared check of a given embedding output (its width, and input_ids / attention_mask like it).
+  const bool given = given_embedding_output(in, geometry, kC);
+  PEFT_CHECK((in.input_ids.defined() && in.input_ids.dim() == 2) || given || decoder_step_only(in), kC,
              "input_ids must be a [batch, seq] tensor, found {} (only embedding_output, or a decoding step over a cache "
              "that holds the encoder's keys, may stand in for it)",
              in.input_ids.defined() ? c10::str(in.input_ids.sizes()) : "none");
   PEFT_CHECK(!in.pixel_values.defined() && !in.token_type_ids.defined() && !in.position_ids.defined(), kC,
              "pixel_values / token_type_ids / position_ids given to a T5 model (it takes input_ids, attention_mask, "
              "decoder_input_ids, decoder_attention_mask and labels)");
-  if (e.defined()) {
-    PEFT_CHECK(e.dim() == 3 && e.size(2) == d_model, kC, "embedding_output has shape {}, expected [batch, seq, {}] (d_model)",
-               c10::str(e.sizes()), d_model);
-    PEFT_CHECK(!in.prompt_embeds.defined() && !in.encoder_outputs.defined(), kC,
-               "embedding_output cannot be combined with prompt_embeds or encoder_outputs");
-    PEFT_CHECK(!in.input_ids.defined() || (in.input_ids.dim() == 2 && in.input_ids.size(0) == e.size(0) &&
-                                           in.input_ids.size(1) == e.size(1)),
-               kC, "input_ids has shape {}, expected [{}, {}] like embedding_output", c10::str(in.input_ids.sizes()),
-               e.size(0), e.size(1));
-  }
+  PEFT_CHECK(!given || !in.encoder_outputs.defined(), kC, "embedding_output cannot be combined with encoder_outputs");
   const at::Tensor& d = in.decoder_embedding_output;
   if (d.defined()) {
-    PEFT_CHECK(d.dim() == 3 && d.size(2) == d_model, kC,
+    PEFT_CHECK(d.dim() == 3 && d.size(2) == geometry.hidden_size, kC,
                "decoder_embedding_output has shape {}, expected [batch, target_len, {}] (d_model)", c10::str(d.sizes()),
-               d_model);
+               geometry.hidden_size);
     for (const at::Tensor* t : {&in.decoder_input_ids, &in.labels})
       PEFT_CHECK(!t->defined() || (t->dim() == 2 && t->size(0) == d.size(0) && t->size(1) == d.size(1)), kC,
                  "{} has shape {}, expected [{}, {}] like decoder_embedding_output",
                  t == &in.labels ? "labels" : "decoder_input_ids", c10::str(t->sizes()), d.size(0), d.size(1));
   }
-  if (in.attention_mask.defined()) {
-    const bool ok = in.input_ids.defined() ? in.attention_mask.sizes() == in.input_ids.sizes()
-                    : e.defined()          ? in.attention_mask.dim() == 2 && in.attention_mask.size(0) == e.size(0) &&
-                                        in.attention_mask.size(1) == e.size(1)
-                                           : false;
-    PEFT_CHECK(ok, kC, "attention_mask has shape {}, expected {} like input_ids (or embedding_output)",
-               c10::str(in.attention_mask.sizes()),
-               in.input_ids.defined() ? c10::str(in.input_ids.sizes())
-               : e.defined()          ? c10::str(e.sizes().slice(0, 2))
-                                      : std::string("none"));
-  }
-}
-
-at::Tensor tap_final(const ModelInputs& in, const at::Tensor& last_hidden_state) {
-  return in.final_hidden_hook ? in.final_hidden_hook(last_hidden_state) : last_hidden_state;
+  if (in.attention_mask.defined() && !given)
+    PEFT_CHECK(in.input_ids.defined() && in.attention_mask.sizes() == in.input_ids.sizes(), kC,
+               "attention_mask has shape {}, expected {} like input_ids", c10::str(in.attention_mask.sizes()),
+               in.input_ids.defined() ? c10::str(in.input_ids.sizes()) : "none");
 }
 }  // namespace
 
@@ -427,7 +409,7 @@ at::Tensor T5FamilyModel::shift_right(const at::Tensor& labels) const {
 }
 
 T5StackOutput T5FamilyModel::encode(const ModelInputs& inputs) {
-  check_t5_inputs(inputs, config_.d_model);
+  check_t5_inputs(inputs, config_.geometry());
   if (decoder_step_only(inputs)) {
     PEFT_CHECK(decoder && inputs.decoder_input_ids.defined() && !inputs.encoder_outputs.defined(), kC,
                "a decoding step without input_ids takes decoder_input_ids (and no encoder_outputs: the cache holds the "
