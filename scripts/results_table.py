@@ -386,7 +386,9 @@ def plot_curves(curves, plan, out_dir, name):
                 with open(data, "w", encoding="utf-8") as f:
                     f.writelines(f"{step} {score}\n" for step, score in points)
                 width = 3 if method == "full fine-tuning" else 1.2
-                plots.append(f"'{data}' using 1:2 with linespoints lw {width} pt 7 ps 0.4 title '{method}'")
+                # gnuplot cycles 8 colours: the dash and point type tell the next 8 apart
+                style = f"lt {i % 8 + 1} dt {i // 8 + 1} pt {(7, 5, 9)[i // 8 % 3]}"
+                plots.append(f"'{data}' using 1:2 with linespoints {style} lw {width} ps 0.5 title '{method}'")
             log_y = "set logscale y\n" if spec["metric"] == "perplexity" else "unset logscale y\n"
             panels.append(f"set title '{spec['title']}'\nset ylabel 'validation {spec['metric']}'\n{log_y}"
                           "plot " + ", ".join(plots) + "\n")
