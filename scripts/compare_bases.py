@@ -48,7 +48,11 @@ def main():
         by_old = {r["method"]: r for r in old[task]}
         by_new = {r["method"]: r for r in new[task]}
         perplexity = plan["tasks"].get(task, {}).get("metric") == "perplexity"
-        out += [f"## {task}", "",
+        out += [f"## {task}", ""]
+        if perplexity:
+            out += ["Perplexity is per token of each base's own tokenizer, so the two bases' perplexities "
+                    "are not comparable with each other; their ratios to full fine-tuning are.", ""]
+        out += [
                 f"| method | {names[0]} | vs full | trainable % | {names[1]} | vs full | trainable % |",
                 "|---|---:|---:|---:|---:|---:|---:|"]
         for method in list(by_old) + [m for m in by_new if m not in by_old]:

@@ -40,6 +40,7 @@ import tempfile
 import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NEAR_FULL = 0.95  # the table's criterion: this fraction of full fine-tuning's score at <= 2 % trainable
 
 
 def slug(name):
@@ -356,7 +357,7 @@ def near_full(out):
     of its trainable parameters; None without a full fine-tuning row."""
     if not any(r["method"] == "full fine-tuning" for r in out):
         return None
-    return [r["method"] for r in out if r["method"] != "full fine-tuning" and r.get("vs_full", 0) >= 0.95
+    return [r["method"] for r in out if r["method"] != "full fine-tuning" and r.get("vs_full", 0) >= NEAR_FULL
             and r["trainable_pct"] is not None and r["trainable_pct"] <= 2.0]
 
 
@@ -427,8 +428,8 @@ def plot(rows, plan, out_dir, name):
             full = next((r for r in out if r["method"] == "full fine-tuning"), None)
             ref = ""
             if full:
-                level = full["score"] / 0.98 if spec["metric"] == "perplexity" else 0.98 * full["score"]
-                ref = (f", {level} with lines dt 2 lc rgb '#999999' title '98 % of full fine-tuning (dotted: 2 % trainable)'")
+                level = full["score"] / NEAR_FULL if spec["metric"] == "perplexity" else NEAR_FULL * full["score"]
+                ref = (f", {level} with lines dt 2 lc rgb '#999999' title '{NEAR_FULL * 100:.0f} % of full fine-tuning (dotted: 2 % trainable)'")
             two_pct = (f"set arrow 1 from {0.02 * full['trainable_params']}, graph 0 to {0.02 * full['trainable_params']}, "
                        "graph 1 nohead dt 3 lc rgb '#d62728'\n" if full else "unset arrow 1\n")
             panels.append(
