@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 
-from results_table import near_full  # the table's own criterion: 95 % of full FT at <= 2 % parameters
+from results_table import MAX_TRAINABLE_PCT, NEAR_FULL, near_full  # the table's own criterion
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,8 +52,7 @@ def main():
         if perplexity:
             out += ["Perplexity is per token of each base's own tokenizer, so the two bases' perplexities "
                     "are not comparable with each other; their ratios to full fine-tuning are.", ""]
-        out += [
-                f"| method | {names[0]} | vs full | trainable % | {names[1]} | vs full | trainable % |",
+        out += [f"| method | {names[0]} | vs full | trainable % | {names[1]} | vs full | trainable % |",
                 "|---|---:|---:|---:|---:|---:|---:|"]
         for method in list(by_old) + [m for m in by_new if m not in by_old]:
             o, n = by_old.get(method), by_new.get(method)
@@ -63,7 +62,7 @@ def main():
             out.append(f"| {method} | {os_} | {ov} | {op} | {ns} | {nv} | {np_} |")
         count_old = len(near_full(old[task]) or [])
         count_new = len(near_full(new[task]) or [])
-        out += ["", f"Methods at ≥ 95 % of full fine-tuning with ≤ 2 % trainable parameters: "
+        out += ["", f"Methods at ≥ {NEAR_FULL * 100:.0f} % of full fine-tuning with ≤ {MAX_TRAINABLE_PCT:g} % trainable parameters: "
                     f"{count_old} of {len(old[task]) - 1} on the {names[0]}, {count_new} of {len(new[task]) - 1} on the {names[1]}.", ""]
     print("\n".join(out))
 

@@ -40,7 +40,9 @@ import tempfile
 import threading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NEAR_FULL = 0.95  # the table's criterion: this fraction of full fine-tuning's score at <= 2 % trainable
+# The table's criterion: NEAR_FULL of full fine-tuning's score with at most MAX_TRAINABLE_PCT % trainable.
+NEAR_FULL = 0.95
+MAX_TRAINABLE_PCT = 2.0
 
 
 def slug(name):
@@ -314,7 +316,7 @@ def markdown(rows, plan, args, chosen):
              f"(each run's commit and CPU are in its record in [{args.name}-runs.jsonl]({args.name}-runs.jsonl)).",
              f"Plots: score against trainable parameters [{args.name}.svg]({args.name}.svg); validation score against",
              f"steps (seed 1) [{args.name}-curves.svg]({args.name}-curves.svg).", "",
-             "## Methods within 95 % of full fine-tuning at ≤ 2 % trainable parameters", "",
+             f"## Methods within {NEAR_FULL * 100:.0f} % of full fine-tuning at ≤ {MAX_TRAINABLE_PCT:g} % trainable parameters", "",
              "| task | methods | which |", "|---|---:|---|"]
     for t, out in rows.items():
         near = near_full(out)
@@ -358,7 +360,7 @@ def near_full(out):
     if not any(r["method"] == "full fine-tuning" for r in out):
         return None
     return [r["method"] for r in out if r["method"] != "full fine-tuning" and r.get("vs_full", 0) >= NEAR_FULL
-            and r["trainable_pct"] is not None and r["trainable_pct"] <= 2.0]
+            and r["trainable_pct"] is not None and r["trainable_pct"] <= MAX_TRAINABLE_PCT]
 
 
 def learning_curves(records, rows):
@@ -429,8 +431,8 @@ def plot(rows, plan, out_dir, name):
             ref = ""
             if full:
                 level = full["score"] / NEAR_FULL if spec["metric"] == "perplexity" else NEAR_FULL * full["score"]
-                ref = (f", {level} with lines dt 2 lc rgb '#999999' title '{NEAR_FULL * 100:.0f} % of full fine-tuning (dotted: 2 % trainable)'")
-            two_pct = (f"set arrow 1 from {0.02 * full['trainable_params']}, graph 0 to {0.02 * full['trainable_params']}, "
+                ref = (f", {level} with lines dt 2 lc rgb '#999999' title '{NEAR_FULL * 100:.0f} % of full fine-tuning (dotted: {MAX_TRAINABLE_PCT:g} % trainable)'")
+            two_pct = (f"set arrow 1 from {MAX_TRAINABLE_PCT / 100 * full['trainable_params']}, graph 0 to {MAX_TRAINABLE_PCT / 100 * full['trainable_params']}, "
                        "graph 1 nohead dt 3 lc rgb '#d62728'\n" if full else "unset arrow 1\n")
             panels.append(
                 f"set title '{spec['title']}'\nset ylabel '{spec['metric']}'\n{two_pct}"
